@@ -1,0 +1,336 @@
+"""The recurrent-depth transformer of Huginn-0125, written from the paper and the authors' description.
+
+prelude -> (state, embedding) -> adapter -> core block, iterated r times -> ln_f -> coda -> ln_f -> lm_head
+
+Module and parameter names follow the official checkpoint (``transformer.prelude.0.attn.Wqkv.weight`` ...), so
+its safetensors load as they are. The pieces a generation loop needs are public methods: ``embed``,
+``initial_state``, ``core_step`` and ``predict``; ``forward`` composes them with the authors' signature.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import ModelOutput
+
+from .cache import RecurrentCache
+from .config import HuginnConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Normalise in fp32 and cast back before the weight multiply, as the reference does.
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+def rope_table(head_dim: int, length: int, base: float, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    """cos/sin of shape (length, head_dim // 2), always fp32."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate interleaved pairs (x[2i], x[2i+1]) of x (B, S, H, d); cos/sin are (S, d/2). Not Llama's rotate_half."""
+    xf = x.float().unflatten(-1, (-1, 2))
+    a, b = xf[..., 0], xf[..., 1]
+    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    return torch.stack((a * c - b * s, b * c + a * s), dim=-1).flatten(-2).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: HuginnConfig) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim = config.n_heads, config.head_dim
+        self.Wqkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        if config.qk_bias:
+            self.qk_bias = nn.Parameter(torch.zeros(2, 1, config.n_heads, config.head_dim))
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], slot: tuple[str, int] | None,
+                cache: RecurrentCache | None, pos0: int, rows: Tensor | None) -> Tensor:
+        B, S, _ = x.shape
+        q, k, v = self.Wqkv(x).view(B, S, 3, self.n_heads, self.head_dim).unbind(2)
+        if hasattr(self, "qk_bias"):
+            q, k = q + self.qk_bias[0], k + self.qk_bias[1]
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        mask = None
+        if cache is not None and slot is not None:
+            k, v, mask = cache.update(slot[0], slot[1], k, v, pos0, rows)
+        T = k.shape[2]
+        if mask is None and S == T:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif mask is None and S == 1:
+            y = F.scaled_dot_product_attention(q, k, v)
+        else:
+            causal = torch.ones(S, T, dtype=torch.bool, device=x.device).tril(T - S)
+            mask = causal if mask is None else mask & causal
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(y.transpose(1, 2).reshape(B, S, -1))
+
+
+class GatedMLP(nn.Module):
+    def __init__(self, config: HuginnConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, 2 * config.intermediate_size, bias=config.bias)
+        self.proj = nn.Linear(config.intermediate_size, config.n_embd, bias=config.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.fc(x).chunk(2, dim=-1)
+        return self.proj(F.silu(gate) * up)
+
+
+class SandwichBlock(nn.Module):
+    """Four RMSNorms: the residual stream itself is re-normalised after attention and after the MLP."""
+
+    def __init__(self, config: HuginnConfig) -> None:
+        super().__init__()
+        self.norm_1 = RMSNorm(config.n_embd, config.norm_eps)
+        self.attn = Attention(config)
+        self.norm_2 = RMSNorm(config.n_embd, config.norm_eps)
+        self.norm_3 = RMSNorm(config.n_embd, config.norm_eps)
+        self.mlp = GatedMLP(config)
+        self.norm_4 = RMSNorm(config.n_embd, config.norm_eps)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], slot: tuple[str, int] | None = None,
+                cache: RecurrentCache | None = None, pos0: int = 0, rows: Tensor | None = None) -> Tensor:
+        x = self.norm_2(x + self.attn(self.norm_1(x), rope, slot, cache, pos0, rows))
+        return self.norm_4(x + self.mlp(self.norm_3(x)))
+
+
+class HuginnTransformer(nn.Module):
+    def __init__(self, config: HuginnConfig) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(config.padded_vocab_size, config.n_embd)
+        self.prelude = nn.ModuleList(SandwichBlock(config) for _ in range(config.n_layers_in_prelude))
+        self.adapter = nn.Linear(2 * config.n_embd, config.n_embd, bias=config.bias)
+        self.core_block = nn.ModuleList(SandwichBlock(config) for _ in range(config.n_layers_in_recurrent_block))
+        self.coda = nn.ModuleList(SandwichBlock(config) for _ in range(config.n_layers_in_coda))
+        self.ln_f = RMSNorm(config.n_embd, config.norm_eps)
+
+
+@dataclass
+class HuginnOutput(ModelOutput):
+    loss: Tensor | None = None
+    logits: Tensor | None = None
+    cache: RecurrentCache | None = None  # transformers 5 renames a `past_key_values` field to `cache`
+    latent_states: Tensor | None = None
+    num_steps_no_grad: int | None = None
+    num_steps_with_grad: int | None = None
+
+    @property
+    def past_key_values(self) -> RecurrentCache | None:
+        return self.cache
+
+
+def sample_depth(mean_recurrence: int, backprop_depth: int, generator: torch.Generator | None = None) -> tuple[int, int]:
+    """The paper's training-time depth: Poisson(LogNormal) + 1 steps, the last ``backprop_depth`` with gradients."""
+    t = max(mean_recurrence - backprop_depth, 0)
+    s = backprop_depth
+    sigma = 0.5
+    mu = math.log(t + s) - sigma**2 / 2
+    tau = torch.exp(torch.randn((), generator=generator) * sigma + mu)
+    total = int(torch.poisson(tau.reshape(1), generator=generator).item()) + 1
+    return max(total - s, 0), min(s, total)
+
+
+def split_num_steps(num_steps: Any, config: HuginnConfig, training: bool) -> tuple[int, int]:
+    """Normalise ``num_steps`` (None, int, 0-d tensor, or an (n, k) pair) into (steps without grad, steps with grad)."""
+    if num_steps is None:
+        if training:
+            return sample_depth(config.mean_recurrence, config.mean_backprop_depth)
+        return config.mean_recurrence, 0
+    if isinstance(num_steps, Tensor):
+        num_steps = num_steps.tolist()
+    if isinstance(num_steps, (list, tuple)):
+        if len(num_steps) != 2:
+            raise ValueError(f"num_steps as a sequence must be a pair (no_grad_steps, grad_steps), got {num_steps!r}")
+        n, k = (int(v) for v in num_steps)
+    else:
+        n, k = int(num_steps), 0
+    if n < 0 or k < 0 or n + k < 1:
+        raise ValueError(f"num_steps must give at least one recurrence and no negative count, got {num_steps!r}")
+    return n, k
+
+
+class HuginnForCausalLM(PreTrainedModel):
+    config_class = HuginnConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    _no_split_modules = ["SandwichBlock"]
+    _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+    _supports_sdpa = True
+
+    def __init__(self, config: HuginnConfig) -> None:
+        super().__init__(config)
+        self.transformer = HuginnTransformer(config)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        # Kept only so that state-dict names match the official checkpoint; the rotary table actually used is
+        # rebuilt in fp32 (see _rope), because a bf16 load would round this buffer.
+        cos, sin = rope_table(config.head_dim, config.block_size, config.rope_base)
+        self.register_buffer("freqs_cis", torch.stack((cos, sin), -1)[None, :, None], persistent=True)
+        self._rope_cache: tuple[Tensor, Tensor] | None = None
+        self.post_init()
+
+    # ---- weights ------------------------------------------------------------------------------------------------
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Takase init: truncated normal at sqrt(2/(5h)) (out-projections scaled by 1/sqrt(2 * depth)), cut at 3 std."""
+        values = self.config.init_values
+        std, out_std = values["std"], values["out_proj"]
+        if isinstance(module, nn.Embedding):
+            nn.init.trunc_normal_(module.weight, 0.0, values["embedding"], -3 * values["embedding"], 3 * values["embedding"])
+        elif isinstance(module, GatedMLP):
+            nn.init.trunc_normal_(module.fc.weight, 0.0, std, -3 * std, 3 * std)
+            with torch.no_grad():
+                half = module.fc.weight.shape[0] // 2
+                nn.init.trunc_normal_(module.fc.weight[half:], 0.0, out_std, -3 * out_std, 3 * out_std)
+            nn.init.trunc_normal_(module.proj.weight, 0.0, out_std, -3 * out_std, 3 * out_std)
+        elif isinstance(module, Attention):
+            nn.init.trunc_normal_(module.Wqkv.weight, 0.0, std, -3 * std, 3 * std)
+            nn.init.trunc_normal_(module.proj.weight, 0.0, out_std, -3 * out_std, 3 * out_std)
+            if hasattr(module, "qk_bias"):
+                nn.init.zeros_(module.qk_bias)
+        elif isinstance(module, RMSNorm):
+            nn.init.ones_(module.weight)
+        elif module is getattr(self, "transformer", None):
+            nn.init.trunc_normal_(module.adapter.weight, 0.0, std, -3 * std, 3 * std)
+        elif module is self:
+            cos, sin = rope_table(self.config.head_dim, self.config.block_size, self.config.rope_base,
+                                  device=self.freqs_cis.device if self.freqs_cis.device.type != "meta" else None)
+            if self.freqs_cis.device.type != "meta":
+                with torch.no_grad():
+                    self.freqs_cis.copy_(torch.stack((cos, sin), -1)[None, :, None])
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.transformer.wte
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.transformer.wte = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def _rope(self, positions: Tensor | slice) -> tuple[Tensor, Tensor]:
+        device = self.transformer.wte.weight.device
+        if self._rope_cache is None or self._rope_cache[0].device != device:
+            self._rope_cache = rope_table(self.config.head_dim, self.config.block_size, self.config.rope_base, device)
+        cos, sin = self._rope_cache
+        return cos[positions], sin[positions]
+
+    # ---- the pieces of a forward pass ----------------------------------------------------------------------------
+
+    def embed(self, input_ids: Tensor | None = None, cache: RecurrentCache | None = None, pos0: int = 0,
+              input_embeds: Tensor | None = None, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Token embedding times sqrt(h), then the prelude: the embedding injected at every recurrence."""
+        x = self.transformer.wte(input_ids) if input_embeds is None else input_embeds
+        x = x * self.config.init_values["embed_scale"]
+        rope = rope or self._rope(slice(pos0, pos0 + x.shape[1]))
+        for j, layer in enumerate(self.transformer.prelude):
+            x = layer(x, rope, ("prelude", j), cache, pos0)
+        return x
+
+    def initial_state(self, like: Tensor, scale: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+        """s0 ~ TruncNormal(0, std * scale, +-3 std) * sqrt(h); zeros when ``scale`` is 0 (deterministic)."""
+        std = self.config.init_values["std"] * scale
+        if std <= 0:
+            return torch.zeros_like(like)
+        x = torch.empty(like.shape, dtype=torch.float32, device=like.device)
+        if generator is None:
+            nn.init.trunc_normal_(x, 0.0, std, -3 * std, 3 * std)
+        else:
+            nn.init.trunc_normal_(x, 0.0, std, -3 * std, 3 * std, generator=generator)
+        return (x * self.config.init_values["embed_scale"]).to(like.dtype)
+
+    def core_step(self, state: Tensor, embedded: Tensor, step: int, cache: RecurrentCache | None = None,
+                  pos0: int = 0, rows: Tensor | None = None, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """One recurrence: adapter(concat(state, embedding)) through the core layers. No residual around it."""
+        rope = rope or self._rope(slice(pos0, pos0 + state.shape[1]))
+        x = self.transformer.adapter(torch.cat((state, embedded), dim=-1))
+        n_core = len(self.transformer.core_block)
+        for l, layer in enumerate(self.transformer.core_block):
+            x = layer(x, rope, ("core", n_core * step + l), cache, pos0, rows)
+        return x
+
+    def predict(self, state: Tensor, cache: RecurrentCache | None = None, pos0: int = 0,
+                rows: Tensor | None = None, rope: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """ln_f, coda, ln_f, head. Returns (fp32 logits, the normalised latent that entered the coda)."""
+        rope = rope or self._rope(slice(pos0, pos0 + state.shape[1]))
+        latent = self.transformer.ln_f(state)
+        x = latent
+        for j, layer in enumerate(self.transformer.coda):
+            x = layer(x, rope, ("coda", j), cache, pos0, rows)
+        return self.lm_head(self.transformer.ln_f(x)).float(), latent
+
+    def new_cache(self, batch_size: int, strategy: str = "full", capacity: int = 64) -> RecurrentCache:
+        weight = self.transformer.wte.weight
+        dtype = weight.dtype if weight.dtype.is_floating_point else torch.bfloat16
+        return RecurrentCache.for_model(self.config, batch_size, strategy, dtype, weight.device, capacity)
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        input_embeds: Tensor | None = None,
+        input_states: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        labels: Tensor | None = None,
+        num_steps: int | Tensor | Sequence[int] | None = None,
+        past_key_values: RecurrentCache | None = None,
+        output_details: dict | None = None,
+        use_cache: bool = False,
+        cache_position: Tensor | None = None,
+        init_scale: float = 1.0,
+        cache_lookup_strategy: str = "full",
+        **kwargs: Any,
+    ) -> HuginnOutput:
+        """The authors' signature. ``attention_mask`` is accepted and ignored, as in the reference."""
+        if input_ids is None and input_embeds is None:
+            raise ValueError("forward needs input_ids or input_embeds")
+        seq_len = (input_ids if input_embeds is None else input_embeds).shape[1]
+        batch = (input_ids if input_embeds is None else input_embeds).shape[0]
+        cache = past_key_values
+        if use_cache and cache is None:
+            cache = self.new_cache(batch, cache_lookup_strategy)
+        pos0 = cache.seq_len if cache is not None else 0
+        if cache_position is not None:
+            pos0 = int(cache_position.reshape(-1)[0])
+        if position_ids is not None:
+            positions: Tensor | slice = position_ids.reshape(-1, position_ids.shape[-1])[0].to(torch.long)
+        else:
+            positions = slice(pos0, pos0 + seq_len)
+        if pos0 + seq_len > self.config.block_size:
+            raise ValueError(f"sequence of {pos0 + seq_len} tokens exceeds the model's context of "
+                             f"{self.config.block_size} tokens")
+        rope = self._rope(positions)
+
+        embedded = self.embed(input_ids, cache, pos0, input_embeds, rope)
+        state = input_states if input_states is not None else self.initial_state(embedded, init_scale)
+        n_no_grad, n_grad = split_num_steps(num_steps, self.config, self.training)
+        with torch.no_grad():
+            for step in range(n_no_grad):
+                state = self.core_step(state, embedded, step, cache, pos0, rope=rope)
+        for step in range(n_no_grad, n_no_grad + n_grad):
+            state = self.core_step(state, embedded, step, cache, pos0, rope=rope)
+        logits, latent = self.predict(state, cache, pos0, rope=rope)
+        if cache is not None:
+            cache.seq_len = max(cache.seq_len, pos0 + seq_len)
+
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        return HuginnOutput(loss=loss, logits=logits, cache=cache if use_cache or past_key_values is not None
+                            else None, latent_states=latent, num_steps_no_grad=n_no_grad, num_steps_with_grad=n_grad)
