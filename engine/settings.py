@@ -1,0 +1,125 @@
+"""Generation settings: one validated dataclass shared by the chat, the depth arena, the API and any CLI."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from .cache import CacheStrategy
+from .exits import CRITERIA, DEFAULT_THRESHOLDS
+from .sampling import SamplingParams
+
+MAX_NUM_STEPS = 256
+MAX_NEW_TOKENS = 32_768
+
+
+class SettingsError(ValueError):
+    """An invalid generation setting; the message names the field and its allowed range."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    num_steps: int = 32
+    criterion: str = "none"  # "none" = fixed depth; otherwise an adaptive-exit criterion (engine.exits)
+    exit_threshold: float | None = None  # None = the criterion's pinned default
+    min_steps: int = 0
+    check_every: int = 1
+    warm_start: bool = False  # continuous chain of thought: start each token from the previous token's state
+    cache_strategy: str = "full"
+    init_scale: float = 1.0  # 0 makes the initial state zeros, i.e. deterministic
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop_strings: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _int_range("num_steps", self.num_steps, 1, MAX_NUM_STEPS)
+        if self.criterion not in CRITERIA:
+            raise SettingsError("criterion", f"{self.criterion!r} is not one of {', '.join(CRITERIA)}")
+        if self.exit_threshold is not None:
+            _float_range("exit_threshold", self.exit_threshold, 0.0, 1e6, low_open=True)
+        _int_range("min_steps", self.min_steps, 0, self.num_steps)
+        _int_range("check_every", self.check_every, 1, MAX_NUM_STEPS)
+        if not isinstance(self.warm_start, bool):
+            raise SettingsError("warm_start", f"must be true or false, got {self.warm_start!r}")
+        try:
+            CacheStrategy.parse(self.cache_strategy)
+        except ValueError as err:
+            raise SettingsError("cache_strategy", str(err)) from None
+        _float_range("init_scale", self.init_scale, 0.0, 10.0)
+        _int_range("max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS)
+        _float_range("temperature", self.temperature, 0.0, 10.0)
+        _int_range("top_k", self.top_k, 0, 1_000_000)
+        _float_range("top_p", self.top_p, 0.0, 1.0, low_open=True)
+        _float_range("min_p", self.min_p, 0.0, 1.0)
+        _float_range("repetition_penalty", self.repetition_penalty, 0.0, 10.0, low_open=True)
+        if self.seed is not None:
+            _int_range("seed", self.seed, 0, 2**63 - 1)
+        if not isinstance(self.stop_strings, tuple) or not all(isinstance(s, str) and s for s in self.stop_strings):
+            raise SettingsError("stop_strings", "must be a tuple of non-empty strings")
+
+    @property
+    def adaptive(self) -> bool:
+        return self.criterion != "none"
+
+    @property
+    def threshold(self) -> float:
+        if self.exit_threshold is not None:
+            return float(self.exit_threshold)
+        return float(DEFAULT_THRESHOLDS.get(self.criterion, 0.0))
+
+    @property
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty)
+
+    def replace(self, **changes: Any) -> "GenerationSettings":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["stop_strings"] = list(self.stop_strings)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GenerationSettings":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SettingsError(unknown[0], f"unknown setting (known: {', '.join(sorted(known))})")
+        data = dict(data)
+        if "stop_strings" in data:
+            data["stop_strings"] = tuple(data["stop_strings"] or ())
+        return cls(**data)
+
+    def label(self) -> str:
+        """A short human description, e.g. ``r=32`` or ``kl<5e-04, r<=32``."""
+        if not self.adaptive:
+            return f"r={self.num_steps}" + (" warm" if self.warm_start else "")
+        return f"{self.criterion}<{self.threshold:g}, r<={self.num_steps}" + (" warm" if self.warm_start else "")
+
+
+def _int_range(name: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SettingsError(name, f"must be an integer from {low} to {high}, got {value!r}")
+    if not low <= value <= high:
+        raise SettingsError(name, f"must be from {low} to {high}, got {value}")
+
+
+def _float_range(name: str, value: Any, low: float, high: float, low_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SettingsError(name, f"must be a number from {low} to {high}, got {value!r}")
+    if value < low or value > high or (low_open and value == low):
+        bound = f"greater than {low}" if low_open else f"at least {low}"
+        raise SettingsError(name, f"must be {bound} and at most {high}, got {value}")
