@@ -16,10 +16,11 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import PreTrainedModel
+from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
 
 from .cache import RecurrentCache
+from .compat import ReferenceGenerateMixin
 from .config import HuginnConfig
 
 
@@ -166,7 +167,7 @@ def split_num_steps(num_steps: Any, config: HuginnConfig, training: bool) -> tup
     return n, k
 
 
-class HuginnForCausalLM(PreTrainedModel):
+class HuginnForCausalLM(ReferenceGenerateMixin, PreTrainedModel, GenerationMixin):
     config_class = HuginnConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"

@@ -1,0 +1,294 @@
+"""The app-facing generation API: ``stream`` (one answer, token by token) and ``compare`` (one prompt, several depth
+settings). Both are thin layers over ``engine.decode.decode``; the chat, the depth arena, the HTTP API and the CLI
+all go through ``stream`` / ``compare``.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from .decode import RowPlan, decode
+from .settings import GenerationSettings
+
+ROLES = ("system", "user", "assistant")
+STOP_TOKENS = ("<|end_turn|>", "<|end_text|>", "<|begin_text|>")
+MAX_MESSAGE_CHARS = 1_000_000
+
+
+class PromptError(ValueError):
+    """The conversation cannot be turned into a prompt (malformed, empty, or too long for the model)."""
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    index: int
+    token_id: int
+    text: str  # the text this token adds (may be "" while a multi-byte character is incomplete)
+    steps: int
+    exit_value: float | None
+    seconds: float  # since the start of generation
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Summary:
+    text: str
+    tokens: int
+    prompt_tokens: int
+    tokens_per_s: float
+    mean_steps: float
+    min_steps: int
+    max_steps: int
+    core_iterations: int
+    kv_cache_bytes: int
+    elapsed_s: float
+    first_token_s: float
+    stop_reason: str  # end_of_turn | stop_string | max_tokens | cancelled | context_full
+    seed: int
+    settings: dict[str, Any]
+    trimmed_messages: int = 0
+    notice: str | None = None
+    steps: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    settings: GenerationSettings
+    events: list[TokenEvent]
+    summary: Summary
+
+
+# ---- prompts ----------------------------------------------------------------------------------------------------
+
+def validate_messages(messages: Any) -> list[dict[str, str]]:
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise PromptError("messages must be a non-empty list of {'role', 'content'} dicts")
+    clean = []
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict) or not isinstance(msg.get("content"), str) or msg.get("role") not in ROLES:
+            raise PromptError(f"message {i} must be a dict with role in {ROLES} and string content")
+        if len(msg["content"]) > MAX_MESSAGE_CHARS:
+            raise PromptError(f"message {i} is {len(msg['content']):,} characters; the limit is {MAX_MESSAGE_CHARS:,}")
+        clean.append({"role": msg["role"], "content": msg["content"]})
+    if not clean[-1]["content"].strip() and clean[-1]["role"] == "user":
+        raise PromptError("the last message is empty")
+    return clean
+
+
+def _render(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def build_prompt(tokenizer, messages: Any, context: int, reserve: int) -> tuple[list[int], int]:
+    """Render with the tokenizer's own chat template, dropping the oldest turns (never the system prompt or the
+    last message) until ``reserve`` new tokens fit in ``context``. Returns (ids, number of messages dropped)."""
+    messages = validate_messages(messages)
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    turns = messages[len(system):]
+    dropped = 0
+    while True:
+        ids = _render(tokenizer, system + turns)
+        if len(ids) + reserve <= context:
+            return ids, dropped
+        if len(turns) <= 1:
+            raise PromptError(
+                f"the prompt is {len(ids):,} tokens; with {reserve} new tokens it exceeds the model's context of "
+                f"{context:,} tokens. Shorten the message or the system prompt, or lower max new tokens."
+            )
+        turns = turns[1:]
+        dropped += 1
+
+
+def stop_token_ids(model, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    for token in STOP_TOKENS:
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid >= 0:
+            ids.add(tid)
+    eos = getattr(model.generation_config, "eos_token_id", None) or model.config.eos_token_id
+    ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    return ids
+
+
+class IncrementalDecoder:
+    """Turn token ids into text pieces, holding back bytes of a character that is not complete yet."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0
+        self.read = 0
+
+    def add(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        before = self.tokenizer.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
+        after = self.tokenizer.decode(self.ids[self.prefix:], skip_special_tokens=True)
+        if after.endswith("\ufffd") or len(after) <= len(before):
+            return ""
+        self.prefix, self.read = self.read, len(self.ids)
+        return after[len(before):]
+
+
+class _StopStrings:
+    """Hold back text that could still become a stop string; report when one appears."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+        self.hit = False
+
+    def feed(self, piece: str) -> str:
+        if not self.stops:
+            return piece
+        self.pending += piece
+        for stop in self.stops:
+            at = self.pending.find(stop)
+            if at >= 0:
+                out, self.pending, self.hit = self.pending[:at], "", True
+                return out
+        keep = max((k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
+        out = self.pending[:len(self.pending) - keep]
+        self.pending = self.pending[len(self.pending) - keep:]
+        return out
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+# ---- generation -------------------------------------------------------------------------------------------------
+
+def _plan(settings: GenerationSettings, seed: int, max_new_tokens: int) -> RowPlan:
+    return RowPlan(
+        num_steps=settings.num_steps,
+        criterion=settings.criterion if settings.adaptive else None,
+        threshold=settings.threshold,
+        min_steps=settings.min_steps,
+        check_every=settings.check_every,
+        warm_start=settings.warm_start,
+        init_scale=settings.init_scale,
+        sampling=settings.sampling,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+    )
+
+
+def _run_rows(model, tokenizer, prompt_ids: list[int], settings_list: Sequence[GenerationSettings],
+              cancel: threading.Event | None, trimmed: int) -> Iterator[tuple[int, TokenEvent | Summary]]:
+    """Generate for several settings of one cache strategy in one batch; yield (row, event) and per-row summaries."""
+    context = model.config.block_size
+    room = context - len(prompt_ids)
+    seeds = [s.seed if s.seed is not None else random.SystemRandom().randrange(2**31) for s in settings_list]
+    budgets = [min(s.max_new_tokens, room) for s in settings_list]
+    plans = [_plan(s, seed, b) for s, seed, b in zip(settings_list, seeds, budgets)]
+    stops = stop_token_ids(model, tokenizer)
+    device = model.transformer.wte.weight.device
+    input_ids = torch.tensor([prompt_ids], device=device)
+    n = len(plans)
+    decoders = [IncrementalDecoder(tokenizer) for _ in range(n)]
+    stop_filters = [_StopStrings(s.stop_strings) for s in settings_list]
+    texts = [""] * n
+    steps: list[list[int]] = [[] for _ in range(n)]
+    reasons: list[str | None] = [None] * n
+    first_token = [0.0] * n
+    core_iterations = 0
+    cache = model.new_cache(n, settings_list[0].cache_strategy, capacity=len(prompt_ids) + max(budgets))
+    start = time.perf_counter()
+    notice = (f"{trimmed} earlier message(s) were left out to fit the model's context of {context} tokens"
+              if trimmed else None)
+
+    for out in decode(model, input_ids, plans, settings_list[0].cache_strategy, stops, cancel, cache):
+        core_iterations += out.core_iterations
+        now = time.perf_counter() - start
+        if out.cancelled:
+            for r in range(n):
+                reasons[r] = reasons[r] or "cancelled"
+            break
+        for r, token in enumerate(out.tokens):
+            if token < 0 or reasons[r] is not None:
+                continue
+            steps[r].append(out.steps[r])
+            if not first_token[r]:
+                first_token[r] = now
+            exit_value = out.exit_values[r][-1] if out.exit_values[r] else None
+            if token in stops:
+                reasons[r] = "end_of_turn"
+                yield r, TokenEvent(len(steps[r]) - 1, token, "", out.steps[r], exit_value, now)
+                continue
+            piece = stop_filters[r].feed(decoders[r].add(token))
+            texts[r] += piece
+            yield r, TokenEvent(len(steps[r]) - 1, token, piece, out.steps[r], exit_value, now)
+            if stop_filters[r].hit:
+                reasons[r], out.finished[r] = "stop_string", True
+            elif len(steps[r]) >= plans[r].max_new_tokens:
+                reasons[r] = "max_tokens" if budgets[r] == settings_list[r].max_new_tokens else "context_full"
+
+    elapsed = time.perf_counter() - start
+    for r in range(n):
+        if reasons[r] is None:
+            reasons[r] = "context_full"
+        if reasons[r] != "stop_string":
+            tail = stop_filters[r].flush()
+            texts[r] += tail
+            if tail:
+                yield r, TokenEvent(len(steps[r]), -1, tail, 0, None, elapsed)
+        row_steps = steps[r] or [0]
+        yield r, Summary(
+            text=texts[r], tokens=len(steps[r]), prompt_tokens=len(prompt_ids),
+            tokens_per_s=len(steps[r]) / elapsed if elapsed > 0 else 0.0,
+            mean_steps=sum(row_steps) / len(row_steps), min_steps=min(row_steps), max_steps=max(row_steps),
+            core_iterations=sum(steps[r]), kv_cache_bytes=cache.nbytes() // n, elapsed_s=elapsed,
+            first_token_s=first_token[r], stop_reason=reasons[r], seed=seeds[r],
+            settings=settings_list[r].replace(seed=seeds[r]).to_dict(), trimmed_messages=trimmed, notice=notice,
+            steps=list(steps[r]),
+        )
+
+
+def stream(model, tokenizer, messages: Any, settings: GenerationSettings | None = None,
+           cancel: threading.Event | None = None) -> Iterator[TokenEvent | Summary]:
+    """Answer a chat: yield a ``TokenEvent`` per token, then one ``Summary``.
+
+    ``messages`` are ``{"role", "content"}`` dicts rendered with the tokenizer's chat template. Setting ``cancel``
+    stops within one recurrence step; the summary then keeps the partial text with ``stop_reason="cancelled"``.
+    """
+    settings = settings or GenerationSettings(num_steps=model.config.mean_recurrence)
+    prompt_ids, trimmed = build_prompt(tokenizer, messages, model.config.block_size, min(settings.max_new_tokens, 16))
+    for _, event in _run_rows(model, tokenizer, prompt_ids, [settings], cancel, trimmed):
+        yield event
+
+
+def compare(model, tokenizer, messages: Any, settings_list: Sequence[GenerationSettings],
+            cancel: threading.Event | None = None) -> list[CompareResult]:
+    """Run one prompt at several settings, batching those that share a cache strategy. Each row keeps its own
+    per-token steps, and its output is the one it would have run alone (same seed)."""
+    if not settings_list:
+        raise ValueError("compare needs at least one settings entry")
+    settings_list = [s.replace(seed=s.seed if s.seed is not None else random.SystemRandom().randrange(2**31))
+                     for s in settings_list]
+    reserve = min(16, min(s.max_new_tokens for s in settings_list))
+    prompt_ids, trimmed = build_prompt(tokenizer, messages, model.config.block_size, reserve)
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(settings_list):
+        groups.setdefault(s.cache_strategy, []).append(i)
+    events: list[list[TokenEvent]] = [[] for _ in settings_list]
+    summaries: list[Summary | None] = [None] * len(settings_list)
+    for members in groups.values():
+        rows = [settings_list[i] for i in members]
+        for r, event in _run_rows(model, tokenizer, prompt_ids, rows, cancel, trimmed):
+            if isinstance(event, Summary):
+                summaries[members[r]] = event
+            else:
+                events[members[r]].append(event)
+    return [CompareResult(s, e, summ) for s, e, summ in zip(settings_list, events, summaries)]
