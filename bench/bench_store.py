@@ -1,0 +1,182 @@
+"""Figures for the conversation store (issue 5): streaming write rates, search time, crash runs.
+
+Usage: python bench/bench_store.py [--messages 10000] [--crash-runs 20] [--dir DIR]
+
+Prints a table and a one-line summary. Every run uses a fresh database in a temporary directory
+(or under --dir, to measure a particular disk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from app.store import EXPORT_FORMAT, EXPORT_VERSION, LOCAL_OWNER, Store  # noqa: E402
+from tests.store_crash_writer import damage, kill_mid_stream  # noqa: E402
+WORDS = (
+    "depth recurrent token exit criterion threshold latent state model answer question cache "
+    "entropy steps iteration prompt reasoning number proof compute budget warm start sample "
+    "temperature gradient layer attention embedding vector memory branch conversation search"
+).split()
+
+
+def stream_rate(store: Store, answers: int, tokens: int, flush_interval: float) -> tuple[float, float]:
+    """(flush transactions per second, tokens per second) for answers streamed back to back."""
+    conv = store.create_conversation(LOCAL_OWNER, "bench")
+    flushes = 0
+    start = time.perf_counter()
+    for _ in range(answers):
+        writer = store.begin_answer(LOCAL_OWNER, conv.id, flush_interval=flush_interval)
+        for i in range(tokens):
+            writer.add_token(f" w{i}", i % 32 + 1, 0.01)
+        writer.finish("complete", {"tokens": tokens})
+        flushes += writer.flushes
+    elapsed = time.perf_counter() - start
+    return flushes / elapsed, answers * tokens / elapsed
+
+
+def concurrent_stream_rate(store: Store, threads: int, tokens: int) -> float:
+    """Flush transactions per second summed over ``threads`` streams flushing every token."""
+    done = []
+
+    def run() -> None:
+        conv = store.create_conversation(LOCAL_OWNER, "bench")
+        with store.begin_answer(LOCAL_OWNER, conv.id, flush_interval=0) as writer:
+            for i in range(tokens):
+                writer.add_token(f" w{i}", 8, None)
+        done.append(writer.flushes + 1)
+
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    start = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return sum(done) / (time.perf_counter() - start)
+
+
+def message_rate(store: Store, count: int) -> float:
+    conv = store.create_conversation(LOCAL_OWNER, "bench")
+    start = time.perf_counter()
+    for i in range(count):
+        store.add_message(LOCAL_OWNER, conv.id, "user" if i % 2 else "assistant", f"message {i}")
+    return count / (time.perf_counter() - start)
+
+
+def synthetic_export(messages: int, per_conversation: int = 20) -> dict:
+    rng = random.Random(5)
+    conversations = []
+    for c in range(messages // per_conversation):
+        msgs = []
+        for j in range(per_conversation):
+            words = rng.choices(WORDS, k=rng.randint(20, 120))
+            if j == per_conversation - 1 and c % 100 == 0:
+                words.append("xylophone")  # a rare word: 1 message in 2,000
+            role = "user" if j % 2 == 0 else "assistant"
+            tokens = [{"text": " " + w, "steps": rng.randint(4, 32), "exit_value": 1e-3} for w in words]
+            msgs.append(
+                {
+                    "id": j + 1,
+                    "parent_id": j or None,
+                    "role": role,
+                    "content": " ".join(words),
+                    "created": "2026-01-01T00:00:00.000000+00:00",
+                    "updated": "2026-01-01T00:00:00.000000+00:00",
+                    "tokens": tokens if role == "assistant" else None,
+                    "settings": {"num_steps": 32} if role == "assistant" else None,
+                }
+            )
+        conversations.append(
+            {
+                "title": f"{rng.choice(WORDS)} {rng.choice(WORDS)} {c}",
+                "created": "2026-01-01T00:00:00.000000+00:00",
+                "updated": "2026-01-01T00:00:00.000000+00:00",
+                "current_leaf": per_conversation,
+                "messages": msgs,
+            }
+        )
+    return {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "conversations": conversations}
+
+
+def search_times(store: Store, queries: list[str], repeat: int = 20) -> dict[str, tuple[float, int]]:
+    out = {}
+    for q in queries:
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            hits = store.search(LOCAL_OWNER, q, limit=50)
+            times.append(time.perf_counter() - start)
+        out[q] = (statistics.median(times) * 1000, len(hits))
+    return out
+
+
+def crash_runs(directory: Path, runs: int) -> tuple[int, int]:
+    """(intact runs, total): SIGKILL a streaming writer, reopen, check the partial message."""
+    db = directory / "crash.db"
+    ok = 0
+    for _ in range(runs):
+        conv_id, msg_id = kill_mid_stream(db, random.uniform(0.0, 0.3))
+        with Store(db) as s:
+            problems = damage(s, conv_id, msg_id)
+        if problems:
+            print("crash run damaged:", "; ".join(problems), file=sys.stderr)
+        ok += not problems
+    return ok, runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=10_000)
+    parser.add_argument("--crash-runs", type=int, default=20)
+    parser.add_argument("--dir", type=Path, default=None)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        tmp_path = Path(tmp)
+        rows: list[tuple[str, str]] = []
+        with Store(tmp_path / "write.db") as store:
+            flushes, _ = stream_rate(store, answers=10, tokens=200, flush_interval=0)
+            rows.append(("stream, 1 writer, flush every token", f"{flushes:,.0f} flushes/s"))
+            conc = concurrent_stream_rate(store, threads=4, tokens=200)
+            rows.append(("stream, 4 writers, flush every token", f"{conc:,.0f} flushes/s total"))
+            _, tok_s = stream_rate(store, answers=2, tokens=20_000, flush_interval=0.5)
+            rows.append(("stream, default 0.5 s flush", f"{tok_s:,.0f} tokens/s accepted"))
+            msg_s = message_rate(store, 500)
+            rows.append(("add_message (one transaction each)", f"{msg_s:,.0f} messages/s"))
+
+        with Store(tmp_path / "search.db") as store:
+            start = time.perf_counter()
+            store.import_json(LOCAL_OWNER, synthetic_export(args.messages))
+            build = time.perf_counter() - start
+            rows.append((f"import {args.messages:,} messages (1 transaction)", f"{build:.2f} s"))
+            queries = ["xylophone", "depth", "entropy threshold", "recur", '"unbalanced AND (']
+            times = search_times(store, queries)
+            for q, (ms, n) in times.items():
+                rows.append((f"search {q!r} over {args.messages:,} messages", f"{ms:.1f} ms ({n} hits)"))
+
+        ok, runs = crash_runs(tmp_path, args.crash_runs)
+        rows.append(("SIGKILL mid-stream, reopen", f"{ok}/{runs} intact"))
+
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measure'.ljust(width)}  result")
+    print(f"{'-' * width}  {'-' * 24}")
+    for name, value in rows:
+        print(f"{name.ljust(width)}  {value}")
+    worst = max(ms for ms, _ in times.values())
+    print(
+        f"\nsummary: {flushes:,.0f} streamed message writes/s (1 writer), {conc:,.0f}/s (4 writers); "
+        f"search over {args.messages:,} messages <= {worst:.1f} ms; crash runs {ok}/{runs} intact"
+    )
+
+
+if __name__ == "__main__":
+    main()

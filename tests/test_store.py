@@ -1,0 +1,762 @@
+"""Tests of app.store against real SQLite files in tmp_path."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from app import store as store_module
+from app.store import (
+    ENV_VAR,
+    EXPORT_FORMAT,
+    SCHEMA_VERSION,
+    ImportInvalid,
+    InvalidData,
+    NotFound,
+    Store,
+    StoreBusy,
+    StoreError,
+    StoreLocationError,
+    default_db_path,
+    new_owner_key,
+)
+from tests.store_crash_writer import damage, kill_mid_stream
+
+REPO = Path(__file__).resolve().parent.parent
+OWNER = "alice"
+
+SETTINGS = {
+    "num_steps": 32,
+    "criterion": "kl",
+    "exit_threshold": 5e-4,
+    "min_steps": 4,
+    "warm_start": True,
+    "cache_strategy": "latest-m4",
+    "max_new_tokens": 256,
+    "temperature": 0.7,
+    "top_k": 50,
+    "top_p": 0.9,
+    "min_p": None,
+    "repetition_penalty": 1.1,
+    "seed": 1234,
+}
+TOKENS = [
+    {"text": "Four", "steps": 12, "exit_value": 3.5e-4},
+    {"text": ".", "steps": 4, "exit_value": None},
+    {"text": " Done", "steps": 32, "exit_value": 0.25},
+]
+STATS = {
+    "tokens": 3,
+    "tokens_per_s": 21.5,
+    "mean_steps": 16.0,
+    "min_steps": 4,
+    "max_steps": 32,
+    "core_iterations": 48,
+    "kv_cache_bytes": 1_048_576,
+    "elapsed_s": 0.14,
+    "stop_reason": "eos",
+}
+HOSTILE = (
+    "<script>alert('x')</script><img src=x onerror=alert(1)> &amp; \"quotes\" 'single'\n"
+    "\x00NUL\x01\x02\x07\x08\x0b\x0c\x1b[31mANSI\x1b[0m\x7f\r\n\t"
+    "\u202eRTL override\u202c \u2028line sep\u2029 \ufeffBOM zero\u200bwidth "
+    "e\u0301 combining 😀👩‍👩‍👧 emoji \U0010ffff max code point; '); DROP TABLE messages; --"
+)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "studio.db"
+
+
+@pytest.fixture
+def store(db_path: Path):
+    s = Store(db_path)
+    yield s
+    s.close()
+
+
+def answer(store: Store, conv_id: int, parent_id="leaf", content="Four. Done", **kw):
+    values = dict(
+        parent_id=parent_id,
+        model_id="tomg-group-umd/huginn-0125",
+        model_revision="2a364bd",
+        quantization="bf16",
+        settings=SETTINGS,
+        tokens=TOKENS,
+        stats=STATS,
+    )
+    values.update(kw)
+    return store.add_message(OWNER, conv_id, "assistant", content, **values)
+
+
+def conversation_with_branches(store: Store):
+    """root user -> answer a1 (regenerated as a2) ; user edited as a second root u2 -> a3."""
+    conv = store.create_conversation(OWNER)
+    u1 = store.add_message(OWNER, conv.id, "user", "What is 2+2?")
+    a1 = answer(store, conv.id)
+    a2 = answer(store, conv.id, parent_id=u1.id, content="4", settings={**SETTINGS, "num_steps": 8})
+    u2 = store.add_message(OWNER, conv.id, "user", "What is 3+3?", parent_id=None)
+    a3 = answer(store, conv.id, status="cancelled", content="Six")
+    return conv, u1, a1, a2, u2, a3
+
+
+# ------------------------------------------------------------------------------ open, schema
+def test_open_sets_up_wal_foreign_keys_busy_timeout_and_schema_version(store: Store, db_path: Path):
+    db = store._db()
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert db.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert {"conversations", "messages", "messages_fts", "conversations_fts", "meta"} <= set(
+        db.table_names()
+    )
+    assert store.integrity_check() == "ok"
+    assert store.recovered_from is None
+
+
+def test_reopen_keeps_data_and_does_not_rerun_migrations(db_path: Path):
+    with Store(db_path) as s:
+        conv = s.create_conversation(OWNER, "kept")
+        s.add_message(OWNER, conv.id, "user", "hello")
+    with Store(db_path) as s:
+        assert [c.title for c in s.list_conversations(OWNER)] == ["kept"]
+        assert [m.content for m in s.thread(OWNER, conv.id)] == ["hello"]
+
+
+def test_newer_schema_and_foreign_database_are_refused_untouched(tmp_path: Path):
+    newer = tmp_path / "newer.db"
+    with Store(newer):
+        pass
+    conn = sqlite3.connect(newer)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    before = newer.read_bytes()
+    with pytest.raises(StoreLocationError, match="newer Huginn Studio"):
+        Store(newer)
+    assert newer.read_bytes() == before
+
+    foreign = tmp_path / "other-app.db"
+    conn = sqlite3.connect(foreign)
+    conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+    conn.commit()
+    conn.close()
+    before = foreign.read_bytes()
+    with pytest.raises(StoreLocationError, match="another program.*invoices"):
+        Store(foreign)
+    assert foreign.read_bytes() == before
+
+
+def test_default_path_uses_user_data_dir_unless_env_var_set(monkeypatch, tmp_path: Path):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    path = default_db_path()
+    assert path.name == "huginn-studio.db" and "huginn-studio" in path.parent.name
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "env.db"))
+    assert default_db_path() == tmp_path / "env.db"
+    with Store() as s:
+        assert s.path == tmp_path / "env.db"
+    assert (tmp_path / "env.db").exists()
+
+
+def test_closed_store_refuses_calls(db_path: Path):
+    s = Store(db_path)
+    s.close()
+    with pytest.raises(StoreError, match="closed"):
+        s.list_conversations(OWNER)
+
+
+# ---------------------------------------------------------------------- conversations, messages
+def test_conversation_and_answer_round_trip_every_field(store: Store):
+    conv = store.create_conversation(OWNER, "Arithmetic", extra={"pinned": True})
+    system = store.add_message(OWNER, conv.id, "system", "Be brief.")
+    user = store.add_message(OWNER, conv.id, "user", "What is 2+2?")
+    msg = answer(store, conv.id, error=None, extra={"note": "first try"})
+
+    got = store.get_message(OWNER, msg.id)
+    assert got == msg
+    assert got.parent_id == user.id and user.parent_id == system.id and system.parent_id is None
+    assert got.role == "assistant" and got.kind == "message" and got.status == "complete"
+    assert got.model_id == "tomg-group-umd/huginn-0125"
+    assert (got.model_revision, got.quantization) == ("2a364bd", "bf16")
+    assert got.settings == SETTINGS and list(got.settings) == list(SETTINGS)
+    assert got.tokens == TOKENS and got.stats == STATS and got.extra == {"note": "first try"}
+    conv = store.get_conversation(OWNER, conv.id)
+    assert conv.current_leaf == msg.id and conv.extra == {"pinned": True}
+    assert conv.title == "Arithmetic"  # an explicit title is never replaced by the auto-title
+
+
+def test_list_newest_first_rename_and_delete_with_messages(store: Store):
+    a = store.create_conversation(OWNER, "a")
+    b = store.create_conversation(OWNER, "b")
+    c = store.create_conversation(OWNER, "c")
+    assert [x.id for x in store.list_conversations(OWNER)] == [c.id, b.id, a.id]
+    store.add_message(OWNER, a.id, "user", "bump a")
+    assert [x.id for x in store.list_conversations(OWNER)] == [a.id, c.id, b.id]
+    assert [x.id for x in store.list_conversations(OWNER, limit=2, offset=1)] == [c.id, b.id]
+
+    renamed = store.rename_conversation(OWNER, b.id, "Bee")
+    assert renamed.title == "Bee" and store.get_conversation(OWNER, b.id).title == "Bee"
+
+    store.add_message(OWNER, a.id, "user", "zebra crossing")
+    answer(store, a.id, content="zebra answer")
+    store.delete_conversation(OWNER, a.id)
+    with pytest.raises(NotFound):
+        store.get_conversation(OWNER, a.id)
+    db = store._db()
+    assert db.execute("SELECT count(*) FROM messages WHERE conversation_id = ?", [a.id]).fetchone()[0] == 0
+    assert store.search(OWNER, "zebra") == []
+    assert [x.id for x in store.list_conversations(OWNER)] == [b.id, c.id]
+    with pytest.raises(NotFound):
+        store.delete_conversation(OWNER, a.id)
+
+
+def test_auto_title_from_first_user_message_only(store: Store):
+    conv = store.create_conversation(OWNER)
+    assert conv.title == store_module.DEFAULT_TITLE
+    store.add_message(OWNER, conv.id, "system", "system prompt is not a title")
+    store.add_message(OWNER, conv.id, "user", "\n  \x1b[1mExplain\x00   recurrent\tdepth " + "x" * 100)
+    title = store.get_conversation(OWNER, conv.id).title
+    assert title.startswith("[1mExplain recurrent depth x") and len(title) == 60 and title.endswith("…")
+    store.add_message(OWNER, conv.id, "user", "second question")
+    assert store.get_conversation(OWNER, conv.id).title == title
+
+    renamed = store.create_conversation(OWNER)
+    store.rename_conversation(OWNER, renamed.id, "Mine")
+    store.add_message(OWNER, renamed.id, "user", "hello")
+    assert store.get_conversation(OWNER, renamed.id).title == "Mine"
+
+
+def test_editing_and_regenerating_make_sibling_branches(store: Store):
+    conv, u1, a1, a2, u2, a3 = conversation_with_branches(store)
+    assert [m.id for m in store.siblings(OWNER, a1.id)] == [a1.id, a2.id]
+    assert [m.id for m in store.siblings(OWNER, u1.id)] == [u1.id, u2.id]
+    assert [m.id for m in store.children(OWNER, u1.id)] == [a1.id, a2.id]
+    # current leaf follows the newest message
+    assert store.get_conversation(OWNER, conv.id).current_leaf == a3.id
+    assert [m.id for m in store.thread(OWNER, conv.id)] == [u2.id, a3.id]
+    assert [m.id for m in store.thread(OWNER, conv.id, a1.id)] == [u1.id, a1.id]
+    # nothing was overwritten
+    assert len(store.messages(OWNER, conv.id)) == 5
+    assert store.get_message(OWNER, a1.id).content == "Four. Done"
+
+    leaf = store.set_current_leaf(OWNER, conv.id, u1.id)
+    assert leaf.id == a2.id  # descends along the newest child
+    assert [m.id for m in store.thread(OWNER, conv.id)] == [u1.id, a2.id]
+    leaf = store.set_current_leaf(OWNER, conv.id, u1.id, descend=False)
+    assert leaf.id == u1.id and store.get_conversation(OWNER, conv.id).current_leaf == u1.id
+    # appending goes under the current leaf
+    a4 = answer(store, conv.id, content="third try")
+    assert a4.parent_id == u1.id
+    assert [m.id for m in store.siblings(OWNER, a4.id)] == [a1.id, a2.id, a4.id]
+
+
+def test_tree_links_cannot_cross_conversations(store: Store):
+    one = store.create_conversation(OWNER)
+    two = store.create_conversation(OWNER)
+    m1 = store.add_message(OWNER, one.id, "user", "in one")
+    with pytest.raises(InvalidData, match="another conversation"):
+        store.add_message(OWNER, two.id, "user", "x", parent_id=m1.id)
+    with pytest.raises(NotFound):
+        store.set_current_leaf(OWNER, two.id, m1.id)
+    with pytest.raises(NotFound):
+        store.thread(OWNER, two.id, m1.id)
+    assert store.messages(OWNER, two.id) == []
+    assert store.thread(OWNER, two.id) == []
+
+
+def test_invalid_arguments_are_refused_and_write_nothing(store: Store):
+    conv = store.create_conversation(OWNER)
+    bad_calls = [
+        dict(role="robot", content="x"),
+        dict(role="user", content=b"bytes"),
+        dict(role="user", content="x", status="done"),
+        dict(role="assistant", content="x", settings=["not", "a", "dict"]),
+        dict(role="assistant", content="x", settings={"seed": object()}),
+        dict(role="assistant", content="x", tokens=[{"text": "a", "steps": -1, "exit_value": 0}]),
+        dict(role="assistant", content="x", tokens=[{"text": "a", "steps": True, "exit_value": 0}]),
+        dict(role="assistant", content="x", tokens=[{"text": 1, "steps": 1, "exit_value": 0}]),
+        dict(role="assistant", content="x", tokens=[{"text": "a", "steps": 1, "exit_value": "hi"}]),
+        dict(role="assistant", content="x", stats="fast"),
+    ]
+    for call in bad_calls:
+        with pytest.raises(InvalidData):
+            store.add_message(OWNER, conv.id, call.pop("role"), call.pop("content"), **call)
+    assert store.messages(OWNER, conv.id) == []
+    with pytest.raises(NotFound):
+        store.add_message(OWNER, 999, "user", "x")
+    with pytest.raises(NotFound):
+        store.get_message(OWNER, 999)
+
+
+def test_array_scalars_from_the_engine_are_stored_as_numbers(store: Store):
+    class Scalar:  # stands in for a numpy/torch scalar without importing either
+        def __init__(self, v):
+            self.v = v
+
+        def item(self):
+            return self.v
+
+    conv = store.create_conversation(OWNER)
+    msg = answer(store, conv.id, stats={"tokens_per_s": Scalar(12.5), "tokens": Scalar(3)})
+    assert store.get_message(OWNER, msg.id).stats == {"tokens_per_s": 12.5, "tokens": 3}
+
+
+# ------------------------------------------------------------------------------------ hostile
+def test_hostile_text_round_trips_byte_for_byte(store: Store, tmp_path: Path):
+    big = (HOSTILE * (1_048_576 // len(HOSTILE) + 1))[:1_048_576]
+    conv = store.create_conversation(OWNER, HOSTILE)
+    user = store.add_message(OWNER, conv.id, "user", big)
+    msg = answer(
+        store,
+        conv.id,
+        content=HOSTILE,
+        tokens=[{"text": HOSTILE, "steps": 1, "exit_value": None}],
+        settings={HOSTILE: HOSTILE},
+    )
+    assert store.get_message(OWNER, user.id).content.encode() == big.encode()
+    got = store.get_message(OWNER, msg.id)
+    assert got.content == HOSTILE and got.tokens[0]["text"] == HOSTILE and got.settings == {HOSTILE: HOSTILE}
+    assert store.get_conversation(OWNER, conv.id).title == HOSTILE
+    assert [h.conversation_id for h in store.search(OWNER, "RTL override")] == [conv.id]
+
+    with Store(tmp_path / "other.db") as other:
+        [copy_] = other.import_json(OWNER, store.export_json(OWNER))
+        copied = other.thread(OWNER, copy_.id)
+        assert [m.content for m in copied] == [big, HOSTILE]
+        assert copy_.title == HOSTILE
+    assert HOSTILE in store.export_markdown(OWNER)
+
+
+def test_invalid_unicode_and_oversized_content_are_refused(store: Store):
+    conv = store.create_conversation(OWNER)
+    with pytest.raises(InvalidData, match="lone surrogate at position 3"):
+        store.add_message(OWNER, conv.id, "user", "abc\ud800def")
+    with pytest.raises(InvalidData, match="limit is 10,485,760 bytes"):
+        store.add_message(OWNER, conv.id, "user", "x" * (store_module.MAX_CONTENT_BYTES + 1))
+    with pytest.raises(InvalidData, match="title"):
+        store.rename_conversation(OWNER, conv.id, "\udfff")
+    assert store.messages(OWNER, conv.id) == []
+
+
+# ------------------------------------------------------------------------------------- search
+def test_full_text_search_titles_and_messages(store: Store):
+    a = store.create_conversation(OWNER, "Recurrent depth notes")
+    store.add_message(OWNER, a.id, "user", "How does adaptive exit work?")
+    b = store.create_conversation(OWNER, "Cooking")
+    store.add_message(OWNER, b.id, "user", "A recipe for bread")
+    answer(store, b.id, content="Knead the dough; the exit criterion does not apply to bread.")
+
+    hits = store.search(OWNER, "exit")
+    assert {h.conversation_id for h in hits} == {a.id, b.id}
+    assert all("[exit]" in h.snippet for h in hits)
+    [title_hit] = store.search(OWNER, "recurrent")
+    assert (title_hit.conversation_id, title_hit.message_id) == (a.id, None)
+    assert title_hit.title == "Recurrent depth notes"
+    [bread] = store.search(OWNER, "knead dough")
+    assert bread.conversation_id == b.id and bread.message_id is not None
+    assert store.search(OWNER, "adapt")[0].conversation_id == a.id  # last word is a prefix
+    assert store.search(OWNER, "absent") == []
+
+
+@pytest.mark.parametrize(
+    "query",
+    ['"foo', "AND OR (", "NOT", "*", "title:x", "a NEAR b", '""', "   ", "", "(((", "^", "-x", "'", "\x00", "😀", "NEAR(", "x OR"],
+)
+def test_search_accepts_any_user_input(store: Store, query: str):
+    conv = store.create_conversation(OWNER, "AND OR NOT")
+    store.add_message(OWNER, conv.id, "user", 'he said "foo" (and) NEAR x OR y')
+    hits = store.search(OWNER, query)
+    assert isinstance(hits, list)
+    if query in ('"foo', "AND OR (", "x OR"):
+        assert [h.conversation_id for h in hits] == [conv.id]
+
+
+# ------------------------------------------------------------------------------ export/import
+def test_json_export_import_is_lossless(store: Store, tmp_path: Path):
+    conv, *_ = conversation_with_branches(store)
+    conv = store.get_conversation(OWNER, conv.id)
+    store.add_message(
+        OWNER,
+        conv.id,
+        "assistant",
+        "depth arena",
+        kind="comparison",
+        extra={"rows": [{"num_steps": 4, "text": "5"}, {"num_steps": 32, "text": "6"}]},
+    )
+    store.set_current_leaf(OWNER, conv.id, store.thread(OWNER, conv.id)[0].id)
+    first = store.export_data(OWNER)
+    assert first["format"] == EXPORT_FORMAT and first["version"] == 1
+
+    with Store(tmp_path / "elsewhere.db") as other:
+        imported = other.import_json("bob", store.export_json(OWNER, [conv.id]))
+        again = other.export_data("bob")
+        assert len(imported) == 1 and imported[0].owner == "bob"
+        assert [c["title"] for c in other.export_data("bob")["conversations"]] == [conv.title]
+    first.pop("exported"), again.pop("exported")
+    assert again == first
+
+    orig_tree = {m.id: m for m in store.messages(OWNER, conv.id)}
+    new_tree = store.messages(OWNER, store.import_json(OWNER, first)[0].id)
+    assert len(new_tree) == len(orig_tree)
+    for old, new in zip(sorted(orig_tree.values(), key=lambda m: m.id), new_tree):
+        assert (old.content, old.settings, old.tokens, old.stats, old.status, old.kind, old.extra) == (
+            new.content, new.settings, new.tokens, new.stats, new.status, new.kind, new.extra
+        )
+
+
+def _valid_export(store: Store) -> dict:
+    conversation_with_branches(store)
+    return store.export_data(OWNER)
+
+
+def _mutations():
+    def at(doc, *path):
+        node = doc
+        for p in path[:-1]:
+            node = node[p]
+        return node, path[-1]
+
+    def set_(path, value):
+        def apply(doc):
+            node, key = at(doc, *path)
+            node[key] = value
+
+        return apply
+
+    def delete(path):
+        def apply(doc):
+            node, key = at(doc, *path)
+            del node[key]
+
+        return apply
+
+    msgs = ("conversations", 1, "messages")
+    return [
+        (set_(("format",), "chatgpt"), "not a Huginn Studio export"),
+        (set_(("version",), 99), "unsupported export version"),
+        (set_(("conversations",), {}), "conversations must be a list"),
+        (set_(("conversations", 1), "x"), r"conversations\[1\] must be an object"),
+        (delete(("conversations", 1, "title")), r"conversations\[1\]\.title is missing"),
+        (set_(("conversations", 1, "current_leaf"), 77), "current_leaf 77 is not one of its messages"),
+        (set_(("conversations", 1, "surprise"), 1), "unknown fields: surprise"),
+        (set_((*msgs, 1, "role"), "robot"), r"conversations\[1\]: role must be one of"),
+        (set_((*msgs, 1, "parent_id"), 42), "has parent 42, which is not in the file"),
+        (set_((*msgs, 0, "parent_id"), 2), "cycle"),
+        (set_((*msgs, 1, "id"), 1), "is used twice"),
+        (set_((*msgs, 1, "id"), True), "must be int"),
+        (set_((*msgs, 1, "content"), None), "content must be str"),
+        (set_((*msgs, 1, "tokens"), [{"text": "a"}]), "steps must be a non-negative integer"),
+        (set_((*msgs, 1, "settings"), "fast"), "settings must be an object"),
+        (set_((*msgs, 1, "status"), "halfway"), "status must be one of"),
+        (set_((*msgs, 1, "content"), "\ud800"), "lone surrogate"),
+        (delete((*msgs, 1, "created")), "created is missing"),
+    ]
+
+
+@pytest.mark.parametrize("mutate,message", _mutations())
+def test_import_rejects_malformed_file_and_writes_nothing(store: Store, mutate, message):
+    doc = _valid_export(store)
+    before = store.export_data(OWNER)["conversations"]
+    bad = copy.deepcopy(doc)
+    bad["conversations"].append(copy.deepcopy(doc["conversations"][0]))  # a valid one comes first
+    mutate(bad)
+    with pytest.raises(ImportInvalid, match=message):
+        store.import_json(OWNER, json.dumps(bad))
+    assert store.export_data(OWNER)["conversations"] == before
+
+
+def test_import_rejects_non_json_and_non_utf8(store: Store):
+    with pytest.raises(ImportInvalid, match="not valid JSON.*line 1"):
+        store.import_json(OWNER, "{nope")
+    with pytest.raises(ImportInvalid, match="not UTF-8"):
+        store.import_json(OWNER, b"\xff\xfe{}")
+    with pytest.raises(ImportInvalid, match="JSON object"):
+        store.import_json(OWNER, "[1, 2]")
+    assert store.list_conversations(OWNER) == []
+
+
+def test_markdown_export_shows_depth_settings_and_steps(store: Store):
+    conv, u1, a1, a2, u2, a3 = conversation_with_branches(store)
+    store.set_current_leaf(OWNER, conv.id, a1.id)
+    md = store.export_markdown(OWNER, [conv.id])
+    assert md.startswith("# What is 2+2?\n")
+    assert "showing the current branch (2 of 5 messages)" in md
+    assert "## User\n\nWhat is 2+2?" in md
+    assert "## Assistant · tomg-group-umd/huginn-0125@2a364bd · bf16" in md
+    assert "num_steps=32, criterion=kl, exit_threshold=0.0005" in md and "warm_start=on" in md
+    assert "3 tokens, mean 16, min 4, max 32 · 21.5 tokens/s" in md
+    assert "status: complete" in md and "What is 3+3?" not in md
+    both = store.export_markdown(OWNER)
+    assert both.count("\n---\n") == 0  # one conversation, no separator
+    other = store.create_conversation(OWNER, "Second")
+    partial = store.add_message(OWNER, other.id, "assistant", "half", status="partial", tokens=[{"text": "half", "steps": 7, "exit_value": None}])
+    assert partial.stats is None
+    md = store.export_markdown(OWNER)
+    assert md.count("\n---\n") == 1 and "1 tokens, mean 7, min 7, max 7 · status: partial" in md
+
+
+# ------------------------------------------------------------------------------------ streaming
+def test_streaming_answer_is_visible_to_other_connections_while_written(store: Store, db_path: Path):
+    conv = store.create_conversation(OWNER)
+    user = store.add_message(OWNER, conv.id, "user", "count")
+    writer = store.begin_answer(OWNER, conv.id, model_id="m", settings=SETTINGS, flush_interval=0)
+    reader = Store(db_path)
+    try:
+        partial = reader.get_message(OWNER, writer.message_id)
+        assert (partial.status, partial.content, partial.tokens, partial.parent_id) == ("partial", "", [], user.id)
+        for i in range(5):
+            writer.add_token(f" {i}", i + 1, 0.5)
+            seen = reader.get_message(OWNER, writer.message_id)
+            assert seen.content == "".join(f" {j}" for j in range(i + 1))
+            assert len(seen.tokens) == i + 1 and seen.status == "partial"
+        final = writer.finish("complete", STATS, content="0 1 2 3 4")
+        assert final.status == "complete" and final.content == "0 1 2 3 4" and final.stats == STATS
+        assert reader.get_message(OWNER, writer.message_id) == final
+        assert [t["steps"] for t in final.tokens] == [1, 2, 3, 4, 5]
+        with pytest.raises(StoreError, match="already finished"):
+            writer.add_token("x", 1)
+    finally:
+        reader.close()
+
+
+def test_streaming_flushes_on_interval_not_per_token(store: Store):
+    conv = store.create_conversation(OWNER)
+    writer = store.begin_answer(OWNER, conv.id, flush_interval=0.25)
+    start = time.monotonic()
+    while time.monotonic() - start < 0.9:
+        writer.add_token("x", 3)
+        time.sleep(0.005)
+    assert 2 <= writer.flushes <= 4  # far fewer transactions than tokens
+    saved = store.get_message(OWNER, writer.message_id)
+    assert len(writer.tokens) - len(saved.tokens) < len(writer.tokens) / 2
+    writer.flush()
+    assert store.get_message(OWNER, writer.message_id).tokens == writer.tokens
+
+
+def test_writer_context_manager_marks_cancelled_and_failed(store: Store):
+    conv = store.create_conversation(OWNER)
+
+    def generate():
+        with store.begin_answer(OWNER, conv.id, flush_interval=10) as w:
+            for i in range(100):
+                w.add_token(str(i), 1)
+                yield w.message_id
+
+    gen = generate()
+    cancelled_id = next(gen)
+    next(gen)
+    gen.close()  # what Gradio does when the user presses Stop
+    cancelled = store.get_message(OWNER, cancelled_id)
+    assert cancelled.status == "cancelled" and cancelled.content == "01"
+
+    with pytest.raises(RuntimeError):
+        with store.begin_answer(OWNER, conv.id) as w:
+            w.add_token("a", 1)
+            raise RuntimeError("CUDA out of memory")
+    failed = store.get_message(OWNER, w.message_id)
+    assert failed.status == "failed" and failed.error == "RuntimeError: CUDA out of memory"
+    assert failed.content == "a"
+
+    with store.begin_answer(OWNER, conv.id) as w:
+        w.add_token("ok", 2)
+    assert store.get_message(OWNER, w.message_id).status == "complete"
+
+
+def test_writer_reports_a_conversation_deleted_mid_stream(store: Store):
+    conv = store.create_conversation(OWNER)
+    writer = store.begin_answer(OWNER, conv.id, flush_interval=0)
+    store.delete_conversation(OWNER, conv.id)
+    with pytest.raises(NotFound, match="deleted while it was being written"):
+        writer.add_token("x", 1)
+
+
+def test_process_killed_mid_stream_leaves_partial_intact_message(db_path: Path):
+    for after_s in (0.0, 0.1, 0.25):  # the same file, killed and reopened three times
+        conv_id, msg_id = kill_mid_stream(db_path, after_s)
+        with Store(db_path) as s:
+            assert damage(s, conv_id, msg_id) == []
+            assert s.get_message(store_module.LOCAL_OWNER, msg_id).status == "partial"
+
+
+# ---------------------------------------------------------------------------------- concurrency
+def test_concurrent_writers_lose_nothing(db_path: Path):
+    store = Store(db_path)
+    shared = store.create_conversation(OWNER, "shared")
+    errors: list[BaseException] = []
+    per_thread, threads_n = 15, 6
+
+    def own_conversation(n: int) -> None:
+        try:
+            conv = store.create_conversation(OWNER, f"thread {n}")
+            for i in range(per_thread):
+                store.add_message(OWNER, conv.id, "user", f"q{n}-{i}")
+                with store.begin_answer(OWNER, conv.id, flush_interval=0) as w:
+                    for t in range(5):
+                        w.add_token(f"a{n}-{i}-{t} ", t + 1)
+                store.add_message(OWNER, shared.id, "user", f"shared {n}-{i}", parent_id=None)
+        except BaseException as exc:  # surfaced below, with the thread's traceback
+            errors.append(exc)
+
+    threads = [threading.Thread(target=own_conversation, args=(n,)) for n in range(threads_n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    convs = [c for c in store.list_conversations(OWNER) if c.title.startswith("thread")]
+    assert len(convs) == threads_n
+    for conv in convs:
+        msgs = store.messages(OWNER, conv.id)
+        assert len(msgs) == 2 * per_thread
+        assert all(m.status == "complete" and len(m.tokens) == 5 for m in msgs if m.role == "assistant")
+        assert len(store.thread(OWNER, conv.id)) == 2 * per_thread
+    assert len(store.messages(OWNER, shared.id)) == threads_n * per_thread
+    assert store.integrity_check() == "ok"
+    store.close()
+
+
+def test_lock_held_elsewhere_is_waited_out_not_surfaced(db_path: Path):
+    # A tiny busy_timeout forces the store's own retry loop to do the waiting.
+    store = Store(db_path, busy_timeout=0.01, lock_timeout=5)
+    conv = store.create_conversation(OWNER)
+    other = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    threading.Timer(0.3, lambda: other.execute("COMMIT")).start()
+    start = time.monotonic()
+    store.add_message(OWNER, conv.id, "user", "waited")
+    assert time.monotonic() - start >= 0.25
+    assert [m.content for m in store.thread(OWNER, conv.id)] == ["waited"]
+
+    impatient = Store(db_path, busy_timeout=0.01, lock_timeout=0.2)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreBusy, match="stayed locked by another program"):
+            impatient.add_message(OWNER, conv.id, "user", "gives up")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert len(store.messages(OWNER, conv.id)) == 1
+    store.close()
+    impatient.close()
+
+
+# ------------------------------------------------------------------------------ damaged files
+def test_garbage_file_is_moved_aside_never_overwritten(db_path: Path, caplog):
+    garbage = b"this is not a database\x00" * 500
+    db_path.write_bytes(garbage)
+    with caplog.at_level(logging.WARNING, logger="app.store"):
+        s = Store(db_path)
+    try:
+        moved = s.recovered_from
+        assert moved is not None and moved.name.startswith("studio.db.corrupt-")
+        assert moved.read_bytes() == garbage
+        assert str(moved) in caplog.text and "not an SQLite database" in caplog.text
+        conv = s.create_conversation(OWNER, "fresh start")
+        assert [c.id for c in s.list_conversations(OWNER)] == [conv.id]
+    finally:
+        s.close()
+    db_path.write_bytes(garbage)  # a second damaged file the same second gets its own name
+    with Store(db_path) as again:
+        assert again.recovered_from != moved and again.recovered_from.read_bytes() == garbage
+
+
+def test_file_failing_integrity_check_is_moved_aside(db_path: Path):
+    with Store(db_path) as s:
+        conv = s.create_conversation(OWNER)
+        for i in range(300):
+            s.add_message(OWNER, conv.id, "user", f"message {i} " + "filler " * 40)
+    data = bytearray(db_path.read_bytes())
+    page = 4096
+    assert len(data) > 20 * page
+    for offset in range(5 * page, len(data) - page, 3 * page):  # scribble over page headers
+        data[offset : offset + 64] = b"\xa5" * 64
+    db_path.write_bytes(bytes(data))
+    with Store(db_path) as s:
+        assert s.recovered_from is not None
+        assert s.recovered_from.read_bytes() == bytes(data)
+        assert s.list_conversations(OWNER) == [] and s.integrity_check() == "ok"
+
+
+def test_unwritable_locations_fail_clearly_at_open(tmp_path: Path):
+    a_file = tmp_path / "plain-file"
+    a_file.write_text("x")
+    with pytest.raises(StoreLocationError, match=r"plain-file/sub/x\.db.*--db PATH or the HUGINN_STUDIO_DB"):
+        Store(a_file / "sub" / "x.db")
+    with pytest.raises(StoreLocationError, match="it is a directory"):
+        Store(tmp_path)
+
+
+def test_read_only_directory_fails_clearly_at_open(tmp_path: Path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from app.store import Store, StoreLocationError\n"
+        "try:\n    Store(sys.argv[2])\nexcept StoreLocationError as e:\n    print('REFUSED', e)\n"
+        "else:\n    print('OPENED')\n"
+    )
+    cmd = [sys.executable, "-c", code, str(REPO), str(ro / "studio.db")]
+    if os.geteuid() == 0:
+        # root ignores permission bits; drop the capability that lets it, so chmod means something
+        setpriv = shutil.which("setpriv")
+        assert setpriv, "tests run as root need util-linux setpriv to make a read-only directory"
+        cmd = [setpriv, "--bounding-set=-dac_override,-dac_read_search", *cmd]
+    ro.chmod(0o555)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    finally:
+        ro.chmod(0o755)
+    assert out.stdout.startswith("REFUSED"), out.stdout + out.stderr
+    assert "Permission denied" in out.stdout and str(ro / "studio.db") in out.stdout
+    assert "--db PATH" in out.stdout
+    assert list(ro.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------ owners
+def test_owners_cannot_see_or_touch_each_others_conversations(store: Store, tmp_path: Path):
+    conv, u1, a1, *_ = conversation_with_branches(store)
+    mallory = new_owner_key()
+    assert mallory != new_owner_key() and len(mallory) >= 32
+    calls = [
+        lambda: store.get_conversation(mallory, conv.id),
+        lambda: store.rename_conversation(mallory, conv.id, "mine now"),
+        lambda: store.delete_conversation(mallory, conv.id),
+        lambda: store.add_message(mallory, conv.id, "user", "injected"),
+        lambda: store.begin_answer(mallory, conv.id),
+        lambda: store.get_message(mallory, a1.id),
+        lambda: store.messages(mallory, conv.id),
+        lambda: store.thread(mallory, conv.id),
+        lambda: store.children(mallory, u1.id),
+        lambda: store.siblings(mallory, a1.id),
+        lambda: store.set_current_leaf(mallory, conv.id, a1.id),
+        lambda: store.export_data(mallory, [conv.id]),
+    ]
+    for call in calls:
+        with pytest.raises(NotFound):
+            call()
+    # mallory's own conversation cannot adopt alice's messages either
+    own = store.create_conversation(mallory, "What is")
+    with pytest.raises(NotFound):
+        store.add_message(mallory, own.id, "user", "x", parent_id=u1.id)
+    assert store.list_conversations(mallory) == [own]
+    [hit] = store.search(mallory, "What")  # alice's "What is 2+2?" stays invisible
+    assert hit.conversation_id == own.id
+    assert store.export_data(mallory)["conversations"][0]["messages"] == []
+    assert store.export_markdown(mallory).startswith("# What is")
+
+    after = store.get_conversation(OWNER, conv.id)
+    assert after.title == "What is 2+2?" and len(store.messages(OWNER, conv.id)) == 5
+    for bad in ("", None, 7, "x" * 300):
+        with pytest.raises(InvalidData, match="owner"):
+            store.list_conversations(bad)
