@@ -49,7 +49,7 @@ class CacheStrategy:
         """Parse strings such as ``full``, ``latest-m4``, ``skip``, ``compress-s4``, ``latest-m4-compress-s16``."""
         if not isinstance(text, str) or not text:
             raise ValueError(f"cache strategy must be a non-empty string, got {text!r}")
-        read, _, share_part = text.partition("compress-")
+        read, sep, share_part = text.partition("compress-")
         read = read.rstrip("-") or "full"
         if read == "available-m4":
             read = "latest-m4"
@@ -58,13 +58,13 @@ class CacheStrategy:
                 f"unknown cache strategy {text!r}: the read rule must be one of {', '.join(READ_RULES)}, "
                 "optionally followed by -compress-s<k>, -compress-r<k> or -compress-anchor"
             )
-        if not share_part:
+        if not sep:
             return cls(read=read)
         if share_part == "anchor":
             return cls(read=read, share="anchor")
         match = re.fullmatch(r"([sr])(\d+)", share_part)
         if not match or int(match.group(2)) < 1:
-            raise ValueError(f"unknown cache sharing {('compress-' + share_part)!r} in {text!r}: "
+            raise ValueError(f"unknown cache sharing {('compress-' + share_part)!r} in cache strategy {text!r}: "
                              "use compress-s<k> or compress-r<k> with k >= 1, or compress-anchor")
         return cls(read=read, share=match.group(1), share_k=int(match.group(2)))
 
