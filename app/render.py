@@ -1,0 +1,232 @@
+"""Escaped HTML for the chat transcript, per-token depth heatmaps, their legend and stats lines.
+
+Every piece of text that reaches the page goes through ``esc``: prompts, answers, titles, tooltips, errors.
+Pure functions of plain values (no Gradio, no engine), so they are tested directly.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+BUCKETS = 8  # colour classes d0..d7 in assets/style.css, light (few steps) to dark (many)
+STOP_REASONS = {
+    "end_of_turn": "end of turn",
+    "stop_string": "stop string",
+    "max_tokens": "max new tokens reached",
+    "cancelled": "stopped",
+    "context_full": "context full",
+}
+
+
+def esc(text: Any) -> str:
+    """HTML-escape, also ``$ { }``: gr.HTML renders through a JS/Handlebars template, which must never see a
+    template expression coming from user or model text."""
+    return (html.escape(str(text), quote=True)
+            .replace("$", "&#36;").replace("{", "&#123;").replace("}", "&#125;"))
+
+
+def human_count(n: float) -> str:
+    """3_530_000_000 -> '3.53B'."""
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def human_bytes(n: float) -> str:
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def bucket(steps: int, scale: int) -> int:
+    """Colour class of a token that took ``steps`` recurrences on a 1..``scale`` step scale."""
+    if scale <= 1:
+        return BUCKETS - 1
+    frac = (min(max(steps, 1), scale) - 1) / (scale - 1)
+    return min(BUCKETS - 1, int(frac * BUCKETS))
+
+
+def _exit_text(value: float | None) -> str:
+    if value is None:
+        return "none"
+    if value == 0 or 1e-3 <= abs(value) < 1e4:
+        return f"{value:.4g}"
+    return f"{value:.2e}"
+
+
+def heatmap(tokens: Sequence[dict[str, Any]], scale: int) -> str:
+    """The answer text as one span per token, coloured by its steps; the tooltip gives steps and exit value."""
+    parts = []
+    for i, tok in enumerate(tokens):
+        text = tok.get("text") or ""
+        if not text:
+            continue  # stop tokens and held-back bytes take steps but show nothing
+        steps = int(tok.get("steps") or 0)
+        tip = f"token {i + 1}: {steps} steps, exit value {_exit_text(tok.get('exit_value'))}"
+        parts.append(f'<span class="tok d{bucket(steps, scale)}" data-steps="{steps}" title="{esc(tip)}">'
+                     f"{esc(text)}</span>")
+    return "".join(parts)
+
+
+def legend(scale: int) -> str:
+    """Swatches with the step range each colour stands for, on a 1..scale scale."""
+    ranges: dict[int, list[int]] = {}
+    for steps in range(1, max(scale, 1) + 1):
+        ranges.setdefault(bucket(steps, scale), []).append(steps)
+    items = []
+    for b, steps in sorted(ranges.items()):
+        label = str(steps[0]) if len(steps) == 1 else f"{steps[0]}–{steps[-1]}"
+        items.append(f'<span class="swatch d{b}">{label}</span>')
+    return f'<div class="legend"><span class="legend-title">steps per token</span>{"".join(items)}</div>'
+
+
+def stats_line(stats: dict[str, Any] | None) -> str:
+    """tokens · tokens/s · mean and max steps · materialized size · why it stopped."""
+    if not stats:
+        return ""
+    parts = [f"{stats.get('tokens', 0)} tokens"]
+    if stats.get("tokens_per_s") is not None:
+        parts.append(f"{stats['tokens_per_s']:.1f} tok/s")
+    if stats.get("mean_steps") is not None:
+        parts.append(f"steps mean {stats['mean_steps']:.1f}, max {stats.get('max_steps', 0)}")
+    if stats.get("materialized_parameters"):
+        parts.append(f"materialized {human_count(stats['materialized_parameters'])} params")
+    reason = stats.get("stop_reason")
+    if reason:
+        parts.append(STOP_REASONS.get(reason, reason))
+    line = " · ".join(esc(p) for p in parts)
+    notice = f'<div class="notice">{esc(stats["notice"])}</div>' if stats.get("notice") else ""
+    return f'<div class="stats">{line}</div>{notice}'
+
+
+@dataclass
+class MessageView:
+    """What the transcript needs of one message; built from a store Message or from a live answer."""
+
+    id: int | None
+    role: str
+    content: str
+    status: str = "complete"
+    kind: str = "message"
+    tokens: list[dict[str, Any]] | None = None
+    stats: dict[str, Any] | None = None
+    settings: dict[str, Any] | None = None
+    error: str | None = None
+    sibling_index: int = 1
+    sibling_count: int = 1
+    prev_sibling: int | None = None
+    next_sibling: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def scale_of(settings: dict[str, Any] | None, tokens: Sequence[dict[str, Any]] | None = None) -> int:
+    """The colour scale of an answer: its num_steps setting, else the largest step count seen."""
+    if settings and settings.get("num_steps"):
+        return int(settings["num_steps"])
+    return max((int(t.get("steps") or 0) for t in tokens or ()), default=1) or 1
+
+
+def _settings_label(settings: dict[str, Any] | None) -> str:
+    if not settings:
+        return ""
+    if settings.get("criterion", "none") == "none":
+        label = f"r={settings.get('num_steps')}"
+    else:
+        threshold = settings.get("exit_threshold")
+        label = f"{settings['criterion']} exit{'' if threshold is None else f' <{threshold:g}'}, r≤{settings.get('num_steps')}"
+    if settings.get("warm_start"):
+        label += ", warm start"
+    return label
+
+
+def _nav(m: MessageView) -> str:
+    if m.sibling_count <= 1 or m.id is None:
+        return ""
+    prev = (f'<button class="nav" data-action="sibling" data-message="{m.prev_sibling}" title="previous version">‹</button>'
+            if m.prev_sibling is not None else '<button class="nav" disabled>‹</button>')
+    nxt = (f'<button class="nav" data-action="sibling" data-message="{m.next_sibling}" title="next version">›</button>'
+           if m.next_sibling is not None else '<button class="nav" disabled>›</button>')
+    return f'<span class="siblings">{prev}<span class="pos">{m.sibling_index} / {m.sibling_count}</span>{nxt}</span>'
+
+
+def answer_body(tokens: Sequence[dict[str, Any]] | None, content: str, scale: int) -> str:
+    """Heatmap when per-token records exist (answers), plain escaped text otherwise (imported or typed text)."""
+    if tokens:
+        return heatmap(tokens, scale)
+    return esc(content)
+
+
+def column(title: str, tokens: Sequence[dict[str, Any]], content: str, stats: dict[str, Any] | None,
+           scale: int) -> str:
+    """One depth-arena column: heading, heatmap, stats."""
+    return (f'<div class="col"><div class="col-title">{esc(title)}</div>'
+            f'<div class="msg-text">{answer_body(tokens, content, scale)}</div>{stats_line(stats)}</div>')
+
+
+def columns(cols: Sequence[dict[str, Any]]) -> str:
+    """A row of arena columns sharing one colour scale, so colours compare across settings."""
+    if not cols:
+        return ""
+    scale = max(scale_of(c.get("settings"), c.get("tokens")) for c in cols)
+    body = "".join(column(c.get("label") or _settings_label(c.get("settings")), c.get("tokens") or [],
+                          c.get("content", ""), c.get("stats"), scale) for c in cols)
+    return f'<div class="arena-grid" style="--cols:{len(cols)}">{body}</div>{legend(scale)}'
+
+
+def message(m: MessageView) -> str:
+    role_class = "user" if m.role == "user" else "system" if m.role == "system" else "assistant"
+    who = {"user": "You", "system": "System", "assistant": "Huginn"}[role_class]
+    meta = []
+    if m.role == "assistant" and m.settings:
+        meta.append(_settings_label(m.settings))
+    if m.status == "partial":
+        meta.append("generating…")
+    elif m.status in ("cancelled", "failed"):
+        meta.append(m.status)
+    meta_html = "".join(f'<span class="meta">{esc(x)}</span>' for x in meta)
+    if m.kind == "comparison" and m.extra.get("columns"):
+        body = columns(m.extra["columns"])
+        footer = ""
+    else:
+        scale = scale_of(m.settings, m.tokens)
+        body = f'<div class="msg-text">{answer_body(m.tokens, m.content, scale)}</div>'
+        footer = (stats_line(m.stats) + (legend(scale) if m.tokens else "")) if m.role == "assistant" else ""
+    error = f'<div class="error">{esc(m.error)}</div>' if m.error else ""
+    copy = '<button class="copy" data-action="copy" title="copy the text">Copy</button>'
+    ident = f' data-id="{m.id}"' if m.id is not None else ""
+    return (f'<div class="msg {role_class} {esc(m.status)}"{ident}>'
+            f'<div class="msg-head"><span class="who">{who}</span>{meta_html}{_nav(m)}{copy}</div>'
+            f"{body}{footer}{error}</div>")
+
+
+def transcript(messages: Sequence[MessageView], placeholder: str = "") -> str:
+    if not messages:
+        return f'<div class="transcript empty"><div class="placeholder">{esc(placeholder)}</div></div>'
+    return f'<div class="transcript">{"".join(message(m) for m in messages)}</div>'
+
+
+def banner(text: str, kind: str = "info") -> str:
+    return f'<div class="banner {esc(kind)}">{esc(text)}</div>' if text else ""
+
+
+def error_box(text: str) -> str:
+    return f'<div class="error">{esc(text)}</div>'
+
+
+def agreement(tokens: Sequence[int], reference: Sequence[int]) -> float:
+    """Share of positions where two answers have the same token, over the longer length (1.0 = identical)."""
+    longest = max(len(tokens), len(reference))
+    if longest == 0:
+        return 1.0
+    same = sum(1 for a, b in zip(tokens, reference) if a == b)
+    return same / longest
+
+
+def finite(value: float | None) -> float | None:
+    """JSON cannot hold NaN or infinity (the store refuses them): keep them out of stats."""
+    return value if value is None or math.isfinite(value) else None
