@@ -131,7 +131,9 @@ def decode(
                 check_mask = torch.tensor(checking, device=device)
                 exit_mask = torch.zeros(batch, dtype=torch.bool, device=device)
                 exit_values = torch.zeros(batch, device=device)
-                for tracker, members in trackers.values():
+                for criterion, (tracker, members) in trackers.items():
+                    if not any(c and p.criterion == criterion for c, p in zip(checking, plans)):
+                        continue
                     rows_here = check_mask & members
                     exits, vals = tracker.check(state, logits, rows_here)
                     exit_mask |= exits & rows_here

@@ -140,6 +140,13 @@ class IncrementalDecoder:
         self.prefix, self.read = self.read, len(self.ids)
         return after[len(before):]
 
+    def flush(self) -> str:
+        """The text of bytes still held back (a character that never completed), at the end of generation."""
+        before = self.tokenizer.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
+        after = self.tokenizer.decode(self.ids[self.prefix:], skip_special_tokens=True)
+        self.prefix = self.read = len(self.ids)
+        return after[len(before):]
+
 
 class _StopStrings:
     """Hold back text that could still become a stop string; report when one appears."""
@@ -240,7 +247,8 @@ def _run_rows(model, tokenizer, prompt_ids: list[int], settings_list: Sequence[G
         if reasons[r] is None:
             reasons[r] = "context_full"
         if reasons[r] != "stop_string":
-            tail = stop_filters[r].flush()
+            tail = stop_filters[r].feed(decoders[r].flush())
+            tail += "" if stop_filters[r].hit else stop_filters[r].flush()
             texts[r] += tail
             if tail:
                 yield r, TokenEvent(len(steps[r]), -1, tail, 0, None, elapsed)

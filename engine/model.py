@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
 from transformers.modeling_outputs import ModelOutput
 
 from .cache import RecurrentCache
@@ -34,6 +35,10 @@ class RMSNorm(nn.Module):
         # Normalise in fp32 and cast back before the weight multiply, as the reference does.
         xf = x.float()
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+def _trunc_normal(tensor: Tensor, std: float) -> None:
+    init.trunc_normal_(tensor, 0.0, std, -3 * std, 3 * std)
 
 
 def rope_table(head_dim: int, length: int, base: float, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
@@ -57,6 +62,7 @@ class Attention(nn.Module):
         self.n_heads, self.head_dim = config.n_heads, config.head_dim
         self.Wqkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.proj.init_role = "out"
         if config.qk_bias:
             self.qk_bias = nn.Parameter(torch.zeros(2, 1, config.n_heads, config.head_dim))
 
@@ -88,6 +94,7 @@ class GatedMLP(nn.Module):
         super().__init__()
         self.fc = nn.Linear(config.n_embd, 2 * config.intermediate_size, bias=config.bias)
         self.proj = nn.Linear(config.intermediate_size, config.n_embd, bias=config.bias)
+        self.fc.init_role, self.proj.init_role = "glu", "out"
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = self.fc(x).chunk(2, dim=-1)
@@ -179,6 +186,7 @@ class HuginnForCausalLM(ReferenceGenerateMixin, PreTrainedModel, GenerationMixin
         super().__init__(config)
         self.transformer = HuginnTransformer(config)
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.lm_head.init_role = "tied" if config.tie_embeddings else "in"
         # Kept only so that state-dict names match the official checkpoint; the rotary table actually used is
         # rebuilt in fp32 (see _rope), because a bf16 load would round this buffer.
         cos, sin = rope_table(config.head_dim, config.block_size, config.rope_base)
@@ -189,32 +197,30 @@ class HuginnForCausalLM(ReferenceGenerateMixin, PreTrainedModel, GenerationMixin
     # ---- weights ------------------------------------------------------------------------------------------------
 
     def _init_weights(self, module: nn.Module) -> None:
-        """Takase init: truncated normal at sqrt(2/(5h)) (out-projections scaled by 1/sqrt(2 * depth)), cut at 3 std."""
+        """Takase init: truncated normal at sqrt(2/(5h)) (out-projections scaled by 1/sqrt(2 * depth)), cut at 3 std.
+
+        Works per leaf module through transformers' init functions, which leave loaded (or quantized) weights alone.
+        """
         values = self.config.init_values
-        std, out_std = values["std"], values["out_proj"]
         if isinstance(module, nn.Embedding):
-            nn.init.trunc_normal_(module.weight, 0.0, values["embedding"], -3 * values["embedding"], 3 * values["embedding"])
-        elif isinstance(module, GatedMLP):
-            nn.init.trunc_normal_(module.fc.weight, 0.0, std, -3 * std, 3 * std)
-            with torch.no_grad():
-                half = module.fc.weight.shape[0] // 2
-                nn.init.trunc_normal_(module.fc.weight[half:], 0.0, out_std, -3 * out_std, 3 * out_std)
-            nn.init.trunc_normal_(module.proj.weight, 0.0, out_std, -3 * out_std, 3 * out_std)
-        elif isinstance(module, Attention):
-            nn.init.trunc_normal_(module.Wqkv.weight, 0.0, std, -3 * std, 3 * std)
-            nn.init.trunc_normal_(module.proj.weight, 0.0, out_std, -3 * out_std, 3 * out_std)
-            if hasattr(module, "qk_bias"):
-                nn.init.zeros_(module.qk_bias)
+            _trunc_normal(module.weight, values["embedding"])
+        elif isinstance(module, nn.Linear):
+            role = getattr(module, "init_role", "in")
+            if role == "glu":  # [gate | up]: the up half is an output-side projection
+                if not getattr(module.weight, "_is_hf_initialized", False):
+                    half = module.weight.shape[0] // 2
+                    with torch.no_grad():
+                        _trunc_normal(module.weight[:half], values["std"])
+                        _trunc_normal(module.weight[half:], values["out_proj"])
+            elif role != "tied":
+                _trunc_normal(module.weight, values["out_proj"] if role == "out" else values["std"])
         elif isinstance(module, RMSNorm):
-            nn.init.ones_(module.weight)
-        elif module is getattr(self, "transformer", None):
-            nn.init.trunc_normal_(module.adapter.weight, 0.0, std, -3 * std, 3 * std)
-        elif module is self:
-            cos, sin = rope_table(self.config.head_dim, self.config.block_size, self.config.rope_base,
-                                  device=self.freqs_cis.device if self.freqs_cis.device.type != "meta" else None)
-            if self.freqs_cis.device.type != "meta":
-                with torch.no_grad():
-                    self.freqs_cis.copy_(torch.stack((cos, sin), -1)[None, :, None])
+            init.ones_(module.weight)
+        elif isinstance(module, Attention) and hasattr(module, "qk_bias"):
+            init.zeros_(module.qk_bias)
+        elif module is self and self.freqs_cis.device.type != "meta":
+            cos, sin = rope_table(self.config.head_dim, self.config.block_size, self.config.rope_base)
+            init.copy_(self.freqs_cis, torch.stack((cos, sin), -1)[None, :, None].to(self.freqs_cis))
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.transformer.wte

@@ -71,8 +71,11 @@ def tiny_config(vocab_size: int = 262, **overrides) -> HuginnConfig:
     return HuginnConfig(**values)
 
 
-def make_checkpoint(folder: Path, seed: int = 0, **overrides) -> Path:
-    """A random Huginn checkpoint in the official format, with the byte-level test tokenizer."""
+def make_checkpoint(folder: Path, seed: int = 0, weight_std: float | None = 0.08, **overrides) -> Path:
+    """A random Huginn checkpoint in the official format, with the byte-level test tokenizer.
+
+    ``weight_std`` redraws the matrices larger than the Takase init so that outputs depend visibly on depth;
+    None keeps the model's own init (tame dynamics, as in a trained model)."""
     folder.mkdir(parents=True, exist_ok=True)
     vocab = write_byte_tokenizer(folder)
     torch.manual_seed(seed)
@@ -80,8 +83,8 @@ def make_checkpoint(folder: Path, seed: int = 0, **overrides) -> Path:
     # Random, larger-than-init weights so that the tiny model's outputs depend visibly on depth.
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.ndim == 2 and "wte" not in name:
-                p.normal_(0, 0.08)
+            if weight_std is not None and p.ndim == 2 and "wte" not in name:
+                p.normal_(0, weight_std)
     model.save_pretrained(folder)
     return folder
 

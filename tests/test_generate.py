@@ -1,0 +1,225 @@
+"""Generation: the authors' goldens through model.generate, and the app-facing stream / compare."""
+
+import json
+import threading
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GenerationConfig
+
+import engine
+from engine import GenerationSettings, PromptError, SettingsError, Summary, TokenEvent
+from engine.generate import IncrementalDecoder
+
+HELLO = [{"role": "user", "content": "Hello there"}]
+
+
+@pytest.fixture(scope="module")
+def golden_model(golden_dir):
+    return AutoModelForCausalLM.from_pretrained(golden_dir).eval()
+
+
+def _golden_cases(golden_dir):
+    return json.loads((golden_dir / "golden.json").read_text())
+
+
+@pytest.mark.parametrize("case", ["minimal_r4", "minimal_r8_warm", "adaptive_none_r8", "adaptive_latentdiff",
+                                  "adaptive_kl", "adaptive_entropy", "adaptive_argmax", "adaptive_minpkl",
+                                  "adaptive_cosine", "adaptive_kl_warm"])
+def test_generate_matches_reference_goldens(golden_model, golden_dir, case):
+    golden = _golden_cases(golden_dir)
+    spec = golden["generation"][case]
+    prompt = torch.tensor([golden["prompt"]])
+    config = GenerationConfig(max_length=prompt.shape[1] + 16, do_sample=False, return_dict_in_generate=True)
+    out = golden_model.generate(prompt, config, **spec["kwargs"])
+    assert out.sequences[0, prompt.shape[1]:].tolist() == spec["tokens"]
+    if "criterion" in spec["kwargs"]:
+        assert len(out.scores) == 16
+        steps = [entry[0][0] for entry in out.scores]
+        assert steps == spec["steps"]
+        values = [entry[1][0] for entry in out.scores]
+        assert all(isinstance(v, list) and all(isinstance(x, float) for x in v) for v in values)
+    else:
+        assert out.scores is None
+
+
+def test_generate_stops_on_eos_and_honours_max_new_tokens(golden_model, golden_dir):
+    prompt = torch.tensor([_golden_cases(golden_dir)["prompt"]])
+    config = GenerationConfig(do_sample=False, eos_token_id=11)  # 11 is the second golden token at r=8
+    out = golden_model.generate(prompt, config, num_steps=8, init_scale=0.0, max_new_tokens=10)
+    assert out[0, prompt.shape[1]:].tolist() == [109, 11]
+    out = golden_model.generate(prompt, GenerationConfig(do_sample=False), num_steps=8, init_scale=0.0,
+                                max_new_tokens=3)
+    assert out.shape[1] == prompt.shape[1] + 3
+
+
+def test_stream_events_and_summary(tiny):
+    model, tok = tiny
+    settings = GenerationSettings(num_steps=3, max_new_tokens=12, seed=5, temperature=0.7)
+    events = list(engine.stream(model, tok, HELLO, settings))
+    tokens, summary = events[:-1], events[-1]
+    assert isinstance(summary, Summary) and all(isinstance(e, TokenEvent) for e in tokens)
+    assert summary.tokens == len([e for e in tokens if e.token_id >= 0]) == len(summary.steps)
+    assert "".join(e.text for e in tokens) == summary.text
+    ids = [e.token_id for e in tokens if e.token_id >= 0]
+    assert summary.text == tok.decode(ids, skip_special_tokens=True)
+    assert summary.stop_reason in ("max_tokens", "end_of_turn")
+    assert summary.mean_steps == 3 and summary.core_iterations == 3 * summary.tokens
+    assert summary.kv_cache_bytes > 0 and summary.tokens_per_s > 0 and summary.seed == 5
+    assert summary.settings["num_steps"] == 3
+
+
+def test_seeded_sampling_is_reproducible(tiny):
+    model, tok = tiny
+    settings = GenerationSettings(num_steps=2, max_new_tokens=10, seed=11, temperature=1.0, top_p=0.9)
+    first = list(engine.stream(model, tok, HELLO, settings))[-1]
+    second = list(engine.stream(model, tok, HELLO, settings))[-1]
+    other = list(engine.stream(model, tok, HELLO, settings.replace(seed=12)))[-1]
+    assert first.text == second.text and first.steps == second.steps
+    assert other.text != first.text
+
+
+def test_unseeded_runs_record_their_seed_and_replay(tiny):
+    model, tok = tiny
+    settings = GenerationSettings(num_steps=2, max_new_tokens=8, temperature=1.0)
+    first = list(engine.stream(model, tok, HELLO, settings))[-1]
+    replay = list(engine.stream(model, tok, HELLO, settings.replace(seed=first.seed)))[-1]
+    assert replay.text == first.text
+
+
+def test_adaptive_exit_reports_steps_per_token(tiny):
+    model, tok = tiny
+    settings = GenerationSettings(num_steps=24, criterion="latent-diff", exit_threshold=0.2, max_new_tokens=10,
+                                  seed=0, init_scale=0.0)
+    events = list(engine.stream(model, tok, HELLO, settings))
+    summary = events[-1]
+    assert all(1 <= s <= 24 for s in summary.steps)
+    assert summary.core_iterations == sum(summary.steps)
+    assert all(e.exit_value is not None for e in events[:-1] if e.token_id >= 0)
+
+
+def test_cancel_returns_within_one_core_step(tiny):
+    model, tok = tiny
+    cancel = threading.Event()
+    calls = {"n": 0}
+    original = model.core_step
+
+    def counting_core_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 50:
+            cancel.set()
+        return original(*args, **kwargs)
+
+    model.core_step = counting_core_step
+    try:
+        events = list(engine.stream(model, tok, HELLO, GenerationSettings(num_steps=8, max_new_tokens=100, seed=0),
+                                    cancel=cancel))
+    finally:
+        del model.core_step
+    summary = events[-1]
+    assert summary.stop_reason == "cancelled"
+    assert calls["n"] == 50  # no recurrence step ran after the one during which cancel was set
+    assert summary.tokens == 49 // 8  # the partial answer keeps every finished token
+    assert summary.text == "".join(e.text for e in events[:-1])
+
+
+def test_stop_strings_end_the_answer_without_showing_them(tiny):
+    model, tok = tiny
+    base = GenerationSettings(num_steps=2, max_new_tokens=30, seed=3, temperature=1.0)
+    full = list(engine.stream(model, tok, HELLO, base))[-1].text
+    assert len(full) > 6
+    stop = full[3:5]
+    cut = list(engine.stream(model, tok, HELLO, base.replace(stop_strings=(stop,))))[-1]
+    assert cut.stop_reason == "stop_string"
+    assert cut.text == full[:full.index(stop)]
+
+
+def test_incremental_decoding_handles_multibyte_characters(tiny):
+    _, tok = tiny
+    text = "naïve 東京 🙂!"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) > len(text)  # byte-level: multi-byte characters span several tokens
+    decoder = IncrementalDecoder(tok)
+    pieces = [decoder.add(i) for i in ids]
+    assert "".join(pieces) == text
+    assert all("\ufffd" not in p for p in pieces)
+
+
+def test_compare_equals_solo_runs(tiny):
+    model, tok = tiny
+    settings = [
+        GenerationSettings(num_steps=1, max_new_tokens=8, seed=1),
+        GenerationSettings(num_steps=4, max_new_tokens=8, seed=1),
+        GenerationSettings(num_steps=8, max_new_tokens=6, seed=1, warm_start=True),
+        GenerationSettings(num_steps=16, criterion="kl", exit_threshold=1e-2, max_new_tokens=8, seed=1),
+        GenerationSettings(num_steps=8, criterion="latent-diff", exit_threshold=0.2, max_new_tokens=8, seed=1,
+                           warm_start=True),
+        GenerationSettings(num_steps=4, max_new_tokens=8, seed=2, temperature=0.9),
+        GenerationSettings(num_steps=4, max_new_tokens=8, seed=1, cache_strategy="latest-m4"),
+    ]
+    results = engine.compare(model, tok, HELLO, settings)
+    assert [r.settings for r in results] == settings
+    for result in results:
+        solo = list(engine.stream(model, tok, HELLO, result.settings))[-1]
+        assert result.summary.text == solo.text, result.settings.label()
+        assert result.summary.steps == solo.steps, result.settings.label()
+        assert [e.steps for e in result.events if e.token_id >= 0] == solo.steps
+
+
+def test_long_conversations_are_trimmed_with_a_notice(tiny):
+    model, tok = tiny
+    filler = "x" * 60
+    history = []
+    for i in range(6):
+        history += [{"role": "user", "content": f"{i} {filler}"}, {"role": "assistant", "content": filler}]
+    messages = [{"role": "system", "content": "Be brief."}] + history + [{"role": "user", "content": "last"}]
+    summary = list(engine.stream(model, tok, messages, GenerationSettings(num_steps=1, max_new_tokens=4, seed=0)))[-1]
+    assert summary.trimmed_messages > 0
+    assert "left out" in summary.notice
+    assert summary.prompt_tokens + 4 <= model.config.block_size
+
+
+def test_a_prompt_that_cannot_fit_is_refused(tiny):
+    model, tok = tiny
+    with pytest.raises(PromptError, match="context"):
+        list(engine.stream(model, tok, [{"role": "user", "content": "y" * 400}], GenerationSettings(num_steps=1)))
+
+
+def test_context_full_is_reported(tiny):
+    model, tok = tiny
+    messages = [{"role": "user", "content": "z" * 200}]
+    summary = list(engine.stream(model, tok, messages, GenerationSettings(num_steps=1, max_new_tokens=500,
+                                                                         seed=0)))[-1]
+    assert summary.prompt_tokens + summary.tokens <= model.config.block_size
+    assert summary.stop_reason in ("context_full", "end_of_turn")
+
+
+@pytest.mark.parametrize("messages,match", [
+    ([], "non-empty"), ("hello", "non-empty"), ([{"role": "robot", "content": "x"}], "role"),
+    ([{"role": "user", "content": 3}], "string content"), ([{"role": "user", "content": "   "}], "empty"),
+])
+def test_malformed_messages_are_refused(tiny, messages, match):
+    model, tok = tiny
+    with pytest.raises(PromptError, match=match):
+        list(engine.stream(model, tok, messages, GenerationSettings(num_steps=1)))
+
+
+@pytest.mark.parametrize("field,value", [
+    ("num_steps", 0), ("num_steps", 257), ("num_steps", 2.5), ("criterion", "vibes"), ("exit_threshold", -1.0),
+    ("min_steps", 40), ("cache_strategy", "bogus"), ("max_new_tokens", 0), ("temperature", -0.1),
+    ("top_p", 0.0), ("top_p", 1.5), ("min_p", 2.0), ("repetition_penalty", 0.0), ("seed", -3), ("top_k", -1),
+    ("temperature", float("nan")), ("warm_start", "yes"),
+])
+def test_invalid_settings_name_the_field(field, value):
+    with pytest.raises(SettingsError) as err:
+        GenerationSettings(**{field: value})
+    assert err.value.field == field
+    assert str(err.value).startswith(field)
+
+
+def test_settings_round_trip_through_dicts():
+    settings = GenerationSettings(num_steps=12, criterion="kl", warm_start=True, stop_strings=("END",), seed=4)
+    assert GenerationSettings.from_dict(settings.to_dict()) == settings
+    assert settings.threshold == engine.DEFAULT_THRESHOLDS["kl"] == 5e-4
+    with pytest.raises(SettingsError, match="unknown setting"):
+        GenerationSettings.from_dict({"num_stepz": 3})
