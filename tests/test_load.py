@@ -109,4 +109,4 @@ def test_auto_quantization_follows_free_memory(official_dir):
     assert 7.0e9 < weight_bytes(config, "none") < 7.3e9  # bf16, the tied embedding counted once
     assert choose_quantization(config, 24 * gib) == "none"
     assert choose_quantization(config, 8 * gib) == "int8"
-    assert choose_quantization(config, 6 * gib) == "nf4"
+    assert choose_quantization(config, 5 * gib) == "nf4"
