@@ -67,6 +67,9 @@ def heatmap(tokens: Sequence[dict[str, Any]], scale: int) -> str:
         if not text:
             continue  # stop tokens and held-back bytes take steps but show nothing
         steps = int(tok.get("steps") or 0)
+        if steps == 0:  # text the engine released at the end (held-back bytes), computed by no step of its own
+            parts.append(f'<span class="tok tail" title="held-back text released at the end">{esc(text)}</span>')
+            continue
         tip = f"token {i + 1}: {steps} steps, exit value {_exit_text(tok.get('exit_value'))}"
         parts.append(f'<span class="tok d{bucket(steps, scale)}" data-steps="{steps}" title="{esc(tip)}">'
                      f"{esc(text)}</span>")

@@ -49,7 +49,8 @@ def _plot_frame(result: dict[str, Any] | None, key: str) -> pd.DataFrame:
     rows = []
     for i, col in enumerate((result or {}).get("columns", [])):
         rows.append({"setting": f"{i + 1}. {col['label']}", key: round(float(col["stats"].get(key) or 0.0), 3)})
-    return pd.DataFrame(rows, columns=["setting", key])
+    # Typed columns even when empty: the plot picks its axis type from the first value it gets.
+    return pd.DataFrame(rows, columns=["setting", key]).astype({"setting": str, key: float})
 
 
 def build_demo(studio: Studio) -> gr.Blocks:
@@ -116,12 +117,14 @@ def build_demo(studio: Studio) -> gr.Blocks:
                         arena_html = gr.HTML("", elem_id="arena-columns")
                         with gr.Row():
                             plot_steps = gr.BarPlot(_plot_frame(None, "mean_steps"), x="setting", y="mean_steps",
-                                                    title="Mean steps per token", height=220, sort=None)
+                                                    title="Mean steps per token", height=220, sort=None,
+                                                    x_label_angle=-30)
                             plot_speed = gr.BarPlot(_plot_frame(None, "tokens_per_s"), x="setting",
-                                                    y="tokens_per_s", title="Tokens/s", height=220, sort=None)
+                                                    y="tokens_per_s", title="Tokens/s", height=220, sort=None,
+                                                    x_label_angle=-30)
                             plot_agree = gr.BarPlot(_plot_frame(None, "agreement"), x="setting", y="agreement",
                                                     title="Agreement with the deepest answer", height=220,
-                                                    y_lim=[0, 1], sort=None)
+                                                    y_lim=[0, 1], sort=None, x_label_angle=-30)
                     # ---- model ----
                     with gr.Tab("Model", id="model"):
                         model_md = gr.Markdown(studio.model_summary(), elem_id="model-info")
