@@ -13,7 +13,7 @@ import secrets
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -414,6 +414,9 @@ class Studio:
             writer.finish("failed", error=f"generation failed: {type(err).__name__}: {err}")
         finally:
             cancel.set()  # the engine stops too if Gradio closed this generator (tab closed)
+            with self._cancels_lock:
+                if self._cancels.get(session["tab"]) is cancel:
+                    del self._cancels[session["tab"]]
             if not writer.finished:
                 writer.finish("cancelled")
         yield session, self.transcript(session)
@@ -496,7 +499,3 @@ class Studio:
                 f"{'' if info.quantization == 'none' else ' · ' + info.quantization} · {info.device} · "
                 f"{render.human_bytes(info.memory_bytes)} · default depth {info.num_steps_default} steps · "
                 f"context {info.context:,} tokens")
-
-
-def with_defaults(settings: engine.GenerationSettings, **changes: Any) -> engine.GenerationSettings:
-    return replace(settings, **changes)

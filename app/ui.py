@@ -13,7 +13,8 @@ import pandas as pd
 import engine
 
 from . import render
-from .handlers import ARENA_DEFAULT, ARENA_PRESETS, Studio, UserError, settings_from_form, threshold_choices
+from .handlers import (ARENA_DEFAULT, ARENA_PRESETS, Studio, UserError, arena_settings, settings_from_form,
+                       threshold_choices)
 from .store import StoreError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -255,8 +256,6 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
         @_friendly
         def on_arena(sess, text, system_prompt, presets, *values):
-            from .handlers import arena_settings
-
             result = studio.compare(text, system_prompt, arena_settings(settings(values), presets, limits), sess)
             return (result, render.columns(result["columns"]), _plot_frame(result, "mean_steps"),
                     _plot_frame(result, "tokens_per_s"), _plot_frame(result, "agreement"))

@@ -228,3 +228,20 @@ def test_api_handlers_validate_settings(studio):
         studio.chat_api("Hi", {"bogus": 1})
     with pytest.raises(UserError, match="non-empty list"):
         studio.compare_api("Hi", [])
+
+
+def test_model_slot_loads_another_model_and_explains_failures(studio, tiny_dir):
+    with pytest.raises(engine.LoadError, match="does not exist"):
+        studio.slot.load("/no/such/model", "none")
+    assert "tiny" == studio.slot.note  # a failed load keeps the current model
+    info = studio.slot.load(str(tiny_dir), "none")
+    assert info.name == str(tiny_dir) and f"Running {tiny_dir}." == studio.slot.note
+    assert "parameters" in studio.model_summary()
+
+
+def test_build_demo_exposes_chat_and_compare(studio):
+    from app.ui import build_demo
+
+    demo = build_demo(studio)
+    names = {dep.get("api_name") for dep in demo.config["dependencies"] if dep.get("api_visibility") == "public"}
+    assert {"chat", "compare"} <= names
