@@ -33,27 +33,27 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # Normalise in fp32 and cast back before the weight multiply, as the reference does.
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+        return F.rms_norm(x.float(), self.weight.shape, eps=self.eps).to(x.dtype) * self.weight
 
 
 def _trunc_normal(tensor: Tensor, std: float) -> None:
     init.trunc_normal_(tensor, 0.0, std, -3 * std, 3 * std)
 
 
-def rope_table(head_dim: int, length: int, base: float, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
-    """cos/sin of shape (length, head_dim // 2), always fp32."""
+def rope_table(head_dim: int, length: int, base: float, device: torch.device | None = None) -> Tensor:
+    """Rotations e^(i * p * theta_j) as a complex64 (length, head_dim // 2) table, always computed in fp32."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
     angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
-    return angles.cos(), angles.sin()
+    return torch.polar(torch.ones_like(angles), angles)
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate interleaved pairs (x[2i], x[2i+1]) of x (B, S, H, d); cos/sin are (S, d/2). Not Llama's rotate_half."""
-    xf = x.float().unflatten(-1, (-1, 2))
-    a, b = xf[..., 0], xf[..., 1]
-    c, s = cos[None, :, None, :], sin[None, :, None, :]
-    return torch.stack((a * c - b * s, b * c + a * s), dim=-1).flatten(-2).to(x.dtype)
+def apply_rope(x: Tensor, rotations: Tensor) -> Tensor:
+    """Rotate interleaved pairs (x[2i], x[2i+1]) of x (B, S, ..., d) by (S, d/2) complex rotations, in fp32.
+
+    Interleaved pairs, as the official checkpoint was trained: not Llama's rotate_half layout."""
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    shape = (1, rotations.shape[0]) + (1,) * (x.dim() - 3) + (rotations.shape[1],)
+    return torch.view_as_real(pairs * rotations.view(shape)).flatten(-2).to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -66,14 +66,13 @@ class Attention(nn.Module):
         if config.qk_bias:
             self.qk_bias = nn.Parameter(torch.zeros(2, 1, config.n_heads, config.head_dim))
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], slot: tuple[str, int] | None,
+    def forward(self, x: Tensor, rope: Tensor, slot: tuple[str, int] | None,
                 cache: RecurrentCache | None, pos0: int, rows: Tensor | None) -> Tensor:
         B, S, _ = x.shape
-        q, k, v = self.Wqkv(x).view(B, S, 3, self.n_heads, self.head_dim).unbind(2)
-        if hasattr(self, "qk_bias"):
-            q, k = q + self.qk_bias[0], k + self.qk_bias[1]
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        qkv = self.Wqkv(x).view(B, S, 3, self.n_heads, self.head_dim)
+        qk = qkv[:, :, :2] + self.qk_bias[:, 0] if hasattr(self, "qk_bias") else qkv[:, :, :2]
+        q, k = apply_rope(qk, rope).transpose(1, 3).unbind(2)  # bias before rotation, as in the reference
+        v = qkv[:, :, 2].transpose(1, 2)
         mask = None
         if cache is not None and slot is not None:
             k, v, mask = cache.update(slot[0], slot[1], k, v, pos0, rows)
@@ -113,7 +112,7 @@ class SandwichBlock(nn.Module):
         self.mlp = GatedMLP(config)
         self.norm_4 = RMSNorm(config.n_embd, config.norm_eps)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], slot: tuple[str, int] | None = None,
+    def forward(self, x: Tensor, rope: Tensor, slot: tuple[str, int] | None = None,
                 cache: RecurrentCache | None = None, pos0: int = 0, rows: Tensor | None = None) -> Tensor:
         x = self.norm_2(x + self.attn(self.norm_1(x), rope, slot, cache, pos0, rows))
         return self.norm_4(x + self.mlp(self.norm_3(x)))
@@ -189,9 +188,8 @@ class HuginnForCausalLM(ReferenceGenerateMixin, PreTrainedModel, GenerationMixin
         self.lm_head.init_role = "tied" if config.tie_embeddings else "in"
         # Kept only so that state-dict names match the official checkpoint; the rotary table actually used is
         # rebuilt in fp32 (see _rope), because a bf16 load would round this buffer.
-        cos, sin = rope_table(config.head_dim, config.block_size, config.rope_base)
-        self.register_buffer("freqs_cis", torch.stack((cos, sin), -1)[None, :, None], persistent=True)
-        self._rope_cache: tuple[Tensor, Tensor] | None = None
+        self.register_buffer("freqs_cis", self._freqs_cis_buffer(), persistent=True)
+        self._rope_cache: Tensor | None = None
         self.post_init()
 
     # ---- weights ------------------------------------------------------------------------------------------------
@@ -219,8 +217,12 @@ class HuginnForCausalLM(ReferenceGenerateMixin, PreTrainedModel, GenerationMixin
         elif isinstance(module, Attention) and hasattr(module, "qk_bias"):
             init.zeros_(module.qk_bias)
         elif module is self and self.freqs_cis.device.type != "meta":
-            cos, sin = rope_table(self.config.head_dim, self.config.block_size, self.config.rope_base)
-            init.copy_(self.freqs_cis, torch.stack((cos, sin), -1)[None, :, None].to(self.freqs_cis))
+            init.copy_(self.freqs_cis, self._freqs_cis_buffer().to(self.freqs_cis))
+
+    def _freqs_cis_buffer(self) -> Tensor:
+        """The official checkpoint's (1, block_size, 1, head_dim / 2, 2) layout of (cos, sin)."""
+        table = rope_table(self.config.head_dim, self.config.block_size, self.config.rope_base)
+        return torch.view_as_real(table)[None, :, None]
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.transformer.wte
@@ -231,21 +233,20 @@ class HuginnForCausalLM(ReferenceGenerateMixin, PreTrainedModel, GenerationMixin
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
 
-    def _rope(self, positions: Tensor | slice) -> tuple[Tensor, Tensor]:
+    def _rope(self, positions: Tensor | slice) -> Tensor:
         device = self.transformer.wte.weight.device
-        if self._rope_cache is None or self._rope_cache[0].device != device:
+        if self._rope_cache is None or self._rope_cache.device != device:
             self._rope_cache = rope_table(self.config.head_dim, self.config.block_size, self.config.rope_base, device)
-        cos, sin = self._rope_cache
-        return cos[positions], sin[positions]
+        return self._rope_cache[positions]
 
     # ---- the pieces of a forward pass ----------------------------------------------------------------------------
 
     def embed(self, input_ids: Tensor | None = None, cache: RecurrentCache | None = None, pos0: int = 0,
-              input_embeds: Tensor | None = None, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+              input_embeds: Tensor | None = None, rope: Tensor | None = None) -> Tensor:
         """Token embedding times sqrt(h), then the prelude: the embedding injected at every recurrence."""
         x = self.transformer.wte(input_ids) if input_embeds is None else input_embeds
         x = x * self.config.init_values["embed_scale"]
-        rope = rope or self._rope(slice(pos0, pos0 + x.shape[1]))
+        rope = self._rope(slice(pos0, pos0 + x.shape[1])) if rope is None else rope
         for j, layer in enumerate(self.transformer.prelude):
             x = layer(x, rope, ("prelude", j), cache, pos0)
         return x
@@ -263,9 +264,9 @@ class HuginnForCausalLM(ReferenceGenerateMixin, PreTrainedModel, GenerationMixin
         return (x * self.config.init_values["embed_scale"]).to(like.dtype)
 
     def core_step(self, state: Tensor, embedded: Tensor, step: int, cache: RecurrentCache | None = None,
-                  pos0: int = 0, rows: Tensor | None = None, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+                  pos0: int = 0, rows: Tensor | None = None, rope: Tensor | None = None) -> Tensor:
         """One recurrence: adapter(concat(state, embedding)) through the core layers. No residual around it."""
-        rope = rope or self._rope(slice(pos0, pos0 + state.shape[1]))
+        rope = self._rope(slice(pos0, pos0 + state.shape[1])) if rope is None else rope
         x = self.transformer.adapter(torch.cat((state, embedded), dim=-1))
         n_core = len(self.transformer.core_block)
         for l, layer in enumerate(self.transformer.core_block):
@@ -273,9 +274,9 @@ class HuginnForCausalLM(ReferenceGenerateMixin, PreTrainedModel, GenerationMixin
         return x
 
     def predict(self, state: Tensor, cache: RecurrentCache | None = None, pos0: int = 0,
-                rows: Tensor | None = None, rope: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+                rows: Tensor | None = None, rope: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """ln_f, coda, ln_f, head. Returns (fp32 logits, the normalised latent that entered the coda)."""
-        rope = rope or self._rope(slice(pos0, pos0 + state.shape[1]))
+        rope = self._rope(slice(pos0, pos0 + state.shape[1])) if rope is None else rope
         latent = self.transformer.ln_f(state)
         x = latent
         for j, layer in enumerate(self.transformer.coda):
