@@ -174,10 +174,13 @@ def arena_settings(base: engine.GenerationSettings, presets: Sequence[str], limi
     if len(presets) > limits.max_compare_settings:
         raise UserError(f"Compare at most {limits.max_compare_settings} settings at once.")
     out = []
+    # Adaptive exit may go as deep as the deepest fixed column, so it is compared against its full budget.
+    deepest = max([base.num_steps] + [int(p) for p in presets if p != "adaptive"])
     for preset in presets:
         if preset == "adaptive":
             criterion = base.criterion if base.adaptive else "kl"
-            out.append(base.replace(criterion=criterion, exit_threshold=base.exit_threshold if base.adaptive else None))
+            out.append(base.replace(num_steps=min(deepest, limits.max_num_steps), criterion=criterion,
+                                    exit_threshold=base.exit_threshold if base.adaptive else None))
         else:
             steps = int(preset)
             if steps > limits.max_num_steps:

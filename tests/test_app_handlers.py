@@ -201,6 +201,7 @@ def test_compare_columns_agreement_and_saving(studio):
     base = fixed(steps=8, tokens=5)
     settings = handlers.arena_settings(base, ["2", "8", "adaptive"], Limits())
     assert [s.label() for s in settings] == ["r=2", "r=8", "kl<0.0005, r<=8"]
+    assert handlers.arena_settings(base, ["32", "adaptive"], Limits())[1].num_steps == 32
     result = studio.compare("Hi", "", settings)
     cols = result["columns"]
     assert len(cols) == 3 and all(0 < c["stats"]["tokens"] <= 5 for c in cols)
