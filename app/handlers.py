@@ -48,7 +48,7 @@ class AppConfig:
     default_owner: str = LOCAL_OWNER
     concurrency_limit: int = 1  # generations at once per loaded model; the rest wait in Gradio's queue
     queue_size: int | None = None
-    stream_interval: float = 0.08  # seconds between page updates while streaming (the engine never waits on it)
+    stream_interval: float = 0.15  # seconds between page updates while streaming (the engine never waits on it)
     banner: str = ""
 
 
