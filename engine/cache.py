@@ -79,6 +79,19 @@ class CacheStrategy:
         return core_slot
 
 
+def kv_cache_bytes(config, strategy: str | CacheStrategy, length: int, num_steps: int, element_size: int,
+                   batch_size: int = 1) -> int:
+    """Bytes a cache needs for ``length`` positions at ``num_steps`` recurrences, from the shapes alone."""
+    strategy = strategy if isinstance(strategy, CacheStrategy) else CacheStrategy.parse(strategy)
+    n_core = config.n_layers_in_recurrent_block
+    core = {strategy.physical_core_slot(c, n_core) for c in range(n_core * num_steps)}
+    slots = config.n_layers_in_prelude + config.n_layers_in_coda + len(core)
+    if strategy.read == "latest-m4":
+        slots += n_core
+    per_position = 2 * batch_size * config.num_key_value_heads * config.head_dim * element_size
+    return slots * per_position * length
+
+
 class _Slot:
     __slots__ = ("k", "v", "valid", "dense_upto")
 

@@ -124,7 +124,7 @@ def decode(
                             for r, (c, e) in enumerate(zip(checking, ending))]
             logits = latent = None
             if any(wants_logits):
-                logits, latent = model.predict(state, cache, pos0, _mask(wants_logits, device), rope)
+                logits, latent = model.predict(state, cache, pos0, _mask(wants_logits, device), rope, last_only=True)
 
             exiting = [False] * batch
             if any(checking):
@@ -146,7 +146,7 @@ def decode(
             late = [ex and not w for ex, w in zip(exiting, wants_logits)]
             late_logits = None
             if any(late):
-                late_logits, _ = model.predict(state, cache, pos0, _mask(late, device), rope)
+                late_logits, _ = model.predict(state, cache, pos0, _mask(late, device), rope, last_only=True)
 
             for r in range(batch):
                 if not (exiting[r] or ending[r]):

@@ -13,6 +13,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from .cache import kv_cache_bytes
 from .decode import RowPlan, decode
 from .settings import GenerationSettings
 
@@ -177,6 +178,30 @@ class _StopStrings:
 
 # ---- generation -------------------------------------------------------------------------------------------------
 
+def memory_budget(device: torch.device) -> int:
+    """Bytes the KV cache may take: most of the free GPU memory, or half of the available RAM."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.8)
+    import psutil
+
+    return psutil.virtual_memory().available // 2
+
+
+def fit_cache_strategy(model, settings: GenerationSettings, length: int, rows: int = 1) -> tuple[str, str | None]:
+    """Keep the asked-for cache when it fits; a full per-step cache that does not fit becomes one KV slot per core
+    layer ("latest-m4-compress-s<L>", the vLLM port's layout; the paper found no loss on MT-Bench), with a notice."""
+    weight = model.transformer.wte.weight
+    element = torch.empty((), dtype=weight.dtype if weight.dtype.is_floating_point else torch.bfloat16).element_size()
+    need = kv_cache_bytes(model.config, settings.cache_strategy, length, settings.num_steps, element, rows)
+    budget = memory_budget(weight.device)
+    if settings.cache_strategy != "full" or need <= budget:
+        return settings.cache_strategy, None
+    shared = f"latest-m4-compress-s{model.config.n_layers_in_recurrent_block}"
+    return shared, (f"KV cache shared across recurrence steps ({shared}): a full cache would need "
+                    f"{need / 1e9:.1f} GB and {budget / 1e9:.1f} GB is available")
+
+
 def _plan(settings: GenerationSettings, seed: int, max_new_tokens: int) -> RowPlan:
     return RowPlan(
         num_steps=settings.num_steps,
@@ -211,12 +236,17 @@ def _run_rows(model, tokenizer, prompt_ids: list[int], settings_list: Sequence[G
     reasons: list[str | None] = [None] * n
     first_token = [0.0] * n
     core_iterations = 0
-    cache = model.new_cache(n, settings_list[0].cache_strategy, capacity=len(prompt_ids) + max(budgets))
+    deepest = max(settings_list, key=lambda s: s.num_steps)
+    strategy, cache_notice = fit_cache_strategy(model, deepest, len(prompt_ids) + max(budgets), n)
+    if cache_notice:
+        settings_list = [s.replace(cache_strategy=strategy) for s in settings_list]
+    cache = model.new_cache(n, strategy, capacity=len(prompt_ids) + max(budgets))
     start = time.perf_counter()
-    notice = (f"{trimmed} earlier message(s) were left out to fit the model's context of {context} tokens"
-              if trimmed else None)
+    notices = [f"{trimmed} earlier message(s) were left out to fit the model's context of {context} tokens"
+               if trimmed else None, cache_notice]
+    notice = "; ".join(part for part in notices if part) or None
 
-    for out in decode(model, input_ids, plans, settings_list[0].cache_strategy, stops, cancel, cache):
+    for out in decode(model, input_ids, plans, strategy, stops, cancel, cache):
         core_iterations += out.core_iterations
         now = time.perf_counter() - start
         if out.cancelled:

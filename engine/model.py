@@ -274,13 +274,19 @@ class HuginnForCausalLM(ReferenceGenerateMixin, PreTrainedModel, GenerationMixin
         return x
 
     def predict(self, state: Tensor, cache: RecurrentCache | None = None, pos0: int = 0,
-                rows: Tensor | None = None, rope: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """ln_f, coda, ln_f, head. Returns (fp32 logits, the normalised latent that entered the coda)."""
+                rows: Tensor | None = None, rope: Tensor | None = None,
+                last_only: bool = False) -> tuple[Tensor, Tensor]:
+        """ln_f, coda, ln_f, head. Returns (fp32 logits, the normalised latent that entered the coda).
+
+        ``last_only`` runs the head on the last position only: generation needs no more, and a long prompt's
+        full (S, vocab) logits would cost more memory than the rest of the step."""
         rope = self._rope(slice(pos0, pos0 + state.shape[1])) if rope is None else rope
         latent = self.transformer.ln_f(state)
         x = latent
         for j, layer in enumerate(self.transformer.coda):
             x = layer(x, rope, ("coda", j), cache, pos0, rows)
+        if last_only:
+            x = x[:, -1:]
         return self.lm_head(self.transformer.ln_f(x)).float(), latent
 
     def new_cache(self, batch_size: int, strategy: str = "full", capacity: int = 64) -> RecurrentCache:

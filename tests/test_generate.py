@@ -223,3 +223,15 @@ def test_settings_round_trip_through_dicts():
     assert settings.threshold == engine.DEFAULT_THRESHOLDS["kl"] == 5e-4
     with pytest.raises(SettingsError, match="unknown setting"):
         GenerationSettings.from_dict({"num_stepz": 3})
+
+
+def test_a_full_cache_that_does_not_fit_is_shared_and_said(tiny, monkeypatch):
+    model, tok = tiny
+    settings = GenerationSettings(num_steps=8, max_new_tokens=6, seed=0)
+    roomy = list(engine.stream(model, tok, HELLO, settings))[-1]
+    assert roomy.notice is None and roomy.settings["cache_strategy"] == "full"
+    monkeypatch.setattr(engine.generate, "memory_budget", lambda device: 10_000)
+    tight = list(engine.stream(model, tok, HELLO, settings))[-1]
+    assert tight.settings["cache_strategy"] == "latest-m4-compress-s2"
+    assert "shared across recurrence steps" in tight.notice
+    assert tight.kv_cache_bytes < roomy.kv_cache_bytes
