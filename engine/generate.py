@@ -28,6 +28,9 @@ class PromptError(ValueError):
 
 @dataclass(frozen=True)
 class TokenEvent:
+    """One generated token. At the very end a last event with ``token_id=-1`` and ``steps=0`` may carry text that was
+    held back (bytes of an unfinished character, or the start of a possible stop string); it is not a token."""
+
     index: int
     token_id: int
     text: str  # the text this token adds (may be "" while a multi-byte character is incomplete)
@@ -235,7 +238,6 @@ def _run_rows(model, tokenizer, prompt_ids: list[int], settings_list: Sequence[G
     steps: list[list[int]] = [[] for _ in range(n)]
     reasons: list[str | None] = [None] * n
     first_token = [0.0] * n
-    core_iterations = 0
     deepest = max(settings_list, key=lambda s: s.num_steps)
     strategy, cache_notice = fit_cache_strategy(model, deepest, len(prompt_ids) + max(budgets), n)
     if cache_notice:
@@ -246,8 +248,8 @@ def _run_rows(model, tokenizer, prompt_ids: list[int], settings_list: Sequence[G
                if trimmed else None, cache_notice]
     notice = "; ".join(part for part in notices if part) or None
 
+    done_at: list[float | None] = [None] * n
     for out in decode(model, input_ids, plans, strategy, stops, cancel, cache):
-        core_iterations += out.core_iterations
         now = time.perf_counter() - start
         if out.cancelled:
             for r in range(n):
@@ -271,6 +273,9 @@ def _run_rows(model, tokenizer, prompt_ids: list[int], settings_list: Sequence[G
                 reasons[r], out.finished[r] = "stop_string", True
             elif len(steps[r]) >= plans[r].max_new_tokens:
                 reasons[r] = "max_tokens" if budgets[r] == settings_list[r].max_new_tokens else "context_full"
+        for r in range(n):
+            if reasons[r] is not None and done_at[r] is None:
+                done_at[r] = now
 
     elapsed = time.perf_counter() - start
     for r in range(n):
@@ -283,11 +288,12 @@ def _run_rows(model, tokenizer, prompt_ids: list[int], settings_list: Sequence[G
             if tail:
                 yield r, TokenEvent(len(steps[r]), -1, tail, 0, None, elapsed)
         row_steps = steps[r] or [0]
+        row_elapsed = done_at[r] or elapsed  # rows of a batch finish at different times
         yield r, Summary(
             text=texts[r], tokens=len(steps[r]), prompt_tokens=len(prompt_ids),
-            tokens_per_s=len(steps[r]) / elapsed if elapsed > 0 else 0.0,
+            tokens_per_s=len(steps[r]) / row_elapsed if row_elapsed > 0 else 0.0,
             mean_steps=sum(row_steps) / len(row_steps), min_steps=min(row_steps), max_steps=max(row_steps),
-            core_iterations=sum(steps[r]), kv_cache_bytes=cache.nbytes() // n, elapsed_s=elapsed,
+            core_iterations=sum(steps[r]), kv_cache_bytes=cache.nbytes() // n, elapsed_s=row_elapsed,
             first_token_s=first_token[r], stop_reason=reasons[r], seed=seeds[r],
             settings=settings_list[r].replace(seed=seeds[r]).to_dict(), trimmed_messages=trimmed, notice=notice,
             steps=list(steps[r]),
