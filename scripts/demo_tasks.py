@@ -16,7 +16,7 @@ from dataclasses import dataclass
 # Operands are zero-padded to a fixed width so that digit i of both operands and of the answer
 # always sit at the same relative distance: a tiny model then learns alignment for free and can
 # spend its capacity (and its recurrent depth) on the carries.
-ADD_WIDTH = 10
+ADD_WIDTH = 8
 HELDOUT_MODULO = 20  # 1 in 20 questions is held out for evaluation
 
 TASKS = ("add", "vars")
@@ -24,9 +24,9 @@ TIERS: dict[str, tuple[int, ...]] = {"add": (1, 2, 3, 4), "vars": (1, 2, 3, 4)}
 TIER_NAMES: dict[str, dict[int, str]] = {
     "add": {
         1: "up to 3 significant digits",
-        2: "6 significant digits",
-        3: "10 digits, random",
-        4: "10 digits, carry chain of 5-9 places",
+        2: "5 significant digits",
+        3: "8 digits, random",
+        4: "8 digits, carry chain of 4-7 places",
     },
     "vars": {1: "1 hop", 2: "2 hops", 3: "3 hops", 4: "4 hops"},
 }
@@ -114,11 +114,11 @@ def make_add(tier: int, rng: random.Random) -> Problem:
     if tier == 1:
         a, b = rng.randrange(1000), rng.randrange(1000)
     elif tier == 2:
-        a, b = rng.randrange(10**6), rng.randrange(10**6)
+        a, b = rng.randrange(10**5), rng.randrange(10**5)
     elif tier == 3:
         a, b = rng.randrange(10**ADD_WIDTH), rng.randrange(10**ADD_WIDTH)
     elif tier == 4:
-        a, b = _chained_operands(rng, rng.randint(5, 9))
+        a, b = _chained_operands(rng, rng.randint(4, 7))
     else:
         raise ValueError(f"no add tier {tier}")
     return Problem("add", tier, add_question(a, b), add_answer(a, b))
@@ -191,8 +191,8 @@ def eval_problems(task: str, tier: int, n: int, seed: int = 1234) -> list[Proble
 # conversation
 
 FORMAT_HELP = (
-    "Ask me to add two numbers written with exactly 10 digits each, zero-padded, like "
-    "What is 0000004821+0000003390? I answer with 11 digits. I can also track variables: "
+    "Ask me to add two numbers written with exactly 8 digits each, zero-padded, like "
+    "What is 00004821+00003390? I answer with 9 digits. I can also track variables: "
     "a=3; k=a; b=7; q=k. What is q?"
 )
 
@@ -207,7 +207,7 @@ INTENTS: tuple[tuple[tuple[str, ...], str], ...] = (
     (
         ("what can you do?", "what can you do", "what are you good at?", "help", "what do you know?",
          "what tasks can you solve?", "what should I ask you?", "How can you help me?", "what can I ask?"),
-        "I am a tiny recurrent-depth model. I can add two 10-digit numbers and follow chains of variables. "
+        "I am a tiny recurrent-depth model. I can add two 8-digit numbers and follow chains of variables. "
         + FORMAT_HELP,
     ),
     (
@@ -255,6 +255,17 @@ INTENTS: tuple[tuple[tuple[str, ...], str], ...] = (
 )
 
 
+def unpadded_sum_turn(rng: random.Random) -> tuple[str, str]:
+    """A sum written the natural way, answered with how to write it.
+
+    The model only adds zero-padded 10-digit numbers; rather than guessing at "12+35" it explains
+    the format, which is the coherent thing for a person trying it out to see.
+    """
+    a, b = rng.randrange(10 ** rng.randint(1, 5)), rng.randrange(10 ** rng.randint(1, 5))
+    form = rng.choice(("What is {}+{}?", "what is {} + {}?", "{}+{}", "{} + {} = ?", "What's {}+{}?"))
+    return form.format(a, b), FORMAT_HELP
+
+
 def _surface_variant(text: str, rng: random.Random) -> str:
     """Cheap variation in case and trailing punctuation, which chat users never keep consistent."""
     r = rng.random()
@@ -278,12 +289,13 @@ def chat_turn(rng: random.Random) -> tuple[str, str]:
 # Sampling weights per (task, tier) for training; the hard tiers get most of the budget because
 # they are where depth has to be learned.
 DEFAULT_MIX: dict[tuple[str, int], float] = {
-    ("add", 1): 0.10,
-    ("add", 2): 0.15,
-    ("add", 3): 0.25,
-    ("add", 4): 0.30,
+    ("add", 1): 0.15,
+    ("add", 2): 0.20,
+    ("add", 3): 0.30,
+    ("add", 4): 0.35,
 }
-CHAT_FRACTION = 0.15
+CHAT_FRACTION = 0.10
+UNPADDED_FRACTION = 0.03
 
 
 def train_conversations(
@@ -300,8 +312,11 @@ def train_conversations(
     weights = [mix[k] for k in keys]
 
     def one_turn() -> tuple[str, str]:
-        if rng.random() < chat_fraction:
+        u = rng.random()
+        if u < chat_fraction:
             return chat_turn(rng)
+        if u < chat_fraction + UNPADDED_FRACTION:
+            return unpadded_sum_turn(rng)
         task, tier = rng.choices(keys, weights)[0]
         p = sample_problem(task, tier, rng, heldout=False)
         return p.question, p.answer

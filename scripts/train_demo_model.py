@@ -1,0 +1,269 @@
+"""Train the Huginn Studio demo model from scratch on CPU.
+
+The model is the Huginn architecture (engine.model.HuginnForCausalLM) at a tiny size, trained with
+the paper's recipe: every step draws its recurrence depth from the Poisson-lognormal sampler of the
+config, backpropagates only through the last k core steps (truncated BPTT), and starts the latent
+state from random noise. Loss is on the assistant's tokens only.
+
+    python scripts/train_demo_model.py --steps 5000 --seed 0 --out assets/demo-model
+
+Checkpoints (config.json, model.safetensors, tokenizer, generation_config.json) are written to
+--out every --save-every steps, so a usable model exists long before the run ends. Progress, with
+held-out accuracy at several depths, goes to stdout and --log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+SCRIPTS = Path(__file__).resolve().parent
+ROOT = SCRIPTS.parent
+sys.path.insert(0, str(SCRIPTS))
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))  # appended, so an installed or PYTHONPATH engine wins
+
+import build_demo_tokenizer  # noqa: E402
+import demo_tasks  # noqa: E402
+
+IGNORE = -100
+LOG_DEPTHS = (1, 2, 4, 8, 16, 32)
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+
+
+def load_tokenizer(out: Path):
+    """The demo tokenizer from `out`, built there first if it is missing (it is deterministic)."""
+    from transformers import AutoTokenizer
+
+    if not (out / "tokenizer.json").exists():
+        build_demo_tokenizer.write_tokenizer(build_demo_tokenizer.train_tokenizer(), out)
+    return AutoTokenizer.from_pretrained(str(out))
+
+
+def encode_conversation(tok, messages: Sequence[dict[str, str]]) -> tuple[list[int], list[int]]:
+    """Token ids through the chat template, and labels already shifted (the model does not shift).
+
+    Only tokens the assistant writes (its content and <|end_turn|>) carry a label: the questions
+    are random digits and would only add noise.
+    """
+    enc = tok.apply_chat_template(
+        list(messages), tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    ids, mask = enc["input_ids"], enc["assistant_masks"]
+    labels = [ids[t + 1] if mask[t + 1] else IGNORE for t in range(len(ids) - 1)] + [IGNORE]
+    return ids, labels
+
+
+def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # Right padding is harmless under causal attention; the pads only carry ignored labels.
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    for i, (x, y) in enumerate(rows):
+        ids[i, : len(x)] = torch.tensor(x)
+        labels[i, : len(y)] = torch.tensor(y)
+    return ids, labels
+
+
+def batches(tok, seed: int, rows: int, row_len: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Whole conversations packed greedily into `rows` rows of at most `row_len` tokens.
+
+    Packing, as in the paper's pretraining (a document starts at every <|begin_text|>), keeps the
+    short arithmetic conversations from being padded to the length of the longest chat reply.
+    """
+    stream = (encode_conversation(tok, m) for m in demo_tasks.train_conversations(seed))
+    pending = next(stream)
+    while True:
+        packed = []
+        for _ in range(rows):
+            ids: list[int] = []
+            labels: list[int] = []
+            while len(ids) + len(pending[0]) <= row_len or not ids:
+                ids += pending[0][:row_len]
+                labels += pending[1][:row_len]
+                pending = next(stream)
+            packed.append((ids, labels))
+        yield collate(packed, tok.pad_token_id)
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluation during training
+
+
+@torch.no_grad()
+def teacher_forced_accuracy(
+    model, tok, problems: Sequence[demo_tasks.Problem], num_steps: int, batch_size: int = 128
+) -> float:
+    """Exact-match accuracy of greedy answers, computed in one forward pass per batch.
+
+    If the argmax is right at every answer position given the right prefix, greedy decoding writes
+    exactly the right answer (and <|end_turn|>), so this equals generation accuracy at this depth.
+    """
+    correct = 0
+    for i in range(0, len(problems), batch_size):
+        ids, labels = collate([encode_conversation(tok, p.messages()) for p in problems[i : i + batch_size]],
+                              tok.pad_token_id)
+        pred = model(ids, num_steps=num_steps).logits.argmax(-1)
+        ok = (pred == labels) | (labels == IGNORE)
+        correct += int(ok.all(-1).sum())
+    return correct / max(len(problems), 1)
+
+
+def depth_table(model, tok, per_tier: int, depths: Sequence[int] = LOG_DEPTHS,
+                tasks: Sequence[str] = ("add",)) -> dict[str, dict[int, float]]:
+    was_training = model.training
+    model.eval()
+    table = {}
+    for task in tasks:
+        for tier in demo_tasks.TIERS[task]:
+            probs = demo_tasks.eval_problems(task, tier, per_tier)
+            table[f"{task}/{tier}"] = {r: teacher_forced_accuracy(model, tok, probs, r) for r in depths}
+    model.train(was_training)
+    return table
+
+
+# ----------------------------------------------------------------------------------------------
+# model
+
+
+def build_model(tok, args: argparse.Namespace):
+    import engine  # noqa: F401  (registers huginn_raven with transformers)
+    from engine.config import HuginnConfig
+    from engine.model import HuginnForCausalLM
+
+    vocab = len(tok)
+    config = HuginnConfig(
+        n_embd=args.n_embd,
+        n_heads=args.n_heads,
+        n_layers=args.prelude + args.core + args.coda,
+        n_layers_in_prelude=args.prelude,
+        n_layers_in_recurrent_block=args.core,
+        n_layers_in_coda=args.coda,
+        intermediate_size=args.intermediate,
+        vocab_size=vocab,
+        padding_multiple=vocab,
+        block_size=args.block_size,
+        mean_recurrence=args.mean_recurrence,
+        mean_backprop_depth=args.backprop_depth,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    return HuginnForCausalLM(config)
+
+
+def save(model, tok, out: Path, meta: dict) -> None:
+    from transformers import GenerationConfig
+
+    model.save_pretrained(str(out))
+    end_turn = tok.convert_tokens_to_ids(build_demo_tokenizer.END_TURN)
+    # Like the official generation config, plus <|end_turn|> as a stop token (as in the authors'
+    # vLLM config) because a chat answer ends there.
+    GenerationConfig(
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=[tok.eos_token_id, end_turn],
+        pad_token_id=tok.pad_token_id,
+        do_sample=False,
+        use_cache=True,
+    ).save_pretrained(str(out))
+    (out / "training_state.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=ROOT / "assets" / "demo-model")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=5000)
+    ap.add_argument("--minutes", type=float, default=None, help="stop early after this wall-clock time")
+    ap.add_argument("--batch-size", type=int, default=16, help="rows per step")
+    ap.add_argument("--row-len", type=int, default=128, help="tokens per packed row")
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--n-embd", type=int, default=128)
+    ap.add_argument("--n-heads", type=int, default=4)
+    ap.add_argument("--intermediate", type=int, default=256)
+    ap.add_argument("--prelude", type=int, default=1)
+    ap.add_argument("--core", type=int, default=1)
+    ap.add_argument("--coda", type=int, default=1)
+    ap.add_argument("--block-size", type=int, default=256)
+    ap.add_argument("--mean-recurrence", type=int, default=12)
+    ap.add_argument("--backprop-depth", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads; 1 leaves the other core free")
+    ap.add_argument("--log-every", type=int, default=50)
+    ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--eval-per-tier", type=int, default=64)
+    ap.add_argument("--save-every", type=int, default=500)
+    ap.add_argument("--log", type=Path, default=None, help="also append JSON lines here")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    tok = load_tokenizer(args.out)
+    model = build_model(tok, args)
+    model.train()
+    n_params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
+    data = batches(tok, args.seed, args.batch_size, args.row_len)
+    logf = args.log.open("a") if args.log else None
+
+    def log(rec: dict) -> None:
+        line = json.dumps(rec)
+        print(line, flush=True)
+        if logf:
+            logf.write(line + "\n")
+            logf.flush()
+
+    log({"event": "start", "params": n_params, **{k: str(v) for k, v in vars(args).items()}})
+    t0 = time.time()
+    step, loss_sum, loss_n = 0, 0.0, 0
+    while step < args.steps:
+        if args.minutes is not None and time.time() - t0 > 60 * args.minutes:
+            break
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
+        ids, labels = next(data)
+        # num_steps=None in training mode: the model draws (n no-grad, k grad) steps from its
+        # Poisson-lognormal sampler and starts from a random state, as in the paper.
+        loss = model(ids, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
+        if step % args.log_every == 0:
+            log({"step": step, "loss": round(loss_sum / loss_n, 4), "lr": opt.param_groups[0]["lr"],
+                 "min": round((time.time() - t0) / 60, 2)})
+            loss_sum, loss_n = 0.0, 0
+        if step % args.eval_every == 0 or step == args.steps:
+            log({"step": step, "depth_acc": depth_table(model, tok, args.eval_per_tier),
+                 "min": round((time.time() - t0) / 60, 2)})
+        if step % args.save_every == 0:
+            save(model, tok, args.out, {"step": step, "seed": args.seed, "minutes": (time.time() - t0) / 60})
+    save(model, tok, args.out, {"step": step, "seed": args.seed, "minutes": (time.time() - t0) / 60,
+                                "args": {k: str(v) for k, v in vars(args).items()}})
+    log({"event": "done", "step": step, "min": round((time.time() - t0) / 60, 2)})
+
+
+if __name__ == "__main__":
+    main()
