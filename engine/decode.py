@@ -49,6 +49,19 @@ class DecodeStep:
     finished: list[bool] = field(default_factory=list)
 
 
+def initial_states(model, embedded: Tensor, scale: float, seed: int, pos0: int) -> Tensor:
+    """Random initial states for positions ``pos0 ..`` of one row, each drawn from its own (seed, position) stream,
+    so a token's state is the same whether it is decoded alone, in a batch, or verified with others."""
+    if scale <= 0:
+        return torch.zeros_like(embedded)
+    gen = torch.Generator(device=embedded.device)
+    states = []
+    for offset in range(embedded.shape[1]):
+        gen.manual_seed((seed * 1_000_003 + pos0 + offset) % 2**63)
+        states.append(model.initial_state(embedded[:, offset:offset + 1], scale, gen))
+    return torch.cat(states, dim=1)
+
+
 def _mask(rows: list[bool], device: torch.device) -> Tensor | None:
     return None if all(rows) else torch.tensor(rows, device=device)
 
@@ -78,7 +91,6 @@ def decode(
     if cache is None:
         cache = model.new_cache(batch, cache_strategy, capacity=prompt_len + budget)
     sample_gens = [torch.Generator(device=device).manual_seed(p.seed) for p in plans]
-    state_gens = [torch.Generator(device=device).manual_seed((p.seed + 1) % 2**63) for p in plans]
     history = input_ids.clone()
     finished = [False] * batch
     produced = [0] * batch
@@ -91,7 +103,7 @@ def decode(
         embedded = model.embed(x, cache, pos0, rope=rope)
         state = torch.cat([
             carried[r:r + 1] if carried is not None and plans[r].warm_start
-            else model.initial_state(embedded[r:r + 1], plans[r].init_scale, state_gens[r])
+            else initial_states(model, embedded[r:r + 1], plans[r].init_scale, plans[r].seed, pos0)
             for r in range(batch)
         ])
         next_carried = state[:, -1:].clone() if carried is None else carried.clone()

@@ -15,6 +15,7 @@ import torch
 
 from .cache import kv_cache_bytes
 from .decode import RowPlan, decode
+from .speculative import SpeculationStats, speculative_decode
 from .settings import GenerationSettings
 
 ROLES = ("system", "user", "assistant")
@@ -61,6 +62,7 @@ class Summary:
     trimmed_messages: int = 0
     notice: str | None = None
     steps: list[int] = field(default_factory=list)
+    acceptance: float | None = None  # share of drafted tokens kept, with speculative decoding
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -249,7 +251,14 @@ def _run_rows(model, tokenizer, prompt_ids: list[int], settings_list: Sequence[G
     notice = "; ".join(part for part in notices if part) or None
 
     done_at: list[float | None] = [None] * n
-    for out in decode(model, input_ids, plans, strategy, stops, cancel, cache):
+    if settings_list[0].draft_steps:
+        speculation = SpeculationStats()
+        steps_iter = speculative_decode(model, input_ids, plans[0], settings_list[0].draft_steps,
+                                        settings_list[0].lookahead, stops, cancel, cache, speculation)
+    else:
+        speculation = None
+        steps_iter = decode(model, input_ids, plans, strategy, stops, cancel, cache)
+    for out in steps_iter:
         now = time.perf_counter() - start
         if out.cancelled:
             for r in range(n):
@@ -296,7 +305,7 @@ def _run_rows(model, tokenizer, prompt_ids: list[int], settings_list: Sequence[G
             core_iterations=sum(steps[r]), kv_cache_bytes=cache.nbytes() // n, elapsed_s=row_elapsed,
             first_token_s=first_token[r], stop_reason=reasons[r], seed=seeds[r],
             settings=settings_list[r].replace(seed=seeds[r]).to_dict(), trimmed_messages=trimmed, notice=notice,
-            steps=list(steps[r]),
+            steps=list(steps[r]), acceptance=speculation.acceptance if speculation else None,
         )
 
 
@@ -325,7 +334,8 @@ def compare(model, tokenizer, messages: Any, settings_list: Sequence[GenerationS
     prompt_ids, trimmed = build_prompt(tokenizer, messages, model.config.block_size, reserve)
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(settings_list):
-        groups.setdefault(s.cache_strategy, []).append(i)
+        # Speculative rows verify several positions per pass, so they run alone.
+        groups.setdefault(f"speculative-{i}" if s.draft_steps else s.cache_strategy, []).append(i)
     events: list[list[TokenEvent]] = [[] for _ in settings_list]
     summaries: list[Summary | None] = [None] * len(settings_list)
     for members in groups.values():

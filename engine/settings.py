@@ -40,6 +40,8 @@ class GenerationSettings:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop_strings: tuple[str, ...] = ()
+    draft_steps: int = 0  # > 0: self-speculative decoding, drafting at this depth (greedy, fixed depth only)
+    lookahead: int = 4  # tokens drafted per verification pass
 
     def __post_init__(self) -> None:
         self.validate()
@@ -67,6 +69,12 @@ class GenerationSettings:
         _float_range("repetition_penalty", self.repetition_penalty, 0.0, 10.0, low_open=True)
         if self.seed is not None:
             _int_range("seed", self.seed, 0, 2**63 - 1)
+        _int_range("draft_steps", self.draft_steps, 0, max(self.num_steps - 1, 0))
+        _int_range("lookahead", self.lookahead, 1, 32)
+        if self.draft_steps and (self.adaptive or self.warm_start or self.temperature > 0
+                                 or self.cache_strategy != "full"):
+            raise SettingsError("draft_steps", "speculative decoding needs greedy sampling (temperature 0), fixed "
+                                "depth (criterion none), no warm start and the full cache")
         if not isinstance(self.stop_strings, tuple) or not all(isinstance(s, str) and s for s in self.stop_strings):
             raise SettingsError("stop_strings", "must be a tuple of non-empty strings")
 

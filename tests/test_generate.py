@@ -235,3 +235,24 @@ def test_a_full_cache_that_does_not_fit_is_shared_and_said(tiny, monkeypatch):
     assert tight.settings["cache_strategy"] == "latest-m4-compress-s2"
     assert "shared across recurrence steps" in tight.notice
     assert tight.kv_cache_bytes < roomy.kv_cache_bytes
+
+
+@pytest.mark.parametrize("init_scale", [0.0, 1.0])
+def test_speculative_decoding_reproduces_plain_greedy(tiny, init_scale):
+    model, tok = tiny
+    plain_settings = GenerationSettings(num_steps=8, max_new_tokens=20, seed=3, init_scale=init_scale)
+    plain = list(engine.stream(model, tok, HELLO, plain_settings))[-1]
+    events = list(engine.stream(model, tok, HELLO, plain_settings.replace(draft_steps=2, lookahead=3)))
+    spec = events[-1]
+    assert spec.text == plain.text and spec.tokens == plain.tokens
+    assert 0.0 <= spec.acceptance <= 1.0 and plain.acceptance is None
+    assert spec.steps == [8] * spec.tokens
+
+
+def test_speculative_settings_are_checked():
+    with pytest.raises(SettingsError, match="draft_steps"):
+        GenerationSettings(num_steps=8, draft_steps=2, temperature=0.7)
+    with pytest.raises(SettingsError, match="draft_steps"):
+        GenerationSettings(num_steps=8, draft_steps=8)
+    with pytest.raises(SettingsError, match="draft_steps"):
+        GenerationSettings(num_steps=8, draft_steps=2, criterion="kl")
