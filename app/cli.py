@@ -6,12 +6,19 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
 import engine
 
+from . import hosted
+from .gpu import import_spaces, zero_gpu_requested
 from .handlers import AppConfig, ModelSlot, Studio, describe_source
 from .store import Store, StoreError, default_db_path
+
+SHARE_NOTE = ("--share: opening a temporary public gradio.live link. It needs internet access from this machine (to "
+              "reach gradio.live) and lasts while the app runs, at most a week; anyone with the link can use the app"
+              ", so consider --auth and --hosted.")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -21,11 +28,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "the bundled demo model), a local folder or a hub id")
     p.add_argument("--quantization", default="none", choices=engine.QUANTIZATIONS)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--db", default=None, help=f"conversation database (default: {default_db_path()})")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for the local network)")
+    p.add_argument("--db", default=None,
+                   help=f"conversation database (default: {default_db_path()}, or {hosted.DB_FILE} in --data-dir)")
+    p.add_argument("--data-dir", default=None,
+                   help=f"folder on local disk for the database and the owner-key secret (default: "
+                        f"${hosted.DATA_DIR_ENV}, else {hosted.SPACE_DATA_DIR} on a Space, else your user data "
+                        f"folder)")
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                   help="address to listen on (0.0.0.0 for the local network)")
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
-    p.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
+    p.add_argument("--hosted", action="store_true",
+                   help="run for many visitors (automatic on a Hugging Face Space): each browser has its own "
+                        "conversations, public caps on depth, tokens, prompt length and queue, no model loading")
+    p.add_argument("--auth", default=os.environ.get(hosted.AUTH_ENV) or None, metavar="USER:PASSWORD",
+                   help=f"require this login (or set ${hosted.AUTH_ENV}); for a small private instance")
+    p.add_argument("--share", action="store_true",
+                   help="also open a temporary public gradio.live link (needs internet access)")
     return p.parse_args(argv)
+
+
+def parse_auth(value: str | None) -> tuple[str, str] | None:
+    """'user:password' -> (user, password); the password may contain colons."""
+    if not value:
+        return None
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise ValueError(f"--auth / ${hosted.AUTH_ENV} must look like user:password")
+    return user, password
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,6 +62,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up probes
     args = parse_args(argv)
+    space = hosted.on_space()
+    is_hosted = args.hosted or space
+    try:
+        auth = parse_auth(args.auth)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if zero_gpu_requested():
+        import_spaces()  # ZeroGPU patches torch's CUDA entry points; that has to happen before the model loads
+    data_dir = Path(args.data_dir).expanduser() if args.data_dir else hosted.default_data_dir(space)
+    db = args.db or (data_dir / hosted.DB_FILE if (is_hosted or args.data_dir) else None)
     from .ui import build_demo, launch  # gradio is slow to import; --help should not wait for it
 
     try:
@@ -41,17 +81,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
-        store = Store(args.db)
-    except StoreError as err:
+        store = Store(db)
+        owners = hosted.OwnerKeys.from_data_dir(data_dir) if is_hosted else None
+    except (StoreError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     slot = ModelSlot(model, tokenizer, describe_source(args.model, engine.model_info(model).name))
     if store.recovered_from:
         slot.note += f" The conversation database was damaged and moved aside to {store.recovered_from}."
     print(slot.note)
-    demo = build_demo(Studio(slot, store, AppConfig()))
-    _, url, share_url = launch(demo, server_name=args.host, server_port=args.port, share=args.share,
-                               prevent_thread_lock=True, quiet=True)
+    config = hosted.hosted_config() if is_hosted else AppConfig()
+    if is_hosted:
+        print(f"Hosted mode{' (Hugging Face Space)' if space else ''}: conversations in {store.path}, one owner "
+              f"per browser. {hosted.limits_text(config.limits, config.queue_size)}")
+    share = args.share and not space  # a Space is already public; Gradio only warns there
+    if share:
+        print(SHARE_NOTE, flush=True)
+    demo = build_demo(Studio(slot, store, config, owners=owners))
+    _, url, share_url = launch(demo, server_name=args.host, server_port=args.port, share=share, auth=auth,
+                               auth_message="Huginn Studio: log in" if auth else None,
+                               max_file_size="10mb" if is_hosted else None, prevent_thread_lock=True, quiet=True)
     print(f"Huginn Studio is running at {url}" + (f" (public link: {share_url})" if share_url else ""), flush=True)
     try:
         demo.block_thread()

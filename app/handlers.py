@@ -15,13 +15,17 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import engine
 
 from . import render
+from .gpu import GpuWork
 from .render import MessageView
 from .store import LOCAL_OWNER, Message, Store, StoreError
+
+if TYPE_CHECKING:
+    from .hosted import OwnerKeys
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,7 @@ class AppConfig:
     queue_size: int | None = None
     stream_interval: float = 0.15  # seconds between page updates while streaming (the engine never waits on it)
     banner: str = ""
+    per_browser_owner: bool = False  # hosted: each browser gets its own owner key (Studio needs ``owners``)
 
 
 class UserError(Exception):
@@ -240,16 +245,32 @@ EMPTY_CHAT = "Ask something. Every answer shows how many recurrent steps each to
 class Studio:
     """Everything the page does, as plain methods over the model slot and the store."""
 
-    def __init__(self, slot: ModelSlot, store: Store, config: AppConfig | None = None) -> None:
+    def __init__(self, slot: ModelSlot, store: Store, config: AppConfig | None = None,
+                 owners: OwnerKeys | None = None, gpu: GpuWork | None = None) -> None:
         self.slot = slot
         self.store = store
         self.config = config or AppConfig()
+        if self.config.per_browser_owner and owners is None:
+            raise ValueError("per-browser owners need OwnerKeys")
+        self.owners = owners
+        self.gpu = gpu or GpuWork(slot)
         self._cancels: dict[str, threading.Event] = {}
         self._cancels_lock = threading.Lock()
 
     # -- sessions and rendering --
     def new_session(self) -> dict[str, Any]:
         return new_session(self.config.default_owner)
+
+    def browser_session(self, token: Any) -> tuple[dict[str, Any], str | None]:
+        """A tab's session from the token its browser keeps, and the token to keep. Hosted, the owner key is
+        derived from the token on the server; a missing or malformed token gets a fresh one (a new, empty owner).
+        Locally everyone is the default owner and no token is kept."""
+        if not self.config.per_browser_owner:
+            return self.new_session(), None
+        assert self.owners is not None
+        if not self.owners.valid_token(token):
+            token = self.owners.new_token()
+        return new_session(self.owners.owner_for(token)), token
 
     def transcript(self, session: dict[str, Any], live: MessageView | None = None,
                    base: list[MessageView] | None = None) -> str:
@@ -299,6 +320,15 @@ class Studio:
         cid = self._require_conversation(session)
         self.store.delete_conversation(session["owner"], cid)
         return self.open_conversation(session, None)
+
+    def delete_all(self, session: dict[str, Any]) -> tuple[dict[str, Any], str, int]:
+        """Delete every conversation of this owner (a visitor's "forget me" on a hosted server)."""
+        owner = session["owner"]
+        conversations = self.store.list_conversations(owner)
+        for conversation in conversations:
+            self.store.delete_conversation(owner, conversation.id)
+        session, html = self.open_conversation(session, None)
+        return session, html, len(conversations)
 
     def select_sibling(self, session: dict[str, Any], message_id: int) -> str:
         cid = self._require_conversation(session)
@@ -385,7 +415,7 @@ class Studio:
         self.store.set_current_leaf(owner, cid, parent_id, descend=False)
         thread = self.store.thread(owner, cid, parent_id)
         base = message_views(self.store.messages(owner, cid), thread)
-        model, tokenizer = self.slot.pair
+        model = self.slot.pair[0]
         info = engine.model_info(model)
         writer = self.store.begin_answer(
             owner, cid, parent_id, model_id=info.name, quantization=info.quantization,
@@ -397,7 +427,7 @@ class Studio:
         yield session, self.transcript(session, live, base)
         try:
             summary = None
-            for event in engine.stream(model, tokenizer, model_messages(thread, system), settings, cancel):
+            for event in self.gpu.stream(model_messages(thread, system), settings, cancel):
                 if isinstance(event, engine.Summary):
                     summary = event
                     break
@@ -406,10 +436,12 @@ class Studio:
                 if now - last >= self.config.stream_interval:
                     last = now
                     yield session, self.transcript(session, live, base)
-            assert summary is not None
-            stats = summary_stats(summary, self.slot.materialized(summary.mean_steps))
-            status = "cancelled" if summary.stop_reason == "cancelled" else "complete"
-            writer.finish(status, stats, content=summary.text)
+            if summary is None:  # cut from this side (Stop under ZeroGPU): the finally below marks it stopped
+                assert cancel.is_set(), "the engine ended without a summary"
+            else:
+                stats = summary_stats(summary, self.slot.materialized(summary.mean_steps))
+                status = "cancelled" if summary.stop_reason == "cancelled" else "complete"
+                writer.finish(status, stats, content=summary.text)
         except engine.PromptError as err:
             writer.finish("failed", error=str(err))
         except Exception as err:  # noqa: BLE001 - one failed answer must not take the page down
@@ -432,11 +464,11 @@ class Studio:
             raise UserError("Type a prompt to compare first.")
         if len(prompt) > self.config.limits.max_prompt_chars:
             raise UserError(f"The prompt is over the limit of {self.config.limits.max_prompt_chars:,} characters.")
-        model, tokenizer = self.slot.pair
+        model = self.slot.pair[0]
         messages = ([{"role": "system", "content": system}] if system.strip() else []) + \
             [{"role": "user", "content": prompt}]
         cancel = self._cancel_event(session) if session else None
-        results = engine.compare(model, tokenizer, messages, list(settings_list), cancel)
+        results = self.gpu.compare(messages, list(settings_list), cancel)
         ids = [[e.token_id for e in r.events if e.token_id >= 0] for r in results]
         reference = max(range(len(results)), key=lambda i: (results[i].summary.mean_steps, -i))
         columns = []
@@ -470,14 +502,16 @@ class Studio:
     def chat_api(self, prompt: str, settings: dict[str, Any] | None = None, system_prompt: str = "",
                  history: list[dict[str, str]] | None = None) -> dict[str, Any]:
         """One answer with its per-token steps, not saved in the store."""
-        if len(prompt) > self.config.limits.max_prompt_chars:
-            raise UserError(f"The prompt is over the limit of {self.config.limits.max_prompt_chars:,} characters.")
         gen = settings_from_dict(self.config.limits, settings)
         messages = ([{"role": "system", "content": system_prompt}] if system_prompt.strip() else []) + \
             list(history or []) + [{"role": "user", "content": prompt}]
-        model, tokenizer = self.slot.pair
+        # The history counts too: otherwise a caller could pass any amount of text through it.
+        size = sum(len(str(m.get("content", ""))) if isinstance(m, dict) else len(str(m)) for m in messages)
+        if size > self.config.limits.max_prompt_chars:
+            raise UserError(f"The prompt (with history and system prompt) is {size:,} characters; the limit here is "
+                            f"{self.config.limits.max_prompt_chars:,}.")
         tokens, summary = [], None
-        for event in engine.stream(model, tokenizer, messages, gen):
+        for event in self.gpu.stream(messages, gen):
             if isinstance(event, engine.Summary):
                 summary = event
             else:
@@ -496,6 +530,12 @@ class Studio:
         return self.compare(prompt, system_prompt, gen)["columns"]
 
     # -- model panel --
+    def load_model(self, source: str, quantization: str, tqdm_class: Any = None) -> engine.ModelInfo:
+        """Load another model; refused where model loading is off (hosted: no local paths, no downloads)."""
+        if not self.config.allow_model_loading:
+            raise UserError("Loading models is turned off on this server.")
+        return self.slot.load(source, quantization, tqdm_class)
+
     def model_summary(self) -> str:
         info = self.slot.info()
         return (f"**{info.name}** · {render.human_count(info.parameters)} parameters · {info.dtype}"

@@ -62,9 +62,14 @@ def build_demo(studio: Studio) -> gr.Blocks:
     thresholds, default_threshold = threshold_choices("kl")
     gen_events = dict(concurrency_limit=config.concurrency_limit, concurrency_id=GEN, show_progress="minimal")
 
+    presets = [p for p in ARENA_PRESETS if p == "adaptive" or int(p) <= limits.max_num_steps]
+
     with gr.Blocks(title="Huginn Studio") as demo:
         session = gr.State(None)
         arena_result = gr.State(None)
+        # Hosted: the browser keeps a random token (localStorage); the server derives the owner key from it.
+        browser_token = gr.BrowserState(None, storage_key="huginn-studio-browser",
+                                         secret=studio.owners.browser_state_secret() if studio.owners else None)
 
         # ---- sidebar: conversations ----
         with gr.Sidebar(label="Conversations", open=True):
@@ -76,6 +81,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
                 title_box = gr.Textbox(placeholder="New title", show_label=False, elem_id="rename-box")
                 rename_btn = gr.Button("Rename", size="sm")
                 delete_btn = gr.Button("Delete conversation", size="sm", variant="stop")
+                delete_all_btn = gr.Button("Delete all my conversations", size="sm", variant="stop",
+                                           elem_id="delete-all")
                 export_all = gr.Checkbox(label="Export all conversations", value=False)
                 with gr.Row():
                     export_json = gr.Button("Export JSON", size="sm")
@@ -85,6 +92,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
             delete_ok = gr.Checkbox(visible=False)
 
         banner = gr.HTML(render.banner(studio.slot.note), elem_id="banner")
+        gr.HTML(render.banner(config.banner), elem_id="hosted-banner", visible=bool(config.banner))
         with gr.Row(equal_height=False):
             with gr.Column(scale=3, min_width=420):
                 with gr.Tabs():
@@ -109,8 +117,9 @@ def build_demo(studio: Studio) -> gr.Blocks:
                         arena_prompt = gr.Textbox(placeholder="Prompt to compare", lines=2, show_label=False,
                                                   elem_id="arena-prompt")
                         arena_presets = gr.CheckboxGroup(
-                            choices=[(f"{p} steps" if p != "adaptive" else "adaptive exit", p) for p in ARENA_PRESETS],
-                            value=list(ARENA_DEFAULT), label="Settings", elem_id="arena-presets")
+                            choices=[(f"{p} steps" if p != "adaptive" else "adaptive exit", p) for p in presets],
+                            value=[p for p in ARENA_DEFAULT if p in presets], label="Settings",
+                            elem_id="arena-presets")
                         with gr.Row():
                             arena_run = gr.Button("Compare", variant="primary", elem_id="arena-run")
                             arena_stop = gr.Button("Stop", variant="stop")
@@ -135,9 +144,10 @@ def build_demo(studio: Studio) -> gr.Blocks:
                             quantization = gr.Dropdown(list(engine.QUANTIZATIONS), value="none", label="Quantization")
                             load_btn = gr.Button("Load model", variant="primary")
                         model_status = gr.HTML("")
+                        queue = f" (at most {config.queue_size})" if config.queue_size else ""
                         gr.Markdown(f"Generation runs one request at a time per loaded model "
-                                    f"(concurrency limit {config.concurrency_limit}); others wait in line and see "
-                                    f"their place in the queue.")
+                                    f"(concurrency limit {config.concurrency_limit}); others wait in line{queue} "
+                                    f"and see their place in the queue.", elem_id="queue-note")
 
             # ---- depth controls, beside the chat and the arena ----
             with gr.Column(scale=1, min_width=280, elem_id="depth-panel"):
@@ -173,14 +183,16 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
         # ---- handlers ----
         @_friendly
-        def init(sess):
-            sess = sess or studio.new_session()
+        def init(sess, token):
+            if sess is None:
+                sess, token = studio.browser_session(token)
             recent = studio.conversation_choices(sess)
             if sess.get("conversation_id") is None and recent:
                 sess = {**sess, "conversation_id": recent[0][1]}
             sess, html = studio.open_conversation(sess, sess.get("conversation_id"))
             system_prompt = studio.last_system_prompt(sess)
-            return sess, html, listing(sess), gr.skip() if system_prompt is None else system_prompt
+            return (sess, html, listing(sess), gr.skip() if system_prompt is None else system_prompt,
+                    gr.skip() if token is None else token)
 
         def _stream(sess, make_turn):
             first = True
@@ -245,6 +257,14 @@ def build_demo(studio: Studio) -> gr.Blocks:
             return sess, html, listing(sess)
 
         @_friendly
+        def on_delete_all(sess, ok):
+            if not ok:
+                return gr.skip(), gr.skip(), gr.skip()
+            sess, html, count = studio.delete_all(sess)
+            gr.Info(f"Deleted {count} conversation(s).")
+            return sess, html, listing(sess)
+
+        @_friendly
         def on_export(sess, everything, fmt):
             return studio.export(sess, fmt, everything)
 
@@ -270,12 +290,13 @@ def build_demo(studio: Studio) -> gr.Blocks:
             choices, value = threshold_choices(name)
             return gr.update(choices=choices, value=value)
 
+        @_friendly
         def on_load_model(source, quant, progress=gr.Progress(track_tqdm=True)):
-            if not config.allow_model_loading:
-                raise gr.Error("Loading models is turned off here.")
+            if not config.allow_model_loading:  # before the progress bar: nothing may start
+                studio.load_model(source, quant)
             progress(0, desc=f"Loading {source or 'auto'}…")
             try:
-                loaded = studio.slot.load(source.strip(), quant)
+                loaded = studio.load_model(source.strip(), quant)
             except engine.LoadError as err:
                 return gr.skip(), gr.skip(), render.error_box(str(err)), gr.skip()
             return (studio.model_summary(), render.banner(studio.slot.note), render.banner(f"Loaded {loaded.name}."),
@@ -283,7 +304,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
         # ---- wiring ----
         private = dict(api_visibility="private")
-        demo.load(init, [session], [session, transcript, conv_list, system], **private)
+        demo.load(init, [session, browser_token], [session, transcript, conv_list, system, browser_token], **private)
         send_outputs = [session, transcript, conv_list, status, prompt]
         for trigger in (prompt.submit, send_btn.click):
             trigger(on_send, [session, prompt, system, *form], send_outputs, show_progress_on=[status],
@@ -300,6 +321,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
         rename_btn.click(on_rename, [session, title_box], [conv_list, title_box], **private)
         delete_btn.click(on_delete, [session, delete_ok], [session, transcript, conv_list], **private,
                          js="(s, ok) => [s, confirm('Delete this conversation with all its branches?')]")
+        delete_all_btn.click(on_delete_all, [session, delete_ok], [session, transcript, conv_list], **private,
+                             js="(s, ok) => [s, confirm('Delete all your conversations on this server?')]")
         export_json.click(functools.partial(on_export, fmt="json"), [session, export_all], [download], **private)
         export_md.click(functools.partial(on_export, fmt="md"), [session, export_all], [download], **private)
         import_btn.upload(on_import, [session, import_btn], [session, transcript, conv_list], **private)

@@ -1,0 +1,103 @@
+"""GPU work: every model call the app makes, under ``spaces.GPU`` on a ZeroGPU Space and directly elsewhere.
+
+Gradio-free at import time (the ``spaces`` package imports Gradio itself, and only on a ZeroGPU Space).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Callable, Iterator, Sequence
+
+import engine
+
+# ZeroGPU duration estimate. One recurrence step of Huginn-0125 for one token is a few milliseconds on a ZeroGPU
+# slice; the estimate errs long because a task that outlives its duration is killed, while a longer request only
+# costs queue priority. Capped because ZeroGPU refuses durations beyond its per-call maximum.
+GPU_BASE_SECONDS = 10.0
+GPU_SECONDS_PER_TOKEN_STEP = 0.0025
+GPU_MAX_SECONDS = 120
+
+
+def zero_gpu_requested(environ: dict[str, str] | None = None) -> bool:
+    """True on a ZeroGPU Space: the platform sets SPACES_ZERO_GPU=true (the flag the ``spaces`` package reads)."""
+    env = os.environ if environ is None else environ
+    return env.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
+
+
+def import_spaces() -> Any | None:
+    """The ``spaces`` package, or None where it is not installed. On ZeroGPU it must be imported before anything
+    initialises CUDA, so ``run.py`` calls this first."""
+    try:
+        import spaces
+    except ImportError:
+        return None
+    return spaces
+
+
+def zero_gpu_active() -> bool:
+    """ZeroGPU is requested by the platform and the ``spaces`` package is there to honour it."""
+    return zero_gpu_requested() and import_spaces() is not None
+
+
+def gpu_seconds(token_steps: float) -> int:
+    """ZeroGPU duration for ``token_steps`` recurrence steps over all generated tokens."""
+    return int(min(GPU_MAX_SECONDS, math.ceil(GPU_BASE_SECONDS + GPU_SECONDS_PER_TOKEN_STEP * token_steps)))
+
+
+def stream_duration(messages: Any, settings: engine.GenerationSettings, cancel: Any = None) -> int:
+    return gpu_seconds(settings.num_steps * settings.max_new_tokens)
+
+
+def compare_duration(messages: Any, settings_list: Sequence[engine.GenerationSettings], cancel: Any = None) -> int:
+    # The rows run batched, so this overestimates; it is still the bound a task must fit in.
+    return gpu_seconds(sum(s.num_steps * s.max_new_tokens for s in settings_list))
+
+
+def gpu(fn: Callable, duration: Callable[..., int]) -> Callable:
+    """``spaces.GPU(fn, duration=duration)`` where the package is installed (it returns ``fn`` itself unless
+    SPACES_ZERO_GPU is set), else ``fn``."""
+    spaces = import_spaces()
+    return fn if spaces is None else spaces.GPU(fn, duration=duration)
+
+
+class GpuWork:
+    """Every model call the app makes. On ZeroGPU each runs under ``spaces.GPU`` in a worker process the platform
+    forks with a GPU attached; elsewhere the decorator is a no-op and the calls run here. Only picklable values
+    cross: messages, settings, events, results. The model is reached through the slot, which the fork inherits."""
+
+    def __init__(self, slot: Any, zero_gpu: bool | None = None) -> None:
+        self.slot = slot
+        self.zero_gpu = zero_gpu_active() if zero_gpu is None else zero_gpu
+        self._stream = gpu(self._stream_on_gpu, stream_duration)
+        self._compare = gpu(self._compare_on_gpu, compare_duration)
+
+    def _stream_on_gpu(self, messages: list[dict[str, str]], settings: engine.GenerationSettings,
+                       cancel: Any = None) -> Iterator[Any]:
+        model, tokenizer = self.slot.pair
+        yield from engine.stream(model, tokenizer, messages, settings, cancel)
+
+    def _compare_on_gpu(self, messages: list[dict[str, str]], settings_list: list[engine.GenerationSettings],
+                        cancel: Any = None) -> list[engine.CompareResult]:
+        model, tokenizer = self.slot.pair
+        return engine.compare(model, tokenizer, messages, settings_list, cancel)
+
+    def stream(self, messages: list[dict[str, str]], settings: engine.GenerationSettings,
+               cancel: Any = None) -> Iterator[Any]:
+        """engine.stream's events. Stop: the engine checks ``cancel`` itself; under ZeroGPU a threading.Event
+        cannot reach the worker process, so the stream is cut here instead and ends without a Summary."""
+        if not self.zero_gpu:
+            yield from self._stream(messages, settings, cancel)
+            return
+        events = self._stream(messages, settings, None)
+        try:
+            for event in events:
+                yield event
+                if cancel is not None and cancel.is_set():
+                    return
+        finally:
+            events.close()
+
+    def compare(self, messages: list[dict[str, str]], settings_list: list[engine.GenerationSettings],
+                cancel: Any = None) -> list[engine.CompareResult]:
+        return self._compare(messages, list(settings_list), None if self.zero_gpu else cancel)

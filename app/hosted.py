@@ -1,0 +1,122 @@
+"""Running the app for other people: Space detection, the data dir, per-browser owner keys, hosted caps and banner.
+
+Gradio-free, so handler tests and the CLI's ``--help`` stay fast. The ZeroGPU side is in ``app.gpu``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from .handlers import AppConfig, Limits
+from .store import new_owner_key
+
+DATA_DIR_ENV = "HUGINN_STUDIO_DATA_DIR"
+SECRET_ENV = "HUGINN_STUDIO_SECRET"
+AUTH_ENV = "HUGINN_STUDIO_AUTH"
+SECRET_FILE = "owner-secret"
+DB_FILE = "huginn-studio.db"
+SPACE_DATA_DIR = Path("/tmp/huginn-studio")  # a Space's disk is local and ephemeral; SQLite wants local disk
+
+# Public caps: small enough that one visitor cannot hold the single model for minutes, big enough to see depth matter.
+HOSTED_LIMITS = Limits(max_num_steps=32, max_new_tokens=256, max_prompt_chars=2000, max_compare_settings=5)
+HOSTED_QUEUE_SIZE = 20
+
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{24,64}$")
+
+
+# ---- where are we -----------------------------------------------------------------------------------------------
+
+def on_space(environ: dict[str, str] | None = None) -> bool:
+    """True inside a Hugging Face Space (the platform sets SPACE_ID, and SYSTEM=spaces)."""
+    env = os.environ if environ is None else environ
+    return bool(env.get("SPACE_ID")) or env.get("SYSTEM") == "spaces"
+
+
+def default_data_dir(hosted_on_space: bool) -> Path:
+    """``$HUGINN_STUDIO_DATA_DIR``, else /tmp/huginn-studio on a Space, else the user data folder."""
+    env = os.environ.get(DATA_DIR_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    if hosted_on_space:
+        return SPACE_DATA_DIR
+    return Path(platformdirs.user_data_dir("huginn-studio", appauthor=False))
+
+
+# ---- owner keys -------------------------------------------------------------------------------------------------
+
+class OwnerKeys:
+    """Per-browser owner keys. The browser keeps a random token; the store's owner key is an HMAC of that token under
+    a server secret. So the only way to act as a visitor is to hold their token: no value a client sends (an owner
+    key read from the database included) names anyone else's rows."""
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < 16:
+            raise ValueError("the owner-key secret must be at least 16 bytes")
+        self._secret = secret
+
+    @classmethod
+    def from_data_dir(cls, data_dir: Path) -> OwnerKeys:
+        """The secret from ``$HUGINN_STUDIO_SECRET``, else a file in the data dir (created once, owner-only), so
+        browsers keep their conversations across restarts."""
+        env = os.environ.get(SECRET_ENV, "")
+        if env:
+            return cls(env.encode())
+        path = Path(data_dir) / SECRET_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return cls(path.read_bytes().strip())
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        return cls(path.read_bytes().strip())
+
+    @staticmethod
+    def new_token() -> str:
+        return new_owner_key()
+
+    @staticmethod
+    def valid_token(token: Any) -> bool:
+        return isinstance(token, str) and bool(_TOKEN_RE.match(token))
+
+    def owner_for(self, token: str) -> str:
+        """The store owner key for a browser token."""
+        if not self.valid_token(token):
+            raise ValueError("not a browser token")
+        # The colon is outside the token alphabet, so an owner key is never mistaken for a token.
+        return "web:" + hmac.new(self._secret, token.encode(), hashlib.sha256).hexdigest()[:40]
+
+    def browser_state_secret(self) -> str:
+        """A fixed key for Gradio's BrowserState encryption. Gradio sends it to the page, so it is derived, never
+        the secret itself; it only has to outlive restarts."""
+        return hmac.new(self._secret, b"browser-state", hashlib.sha256).hexdigest()
+
+
+# ---- hosted configuration ---------------------------------------------------------------------------------------
+
+def limits_text(limits: Limits, queue_size: int | None) -> str:
+    queue = f", {queue_size} requests waiting in line" if queue_size else ""
+    return (f"Limits here: up to {limits.max_num_steps} recurrence steps, {limits.max_new_tokens} new tokens, "
+            f"{limits.max_prompt_chars:,} characters per message, {limits.max_compare_settings} settings per "
+            f"comparison{queue}.")
+
+
+def hosted_banner(limits: Limits, queue_size: int | None) -> str:
+    return ("Conversations you have here are stored on this server, under a key kept in this browser; other "
+            "visitors cannot see them. Delete one with \"Delete conversation\" (or all with \"Delete all my "
+            "conversations\") in the sidebar's menu. They may also vanish when the server restarts. "
+            + limits_text(limits, queue_size))
+
+
+def hosted_config(limits: Limits = HOSTED_LIMITS, queue_size: int = HOSTED_QUEUE_SIZE) -> AppConfig:
+    """Public caps, one generation at a time, a bounded queue, no model loading, the storage banner."""
+    return AppConfig(limits=limits, allow_model_loading=False, concurrency_limit=1, queue_size=queue_size,
+                     banner=hosted_banner(limits, queue_size), per_browser_owner=True)

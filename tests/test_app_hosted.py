@@ -1,0 +1,464 @@
+"""Hosted mode: Space packaging, ZeroGPU wrapping, per-browser owners, public caps and the queue under load.
+
+The app runs hosted on the bundled demo model when its weights are present, else on a tiny random checkpoint. Page
+events are private to the Gradio client, but anyone can post them to the queue over HTTP the way the page does, so
+the forged-owner and queue tests speak that protocol (``QueueCall``) as well as using gradio_client for the named API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+import engine
+from app.gpu import GPU_MAX_SECONDS, GpuWork, compare_duration, stream_duration, zero_gpu_requested
+from app.handlers import ModelSlot, Studio, UserError, describe_source
+from app.hosted import DB_FILE, HOSTED_LIMITS, OwnerKeys, hosted_config, on_space
+from app.store import LOCAL_OWNER, Store
+from tests.test_app_browser import browser, demo_model_ready, set_number  # noqa: F401 (browser: a fixture)
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+FAST = {"num_steps": 4, "max_new_tokens": 8}
+
+
+# ---- Space packaging --------------------------------------------------------------------------------------------
+
+def front_matter() -> dict[str, Any]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert text.startswith("---\n"), "a Space reads its configuration from front matter at the very top of README.md"
+    return yaml.safe_load(text.split("---\n", 2)[1])
+
+
+def pyproject() -> dict[str, Any]:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def test_readme_front_matter_configures_a_gradio_space():
+    import gradio
+
+    meta = front_matter()
+    assert meta["sdk"] == "gradio" and meta["title"] and meta["models"] == [engine.OFFICIAL_MODEL]
+    assert meta["sdk_version"] == gradio.__version__, "the Space would run another Gradio than the one tested"
+    deps = {canonicalize_name(r.name): r for r in map(Requirement, pyproject()["project"]["dependencies"])}
+    assert Version(str(meta["sdk_version"])) in deps["gradio"].specifier
+    assert (ROOT / meta["app_file"]).is_file()
+    python = str(meta["python_version"])
+    assert isinstance(meta["python_version"], str) and re.fullmatch(r"3\.\d+(\.\d+)?", python)
+    assert Version(python) in Requirement("x" + pyproject()["project"]["requires-python"]).specifier
+    assert 0 < len(meta["short_description"]) <= 60 and len(meta["emoji"]) == 1
+    assert meta["colorFrom"] in {"red", "yellow", "green", "blue", "indigo", "purple", "pink", "gray"}
+
+
+def test_requirements_agree_with_pyproject():
+    project = pyproject()["project"]
+    wanted = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["space"]]
+    lines = [ln.strip() for ln in (ROOT / "requirements.txt").read_text().splitlines()]
+    given = [Requirement(ln) for ln in lines if ln and not ln.startswith("#")]
+    as_map = lambda reqs: {canonicalize_name(r.name): r.specifier for r in reqs}  # noqa: E731
+    assert as_map(given) == as_map(wanted)
+    assert len(given) == len(wanted), "a package is listed twice"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_run_py_with_no_arguments_on_a_space_starts_hosted(tmp_path):
+    port = free_port()
+    env = {**os.environ, "SPACE_ID": "someone/huginn-studio", "SYSTEM": "spaces", "GRADIO_SERVER_NAME": "127.0.0.1",
+           "GRADIO_SERVER_PORT": str(port), "HUGINN_STUDIO_DATA_DIR": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1",
+           "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("HUGINN_STUDIO_DB", None)
+    proc = subprocess.Popen([sys.executable, "run.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 120
+        for line in proc.stdout:
+            lines.append(line)
+            if "Huginn Studio is running at" in line or time.monotonic() > deadline:
+                break
+        out = "".join(lines)
+        assert "is running at" in out, out
+        assert "Hosted mode (Hugging Face Space)" in out and "demo model" in out
+        config = httpx.get(f"http://127.0.0.1:{port}/config", timeout=30).json()
+        page = json.dumps(config)
+        assert "stored on this server" in page and "up to 32 recurrence steps" in page
+        assert (tmp_path / "data" / DB_FILE).is_file() and (tmp_path / "data" / "owner-secret").is_file()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_detection_reads_the_platform_variables():
+    assert on_space({"SPACE_ID": "a/b"}) and on_space({"SYSTEM": "spaces"}) and not on_space({})
+    assert zero_gpu_requested({"SPACES_ZERO_GPU": "true"}) and not zero_gpu_requested({})
+
+
+# ---- ZeroGPU ----------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    if demo_model_ready():
+        return engine.load("auto", device="cpu")
+    from tests.conftest import make_checkpoint
+
+    return engine.load(str(make_checkpoint(tmp_path_factory.mktemp("tiny") / "model")))
+
+
+def test_gpu_durations_scale_with_depth_and_tokens():
+    small = stream_duration([], engine.GenerationSettings(num_steps=4, max_new_tokens=32))
+    deeper = stream_duration([], engine.GenerationSettings(num_steps=32, max_new_tokens=32))
+    longer = stream_duration([], engine.GenerationSettings(num_steps=32, max_new_tokens=256))
+    assert 10 <= small < deeper < longer <= GPU_MAX_SECONDS
+    assert stream_duration([], engine.GenerationSettings(num_steps=128, max_new_tokens=4096)) == GPU_MAX_SECONDS
+    both = [engine.GenerationSettings(num_steps=4, max_new_tokens=32),
+            engine.GenerationSettings(num_steps=32, max_new_tokens=256)]
+    assert compare_duration([], both) >= longer
+
+
+def test_without_zero_gpu_the_real_decorator_leaves_the_work_as_it_is(pair, monkeypatch):
+    import spaces
+
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    slot = ModelSlot(*pair)
+    work = GpuWork(slot)
+    assert not work.zero_gpu and not hasattr(work._stream, "zerogpu")
+    assert work._stream == work._stream_on_gpu and spaces.GPU(work._stream_on_gpu, duration=60) == work._stream_on_gpu
+    events = list(work.stream([{"role": "user", "content": "2 + 3 ="}], engine.GenerationSettings(**FAST)))
+    assert isinstance(events[-1], engine.Summary) and events[-1].tokens > 0
+
+
+def test_stop_cuts_the_stream_where_the_event_cannot_reach_the_gpu_process(pair, tmp_path):
+    """Under ZeroGPU a threading.Event cannot cross into the worker; Stop then ends the stream from our side and the
+    answer is kept, marked stopped."""
+    slot = ModelSlot(*pair)
+    with Store(tmp_path / "s.db") as store:
+        studio = Studio(slot, store, hosted_config(), owners=OwnerKeys(b"x" * 32), gpu=GpuWork(slot, zero_gpu=True))
+        session, _ = studio.browser_session(None)
+        settings = engine.GenerationSettings(num_steps=4, max_new_tokens=64)
+        turns = studio.send(session, "Tell a long story.", "", settings)
+        for i, (session, _) in enumerate(turns):
+            if i == 1:
+                studio.stop(session)
+        answer = store.thread(session["owner"], session["conversation_id"])[-1]
+        assert answer.status == "cancelled" and 0 < len(answer.tokens) < 64
+
+
+class FakeDeviceApi(BaseHTTPRequestHandler):
+    """Stands in for the ZeroGPU scheduler: records what the app asks for and grants nothing."""
+
+    requests: list[str] = []
+
+    def do_POST(self) -> None:
+        FakeDeviceApi.requests.append(self.path)
+        self.send_response(503)
+        self.end_headers()
+
+    do_GET = do_POST
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+ZERO_GPU_SCRIPT = """
+import engine, spaces
+from app.gpu import GpuWork, stream_duration
+class Slot:
+    pair = (None, None)
+work = GpuWork(Slot())
+print("wrapped", work.zero_gpu, hasattr(work._stream, "zerogpu"), hasattr(work._compare, "zerogpu"))
+settings = engine.GenerationSettings(num_steps=16, max_new_tokens=100)
+try:
+    list(work.stream([{"role": "user", "content": "hi"}], settings))
+except BaseException as err:
+    print("refused", type(err).__name__)
+print("expected", stream_duration(None, settings))
+"""
+
+
+def test_on_zero_gpu_the_work_runs_under_spaces_gpu_with_its_duration(tmp_path):
+    import torch
+
+    if torch.version.cuda is None:
+        # spaces' ZeroGPU mode patches CUDA entry points at import and fails on a CPU-only torch build.
+        pytest.skip("ZeroGPU mode of the spaces package needs a CUDA build of torch")
+    server = HTTPServer(("127.0.0.1", 0), FakeDeviceApi)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {**os.environ, "SPACES_ZERO_GPU": "true",
+               "SPACES_ZERO_DEVICE_API_URL": f"http://127.0.0.1:{server.server_port}"}
+        out = subprocess.run([sys.executable, "-c", ZERO_GPU_SCRIPT], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=120).stdout
+    finally:
+        server.shutdown()
+    assert "wrapped True True True" in out, out
+    expected = int(out.split("expected")[1])
+    assert any(f"durationSeconds={expected}" in r for r in FakeDeviceApi.requests if r.startswith("/schedule")), \
+        FakeDeviceApi.requests
+
+
+# ---- the hosted app ---------------------------------------------------------------------------------------------
+
+class RecordingGpu(GpuWork):
+    """GpuWork that records how many generations ran at once and when each started and ended."""
+
+    def __init__(self, slot: ModelSlot) -> None:
+        super().__init__(slot, zero_gpu=False)
+        self.lock = threading.Lock()
+        self.running = 0
+        self.peak = 0
+
+    def stream(self, messages, settings, cancel=None):
+        with self.lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        try:
+            yield from super().stream(messages, settings, cancel)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+@pytest.fixture(scope="module")
+def hosted(pair, tmp_path_factory):
+    from app.ui import build_demo, launch
+
+    data_dir = tmp_path_factory.mktemp("hosted-data")
+    store = Store(data_dir / DB_FILE)
+    slot = ModelSlot(*pair, note=describe_source("auto", engine.model_info(pair[0]).name))
+    owners = OwnerKeys.from_data_dir(data_dir)
+    studio = Studio(slot, store, hosted_config(), owners=owners, gpu=RecordingGpu(slot))
+    demo = build_demo(studio)
+    _, url, _ = launch(demo, prevent_thread_lock=True, quiet=True, server_port=None)
+    events = {d["api_name"]: d["id"] for d in httpx.get(f"{url}config").json()["dependencies"]}
+    yield SimpleNamespace(url=url, studio=studio, store=store, owners=owners, events=events)
+    demo.close()
+    store.close()
+
+
+class QueueCall:
+    """One page event posted to Gradio's queue over HTTP, as the page does, with timings."""
+
+    def __init__(self, url: str, session_hash: str) -> None:
+        self.url, self.session_hash = url, session_hash
+
+    def __call__(self, fn_index: int, data: list[Any]) -> dict[str, Any]:
+        with httpx.Client(base_url=self.url, timeout=120) as http:
+            joined = time.monotonic()
+            http.post("gradio_api/queue/join", json={"data": data, "fn_index": fn_index, "event_data": None,
+                                                     "session_hash": self.session_hash, "trigger_id": None}
+                      ).raise_for_status()
+            started = None
+            with http.stream("GET", "gradio_api/queue/data", params={"session_hash": self.session_hash}) as resp:
+                for line in resp.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    msg = json.loads(line[5:])
+                    if msg.get("msg") == "process_starts":
+                        started = time.monotonic()
+                    if msg.get("msg") == "process_completed":
+                        return {**msg["output"], "success": msg.get("success"), "wait": (started or joined) - joined,
+                                "done": time.monotonic() - joined}
+        raise AssertionError("the queue closed without completing the event")
+
+
+def form(num_steps: int = 4, max_new_tokens: int = 8) -> list[Any]:
+    """The depth panel's values in the order the page sends them."""
+    return [num_steps, False, "kl", "", 0, False, 0.0, 1.0, 0, 0.0, 1.0, 0, max_new_tokens]
+
+
+def open_tab(hosted, token: Any, name: str) -> tuple[QueueCall, dict[str, Any]]:
+    call = QueueCall(hosted.url, name)
+    return call, call(hosted.events["init"], [None, token])
+
+
+def titles(init_output: dict[str, Any]) -> list[str]:
+    return [label for label, _ in init_output["data"][2]["choices"]]
+
+
+def test_a_forged_owner_sees_nothing_through_the_api(hosted):
+    from gradio_client import Client
+
+    token = hosted.owners.new_token()
+    victim = hosted.owners.owner_for(token)
+    cid = hosted.store.create_conversation(victim, "the victim's secret plans").id
+    _, mine = open_tab(hosted, token, "victim-tab")
+    assert titles(mine) == ["the victim's secret plans"]  # the real token opens them
+
+    # The owner key itself, the local owner, a near miss of the token, a dict: each is a new, empty visitor.
+    for i, forged in enumerate([victim, LOCAL_OWNER, token[:-1] + ("A" if token[-1] != "A" else "B"),
+                                {"owner": victim}, "x" * 10_000]):
+        _, out = open_tab(hosted, forged, f"forger-{i}")
+        assert out["success"] and titles(out) == [], forged
+        if not hosted.owners.valid_token(forged):  # the near miss is a token, just someone else's (nobody's)
+            assert out["data"][4] != forged and hosted.owners.valid_token(out["data"][4])
+
+    # A session value sent with an event is ignored: the server keeps the tab's session itself.
+    send = hosted.events["on_send"]
+    call = QueueCall(hosted.url, "forger-session")
+    call(send, [{"owner": victim, "conversation_id": cid, "tab": "t", "edit_id": None}, "mine now", "", *form()])
+    assert hosted.store.messages(victim, cid) == []
+
+    # The named API has no owner at all, and the client cannot reach the page's events.
+    client = Client(hosted.url, verbose=False)
+    assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == {"/chat", "/compare"}
+    with pytest.raises((TypeError, ValueError)):
+        client.predict("hi", FAST, owner=victim, api_name="/chat")
+    with pytest.raises(ValueError):
+        client.predict(None, token, fn_index=hosted.events["init"])
+
+
+def test_caps_are_enforced_with_a_clear_message(hosted):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    client = Client(hosted.url, verbose=False)
+    cases = [
+        (("hi", {"num_steps": 64}), "/chat", "num_steps: must be at most 32"),
+        (("hi", {"max_new_tokens": 1000}), "/chat", "max_new_tokens: must be at most 256"),
+        (("x" * 2001, FAST), "/chat", "the limit here is 2,000"),
+        (("hi", FAST, "", [{"role": "user", "content": "y" * 5000}]), "/chat", "the limit here is 2,000"),
+        (("hi", [FAST] * 6), "/compare", "at most 5 settings"),
+        (("hi", [{"num_steps": 64}]), "/compare", "at most 32"),
+    ]
+    for args, api, message in cases:
+        with pytest.raises(AppError, match=re.escape(message)):
+            client.predict(*args, api_name=api)
+
+    # The page's own events check the same caps on the server, whatever the sliders allow.
+    call, _ = open_tab(hosted, None, "caps-tab")
+    out = call(hosted.events["on_send"], [None, "hi", "", *form(num_steps=100)])
+    assert not out["success"] and re.search(r"(at most|maximum value) 32\b", out["error"]), out["error"]
+    out = call(hosted.events["on_send"], [None, "z" * 2001, "", *form()])
+    assert not out["success"] and "the limit here is 2,000" in out["error"]
+
+
+def test_model_loading_is_refused(hosted):
+    before = hosted.studio.slot.pair
+    with pytest.raises(UserError, match="turned off"):
+        hosted.studio.load_model(str(ROOT / "assets" / "demo-model"), "none")
+    call, _ = open_tab(hosted, None, "load-tab")
+    for source in (str(ROOT / "assets" / "demo-model"), "/etc", engine.OFFICIAL_MODEL):
+        out = call(hosted.events["on_load_model"], [source, "none"])
+        assert not out["success"] and "turned off" in out["error"]
+    assert hosted.studio.slot.pair is before
+
+
+def test_ten_queued_requests_from_several_clients_all_complete(hosted):
+    clients = [hosted.owners.new_token() for _ in range(3)]
+    tabs = []
+    for i in range(10):  # 4 + 3 + 3 tabs: some browsers send from more than one tab at once
+        token = clients[i % 3]
+        call, out = open_tab(hosted, token, f"queue-tab-{i}")
+        assert out["data"][4] is None or out["data"][4] == token
+        tabs.append((token, call, f"question {i} from browser {i % 3}"))
+    hosted.studio.gpu.peak = 0
+
+    def ask(tab):
+        token, call, prompt = tab
+        return call(hosted.events["on_send"], [None, prompt, "", *form()])
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(len(tabs)) as pool:
+        results = list(pool.map(ask, tabs))
+    wall = time.monotonic() - start
+
+    assert all(r["success"] for r in results), [r.get("error") for r in results]
+    for token in clients:
+        owner = hosted.owners.owner_for(token)
+        asked = {p for t, _, p in tabs if t == token}
+        seen = {}
+        for conv in hosted.store.list_conversations(owner):
+            thread = hosted.store.thread(owner, conv.id)
+            seen.update({m.content: thread[i + 1] for i, m in enumerate(thread[:-1]) if m.role == "user"})
+        assert set(seen) == asked, "a request was lost or landed with another browser"
+        assert all(a.role == "assistant" and a.status == "complete" and a.tokens for a in seen.values())
+    worst = max(r["wait"] for r in results)
+    print(f"\nqueue: {len(results)} requests from {len(clients)} browsers in {len(tabs)} tabs, concurrency limit "
+          f"{hosted.studio.config.concurrency_limit}, peak running {hosted.studio.gpu.peak}, worst wait "
+          f"{worst:.2f} s, longest request {max(r['done'] for r in results):.2f} s, all done in {wall:.2f} s")
+    assert hosted.studio.gpu.peak == hosted.studio.config.concurrency_limit == 1
+    assert worst > 0  # they really queued
+
+
+# ---- two browsers -----------------------------------------------------------------------------------------------
+
+def ask_in_page(page, text: str) -> None:
+    done = page.locator("#transcript .msg.assistant.complete").count()
+    page.fill("#prompt textarea", text)
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"document.querySelectorAll('#transcript .msg.assistant.complete').length > {done}",
+                           timeout=60_000)
+
+
+def open_page(context, url: str):
+    page = context.new_page()
+    page.goto(url)
+    page.wait_for_selector("#prompt textarea")
+    page.locator("button:has-text('Advanced')").first.click()
+    set_number(page, "max-new-tokens", 8)
+    set_number(page, "num-steps", 4)
+    return page
+
+
+def sidebar(page) -> str:
+    return page.inner_text("#conv-list")
+
+
+@pytest.mark.browser
+def test_two_browsers_see_only_their_own_conversations(hosted, browser):
+    ARTIFACTS.mkdir(exist_ok=True)
+    one, two = browser.new_context(), browser.new_context()
+    try:
+        a = open_page(one, hosted.url)
+        banner = a.inner_text("#hosted-banner")
+        assert "stored on this server" in banner and "Delete all my conversations" in banner
+        assert "up to 32 recurrence steps" in banner and "256 new tokens" in banner and "20 requests" in banner
+        assert a.get_by_role("button", name="Load model").count() == 0 or \
+            not a.get_by_role("button", name="Load model").is_visible()
+        ask_in_page(a, "alpha: what is 2 + 3?")
+
+        b = open_page(two, hosted.url)
+        assert "alpha" not in sidebar(b) and b.locator("#transcript .msg").count() == 0
+        ask_in_page(b, "beta: what is 4 + 4?")
+
+        # Over the cap: a clear message, nothing sent.
+        b.fill("#prompt textarea", "w" * 2001)
+        b.keyboard.press("Enter")
+        b.get_by_text("the limit here is 2,000").first.wait_for(timeout=30_000)
+        b.screenshot(path=str(ARTIFACTS / "hosted-cap.png"), full_page=True)
+
+        # Each browser keeps its own conversations across reloads, and only those.
+        for page, mine, theirs in ((a, "alpha", "beta"), (b, "beta", "alpha")):
+            page.reload()
+            page.wait_for_selector("#transcript .msg.assistant.complete", timeout=30_000)
+            assert mine in sidebar(page) and theirs not in sidebar(page)
+            assert mine in page.inner_text("#transcript") and theirs not in page.inner_text("#transcript")
+        a.screenshot(path=str(ARTIFACTS / "hosted.png"), full_page=True)
+    finally:
+        one.close()
+        two.close()
