@@ -97,7 +97,13 @@ class _Slot:
 
     def __init__(self, k: Tensor, v: Tensor, valid: Tensor) -> None:
         self.k, self.v, self.valid = k, v, valid
-        self.dense_upto = 0  # every row holds an entry for positions [0, dense_upto): no mask needed there
+        # Every row holds an entry for positions [0, dense_upto). While a slot stays dense (fixed depth), its
+        # ``valid`` mask is not kept up to date there; _materialize writes it before the mask is needed.
+        self.dense_upto = 0
+
+
+def _materialize(slot: _Slot) -> None:
+    slot.valid[:, :slot.dense_upto] = True
 
 
 class RecurrentCache:
@@ -226,11 +232,13 @@ class RecurrentCache:
             self._write(latest, k, v, pos0, end, rows)
             if slot.dense_upto >= end:
                 return slot.k[:, :, :end], slot.v[:, :, :end], None
+            _materialize(slot)
             have = slot.valid[:, None, :end, None]
             return (torch.where(have, slot.k[:, :, :end], latest.k[:, :, :end]),
                     torch.where(have, slot.v[:, :, :end], latest.v[:, :, :end]), None)
         if slot.dense_upto >= end:
             return slot.k[:, :, :end], slot.v[:, :, :end], None
+        _materialize(slot)
         return slot.k[:, :, :end], slot.v[:, :, :end], slot.valid[:, None, None, :end]
 
     @staticmethod
@@ -238,10 +246,12 @@ class RecurrentCache:
         if rows is None:
             slot.k[:, :, pos0:end] = k
             slot.v[:, :, pos0:end] = v
-            slot.valid[:, pos0:end] = True
-            if slot.dense_upto >= pos0:
+            if slot.dense_upto >= pos0:  # still dense: the mask is implied, skip writing it
                 slot.dense_upto = max(slot.dense_upto, end)
+            else:
+                slot.valid[:, pos0:end] = True
             return
+        _materialize(slot)
         sel = rows[:, None, None, None]
         slot.k[:, :, pos0:end] = torch.where(sel, k, slot.k[:, :, pos0:end])
         slot.v[:, :, pos0:end] = torch.where(sel, v, slot.v[:, :, pos0:end])

@@ -32,6 +32,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, eps=self.eps)
         # Normalise in fp32 and cast back before the weight multiply, as the reference does.
         return F.rms_norm(x.float(), self.weight.shape, eps=self.eps).to(x.dtype) * self.weight
 
@@ -66,13 +68,19 @@ class Attention(nn.Module):
         if config.qk_bias:
             self.qk_bias = nn.Parameter(torch.zeros(2, 1, config.n_heads, config.head_dim))
 
-    def forward(self, x: Tensor, rope: Tensor, slot: tuple[str, int] | None,
-                cache: RecurrentCache | None, pos0: int, rows: Tensor | None) -> Tensor:
+    def project(self, x: Tensor, rope: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v as (B, H, S, d): the qk bias is added before the rotation, as in the reference."""
         B, S, _ = x.shape
         qkv = self.Wqkv(x).view(B, S, 3, self.n_heads, self.head_dim)
         qk = qkv[:, :, :2] + self.qk_bias[:, 0] if hasattr(self, "qk_bias") else qkv[:, :, :2]
-        q, k = apply_rope(qk, rope).transpose(1, 3).unbind(2)  # bias before rotation, as in the reference
-        v = qkv[:, :, 2].transpose(1, 2)
+        q, k = apply_rope(qk, rope).transpose(1, 3).unbind(2)
+        return q, k, qkv[:, :, 2].transpose(1, 2)
+
+    @staticmethod
+    def attend(q: Tensor, k: Tensor, v: Tensor, slot: tuple[str, int] | None, cache: RecurrentCache | None,
+               pos0: int, rows: Tensor | None) -> Tensor:
+        """Store this step's keys and values, attend causally, return (B, S, H * d) before the out-projection."""
+        B, _, S, _ = q.shape
         mask = None
         if cache is not None and slot is not None:
             k, v, mask = cache.update(slot[0], slot[1], k, v, pos0, rows)
@@ -82,10 +90,10 @@ class Attention(nn.Module):
         elif mask is None and S == 1:
             y = F.scaled_dot_product_attention(q, k, v)
         else:
-            causal = torch.ones(S, T, dtype=torch.bool, device=x.device).tril(T - S)
+            causal = torch.ones(S, T, dtype=torch.bool, device=q.device).tril(T - S)
             mask = causal if mask is None else mask & causal
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.proj(y.transpose(1, 2).reshape(B, S, -1))
+        return y.transpose(1, 2).reshape(B, S, -1)
 
 
 class GatedMLP(nn.Module):
@@ -114,7 +122,15 @@ class SandwichBlock(nn.Module):
 
     def forward(self, x: Tensor, rope: Tensor, slot: tuple[str, int] | None = None,
                 cache: RecurrentCache | None = None, pos0: int = 0, rows: Tensor | None = None) -> Tensor:
-        x = self.norm_2(x + self.attn(self.norm_1(x), rope, slot, cache, pos0, rows))
+        q, k, v = self.begin(x, rope)
+        return self.end(x, Attention.attend(q, k, v, slot, cache, pos0, rows))
+
+    # The cache-free halves around attention: pure tensor functions that engine.compile can compile.
+    def begin(self, x: Tensor, rope: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.attn.project(self.norm_1(x), rope)
+
+    def end(self, x: Tensor, attended: Tensor) -> Tensor:
+        x = self.norm_2(x + self.attn.proj(attended))
         return self.norm_4(x + self.mlp(self.norm_3(x)))
 
 
