@@ -28,9 +28,17 @@ def _asset(name: str) -> str:
 
 def _friendly(fn: Callable) -> Callable:
     """Show expected failures (bad input, store, prompt) as a message in the page instead of a stack trace."""
+    # Events posted to the queue by a script rather than the page can come before the load event made the session.
+    needs_session = fn.__code__.co_varnames[:1] == ("sess",)
+
+    def check(args: tuple) -> None:
+        if needs_session and args and args[0] is None:
+            raise gr.Error("This tab has no session yet: reload the page.", print_exception=False)
+
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def gen(*args: Any, **kwargs: Any):
+            check(args)
             try:
                 yield from fn(*args, **kwargs)
             except USER_ERRORS as err:
@@ -39,6 +47,7 @@ def _friendly(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def plain(*args: Any, **kwargs: Any):
+        check(args)
         try:
             return fn(*args, **kwargs)
         except USER_ERRORS as err:
@@ -183,9 +192,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
         # ---- handlers ----
         @_friendly
-        def init(sess, token):
-            if sess is None:
-                sess, token = studio.browser_session(token)
+        def init(stored, token):
+            sess, token = (stored, None) if stored else studio.browser_session(token)
             recent = studio.conversation_choices(sess)
             if sess.get("conversation_id") is None and recent:
                 sess = {**sess, "conversation_id": recent[0][1]}

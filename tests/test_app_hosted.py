@@ -7,6 +7,7 @@ the forged-owner and queue tests speak that protocol (``QueueCall``) as well as 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Iterator
 
 import httpx
 import pytest
@@ -85,32 +86,63 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_run_py_with_no_arguments_on_a_space_starts_hosted(tmp_path):
+@contextlib.contextmanager
+def run_py(args: list[str], env: dict[str, str]) -> Iterator[tuple[str, str]]:
+    """``python run.py ARGS`` with ENV until it serves: (what it printed, its address)."""
     port = free_port()
-    env = {**os.environ, "SPACE_ID": "someone/huginn-studio", "SYSTEM": "spaces", "GRADIO_SERVER_NAME": "127.0.0.1",
-           "GRADIO_SERVER_PORT": str(port), "HUGINN_STUDIO_DATA_DIR": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1",
-           "CUDA_VISIBLE_DEVICES": ""}
-    env.pop("HUGINN_STUDIO_DB", None)
-    proc = subprocess.Popen([sys.executable, "run.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    # Only what the test sets: none of the outer environment's Space, login or database settings.
+    outer = {k: v for k, v in os.environ.items() if k not in
+             ("HUGINN_STUDIO_DB", "HUGINN_STUDIO_AUTH", "HUGINN_STUDIO_DATA_DIR", "SPACE_ID", "SYSTEM",
+              "SPACES_ZERO_GPU")}
+    env = {**outer, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), "HF_HUB_OFFLINE": "1",
+           "CUDA_VISIBLE_DEVICES": "", **env}
+    proc = subprocess.Popen([sys.executable, "run.py", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
         lines = []
-        deadline = time.monotonic() + 120
         for line in proc.stdout:
             lines.append(line)
-            if "Huginn Studio is running at" in line or time.monotonic() > deadline:
+            if "Huginn Studio is running at" in line:
                 break
         out = "".join(lines)
         assert "is running at" in out, out
-        assert "Hosted mode (Hugging Face Space)" in out and "demo model" in out
-        config = httpx.get(f"http://127.0.0.1:{port}/config", timeout=30).json()
-        page = json.dumps(config)
-        assert "stored on this server" in page and "up to 32 recurrence steps" in page
-        assert (tmp_path / "data" / DB_FILE).is_file() and (tmp_path / "data" / "owner-secret").is_file()
+        yield out, f"http://127.0.0.1:{port}/"
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_run_py_with_no_arguments_on_a_space_starts_hosted(tmp_path):
+    space = {"SPACE_ID": "someone/huginn-studio", "SYSTEM": "spaces", "HUGINN_STUDIO_DATA_DIR": str(tmp_path / "d")}
+    with run_py([], space) as (out, url):
+        assert "Hosted mode (Hugging Face Space)" in out and "demo model" in out
+        page = json.dumps(httpx.get(f"{url}config", timeout=30).json())
+        assert "stored on this server" in page and "up to 32 recurrence steps" in page
+        assert (tmp_path / "d" / DB_FILE).is_file() and (tmp_path / "d" / "owner-secret").is_file()
+
+
+@pytest.mark.slow
+def test_auth_from_the_environment_asks_for_a_login(tmp_path):
+    with run_py(["--data-dir", str(tmp_path)], {"HUGINN_STUDIO_AUTH": "colleague:pass:word"}) as (out, url):
+        assert "Hosted mode" not in out
+        with httpx.Client(base_url=url, timeout=30) as http:
+            assert http.get("config").status_code == 401
+            assert http.post("login", data={"username": "colleague", "password": "nope"}).status_code == 400
+            assert http.post("login", data={"username": "colleague", "password": "pass:word"}).status_code == 200
+            assert http.get("config").status_code == 200
+        assert (tmp_path / DB_FILE).is_file()
+
+
+def test_auth_and_share_arguments():
+    from app.cli import SHARE_NOTE, parse_args, parse_auth
+
+    assert parse_auth("me:se:cret") == ("me", "se:cret") and parse_auth(None) is None
+    for bad in ("nocolon", ":pw", "user:"):
+        with pytest.raises(ValueError, match="user:password"):
+            parse_auth(bad)
+    assert parse_args(["--share", "--auth", "a:b"]).auth == "a:b"
+    assert "needs internet" in SHARE_NOTE and "gradio.live" in SHARE_NOTE
 
 
 def test_detection_reads_the_platform_variables():
@@ -320,7 +352,8 @@ def test_a_forged_owner_sees_nothing_through_the_api(hosted):
     # A session value sent with an event is ignored: the server keeps the tab's session itself.
     send = hosted.events["on_send"]
     call = QueueCall(hosted.url, "forger-session")
-    call(send, [{"owner": victim, "conversation_id": cid, "tab": "t", "edit_id": None}, "mine now", "", *form()])
+    out = call(send, [{"owner": victim, "conversation_id": cid, "tab": "t", "edit_id": None}, "mine now", "", *form()])
+    assert not out["success"] and "no session yet" in out["error"]
     assert hosted.store.messages(victim, cid) == []
 
     # The named API has no owner at all, and the client cannot reach the page's events.
