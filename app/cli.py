@@ -34,8 +34,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help=f"folder on local disk for the database and the owner-key secret (default: "
                         f"${hosted.DATA_DIR_ENV}, else {hosted.SPACE_DATA_DIR} on a Space, else your user data "
                         f"folder)")
-    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-                   help="address to listen on (0.0.0.0 for the local network)")
+    # A Space's proxy reaches the app from outside its container, so there it listens on all interfaces.
+    default_host = os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if hosted.on_space() else "127.0.0.1")
+    p.add_argument("--host", default=default_host,
+                   help="address to listen on (0.0.0.0 for the local network; the default on a Space)")
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     p.add_argument("--hosted", action="store_true",
                    help="run for many visitors (automatic on a Hugging Face Space): each browser has its own "

@@ -145,9 +145,17 @@ def test_auth_and_share_arguments():
     assert "needs internet" in SHARE_NOTE and "gradio.live" in SHARE_NOTE
 
 
-def test_detection_reads_the_platform_variables():
+def test_detection_reads_the_platform_variables(monkeypatch):
+    from app.cli import parse_args
+
     assert on_space({"SPACE_ID": "a/b"}) and on_space({"SYSTEM": "spaces"}) and not on_space({})
     assert zero_gpu_requested({"SPACES_ZERO_GPU": "true"}) and not zero_gpu_requested({})
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    monkeypatch.delenv("SYSTEM", raising=False)
+    assert parse_args([]).host == "127.0.0.1"
+    monkeypatch.setenv("SPACE_ID", "a/b")
+    assert parse_args([]).host == "0.0.0.0"  # the Space's proxy must reach it
 
 
 # ---- ZeroGPU ----------------------------------------------------------------------------------------------------
