@@ -27,6 +27,16 @@ from engine import GenerationSettings, HuginnConfig, HuginnForCausalLM  # noqa: 
 
 OFFICIAL_TOKENIZER = Path(__file__).resolve().parent.parent.parent / "shared" / "huginn-0125"
 PROMPT = [{"role": "user", "content": "Tell me about the recurrent depth of your thinking, step by step."}]
+HISTORY_TURN = [{"role": "user", "content": "What is 00004821+00003390?"}, {"role": "assistant", "content": "000008211"}]
+
+
+def chat(context: int, tok) -> list[dict[str, str]]:
+    """The benchmark prompt after earlier turns, growing until the rendered chat is about ``context`` tokens."""
+    messages = list(PROMPT)
+    while len(tok(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False),
+                  add_special_tokens=False)["input_ids"]) < context:
+        messages = HISTORY_TURN + messages
+    return messages
 
 
 def scaled_official(seed: int = 0):
@@ -52,9 +62,10 @@ def models(names: list[str]):
             yield "official-layout-512", *scaled_official()
 
 
-def ours_decode_rate(model, tok, steps: int, new_tokens: int) -> tuple[float, int]:
+def ours_decode_rate(model, tok, steps: int, new_tokens: int, context: int = 0) -> tuple[float, int]:
     settings = GenerationSettings(num_steps=steps, max_new_tokens=new_tokens, init_scale=0.0, seed=0)
-    times = [e.seconds for e in engine.stream(model, tok, PROMPT, settings) if isinstance(e, engine.TokenEvent)]
+    messages = chat(context, tok)
+    times = [e.seconds for e in engine.stream(model, tok, messages, settings) if isinstance(e, engine.TokenEvent)]
     return (len(times) - 1) / (times[-1] - times[0]), len(times)
 
 
@@ -71,10 +82,11 @@ class _Clock:
         pass
 
 
-def reference_decode_rate(theirs, model, tok, steps: int, new_tokens: int) -> tuple[float, int]:
+def reference_decode_rate(theirs, model, tok, steps: int, new_tokens: int, context: int = 0) -> tuple[float, int]:
     from transformers import GenerationConfig
 
-    ids = tok.apply_chat_template(PROMPT, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = tok.apply_chat_template(chat(context, tok), add_generation_prompt=True, return_tensors="pt",
+                                  return_dict=True)
     stops = list(engine.generate.stop_token_ids(model, tok))
     config = GenerationConfig(do_sample=False, eos_token_id=stops, max_length=ids["input_ids"].shape[1] + new_tokens)
     clock = _Clock()
@@ -91,6 +103,8 @@ def main() -> None:
     parser.add_argument("--models", default="demo,scaled", help="comma list of: demo, scaled")
     parser.add_argument("--steps", default="4,16,32")
     parser.add_argument("--tokens", type=int, default=24, help="new tokens per run")
+    parser.add_argument("--context", type=int, default=0,
+                        help="grow the chat with earlier turns to about this many prompt tokens")
     parser.add_argument("--repeats", type=int, default=3, help="runs per cell; the median is reported")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--compile", action="store_true", help="also measure engine.compile (torch.compile)")
@@ -103,7 +117,8 @@ def main() -> None:
 
         module = import_reference(args.reference_dir)
 
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, CPU decode, batch 1, greedy")
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, CPU decode, batch 1, greedy, "
+          f"{args.tokens} new tokens after a prompt of about {max(args.context, 20)} tokens")
     header = f"{'model':<20} {'r':>3} {'ours tok/s':>11} {'ms/step':>8}"
     if args.compile:
         header += f" {'compiled':>9} {'ms/step':>8}"
@@ -124,16 +139,16 @@ def main() -> None:
             theirs = reference_model(module, model)
         for steps in (int(s) for s in args.steps.split(",")):
             ours_decode_rate(model, tok, steps, 4)  # warm-up
-            ours = statistics.median(ours_decode_rate(model, tok, steps, args.tokens)[0] for _ in range(args.repeats))
+            ours = statistics.median(ours_decode_rate(model, tok, steps, args.tokens, args.context)[0] for _ in range(args.repeats))
             line = f"{name:<20} {steps:>3} {ours:>11.2f} {1000 / ours / steps:>8.3f}"
             if compiled is not None:
                 ours_decode_rate(compiled, tok, steps, 4)  # compiles on first use
-                fast = statistics.median(ours_decode_rate(compiled, tok, steps, args.tokens)[0]
+                fast = statistics.median(ours_decode_rate(compiled, tok, steps, args.tokens, args.context)[0]
                                          for _ in range(args.repeats))
                 line += f" {fast:>9.2f} {1000 / fast / steps:>8.3f}"
                 ours = max(ours, fast)
             if theirs is not None:
-                ref = statistics.median(reference_decode_rate(theirs, model, tok, steps, args.tokens)[0]
+                ref = statistics.median(reference_decode_rate(theirs, model, tok, steps, args.tokens, args.context)[0]
                                         for _ in range(args.repeats))
                 ratios[(name, steps)] = ours / ref
                 line += f" {ref:>10.2f} {1000 / ref / steps:>8.3f} {ours / ref:>6.2f}"
