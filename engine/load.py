@@ -170,6 +170,33 @@ def _nf4_blocksize(blocksize: int) -> Iterator[None]:
         bnb.nn.Linear4bit.__init__ = original
 
 
+def load_weights(folder: Path, quantization: str, device: str, dtype: torch.dtype):
+    """The model of a checkpoint folder in full precision or through bitsandbytes ("int8", "nf4"), in eval mode."""
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    blocksize = contextlib.nullcontext()
+    if quantization == "int8":
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=["lm_head"])
+    elif quantization == "nf4":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+            llm_int8_skip_modules=["lm_head"])
+        blocksize = _nf4_blocksize(NF4_BLOCKSIZE)
+    if quantization != "none":
+        kwargs["device_map"] = {"": device}
+    started = time.perf_counter()
+    try:
+        with blocksize:
+            loaded = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise LoadError(f"cannot load the weights in {folder}: {str(err).splitlines()[0][:300]}") from None
+    if quantization == "none":
+        loaded = loaded.to(device)
+    loaded.eval()
+    loaded.load_seconds = time.perf_counter() - started
+    loaded.quantization = quantization
+    return loaded
+
+
 def load(
     model: str | os.PathLike = "auto",
     quantization: str = "none",
@@ -211,29 +238,7 @@ def load(
 
     if quantization == "auto":
         quantization = choose_quantization(config, _free_gpu_bytes()) if device.startswith("cuda") else "none"
-    kwargs: dict[str, Any] = {"dtype": dtype}
-    blocksize = contextlib.nullcontext()
-    if quantization == "int8":
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=["lm_head"])
-    elif quantization == "nf4":
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
-            llm_int8_skip_modules=["lm_head"])
-        blocksize = _nf4_blocksize(NF4_BLOCKSIZE)
-    if quantization != "none":
-        kwargs["device_map"] = {"": device}
-
-    started = time.perf_counter()
-    try:
-        with blocksize:
-            loaded = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise LoadError(f"cannot load the weights in {folder}: {str(err).splitlines()[0][:300]}") from None
-    if quantization == "none":
-        loaded = loaded.to(device)
-    loaded.eval()
-    loaded.load_seconds = time.perf_counter() - started
-    loaded.quantization = quantization
+    loaded = load_weights(folder, quantization, device, dtype)
     loaded.source = name
 
     tok_source = Path(tokenizer) if tokenizer is not None else folder
