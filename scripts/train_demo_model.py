@@ -208,9 +208,9 @@ def main() -> None:
     ap.add_argument("--backprop-depth", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1, help="torch threads; 1 leaves the other core free")
     ap.add_argument("--log-every", type=int, default=50)
-    ap.add_argument("--eval-every", type=int, default=500)
-    ap.add_argument("--eval-per-tier", type=int, default=64)
-    ap.add_argument("--save-every", type=int, default=500)
+    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--eval-per-tier", type=int, default=48)
+    ap.add_argument("--save-every", type=int, default=250)
     ap.add_argument("--log", type=Path, default=None, help="also append JSON lines here")
     args = ap.parse_args()
 
@@ -255,6 +255,8 @@ def main() -> None:
             log({"step": step, "loss": round(loss_sum / loss_n, 4), "lr": opt.param_groups[0]["lr"],
                  "min": round((time.time() - t0) / 60, 2)})
             loss_sum, loss_n = 0.0, 0
+        # The evaluation draws initial states from the global RNG that training uses too, so
+        # --eval-every and --eval-per-tier are part of what reproduces a run.
         if step % args.eval_every == 0 or step == args.steps:
             log({"step": step, "depth_acc": depth_table(model, tok, args.eval_per_tier),
                  "min": round((time.time() - t0) / 60, 2)})
