@@ -172,7 +172,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
                 warm_start = gr.Checkbox(label="Warm start (continue from the previous token's state)", value=False)
                 system = gr.Textbox(label="System prompt", lines=2, placeholder="Optional", elem_id="system")
                 with gr.Accordion("Advanced", open=False):
-                    temperature = gr.Slider(0, 2, value=0.0, step=0.05, label="Temperature (0 = greedy)")
+                    temperature = gr.Slider(0, 2, value=0.0, step=0.05, label="Temperature (0 = greedy)",
+                                            elem_id="temperature")
                     top_p = gr.Slider(0.01, 1, value=1.0, step=0.01, label="Top-p")
                     top_k = gr.Slider(0, 200, value=0, step=1, label="Top-k (0 = off)")
                     min_p = gr.Slider(0, 1, value=0.0, step=0.01, label="Min-p")

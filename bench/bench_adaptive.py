@@ -39,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     model, tok = engine.load(args.model, device="cpu")
     fixed = GenerationSettings(num_steps=args.steps, max_new_tokens=24, init_scale=0.0, seed=0)
-    adaptive = fixed.replace(criterion=args.criterion, exit_threshold=args.threshold)
+    adaptive = fixed.replace(criterion=args.criterion, exit_threshold=args.threshold, cache_strategy=None)
     print(f"# {args.model}: fixed r={args.steps} vs {adaptive.label()}, {args.per_tier} held-out problems per tier")
     print(f"{'task':<6} {'tier':>4} {'fixed steps':>11} {'adaptive steps':>14} {'fixed tok/s':>11} "
           f"{'adaptive tok/s':>14} {'changed':>8}")

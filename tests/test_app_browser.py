@@ -123,9 +123,11 @@ def test_the_page_end_to_end(app_url, browser):
     steps = second.locator(".tok[data-steps]").evaluate_all("els => els.map(e => Number(e.dataset.steps))")
     assert steps and set(steps) == {3} and "r=3" in second.locator(".meta").first.inner_text()
 
-    # Stop mid-answer with Esc: the partial answer stays, marked stopped.
+    # Stop mid-answer with Esc: the partial answer stays, marked stopped. Hot sampling keeps the answer going long
+    # after the first token, whatever the model would say greedily.
     set_number(page, "num-steps", 128)
     set_number(page, "max-new-tokens", 2000)
+    set_number(page, "temperature", 2)
     page.fill("#prompt textarea", "Write a long story about ravens.")
     page.keyboard.press("Enter")
     page.wait_for_selector("#transcript .msg.assistant.partial .tok", timeout=60_000)
@@ -136,6 +138,7 @@ def test_the_page_end_to_end(app_url, browser):
     page.screenshot(path=str(ARTIFACTS / "stopped.png"), full_page=True)
 
     # An HTML payload stays text: in the prompt, the transcript and the sidebar.
+    set_number(page, "temperature", 0)
     set_number(page, "num-steps", 4)
     set_number(page, "max-new-tokens", 8)
     page.click("#new-conv")

@@ -8,6 +8,7 @@ the forged-owner and queue tests speak that protocol (``QueueCall``) as well as 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -197,7 +198,9 @@ def test_stop_cuts_the_stream_where_the_event_cannot_reach_the_gpu_process(pair,
     answer is kept, marked stopped."""
     slot = ModelSlot(*pair)
     with Store(tmp_path / "s.db") as store:
-        studio = Studio(slot, store, hosted_config(), owners=OwnerKeys(b"x" * 32), gpu=GpuWork(slot, zero_gpu=True))
+        # Every token updates the page here, so Stop lands after the first token however short the answer.
+        config = dataclasses.replace(hosted_config(), stream_interval=0.0)
+        studio = Studio(slot, store, config, owners=OwnerKeys(b"x" * 32), gpu=GpuWork(slot, zero_gpu=True))
         session, _ = studio.browser_session(None)
         settings = engine.GenerationSettings(num_steps=4, max_new_tokens=64)
         turns = studio.send(session, "Tell a long story.", "", settings)

@@ -256,3 +256,10 @@ def test_speculative_settings_are_checked():
         GenerationSettings(num_steps=8, draft_steps=8)
     with pytest.raises(SettingsError, match="draft_steps"):
         GenerationSettings(num_steps=8, draft_steps=2, criterion="kl")
+
+
+def test_adaptive_settings_read_the_latest_entry_by_default():
+    assert GenerationSettings().cache_strategy == "full"
+    assert GenerationSettings(criterion="kl").cache_strategy == "latest-m4"
+    assert GenerationSettings(criterion="kl", cache_strategy="full").cache_strategy == "full"
+    assert GenerationSettings().replace(criterion="cosine", cache_strategy=None).cache_strategy == "latest-m4"
