@@ -136,7 +136,8 @@ def decode(
                             for r, (c, e) in enumerate(zip(checking, ending))]
             logits = latent = None
             if any(wants_logits):
-                logits, latent = model.predict(state, cache, pos0, _mask(wants_logits, device), rope, last_only=True)
+                logits, latent = model.predict(state, cache, pos0, _mask(wants_logits, device), rope, last_only=True,
+                                               head_rows=[r for r, w in enumerate(wants_logits) if w])
 
             exiting = [False] * batch
             if any(checking):
@@ -158,7 +159,8 @@ def decode(
             late = [ex and not w for ex, w in zip(exiting, wants_logits)]
             late_logits = None
             if any(late):
-                late_logits, _ = model.predict(state, cache, pos0, _mask(late, device), rope, last_only=True)
+                late_logits, _ = model.predict(state, cache, pos0, _mask(late, device), rope, last_only=True,
+                                               head_rows=[r for r, w in enumerate(late) if w])
 
             for r in range(batch):
                 if not (exiting[r] or ending[r]):
