@@ -20,6 +20,8 @@ from .exits import CRITERIA, resolve_threshold
 from .sampling import SamplingParams
 
 _OFFICIAL_STOPS = ("<|begin_text|>", "<|end_text|>", "<|end_turn|>")
+# Accepted for compatibility with HF-style calls; they change nothing here (attention_mask is checked below).
+_PASSED_THROUGH = {"attention_mask", "use_cache", "cache_implementation", "cache_kwargs"}
 
 
 def _criterion_name(criterion: str) -> str:
@@ -65,11 +67,15 @@ class ReferenceGenerateMixin:
         cache_lookup_strategy: str = "full",
         min_steps: int = 0,
         check_criterion_every_n_steps: int = 1,
+        do_not_exit_in_prefill: bool = False,
         max_new_tokens: int | None = None,
         max_length: int | None = None,
         seed: int | None = None,
         **kwargs: Any,
     ) -> Tensor | GenerateDecoderOnlyOutput:
+        unknown = sorted(k for k in kwargs if k not in _PASSED_THROUGH and not hasattr(GenerationConfig(), k))
+        if unknown:
+            raise TypeError(f"generate() got unsupported keyword arguments: {', '.join(unknown)}")
         config = generation_config if generation_config is not None else self.generation_config
         config = GenerationConfig(**{**config.to_dict(), **{k: v for k, v in kwargs.items()
                                                             if hasattr(config, k) and k != "num_steps"}})
@@ -101,7 +107,8 @@ class ReferenceGenerateMixin:
             RowPlan(num_steps=int(num_steps or self.config.mean_recurrence), criterion=name,
                     threshold=resolve_threshold(name, exit_threshold) if name else 0.0, min_steps=min_steps,
                     check_every=check_criterion_every_n_steps, warm_start=continuous_compute, init_scale=init_scale,
-                    sampling=sampling, max_new_tokens=max_new_tokens, seed=base_seed + row)
+                    sampling=sampling, max_new_tokens=max_new_tokens, seed=base_seed + row,
+                    exit_in_prefill=not do_not_exit_in_prefill)
             for row in range(input_ids.shape[0])
         ]
         pad = config.pad_token_id if config.pad_token_id is not None else 0

@@ -35,6 +35,7 @@ class RowPlan:
     sampling: SamplingParams = SamplingParams()
     max_new_tokens: int = 256
     seed: int = 0
+    exit_in_prefill: bool = True  # False: the prompt always runs all steps (the reference's do_not_exit_in_prefill)
 
 
 @dataclass
@@ -130,7 +131,8 @@ def decode(
             core_iterations += sum(iterating)
 
             checking = [it and p.criterion is not None and step >= p.min_steps
-                        and (step - p.min_steps) % p.check_every == 0 for p, it in zip(plans, iterating)]
+                        and (step - p.min_steps) % p.check_every == 0 and (p.exit_in_prefill or carried is not None)
+                        for p, it in zip(plans, iterating)]
             ending = [it and step + 1 >= p.num_steps for p, it in zip(plans, iterating)]
             wants_logits = [e or (c and trackers[plans[r].criterion][0].needs_logits)
                             for r, (c, e) in enumerate(zip(checking, ending))]

@@ -263,3 +263,14 @@ def test_adaptive_settings_read_the_latest_entry_by_default():
     assert GenerationSettings(criterion="kl").cache_strategy == "latest-m4"
     assert GenerationSettings(criterion="kl", cache_strategy="full").cache_strategy == "full"
     assert GenerationSettings().replace(criterion="cosine", cache_strategy=None).cache_strategy == "latest-m4"
+
+
+def test_generate_can_keep_the_prompt_at_full_depth(golden_model, golden_dir):
+    prompt = torch.tensor([_golden_cases(golden_dir)["prompt"]])
+    config = GenerationConfig(max_length=prompt.shape[1] + 4, do_sample=False, return_dict_in_generate=True)
+    kwargs = dict(num_steps=16, init_scale=0.0, criterion="kl", exit_threshold=5e-2)
+    early = golden_model.generate(prompt, config, **kwargs)
+    full = golden_model.generate(prompt, config, do_not_exit_in_prefill=True, **kwargs)
+    assert early.scores[0][0][0] < 16 and full.scores[0][0][0] == 16
+    with pytest.raises(TypeError, match="unsupported keyword arguments: not_a_real_option"):
+        golden_model.generate(prompt, config, not_a_real_option=1)
