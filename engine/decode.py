@@ -99,15 +99,16 @@ def decode(
     x = input_ids
 
     while not all(finished):
+        prefill = carried is None
         pos0, seq = cache.seq_len, x.shape[1]
         rope = model._rope(slice(pos0, pos0 + seq))
         embedded = model.embed(x, cache, pos0, rope=rope)
         state = torch.cat([
-            carried[r:r + 1] if carried is not None and plans[r].warm_start
+            carried[r:r + 1] if not prefill and plans[r].warm_start
             else initial_states(model, embedded[r:r + 1], plans[r].init_scale, plans[r].seed, pos0)
             for r in range(batch)
         ])
-        next_carried = state[:, -1:].clone() if carried is None else carried.clone()
+        next_carried = state[:, -1:].clone() if prefill else carried.clone()
 
         iterating = [not f for f in finished]
         trackers: dict[str, tuple[ExitTracker, Tensor]] = {}
@@ -131,7 +132,7 @@ def decode(
             core_iterations += sum(iterating)
 
             checking = [it and p.criterion is not None and step >= p.min_steps
-                        and (step - p.min_steps) % p.check_every == 0 and (p.exit_in_prefill or carried is not None)
+                        and (step - p.min_steps) % p.check_every == 0 and (p.exit_in_prefill or not prefill)
                         for p, it in zip(plans, iterating)]
             ending = [it and step + 1 >= p.num_steps for p, it in zip(plans, iterating)]
             wants_logits = [e or (c and trackers[plans[r].criterion][0].needs_logits)
