@@ -8,6 +8,7 @@ in ``scores``); otherwise the fixed-depth path. Both run through ``engine.decode
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ from .sampling import SamplingParams
 
 _OFFICIAL_STOPS = ("<|begin_text|>", "<|end_text|>", "<|end_turn|>")
 # Accepted for compatibility with HF-style calls; they change nothing here (attention_mask is checked below).
-_PASSED_THROUGH = {"attention_mask", "use_cache", "cache_implementation", "cache_kwargs"}
+_PASSED_THROUGH = {"attention_mask", "use_cache", "cache_implementation"}
 
 
 def _criterion_name(criterion: str) -> str:
@@ -73,6 +74,12 @@ class ReferenceGenerateMixin:
         seed: int | None = None,
         **kwargs: Any,
     ) -> Tensor | GenerateDecoderOnlyOutput:
+        if isinstance(input_ids, Mapping):  # apply_chat_template(..., return_tensors="pt") gives a BatchEncoding
+            kwargs.setdefault("attention_mask", input_ids.get("attention_mask"))
+            input_ids = input_ids["input_ids"]
+        lookup = (kwargs.pop("cache_kwargs", None) or {}).get("lookup_strategy")
+        if lookup:  # the model card's older spelling of cache_lookup_strategy
+            cache_lookup_strategy = lookup
         unknown = sorted(k for k in kwargs if k not in _PASSED_THROUGH and not hasattr(GenerationConfig(), k))
         if unknown:
             raise TypeError(f"generate() got unsupported keyword arguments: {', '.join(unknown)}")
@@ -127,3 +134,13 @@ class ReferenceGenerateMixin:
             return sequences
         return GenerateDecoderOnlyOutput(sequences=sequences, scores=scores if adaptive else None,
                                          cache=cache)
+
+    def generate_with_adaptive_compute(self, input_ids: Tensor, generation_config: GenerationConfig | None = None,
+                                       criterion: str = "none", **kwargs: Any) -> Tensor | GenerateDecoderOnlyOutput:
+        """The reference's explicit adaptive entry point (the model card calls it): always the adaptive path."""
+        return self.generate(input_ids, generation_config, criterion=criterion, **kwargs)
+
+    def generate_minimal(self, input_ids: Tensor, generation_config: GenerationConfig | None = None,
+                         **kwargs: Any) -> Tensor | GenerateDecoderOnlyOutput:
+        """The reference's fixed-depth loop."""
+        return self.generate(input_ids, generation_config, **kwargs)

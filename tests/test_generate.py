@@ -274,3 +274,30 @@ def test_generate_can_keep_the_prompt_at_full_depth(golden_model, golden_dir):
     assert early.scores[0][0][0] < 16 and full.scores[0][0][0] == 16
     with pytest.raises(TypeError, match="unsupported keyword arguments: not_a_real_option"):
         golden_model.generate(prompt, config, not_a_real_option=1)
+
+
+def test_model_card_style_calls(tiny):
+    """The model card's snippets: a BatchEncoding from apply_chat_template, cache_kwargs, the explicit adaptive entry
+    point, and a TextStreamer."""
+    from transformers import TextStreamer
+
+    model, tok = tiny
+    encoded = tok.apply_chat_template(HELLO, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    config = GenerationConfig(max_new_tokens=6, do_sample=False, return_dict_in_generate=True,
+                              stop_strings=["<|end_text|>", "<|end_turn|>"])
+    plain = model.generate(encoded, config, tokenizer=tok, num_steps=4, init_scale=0.0)
+    assert plain.sequences.shape[1] > encoded["input_ids"].shape[1]
+    seen = []
+
+    class Recorder(TextStreamer):
+        def on_finalized_text(self, text, stream_end=False):
+            seen.append(text)
+
+    out = model.generate_with_adaptive_compute(encoded["input_ids"], config, num_steps=8, tokenizer=tok,
+                                               streamer=Recorder(tok), continuous_compute=False, criterion="kl",
+                                               exit_threshold=5e-4, cache_kwargs={"lookup_strategy": "latest-m4"})
+    assert len(out.scores) == out.sequences.shape[1] - encoded["input_ids"].shape[1]
+    assert out.cache.strategy.read == "latest-m4"
+    assert "".join(seen) == tok.decode(out.sequences[0, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
+    again = model.generate_minimal(encoded["input_ids"], config, num_steps=4, init_scale=0.0, tokenizer=tok)
+    assert torch.equal(again.sequences, plain.sequences)
