@@ -1,60 +1,9 @@
-"""Huginn Studio's conversation store: conversations, branches and per-token depth records in SQLite.
-
-This module knows nothing of Gradio, torch or the engine: it takes and returns plain Python values
-(str, int, float, dict, list) so the app, the tests and scripts can all use it.
-
-Schema (version ``SCHEMA_VERSION``, kept in ``PRAGMA user_version``)
---------------------------------------------------------------------
-
-``conversations``
-    ``id`` INTEGER PRIMARY KEY, ``owner`` TEXT (the owner key; every query filters on it),
-    ``title`` TEXT, ``auto_title`` INTEGER (1 while the title may still be replaced by one made from
-    the first user message; renaming clears it), ``created`` / ``updated`` TEXT (UTC ISO 8601 with
-    microseconds, so text order is time order), ``current_leaf`` INTEGER -> messages.id (the message
-    the UI shows last; NULL for an empty conversation), ``extra`` TEXT (JSON object or NULL).
-
-``messages`` -- a tree per conversation
-    ``id`` INTEGER PRIMARY KEY, ``conversation_id`` -> conversations.id (ON DELETE CASCADE),
-    ``parent_id`` -> messages.id (NULL for a root; several roots are allowed, so editing the first
-    message makes a sibling root), ``role`` (system | user | assistant), ``kind`` (free text,
-    "message" by default; e.g. "comparison" for a saved depth-arena run), ``content`` TEXT,
-    ``created`` / ``updated`` TEXT, ``status`` (complete | cancelled | failed | partial), ``error``
-    TEXT, and for answers: ``model_id``, ``model_revision``, ``quantization`` TEXT, ``settings``
-    (JSON object as given: num_steps, criterion, exit_threshold, ...), ``tokens`` (JSON list of
-    ``{"text": str, "steps": int, "exit_value": float | null}``), ``stats`` (JSON object: tokens,
-    tokens_per_s, mean_steps, ...), ``extra`` (JSON object).
-
-``messages_fts`` / ``conversations_fts``
-    FTS5 external-content indexes on ``messages.content`` and ``conversations.title``, kept current
-    by sqlite-utils' triggers. Ids are INTEGER PRIMARY KEYs because external-content FTS keys on
-    rowid, and VACUUM may renumber a rowid that is not an alias of the primary key.
-
-``meta``
-    key/value TEXT; ``last_opened`` is rewritten at every open, which doubles as the write probe.
-
-Editing or regenerating never overwrites: it adds a message with the same parent (a sibling), and
-``current_leaf`` follows the newest message. Forward migrations in ``MIGRATIONS`` run at open, in
-one transaction; a file from a newer version is refused untouched.
-
-Safety
-------
-WAL journal, ``synchronous=FULL``, foreign keys on, a busy timeout and a retry loop around every
-transaction (so "database is locked" never reaches the user; after ``lock_timeout`` seconds it
-becomes a ``StoreBusy`` with a clear message). Every public write is one ``BEGIN IMMEDIATE``
-transaction. A file that is not a valid SQLite database or fails ``PRAGMA integrity_check`` is
-renamed to ``<name>.corrupt-<timestamp>`` (never overwritten) and ``Store.recovered_from`` says
-where it went. An unwritable location raises ``StoreLocationError`` in ``Store()``.
-
-Text is stored exactly as given, NUL characters included (SQL functions such as ``length()`` stop at
-a NUL, the store does not use them on content). Strings that are not valid Unicode (lone surrogates)
-are refused with ``InvalidData``, as is content over ``MAX_CONTENT_BYTES``.
-"""
+"""The ``Store`` class: connections, transactions, recovery and every public query and write."""
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import secrets
 import sqlite3
@@ -62,139 +11,57 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
+from dataclasses import fields
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import platformdirs
 from sqlite_utils import Database
 
-__all__ = [
-    "ENV_VAR",
-    "EXPORT_FORMAT",
-    "EXPORT_VERSION",
-    "LEAF",
-    "LOCAL_OWNER",
-    "MAX_CONTENT_BYTES",
-    "ROLES",
-    "SCHEMA_VERSION",
-    "STATUSES",
-    "AnswerWriter",
-    "Conversation",
-    "ImportInvalid",
-    "InvalidData",
-    "Message",
-    "NotFound",
-    "SearchHit",
-    "Store",
-    "StoreBusy",
-    "StoreError",
-    "StoreLocationError",
-    "default_db_path",
-    "new_owner_key",
-]
+from .checks import (
+    _auto_title,
+    _check_choice,
+    _check_object,
+    _check_optional_text,
+    _check_owner,
+    _check_text,
+    _check_tokens,
+    _dump_json,
+)
+from .records import (
+    DEFAULT_TITLE,
+    ENV_VAR,
+    EXPORT_FORMAT,
+    EXPORT_VERSION,
+    LEAF,
+    MAX_TITLE_CHARS,
+    ROLES,
+    STATUSES,
+    Conversation,
+    InvalidData,
+    Message,
+    NotFound,
+    Role,
+    SearchHit,
+    Status,
+    StoreBusy,
+    StoreError,
+    StoreLocationError,
+    _now,
+)
+from .schema import MIGRATIONS, SCHEMA_VERSION
+from .transfer import _export_message, _fmt, _parse_import, _plan_conversation, _steps_summary
+from .writer import AnswerWriter
 
-log = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 1
-EXPORT_FORMAT = "huginn-studio.conversations"
-EXPORT_VERSION = 1
-ENV_VAR = "HUGINN_STUDIO_DB"
-LOCAL_OWNER = "local"
-DEFAULT_TITLE = "New conversation"
-LEAF = "leaf"  # parent_id value meaning "the conversation's current leaf"
-
-ROLES = ("system", "user", "assistant")
-STATUSES = ("complete", "cancelled", "failed", "partial")
-Role = Literal["system", "user", "assistant"]
-Status = Literal["complete", "cancelled", "failed", "partial"]
-
-MAX_CONTENT_BYTES = 10 * 1024 * 1024
-MAX_JSON_BYTES = 64 * 1024 * 1024
-MAX_TITLE_CHARS = 500
-MAX_OWNER_CHARS = 256
-MAX_IMPORT_BYTES = 512 * 1024 * 1024
-AUTO_TITLE_CHARS = 60
+# The logger keeps the name it had when the store was one module.
+log = logging.getLogger("app.store")
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_CORRUPT, _SQLITE_NOTADB = 5, 6, 11, 26
 _MESSAGE_JSON_FIELDS = ("settings", "tokens", "stats", "extra")
 
 T = TypeVar("T")
-
-
-# --------------------------------------------------------------------------------------- errors
-class StoreError(Exception):
-    """Any failure of the store; the message is meant to be shown to the user as is."""
-
-
-class StoreLocationError(StoreError):
-    """The database location cannot be used (unwritable, not a Huginn Studio file, newer schema)."""
-
-
-class NotFound(StoreError):
-    """No such conversation or message for this owner (another owner's rows are "not found")."""
-
-
-class InvalidData(StoreError):
-    """An argument was refused (bad role, too large, not valid Unicode, not JSON-serialisable)."""
-
-
-class ImportInvalid(InvalidData):
-    """An import file was refused; nothing was written. The message names the offending field."""
-
-
-class StoreBusy(StoreError):
-    """The database stayed locked by another writer for longer than ``lock_timeout``."""
-
-
-# ---------------------------------------------------------------------------------- records
-@dataclass(frozen=True)
-class Conversation:
-    id: int
-    owner: str
-    title: str
-    created: str
-    updated: str
-    current_leaf: int | None
-    extra: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class Message:
-    id: int
-    conversation_id: int
-    parent_id: int | None
-    role: str
-    kind: str
-    content: str
-    created: str
-    updated: str
-    status: str
-    error: str | None = None
-    model_id: str | None = None
-    model_revision: str | None = None
-    quantization: str | None = None
-    settings: dict[str, Any] | None = None
-    tokens: list[dict[str, Any]] | None = None
-    stats: dict[str, Any] | None = None
-    extra: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class SearchHit:
-    """One conversation matching a search; ``message_id`` is None when only the title matched.
-
-    ``snippet`` is raw stored text with the matches wrapped in the ``highlight`` markers: escape it
-    before putting it into HTML.
-    """
-
-    conversation_id: int
-    title: str
-    updated: str
-    message_id: int | None
-    snippet: str
 
 
 # ----------------------------------------------------------------------------- module helpers
@@ -211,97 +78,6 @@ def new_owner_key() -> str:
     return secrets.token_urlsafe(24)
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
-
-
-def _check_owner(owner: str) -> str:
-    if not isinstance(owner, str) or not owner or len(owner) > MAX_OWNER_CHARS:
-        raise InvalidData(f"owner must be a non-empty string of at most {MAX_OWNER_CHARS} characters")
-    return owner
-
-
-def _check_text(value: Any, field: str, max_bytes: int = MAX_CONTENT_BYTES) -> str:
-    if not isinstance(value, str):
-        raise InvalidData(f"{field} must be a string, not {type(value).__name__}")
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise InvalidData(
-            f"{field} is not valid Unicode text (lone surrogate at position {exc.start})"
-        ) from None
-    if size > max_bytes:
-        raise InvalidData(f"{field} is {size:,} bytes; the limit is {max_bytes:,} bytes")
-    return value
-
-
-def _check_optional_text(value: Any, field: str) -> str | None:
-    return None if value is None else _check_text(value, field, MAX_TITLE_CHARS * 4)
-
-
-def _check_choice(value: Any, field: str, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise InvalidData(f"{field} must be one of {', '.join(choices)}; got {value!r}")
-    return value
-
-
-def _json_default(value: Any) -> Any:
-    # numpy/torch scalars and arrays reach us from the engine; keep their values, not their repr.
-    for method in ("item", "tolist"):
-        if callable(getattr(value, method, None)):
-            return getattr(value, method)()
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
-
-
-def _dump_json(value: Any, field: str) -> str | None:
-    if value is None:
-        return None
-    try:
-        text = json.dumps(value, ensure_ascii=False, default=_json_default)
-    except (TypeError, ValueError) as exc:
-        raise InvalidData(f"{field}: {exc}") from None
-    return _check_text(text, field, MAX_JSON_BYTES)
-
-
-def _check_tokens(tokens: Any, field: str) -> list[dict[str, Any]] | None:
-    if tokens is None:
-        return None
-    if not isinstance(tokens, list):
-        raise InvalidData(f"{field} must be a list of token records")
-    for i, tok in enumerate(tokens):
-        where = f"{field}[{i}]"
-        if not isinstance(tok, dict):
-            raise InvalidData(f"{where} must be an object")
-        if not isinstance(tok.get("text"), str):
-            raise InvalidData(f"{where}.text must be a string")
-        steps = tok.get("steps")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise InvalidData(f"{where}.steps must be a non-negative integer")
-        exit_value = tok.get("exit_value")
-        if exit_value is not None and (
-            isinstance(exit_value, bool) or not isinstance(exit_value, (int, float))
-        ):
-            raise InvalidData(f"{where}.exit_value must be a number or null")
-    return tokens
-
-
-def _check_object(value: Any, field: str) -> dict[str, Any] | None:
-    if value is not None and not isinstance(value, dict):
-        raise InvalidData(f"{field} must be an object (dict) or None")
-    return value
-
-
-def _auto_title(content: str) -> str | None:
-    # First non-blank line, control characters dropped and whitespace folded, so the sidebar stays
-    # one tidy line whatever the user pasted.
-    for line in content.splitlines():
-        kept = "".join(ch if ch.isprintable() else " " if ch.isspace() else "" for ch in line)
-        clean = " ".join(kept.split())
-        if clean:
-            return clean if len(clean) <= AUTO_TITLE_CHARS else clean[: AUTO_TITLE_CHARS - 1] + "…"
-    return None
-
-
 def _is_locked(exc: sqlite3.Error) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
@@ -314,83 +90,6 @@ def _is_corrupt(exc: sqlite3.Error) -> bool:
     if code is not None:
         return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
     return "malformed" in str(exc) or "not a database" in str(exc)
-
-
-def _export_message(m: Message, local: Mapping[int, int]) -> dict[str, Any]:
-    out = asdict(m)
-    del out["conversation_id"]
-    out["id"] = local[m.id]
-    out["parent_id"] = local[m.parent_id] if m.parent_id is not None else None
-    return out
-
-
-def _steps_summary(message: Message) -> dict[str, Any]:
-    steps = [t["steps"] for t in message.tokens or []]
-    stats = message.stats or {}
-    summary: dict[str, Any] = {
-        "tokens": stats.get("tokens", len(steps)),
-        "mean_steps": stats.get("mean_steps", sum(steps) / len(steps) if steps else None),
-        "min_steps": stats.get("min_steps", min(steps) if steps else None),
-        "max_steps": stats.get("max_steps", max(steps) if steps else None),
-    }
-    return summary
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return str(value)
-
-
-# ----------------------------------------------------------------------------------- schema
-def _migrate_0_to_1(db: Database) -> None:
-    db.executescript(
-        """
-        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
-        CREATE TABLE conversations (
-            id INTEGER PRIMARY KEY,
-            owner TEXT NOT NULL,
-            title TEXT NOT NULL,
-            auto_title INTEGER NOT NULL DEFAULT 1,
-            created TEXT NOT NULL,
-            updated TEXT NOT NULL,
-            current_leaf INTEGER REFERENCES messages(id) ON DELETE SET NULL,
-            extra TEXT
-        );
-        CREATE TABLE messages (
-            id INTEGER PRIMARY KEY,
-            conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
-            parent_id INTEGER REFERENCES messages(id) ON DELETE CASCADE,
-            role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
-            kind TEXT NOT NULL DEFAULT 'message',
-            content TEXT NOT NULL,
-            created TEXT NOT NULL,
-            updated TEXT NOT NULL,
-            status TEXT NOT NULL DEFAULT 'complete'
-                CHECK (status IN ('complete', 'cancelled', 'failed', 'partial')),
-            error TEXT,
-            model_id TEXT,
-            model_revision TEXT,
-            quantization TEXT,
-            settings TEXT,
-            tokens TEXT,
-            stats TEXT,
-            extra TEXT
-        );
-        CREATE INDEX conversations_owner_updated ON conversations(owner, updated);
-        CREATE INDEX messages_conversation ON messages(conversation_id);
-        CREATE INDEX messages_parent ON messages(parent_id);
-        """
-    )
-    db["conversations"].enable_fts(["title"], create_triggers=True)
-    db["messages"].enable_fts(["content"], create_triggers=True)
-
-
-# MIGRATIONS[v] upgrades a database from user_version v to v + 1. Append, never edit.
-MIGRATIONS: list[Callable[[Database], None]] = [_migrate_0_to_1]
-assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
 # ------------------------------------------------------------------------------------ store
@@ -1198,242 +897,3 @@ class Store:
             return created
 
         return self._write(op)
-
-
-# ---------------------------------------------------------------------------- import checks
-_CONVERSATION_KEYS = {"title", "created", "updated", "current_leaf", "extra", "messages"}
-# Message fields of an export besides id/parent_id/created/updated, with the value a missing
-# optional one takes.
-_MESSAGE_FIELDS: dict[str, Any] = {
-    "role": None,
-    "content": None,
-    "kind": "message",
-    "status": "complete",
-    "error": None,
-    "model_id": None,
-    "model_revision": None,
-    "quantization": None,
-    "settings": None,
-    "tokens": None,
-    "stats": None,
-    "extra": None,
-}
-_MESSAGE_KEYS = {"id", "parent_id", "created", "updated", *_MESSAGE_FIELDS}
-
-
-def _parse_import(data: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(data, (bytes, bytearray)):
-        if len(data) > MAX_IMPORT_BYTES:
-            raise ImportInvalid(f"the file is larger than {MAX_IMPORT_BYTES:,} bytes")
-        try:
-            data = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ImportInvalid(f"the file is not UTF-8 text (byte {exc.start})") from None
-    if isinstance(data, str):
-        try:
-            data = json.loads(data)
-        except json.JSONDecodeError as exc:
-            raise ImportInvalid(
-                f"the file is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-            ) from None
-    if not isinstance(data, Mapping):
-        raise ImportInvalid("the file must hold a JSON object exported by Huginn Studio")
-    if data.get("format") != EXPORT_FORMAT:
-        raise ImportInvalid(
-            f"not a Huginn Studio export: format is {data.get('format')!r}, "
-            f"expected {EXPORT_FORMAT!r}"
-        )
-    version = data.get("version")
-    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= EXPORT_VERSION:
-        raise ImportInvalid(
-            f"unsupported export version {version!r}; this Huginn Studio reads 1 to {EXPORT_VERSION}"
-        )
-    if not isinstance(data.get("conversations"), list):
-        raise ImportInvalid("conversations must be a list")
-    return dict(data)
-
-
-def _field(obj: Mapping[str, Any], key: str, where: str, kind: type, *, optional: bool = False) -> Any:
-    if key not in obj:
-        raise ImportInvalid(f"{where}.{key} is missing")
-    value = obj[key]
-    if value is None and optional:
-        return None
-    # bool is an int subclass; an id of `true` is a broken file, not message 1.
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise ImportInvalid(
-            f"{where}.{key} must be {kind.__name__}{' or null' if optional else ''}, "
-            f"not {type(value).__name__}"
-        )
-    return value
-
-
-def _check_keys(obj: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(obj) - allowed)
-    if unknown:
-        raise ImportInvalid(f"{where} has unknown fields: {', '.join(map(str, unknown))}")
-
-
-def _plan_conversation(
-    conv: Any, where: str
-) -> tuple[dict[str, Any], list[tuple[dict[str, Any], dict[str, Any]]]]:
-    """Validate one exported conversation; returns it and its (message, row) pairs, parents first."""
-    if not isinstance(conv, Mapping):
-        raise ImportInvalid(f"{where} must be an object")
-    _check_keys(conv, _CONVERSATION_KEYS, where)
-    by_id: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
-    try:
-        _check_text(_field(conv, "title", where, str), f"{where}.title", MAX_TITLE_CHARS * 4)
-        for key in ("created", "updated"):
-            _check_text(_field(conv, key, where, str), f"{where}.{key}", 100)
-        _check_object(conv.get("extra"), f"{where}.extra")
-        leaf = _field(conv, "current_leaf", where, int, optional=True)
-        for j, m in enumerate(_field(conv, "messages", where, list)):
-            mw = f"{where}.messages[{j}]"
-            if not isinstance(m, Mapping):
-                raise ImportInvalid(f"{mw} must be an object")
-            _check_keys(m, _MESSAGE_KEYS, mw)
-            mid = _field(m, "id", mw, int)
-            _field(m, "parent_id", mw, int, optional=True)
-            for key in ("created", "updated", "role", "content"):
-                _field(m, key, mw, str)
-            for key in ("created", "updated"):
-                _check_text(m[key], f"{mw}.{key}", 100)
-            if mid in by_id:
-                raise ImportInvalid(f"{mw}.id {mid} is used twice")
-            row = Store._message_row(**{k: m.get(k, d) for k, d in _MESSAGE_FIELDS.items()})
-            by_id[mid] = (dict(m), row)
-    except ImportInvalid:
-        raise
-    except InvalidData as exc:
-        raise ImportInvalid(f"{where}: {exc}") from None
-    if leaf is not None and leaf not in by_id:
-        raise ImportInvalid(f"{where}.current_leaf {leaf} is not one of its messages")
-    # Place every message after its ancestors. Visiting ids in order keeps the file's order when
-    # it already lists parents first (every export does), so a round trip keeps sibling order.
-    ordered: list[tuple[dict[str, Any], dict[str, Any]]] = []
-    placed: set[int] = set()
-    for mid in sorted(by_id):
-        path: list[int] = []
-        node: int | None = mid
-        while node is not None and node not in placed:
-            if node not in by_id:
-                raise ImportInvalid(
-                    f"{where}: message {path[-1]} has parent {node}, which is not in the file"
-                )
-            if node in path:
-                raise ImportInvalid(f"{where}: message {node} is its own ancestor (a cycle)")
-            path.append(node)
-            node = by_id[node][0]["parent_id"]
-        for n in reversed(path):
-            placed.add(n)
-            ordered.append(by_id[n])
-    return dict(conv), ordered
-
-
-class AnswerWriter:
-    """Saves a streamed answer as it arrives. Made by ``Store.begin_answer``.
-
-    ``add_token`` keeps tokens in memory and writes them when ``flush_interval`` seconds have passed
-    since the last write; each write is one transaction that replaces content and tokens together,
-    so the row is never half-written and a killed process loses at most ``flush_interval`` seconds.
-    Usable from any thread (the store gives each thread its own connection), not from two at once.
-    """
-
-    def __init__(self, store: Store, owner: str, message: Message, flush_interval: float) -> None:
-        self.store = store
-        self.owner = owner
-        self.message_id: int = message.id
-        self.conversation_id: int = message.conversation_id
-        self.tokens: list[dict[str, Any]] = []
-        self.flush_interval = flush_interval
-        self.finished: bool = False
-        self.flushes = 0
-        self._flushed_count = 0
-        self._last_flush = time.monotonic()
-
-    @property
-    def content(self) -> str:
-        return "".join(t["text"] for t in self.tokens)
-
-    def add_token(self, text: str, steps: int, exit_value: float | None = None) -> None:
-        """Record one generated token with the recurrent steps it took and its exit value."""
-        if self.finished:
-            raise StoreError(f"answer {self.message_id} is already finished")
-        _check_tokens([{"text": text, "steps": steps, "exit_value": exit_value}], "token")
-        _check_text(text, "token text")
-        self.tokens.append({"text": text, "steps": steps, "exit_value": exit_value})
-        if time.monotonic() - self._last_flush >= self.flush_interval:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write the tokens so far now (one transaction); a no-op if nothing is new."""
-        if self.finished or self._flushed_count == len(self.tokens):
-            return
-        self._save({}, status="partial")
-
-    def finish(
-        self,
-        status: Status = "complete",
-        stats: dict[str, Any] | None = None,
-        *,
-        content: str | None = None,
-        error: str | None = None,
-    ) -> Message:
-        """Write the final state. ``content`` replaces the joined token texts when given (e.g. the
-        detokenised text, which can differ from the pieces)."""
-        if self.finished:
-            raise StoreError(f"answer {self.message_id} is already finished")
-        _check_choice(status, "status", STATUSES)
-        values = {
-            "stats": _dump_json(_check_object(stats, "stats"), "stats"),
-            "error": None if error is None else _check_text(error, "error"),
-        }
-        if content is not None:
-            values["content"] = _check_text(content, "content")
-        self._save(values, status=status)
-        self.finished = True
-        return self.store.get_message(self.owner, self.message_id)
-
-    def _save(self, values: dict[str, Any], *, status: str) -> None:
-        tokens = list(self.tokens)
-        row = {
-            "content": _check_text("".join(t["text"] for t in tokens), "content"),
-            "tokens": _dump_json(tokens, "tokens"),
-            "status": status,
-            **values,
-        }
-
-        def op(db: Database) -> None:
-            now = _now()
-            row["updated"] = now
-            cur = db.execute(
-                "UPDATE messages SET "
-                + ", ".join(f"{k} = ?" for k in row)
-                + " WHERE id = ?",
-                [*row.values(), self.message_id],
-            )
-            if cur.rowcount != 1:
-                raise NotFound(f"message {self.message_id} was deleted while it was being written")
-            if status != "partial":
-                db.execute(
-                    "UPDATE conversations SET updated = ? WHERE id = ?", [now, self.conversation_id]
-                )
-
-        self.store._write(op)
-        self.flushes += 1
-        self._flushed_count = len(tokens)
-        self._last_flush = time.monotonic()
-
-    def __enter__(self) -> AnswerWriter:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        if self.finished:
-            return
-        if exc_type is None:
-            self.finish("complete")
-        elif issubclass(exc_type, (GeneratorExit, KeyboardInterrupt)):
-            self.finish("cancelled")
-        else:
-            self.finish("failed", error=f"{exc_type.__name__}: {exc}")

@@ -1,0 +1,104 @@
+"""The store's constants, errors and the records it returns (plain frozen dataclasses)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+EXPORT_FORMAT = "huginn-studio.conversations"
+EXPORT_VERSION = 1
+ENV_VAR = "HUGINN_STUDIO_DB"
+LOCAL_OWNER = "local"
+DEFAULT_TITLE = "New conversation"
+LEAF = "leaf"  # parent_id value meaning "the conversation's current leaf"
+
+ROLES = ("system", "user", "assistant")
+STATUSES = ("complete", "cancelled", "failed", "partial")
+Role = Literal["system", "user", "assistant"]
+Status = Literal["complete", "cancelled", "failed", "partial"]
+
+MAX_CONTENT_BYTES = 10 * 1024 * 1024
+MAX_JSON_BYTES = 64 * 1024 * 1024
+MAX_TITLE_CHARS = 500
+MAX_OWNER_CHARS = 256
+MAX_IMPORT_BYTES = 512 * 1024 * 1024
+AUTO_TITLE_CHARS = 60
+
+
+# --------------------------------------------------------------------------------------- errors
+class StoreError(Exception):
+    """Any failure of the store; the message is meant to be shown to the user as is."""
+
+
+class StoreLocationError(StoreError):
+    """The database location cannot be used (unwritable, not a Huginn Studio file, newer schema)."""
+
+
+class NotFound(StoreError):
+    """No such conversation or message for this owner (another owner's rows are "not found")."""
+
+
+class InvalidData(StoreError):
+    """An argument was refused (bad role, too large, not valid Unicode, not JSON-serialisable)."""
+
+
+class ImportInvalid(InvalidData):
+    """An import file was refused; nothing was written. The message names the offending field."""
+
+
+class StoreBusy(StoreError):
+    """The database stayed locked by another writer for longer than ``lock_timeout``."""
+
+
+# ---------------------------------------------------------------------------------- records
+@dataclass(frozen=True)
+class Conversation:
+    id: int
+    owner: str
+    title: str
+    created: str
+    updated: str
+    current_leaf: int | None
+    extra: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Message:
+    id: int
+    conversation_id: int
+    parent_id: int | None
+    role: str
+    kind: str
+    content: str
+    created: str
+    updated: str
+    status: str
+    error: str | None = None
+    model_id: str | None = None
+    model_revision: str | None = None
+    quantization: str | None = None
+    settings: dict[str, Any] | None = None
+    tokens: list[dict[str, Any]] | None = None
+    stats: dict[str, Any] | None = None
+    extra: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One conversation matching a search; ``message_id`` is None when only the title matched.
+
+    ``snippet`` is raw stored text with the matches wrapped in the ``highlight`` markers: escape it
+    before putting it into HTML.
+    """
+
+    conversation_id: int
+    title: str
+    updated: str
+    message_id: int | None
+    snippet: str
+
+
+# ----------------------------------------------------------------------------------- timestamps
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")

@@ -1,0 +1,182 @@
+"""Import parsing and validation, and the helpers of JSON and Markdown export."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict
+from typing import Any
+
+from .checks import _check_object, _check_text
+from .records import (
+    EXPORT_FORMAT,
+    EXPORT_VERSION,
+    MAX_IMPORT_BYTES,
+    MAX_TITLE_CHARS,
+    ImportInvalid,
+    InvalidData,
+    Message,
+)
+
+
+# ------------------------------------------------------------------------------- export helpers
+def _export_message(m: Message, local: Mapping[int, int]) -> dict[str, Any]:
+    out = asdict(m)
+    del out["conversation_id"]
+    out["id"] = local[m.id]
+    out["parent_id"] = local[m.parent_id] if m.parent_id is not None else None
+    return out
+
+
+def _steps_summary(message: Message) -> dict[str, Any]:
+    steps = [t["steps"] for t in message.tokens or []]
+    stats = message.stats or {}
+    summary: dict[str, Any] = {
+        "tokens": stats.get("tokens", len(steps)),
+        "mean_steps": stats.get("mean_steps", sum(steps) / len(steps) if steps else None),
+        "min_steps": stats.get("min_steps", min(steps) if steps else None),
+        "max_steps": stats.get("max_steps", max(steps) if steps else None),
+    }
+    return summary
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+# -------------------------------------------------------------------------------- import checks
+_CONVERSATION_KEYS = {"title", "created", "updated", "current_leaf", "extra", "messages"}
+# Message fields of an export besides id/parent_id/created/updated, with the value a missing
+# optional one takes.
+_MESSAGE_FIELDS: dict[str, Any] = {
+    "role": None,
+    "content": None,
+    "kind": "message",
+    "status": "complete",
+    "error": None,
+    "model_id": None,
+    "model_revision": None,
+    "quantization": None,
+    "settings": None,
+    "tokens": None,
+    "stats": None,
+    "extra": None,
+}
+_MESSAGE_KEYS = {"id", "parent_id", "created", "updated", *_MESSAGE_FIELDS}
+
+
+def _parse_import(data: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(data, (bytes, bytearray)):
+        if len(data) > MAX_IMPORT_BYTES:
+            raise ImportInvalid(f"the file is larger than {MAX_IMPORT_BYTES:,} bytes")
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ImportInvalid(f"the file is not UTF-8 text (byte {exc.start})") from None
+    if isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise ImportInvalid(
+                f"the file is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            ) from None
+    if not isinstance(data, Mapping):
+        raise ImportInvalid("the file must hold a JSON object exported by Huginn Studio")
+    if data.get("format") != EXPORT_FORMAT:
+        raise ImportInvalid(
+            f"not a Huginn Studio export: format is {data.get('format')!r}, "
+            f"expected {EXPORT_FORMAT!r}"
+        )
+    version = data.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= EXPORT_VERSION:
+        raise ImportInvalid(
+            f"unsupported export version {version!r}; this Huginn Studio reads 1 to {EXPORT_VERSION}"
+        )
+    if not isinstance(data.get("conversations"), list):
+        raise ImportInvalid("conversations must be a list")
+    return dict(data)
+
+
+def _field(obj: Mapping[str, Any], key: str, where: str, kind: type, *, optional: bool = False) -> Any:
+    if key not in obj:
+        raise ImportInvalid(f"{where}.{key} is missing")
+    value = obj[key]
+    if value is None and optional:
+        return None
+    # bool is an int subclass; an id of `true` is a broken file, not message 1.
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ImportInvalid(
+            f"{where}.{key} must be {kind.__name__}{' or null' if optional else ''}, "
+            f"not {type(value).__name__}"
+        )
+    return value
+
+
+def _check_keys(obj: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(obj) - allowed)
+    if unknown:
+        raise ImportInvalid(f"{where} has unknown fields: {', '.join(map(str, unknown))}")
+
+
+def _plan_conversation(
+    conv: Any, where: str
+) -> tuple[dict[str, Any], list[tuple[dict[str, Any], dict[str, Any]]]]:
+    """Validate one exported conversation; returns it and its (message, row) pairs, parents first."""
+    from .core import Store  # core imports this module; the row builder is Store._message_row
+
+    if not isinstance(conv, Mapping):
+        raise ImportInvalid(f"{where} must be an object")
+    _check_keys(conv, _CONVERSATION_KEYS, where)
+    by_id: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+    try:
+        _check_text(_field(conv, "title", where, str), f"{where}.title", MAX_TITLE_CHARS * 4)
+        for key in ("created", "updated"):
+            _check_text(_field(conv, key, where, str), f"{where}.{key}", 100)
+        _check_object(conv.get("extra"), f"{where}.extra")
+        leaf = _field(conv, "current_leaf", where, int, optional=True)
+        for j, m in enumerate(_field(conv, "messages", where, list)):
+            mw = f"{where}.messages[{j}]"
+            if not isinstance(m, Mapping):
+                raise ImportInvalid(f"{mw} must be an object")
+            _check_keys(m, _MESSAGE_KEYS, mw)
+            mid = _field(m, "id", mw, int)
+            _field(m, "parent_id", mw, int, optional=True)
+            for key in ("created", "updated", "role", "content"):
+                _field(m, key, mw, str)
+            for key in ("created", "updated"):
+                _check_text(m[key], f"{mw}.{key}", 100)
+            if mid in by_id:
+                raise ImportInvalid(f"{mw}.id {mid} is used twice")
+            row = Store._message_row(**{k: m.get(k, d) for k, d in _MESSAGE_FIELDS.items()})
+            by_id[mid] = (dict(m), row)
+    except ImportInvalid:
+        raise
+    except InvalidData as exc:
+        raise ImportInvalid(f"{where}: {exc}") from None
+    if leaf is not None and leaf not in by_id:
+        raise ImportInvalid(f"{where}.current_leaf {leaf} is not one of its messages")
+    # Place every message after its ancestors. Visiting ids in order keeps the file's order when
+    # it already lists parents first (every export does), so a round trip keeps sibling order.
+    ordered: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    placed: set[int] = set()
+    for mid in sorted(by_id):
+        path: list[int] = []
+        node: int | None = mid
+        while node is not None and node not in placed:
+            if node not in by_id:
+                raise ImportInvalid(
+                    f"{where}: message {path[-1]} has parent {node}, which is not in the file"
+                )
+            if node in path:
+                raise ImportInvalid(f"{where}: message {node} is its own ancestor (a cycle)")
+            path.append(node)
+            node = by_id[node][0]["parent_id"]
+        for n in reversed(path):
+            placed.add(n)
+            ordered.append(by_id[n])
+    return dict(conv), ordered
