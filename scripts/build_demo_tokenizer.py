@@ -95,11 +95,8 @@ def write_tokenizer(tok: Tokenizer, out: Path) -> None:
         chat_template=CHAT_TEMPLATE,
     )
     fast.save_pretrained(str(out))
-    # transformers 5 folds the special-token map into tokenizer_config.json; older readers and the
-    # official layout still expect the separate file.
-    entry = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
-    stm = {k: {"content": v, **entry} for k, v in (("bos_token", BOS), ("eos_token", EOS), ("pad_token", PAD))}
-    (out / "special_tokens_map.json").write_text(json.dumps(stm, indent=2) + "\n")
+    # transformers 5 keeps the special tokens in tokenizer_config.json; no separate special_tokens_map.json.
+    (out / "special_tokens_map.json").unlink(missing_ok=True)
     # The chat template lives inside tokenizer_config.json like the official model's, not in a
     # separate chat_template.jinja.
     cfg_path = out / "tokenizer_config.json"
