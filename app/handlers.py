@@ -22,7 +22,7 @@ import engine
 from . import render
 from .gpu import GpuWork
 from .render import MessageView
-from .store import LOCAL_OWNER, Message, Store, StoreError
+from .store import LOCAL_OWNER, Message, Store
 
 if TYPE_CHECKING:
     from .hosted import OwnerKeys

@@ -24,11 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import engine  # noqa: E402
 from engine import HuginnConfig, HuginnForCausalLM  # noqa: E402
 from engine.compile import compile_model  # noqa: E402
 from engine.decode import RowPlan, decode  # noqa: E402
-from engine.load import load_weights  # noqa: E402
+from engine.load import bytes_per_weight, load_weights  # noqa: E402
 
 DATASHEET_GBPS = {"H200": 4800, "H100": 3350, "A100": 2039, "L40S": 864, "RTX 4090": 1008, "RTX 6000 Ada": 960,
                   "A6000": 768, "RTX 3090": 936}
@@ -123,8 +122,8 @@ def main() -> None:
     print(f"{'format':<6} {'mode':<9} {'tok/s':>8} {'GB/token':>9} {'GB/s':>8} {'of copy bw':>10} {'of sheet':>9}")
 
     base = random_model(config, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
-    per_param = {"bf16": 2.0 if device.type == "cuda" else 4.0, "int8": 1.0 + 4 / config.n_embd,
-                 "nf4": 0.5 + 4 / 32}
+    per_param = {"bf16": bytes_per_weight(config, "none") if device.type == "cuda" else 4.0,  # fp32 on the CPU
+                 "int8": bytes_per_weight(config, "int8"), "nf4": bytes_per_weight(config, "nf4")}
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None

@@ -202,7 +202,7 @@ class RecurrentCache:
 
     def nbytes(self) -> int:
         """Bytes held by the entries of the positions seen so far (keys and values, every slot)."""
-        per_position = 2 * self.batch_size * self.n_heads * self.head_dim * torch.empty((), dtype=self.dtype).element_size()
+        per_position = 2 * self.batch_size * self.n_heads * self.head_dim * self.dtype.itemsize
         return (len(self._slots) + len(self._latest)) * per_position * self.seq_len
 
     def allocated_bytes(self) -> int:

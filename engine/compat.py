@@ -18,9 +18,9 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from .decode import RowPlan, decode
 from .exits import CRITERIA, resolve_threshold
+from .generate import special_stop_ids
 from .sampling import SamplingParams
 
-_OFFICIAL_STOPS = ("<|begin_text|>", "<|end_text|>", "<|end_turn|>")
 # Accepted for compatibility with HF-style calls; they change nothing here (attention_mask is checked below).
 _PASSED_THROUGH = {"attention_mask", "use_cache", "cache_implementation"}
 
@@ -39,10 +39,7 @@ def _stops(config: GenerationConfig, tokenizer, model) -> set[int]:
     eos = config.eos_token_id
     stops.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     if tokenizer is not None:
-        for token in _OFFICIAL_STOPS:
-            tid = tokenizer.convert_tokens_to_ids(token)
-            if isinstance(tid, int) and tid >= 0 and tid != tokenizer.unk_token_id:
-                stops.add(tid)
+        stops |= special_stop_ids(tokenizer)
         for text in config.stop_strings or []:
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             if ids:

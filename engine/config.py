@@ -133,7 +133,8 @@ class HuginnConfig(PretrainedConfig):
 
     @property
     def effective_expected_depth(self) -> int:
-        return self.n_layers_in_prelude + self.n_layers_in_coda + self.n_layers_in_recurrent_block * self.mean_recurrence
+        outer = self.n_layers_in_prelude + self.n_layers_in_coda
+        return outer + self.n_layers_in_recurrent_block * self.mean_recurrence
 
     @property
     def init_values(self) -> dict[str, float]:

@@ -83,7 +83,8 @@ class ExitTracker:
             zeros = torch.zeros(state.shape[0], device=state.device)
             return torch.zeros_like(rows), zeros
         if c in ("kl", "minp-kl"):
-            log_probs = F.log_softmax(logits[:, -1].float(), -1) if c == "kl" else _minp_log_probs(logits[:, -1].float())
+            last = logits[:, -1].float()
+            log_probs = F.log_softmax(last, -1) if c == "kl" else _minp_log_probs(last)
             values = F.kl_div(log_probs, self.prev, reduction="none", log_target=True).sum(-1)
             self.prev = torch.where(rows[:, None], log_probs, self.prev)
         elif c == "entropy-diff":

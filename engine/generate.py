@@ -117,12 +117,18 @@ def build_prompt(tokenizer, messages: Any, context: int, reserve: int) -> tuple[
         dropped += 1
 
 
-def stop_token_ids(model, tokenizer) -> set[int]:
+def special_stop_ids(tokenizer) -> set[int]:
+    """Ids of Huginn's turn and text boundaries that this tokenizer has."""
     ids: set[int] = set()
     for token in STOP_TOKENS:
         tid = tokenizer.convert_tokens_to_ids(token)
         if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid >= 0:
             ids.add(tid)
+    return ids
+
+
+def stop_token_ids(model, tokenizer) -> set[int]:
+    ids = special_stop_ids(tokenizer)
     eos = getattr(model.generation_config, "eos_token_id", None) or model.config.eos_token_id
     ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     return ids

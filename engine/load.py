@@ -88,11 +88,9 @@ def download(repo_id: str, revision: str | None = None, tqdm_class: Any = None) 
     except HFValidationError:
         raise LoadError(f"{repo_id!r} is neither an existing local folder nor a valid hub id (owner/name)") from None
     except Exception as err:  # noqa: BLE001 - huggingface_hub raises many network error types
-        try:
-            return Path(snapshot_download(repo_id, revision=revision, allow_patterns=_WEIGHT_PATTERNS,
-                                          local_files_only=True))
-        except Exception:  # noqa: BLE001
-            pass
+        cached = cached_snapshot(repo_id, revision)
+        if cached is not None:
+            return cached
         raise LoadError(
             f"cannot download {repo_id!r} ({type(err).__name__}: {str(err).splitlines()[0][:200]}). This machine "
             f"looks offline or the repository is not reachable. On a machine with internet run "
@@ -101,11 +99,12 @@ def download(repo_id: str, revision: str | None = None, tqdm_class: Any = None) 
         ) from None
 
 
-def cached_snapshot(repo_id: str) -> Path | None:
+def cached_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=_WEIGHT_PATTERNS, local_files_only=True))
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=_WEIGHT_PATTERNS,
+                                      local_files_only=True))
     except Exception:  # noqa: BLE001 - not cached is the normal case
         return None
 
@@ -116,13 +115,16 @@ def parameter_count(config: HuginnConfig) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def bytes_per_weight(config: HuginnConfig, quantization: str) -> float:
+    """Bytes per linear-layer weight: bf16, int8 with a fp32 scale per row, or nf4 with a fp32 scale per block."""
+    return {"none": 2.0, "int8": 1.0 + 4 / config.n_embd, "nf4": 0.5 + 4 / NF4_BLOCKSIZE}[quantization]
+
+
 def weight_bytes(config: HuginnConfig, quantization: str) -> int:
-    """Bytes of the weights in memory: bf16, int8 or nf4 (4.5 bits with block scales) for the linear layers."""
-    params = parameter_count(config)
+    """Bytes of the weights in memory; the embedding (tied head) stays in bf16."""
     embedding = config.padded_vocab_size * config.n_embd
-    linear = params - embedding
-    per_param = {"none": 2.0, "int8": 1.0 + 4 / config.n_embd, "nf4": 0.5 + 4 / NF4_BLOCKSIZE}[quantization]
-    return int(linear * per_param + embedding * 2)
+    linear = parameter_count(config) - embedding
+    return int(linear * bytes_per_weight(config, quantization) + embedding * 2)
 
 
 def choose_quantization(config: HuginnConfig, free_bytes: int) -> str:

@@ -159,7 +159,8 @@ class HuginnOutput(ModelOutput):
         return self.cache
 
 
-def sample_depth(mean_recurrence: int, backprop_depth: int, generator: torch.Generator | None = None) -> tuple[int, int]:
+def sample_depth(mean_recurrence: int, backprop_depth: int,
+                 generator: torch.Generator | None = None) -> tuple[int, int]:
     """The paper's training-time depth: Poisson(LogNormal) + 1 steps, the last ``backprop_depth`` with gradients."""
     t = max(mean_recurrence - backprop_depth, 0)
     s = backprop_depth

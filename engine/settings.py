@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from .cache import CacheStrategy
-from .exits import CRITERIA, DEFAULT_THRESHOLDS
+from .exits import CRITERIA, resolve_threshold
 from .sampling import SamplingParams
 
 MAX_NUM_STEPS = 256
@@ -88,9 +88,7 @@ class GenerationSettings:
 
     @property
     def threshold(self) -> float:
-        if self.exit_threshold is not None:
-            return float(self.exit_threshold)
-        return float(DEFAULT_THRESHOLDS.get(self.criterion, 0.0))
+        return resolve_threshold(self.criterion, self.exit_threshold)
 
     @property
     def sampling(self) -> SamplingParams:

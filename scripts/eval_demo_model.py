@@ -58,7 +58,7 @@ def generate_answers(
     Returns the answer texts and, per answer, the mean recurrence steps per generated token.
     """
     from engine.decode import RowPlan, decode
-    from engine.exits import DEFAULT_THRESHOLDS
+    from engine.exits import resolve_threshold
     from engine.generate import build_prompt, stop_token_ids
 
     stops = stop_token_ids(model, tok)
@@ -74,7 +74,7 @@ def generate_answers(
             RowPlan(
                 num_steps=num_steps,
                 criterion=criterion,
-                threshold=DEFAULT_THRESHOLDS.get(criterion, 0.0) if criterion else 0.0,
+                threshold=resolve_threshold(criterion, None) if criterion else 0.0,
                 max_new_tokens=max_new_tokens,
                 seed=seed + i,
             )

@@ -33,7 +33,7 @@ from packaging.version import Version
 import engine
 from app.gpu import GPU_MAX_SECONDS, GpuWork, compare_duration, stream_duration, zero_gpu_requested
 from app.handlers import ModelSlot, Studio, UserError, describe_source
-from app.hosted import DB_FILE, HOSTED_LIMITS, OwnerKeys, hosted_config, on_space
+from app.hosted import DB_FILE, OwnerKeys, hosted_config, on_space
 from app.store import LOCAL_OWNER, Store
 from tests.test_app_browser import browser, demo_model_ready, set_number  # noqa: F401 (browser: a fixture)
 

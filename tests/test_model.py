@@ -7,7 +7,6 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
-import engine
 from engine import HuginnConfig, HuginnForCausalLM
 from engine.model import split_num_steps
 

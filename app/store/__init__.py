@@ -80,6 +80,7 @@ from .schema import SCHEMA_VERSION
 from .writer import AnswerWriter
 
 __all__ = [
+    "DEFAULT_TITLE",
     "ENV_VAR",
     "EXPORT_FORMAT",
     "EXPORT_VERSION",
