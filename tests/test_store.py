@@ -221,6 +221,33 @@ def test_list_newest_first_rename_and_delete_with_messages(store: Store):
         store.delete_conversation(OWNER, a.id)
 
 
+def chain_export(length: int, title: str = "long chat") -> dict:
+    """An export of one conversation whose messages form a single reply chain ``length`` deep."""
+    stamp = "2026-01-01T00:00:00.000000+00:00"
+    messages = [
+        {"id": i, "parent_id": i - 1 or None, "role": "user" if i % 2 else "assistant",
+         "content": f"turn {i} chainword", "created": stamp, "updated": stamp}
+        for i in range(1, length + 1)
+    ]  # fmt: skip
+    conv = {"title": title, "created": stamp, "updated": stamp, "current_leaf": length, "messages": messages}
+    return {"format": EXPORT_FORMAT, "version": 1, "conversations": [conv]}
+
+
+def test_a_reply_chain_of_5000_messages_deletes(store: Store):
+    keep = store.create_conversation(OWNER, "kept")
+    store.add_message(OWNER, keep.id, "user", "still here chainword")
+    [conv] = store.import_json(OWNER, chain_export(5000))
+    assert len(store.thread(OWNER, conv.id)) == 5000
+    store.delete_conversation(OWNER, conv.id)  # "too many levels of trigger recursion" before
+    with pytest.raises(NotFound):
+        store.get_conversation(OWNER, conv.id)
+    db = store.file.db()
+    assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 1
+    assert [h.conversation_id for h in store.search(OWNER, "chainword")] == [keep.id]
+    assert db.execute("INSERT INTO messages_fts(messages_fts) VALUES ('integrity-check')").rowcount != 0
+    assert store.integrity_check() == "ok"
+
+
 def test_auto_title_from_first_user_message_only(store: Store):
     conv = store.create_conversation(OWNER)
     assert conv.title == store_module.DEFAULT_TITLE
