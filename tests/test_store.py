@@ -513,6 +513,26 @@ def test_import_rejects_non_json_and_non_utf8(store: Store):
     assert store.list_conversations(OWNER) == []
 
 
+@pytest.mark.parametrize("depth", [100_000, 1_000])
+def test_deeply_nested_json_is_refused_clearly(store: Store, depth: int):
+    before = store.export_data(OWNER)["conversations"]
+    nested = "[" * depth + "]" * depth
+    whole = '{"format": "%s", "version": 1, "conversations": %s}' % (EXPORT_FORMAT, nested)
+    inner = json.loads(json.dumps(chain_export(1)))
+    inner["conversations"][0]["extra"] = "@"
+    in_extra = json.dumps(inner).replace('"@"', '{"a": ' + nested + "}")
+    for text in (nested, whole, in_extra):
+        with pytest.raises(ImportInvalid, match="nested more than 32 levels deep"):
+            store.import_json(OWNER, text)
+    assert store.export_data(OWNER)["conversations"] == before
+    conv = store.create_conversation(OWNER)
+    deep: list = []
+    for _ in range(depth):
+        deep = [deep]
+    with pytest.raises(InvalidData, match="extra is nested more than 32 levels deep"):
+        store.add_message(OWNER, conv.id, "user", "x", extra={"deep": deep})
+
+
 def test_markdown_export_shows_depth_settings_and_steps(store: Store):
     conv, u1, a1, a2, u2, a3 = conversation_with_branches(store)
     store.set_current_leaf(OWNER, conv.id, a1.id)

@@ -10,6 +10,7 @@ from .records import (
     AUTO_TITLE_CHARS,
     MAX_CONTENT_BYTES,
     MAX_JSON_BYTES,
+    MAX_JSON_DEPTH,
     MAX_OWNER_CHARS,
     MAX_TITLE_CHARS,
     ROLES,
@@ -56,9 +57,27 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
+def check_depth(value: Any, field: str, limit: int = MAX_JSON_DEPTH) -> Any:
+    """Refuse lists and objects nested more than ``limit`` deep (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, (list, tuple)):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            raise InvalidData(f"{field} is nested more than {limit} levels deep")
+        stack.extend((child, depth + 1) for child in children)
+    return value
+
+
 def dump_json(value: Any, field: str) -> str | None:
     if value is None:
         return None
+    check_depth(value, field)
     try:
         text = json.dumps(value, ensure_ascii=False, default=_json_default)
     except (TypeError, ValueError) as exc:

@@ -10,12 +10,13 @@ from typing import Any
 from sqlite_utils import Database
 
 from . import conversations, tree
-from .checks import check_object, check_text, dump_json, message_row
+from .checks import check_depth, check_object, check_text, dump_json, message_row
 from .conversations import conversation_from_row
 from .records import (
     EXPORT_FORMAT,
     EXPORT_VERSION,
     MAX_IMPORT_BYTES,
+    MAX_JSON_DEPTH,
     MAX_TITLE_CHARS,
     Conversation,
     ImportInvalid,
@@ -104,6 +105,12 @@ def parse(data: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
             raise ImportInvalid(
                 f"the file is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
             ) from None
+        except RecursionError:
+            raise ImportInvalid(f"the file is nested more than {MAX_JSON_DEPTH} levels deep") from None
+    try:
+        check_depth(data, "the file")
+    except InvalidData as exc:
+        raise ImportInvalid(str(exc)) from None
     if not isinstance(data, Mapping):
         raise ImportInvalid("the file must hold a JSON object exported by Huginn Studio")
     if data.get("format") != EXPORT_FORMAT:
