@@ -22,7 +22,7 @@ import engine
 from . import render
 from .gpu import GpuWork
 from .render import MessageView
-from .store import LOCAL_OWNER, Message, Store
+from .store import LOCAL_OWNER, Message, RecordLimits, Store
 
 if TYPE_CHECKING:
     from .hosted import OwnerKeys
@@ -346,7 +346,8 @@ class Studio:
 
     def import_file(self, session: dict[str, Any], path: str) -> tuple[dict[str, Any], str, int]:
         data = Path(path).read_bytes()
-        imported = self.store.import_json(session["owner"], data)
+        imported = self.store.import_json(session["owner"], data, RecordLimits(
+            max_steps=engine.MAX_NUM_STEPS, settings_validator=engine.GenerationSettings.from_dict))
         session, html = self.open_conversation(session, imported[0].id if imported else session["conversation_id"])
         return session, html, len(imported)
 
