@@ -477,7 +477,7 @@ def _mutations():
         (set_(("conversations", 1), "x"), r"conversations\[1\] must be an object"),
         (delete(("conversations", 1, "title")), r"conversations\[1\]\.title is missing"),
         (set_(("conversations", 1, "current_leaf"), 77), "current_leaf 77 is not one of its messages"),
-        (set_(("conversations", 1, "surprise"), 1), "unknown fields: surprise"),
+        (set_(("conversations", 1, "surprise"), 1), "unknown fields: 'surprise'"),
         (set_((*msgs, 1, "role"), "robot"), r"conversations\[1\]\.messages\[1\]\.role must be one of"),
         (set_((*msgs, 1, "parent_id"), 42), "has parent 42, which is not in the file"),
         (set_((*msgs, 0, "parent_id"), 2), "cycle"),
@@ -535,7 +535,7 @@ RECORD_MUTATIONS = [
     ((*ANSWER, "tokens", 0, "steps"), 3e7, r"messages\[1\]\.tokens\[0\]\.steps must be an integer .*not float"),
     ((*ANSWER, "tokens", 0, "steps"), 30_000_000, r"tokens\[0\]\.steps must be an integer from 0 to 1024, got 3e\+07"),
     ((*ANSWER, "tokens", 0, "exit_value"), float("inf"), r"tokens\[0\]\.exit_value must be a number"),
-    ((*ANSWER, "tokens", 0, "surprise"), 1, r"tokens\[0\] has unknown fields: surprise"),
+    ((*ANSWER, "tokens", 0, "surprise"), 1, r"tokens\[0\] has unknown fields: 'surprise'"),
     ((*ANSWER, "extra", "columns"), [1, 2], r"extra\.columns\[0\] must be an object"),
     ((*ANSWER, "extra", "columns"), "all", r"extra\.columns must be a list"),
     ((*ANSWER, "extra", "system"), 5, r"extra\.system must be a string"),
@@ -543,7 +543,7 @@ RECORD_MUTATIONS = [
     ((*COLUMN, "stats", "agreement"), 2, r"columns\[0\]\.stats\.agreement must be a number from 0 to 1"),
     ((*COLUMN, "settings", "num_steps"), "deep", r"columns\[0\]\.settings\.num_steps must be an integer"),
     ((*COLUMN, "label"), {"x": 1}, r"columns\[0\]\.label must be a string"),
-    ((*COLUMN, "surprise"), 1, r"columns\[0\] has unknown fields: surprise"),
+    ((*COLUMN, "surprise"), 1, r"columns\[0\] has unknown fields: 'surprise'"),
     ((*ANSWER, "created"), "yesterday", r"messages\[1\]\.created is not an ISO 8601 time"),
     (("conversations", 0, "updated"), "soon", r"conversations\[0\]\.updated is not an ISO 8601 time"),
 ]
@@ -609,6 +609,53 @@ def test_import_uses_the_apps_limits_and_settings_validator(store: Store):
         with pytest.raises(ImportInvalid, match=message):
             store.import_json(OWNER, json.dumps(doc), limits)
     assert store.export_data(OWNER)["conversations"] == before
+
+
+HTML = '<a href="//evil.example">click</a><img src=x onerror=alert(1)><form action=//x>'
+
+
+def test_error_messages_from_user_data_are_plain_text_and_short(store: Store):
+    doc = answer_export()
+    answer_msg = doc["conversations"][0]["messages"][1]
+    cases = [
+        {**doc, "format": HTML},
+        {**doc, "format": HTML * 10_000},
+        {**doc, "version": HTML},
+        {**doc, "conversations": [{**doc["conversations"][0], HTML: 1}]},
+    ]
+    for field, value in [("role", HTML), ("status", HTML), ("settings", {HTML: [1]}),
+                         ("stats", {HTML: {}}), ("tokens", [{"text": "a", "steps": 1, HTML: 1}])]:
+        bad = copy.deepcopy(doc)
+        bad["conversations"][0]["messages"][1] = {**answer_msg, field: value}
+        cases.append(bad)  # fmt: skip
+    limits = store_module.RecordLimits(settings_validator=lambda s: (_ for _ in ()).throw(ValueError(HTML)))
+    for case in cases:
+        with pytest.raises(ImportInvalid) as err:
+            store.import_json(OWNER, json.dumps(case))
+        text = str(err.value)
+        assert "<" not in text and ">" not in text and len(text) < 400, text
+    with pytest.raises(ImportInvalid) as err:
+        store.import_json(OWNER, json.dumps(doc), limits)
+    assert "‹a href" in str(err.value) and "<" not in str(err.value)
+    assert store.list_conversations(OWNER) == []
+
+
+def test_errors_after_open_never_show_the_database_path(db_path: Path):
+    store = Store(db_path, busy_timeout=0.01, lock_timeout=0.2)
+    conv = store.create_conversation(OWNER)
+    other = sqlite3.connect(db_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreBusy) as busy:
+            store.add_message(OWNER, conv.id, "user", "x")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    store.close()
+    with pytest.raises(StoreError) as closed:
+        store.list_conversations(OWNER)
+    for err in (busy, closed):
+        assert str(db_path.parent) not in str(err.value) and db_path.name not in str(err.value)
 
 
 def test_import_rejects_non_json_and_non_utf8(store: Store):

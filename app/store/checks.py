@@ -14,6 +14,7 @@ from .records import (
     MAX_OWNER_CHARS,
     MAX_TITLE_CHARS,
     InvalidData,
+    shown,
 )
 
 
@@ -43,7 +44,7 @@ def check_optional_text(value: Any, field: str) -> str | None:
 
 def check_choice(value: Any, field: str, choices: Sequence[str]) -> str:
     if value not in choices:
-        raise InvalidData(f"{field} must be one of {', '.join(choices)}; got {value!r}")
+        raise InvalidData(f"{field} must be one of {', '.join(choices)}; got {shown(value)}")
     return value
 
 

@@ -50,7 +50,25 @@ class RecordLimits:
 
 # --------------------------------------------------------------------------------------- errors
 class StoreError(Exception):
-    """Any failure of the store; the message is meant to be shown to the user as is."""
+    """Any failure of the store; the message is meant to be shown to the user as is.
+
+    Messages are plain text: angle brackets (which could only come from user data, such as a field
+    name in an imported file) are shown as ‹ ›, so no message carries HTML markup. Messages of
+    errors raised after open never name the database's path (hosted visitors see them); only
+    ``StoreLocationError`` at open does, for the person starting the app.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message.translate(_PLAIN))
+
+
+_PLAIN = str.maketrans({"<": "‹", ">": "›"})
+
+
+def shown(value: object, limit: int = 40) -> str:
+    """A value from user data as an error message quotes it: its repr, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class StoreLocationError(StoreError):

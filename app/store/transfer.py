@@ -26,6 +26,7 @@ from .records import (
     Message,
     RecordLimits,
     now_iso,
+    shown,
 )
 
 # An exported conversation and its (message, row) pairs, parents first.
@@ -118,13 +119,13 @@ def parse(data: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
         raise ImportInvalid("the file must hold a JSON object exported by Huginn Studio")
     if data.get("format") != EXPORT_FORMAT:
         raise ImportInvalid(
-            f"not a Huginn Studio export: format is {data.get('format')!r}, "
+            f"not a Huginn Studio export: format is {shown(data.get('format'))}, "
             f"expected {EXPORT_FORMAT!r}"
         )
     version = data.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= EXPORT_VERSION:
         raise ImportInvalid(
-            f"unsupported export version {version!r}; this Huginn Studio reads 1 to {EXPORT_VERSION}"
+            f"unsupported export version {shown(version)}; this Huginn Studio reads 1 to {EXPORT_VERSION}"
         )
     if not isinstance(data.get("conversations"), list):
         raise ImportInvalid("conversations must be a list")
@@ -149,7 +150,7 @@ def _field(obj: Mapping[str, Any], key: str, where: str, kind: type, *, optional
 def _check_keys(obj: Mapping[str, Any], allowed: set[str], where: str) -> None:
     unknown = sorted(set(obj) - allowed)
     if unknown:
-        raise ImportInvalid(f"{where} has unknown fields: {', '.join(map(str, unknown))}")
+        raise ImportInvalid(f"{where} has unknown fields: {', '.join(shown(str(k)) for k in unknown[:5])}")
 
 
 def _timestamp(obj: Mapping[str, Any], key: str, where: str) -> str:
