@@ -136,6 +136,29 @@ def test_reopen_keeps_data_and_does_not_rerun_migrations(db_path: Path):
         assert [m.content for m in s.thread(OWNER, conv.id)] == ["hello"]
 
 
+def test_database_and_its_wal_and_shm_are_private(tmp_path: Path):
+    old_umask = os.umask(0o022)
+    try:
+        fresh = tmp_path / "fresh.db"
+        with Store(fresh) as s:
+            s.create_conversation(OWNER, "secret")
+            files = [fresh, Path(f"{fresh}-wal"), Path(f"{fresh}-shm")]
+            assert all(f.exists() for f in files)
+            assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == {f.name: "0o600" for f in files}
+        older = tmp_path / "older.db"  # a file an earlier version made world-readable
+        with Store(older):
+            pass
+        for f in (older, Path(f"{older}-wal"), Path(f"{older}-shm")):
+            if f.exists():
+                f.chmod(0o644)
+        with Store(older) as s:
+            s.create_conversation(OWNER, "secret")
+            assert oct(older.stat().st_mode & 0o777) == "0o600"
+            assert oct(Path(f"{older}-wal").stat().st_mode & 0o777) == "0o600"
+    finally:
+        os.umask(old_umask)
+
+
 def test_newer_schema_and_foreign_database_are_refused_untouched(tmp_path: Path):
     newer = tmp_path / "newer.db"
     with Store(newer):

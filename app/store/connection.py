@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import tempfile
 import threading
@@ -60,6 +61,7 @@ class StoreFile:
         reason = self._corruption_reason()
         if reason is not None:
             self._move_aside(reason)
+        self._make_private()
         try:
             # Refuse foreign or newer files before anything (even the WAL switch) writes to them.
             self.read(self._check_schema)
@@ -176,6 +178,18 @@ class StoreFile:
             if self.path.exists():
                 with open(self.path, "r+b"):
                     pass
+        except OSError as exc:
+            raise self._location_error(exc.strerror or exc) from None
+
+    def _make_private(self) -> None:
+        # Conversations are private wherever the app runs, so the file is 0600 always, not only
+        # when hosted. SQLite gives the -wal and -shm files the mode of the database file.
+        try:
+            if not self.path.exists():
+                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            for name in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
+                if name.exists() and name.stat().st_mode & 0o077:
+                    name.chmod(0o600)
         except OSError as exc:
             raise self._location_error(exc.strerror or exc) from None
 
