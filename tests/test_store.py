@@ -872,12 +872,80 @@ def test_writer_reports_a_conversation_deleted_mid_stream(store: Store):
         writer.add_token("x", 1)
 
 
-def test_process_killed_mid_stream_leaves_partial_intact_message(db_path: Path):
+def test_answer_of_a_killed_process_is_marked_interrupted_at_open(db_path: Path):
     for after_s in (0.0, 0.1, 0.25):  # the same file, killed and reopened three times
         conv_id, msg_id = kill_mid_stream(db_path, after_s)
         with Store(db_path) as s:
-            assert damage(s, conv_id, msg_id) == []
-            assert s.get_message(store_module.LOCAL_OWNER, msg_id).status == "partial"
+            assert s.interrupted == 1
+            assert damage(s, conv_id, msg_id) == []  # intact prefix, status "interrupted"
+            # a new answer continues the conversation normally
+            s.add_message(store_module.LOCAL_OWNER, conv_id, "user", "again?")
+            assert s.thread(store_module.LOCAL_OWNER, conv_id)[-2].status == "interrupted"
+
+
+def test_answers_of_live_writers_stay_partial(db_path: Path):
+    with Store(db_path) as s:  # in this process
+        conv = s.create_conversation(OWNER)
+        writer = s.begin_answer(OWNER, conv.id, flush_interval=0)
+        writer.add_token("a", 1)
+        with Store(db_path) as again:
+            assert again.interrupted == 0
+            assert again.get_message(OWNER, writer.message_id).status == "partial"
+        writer.finish("complete")
+    proc = subprocess.Popen(  # in another process, still running
+        [sys.executable, str(REPO / "tests" / "store_crash_writer.py"), str(db_path), "0.02"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        _, conv_id, msg_id = proc.stdout.readline().split()
+        with Store(db_path) as s:
+            assert s.interrupted == 0
+            assert s.get_message(store_module.LOCAL_OWNER, int(msg_id)).status == "partial"
+    finally:
+        proc.kill()
+        proc.wait()
+    with Store(db_path) as s:
+        assert s.interrupted == 1
+        assert s.get_message(store_module.LOCAL_OWNER, int(msg_id)).status == "interrupted"
+
+
+def test_imported_partial_answer_becomes_interrupted(store: Store):
+    doc = answer_export()
+    doc["conversations"][0]["messages"][1]["status"] = "partial"
+    [conv] = store.import_json(OWNER, doc)
+    assert store.thread(OWNER, conv.id)[1].status == "interrupted"
+
+
+def test_version_1_file_is_migrated_keeping_everything(db_path: Path):
+    from sqlite_utils import Database
+
+    from app.store.schema import MIGRATIONS
+
+    db = Database(db_path)
+    MIGRATIONS[0](db)
+    db.execute("PRAGMA user_version = 1")
+    stamp = "2026-01-01T00:00:00.000000+00:00"
+    db["conversations"].insert({"id": 1, "owner": OWNER, "title": "old", "auto_title": 0, "created": stamp,
+                                "updated": stamp, "current_leaf": None})
+    for i, (role, status) in enumerate([("user", "complete"), ("assistant", "partial")], 1):
+        db["messages"].insert({"id": i, "conversation_id": 1, "parent_id": i - 1 or None, "role": role,
+                               "content": f"oldword {i}", "created": stamp, "updated": stamp, "status": status,
+                               "tokens": json.dumps(TOKENS)})
+    db["conversations"].update(1, {"current_leaf": 2})
+    db.conn.commit()
+    db.conn.close()  # fmt: skip
+    with Store(db_path) as s:
+        assert s.file.db().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert s.interrupted == 1
+        old = s.thread(OWNER, 1)
+        assert [(m.id, m.content, m.status) for m in old] == [(1, "oldword 1", "complete"), (2, "oldword 2", "interrupted")]
+        assert old[1].tokens == TOKENS and s.get_conversation(OWNER, 1).current_leaf == 2
+        assert [h.message_id for h in s.search(OWNER, "oldword 2")] == [2]
+        new = s.add_message(OWNER, 1, "user", "newword")  # the search triggers came back
+        assert [h.message_id for h in s.search(OWNER, "newword")] == [new.id]
+        s.delete_conversation(OWNER, 1)
+        assert s.search(OWNER, "oldword") == [] and s.integrity_check() == "ok"
+        assert s.file.db().execute("PRAGMA foreign_keys").fetchone()[0] == 1
 
 
 # ---------------------------------------------------------------------------------- concurrency

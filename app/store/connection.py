@@ -66,7 +66,11 @@ class StoreFile:
             # Refuse foreign or newer files before anything (even the WAL switch) writes to them.
             self.read(self._check_schema)
             self.db().enable_wal()
+            # A migration may rebuild a table, which must run with foreign keys off (dropping the old
+            # table would otherwise cascade); _migrate checks the keys before it commits.
+            self.db().execute("PRAGMA foreign_keys = OFF")
             self.write(self._migrate)
+            self.db().execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as exc:
             self.close()
             raise self._location_error(exc) from None
@@ -260,4 +264,10 @@ class StoreFile:
         for v in range(version, SCHEMA_VERSION):
             MIGRATIONS[v](db)
             db.execute(f"PRAGMA user_version = {v + 1}")
+        broken = db.execute("PRAGMA foreign_key_check").fetchall() if version < SCHEMA_VERSION else []
+        if broken:
+            raise StoreLocationError(
+                f"{self.path} has {len(broken)} broken links between rows ({broken[0]}); it was left "
+                "as it was. Use another --db."
+            )
         db["meta"].upsert({"key": "last_opened", "value": now_iso()}, pk="key")

@@ -32,7 +32,7 @@ from .records import (
     SearchHit,
     Status,
 )
-from .writer import AnswerWriter
+from .writer import AnswerWriter, mark_interrupted, process_identity
 
 
 def default_db_path() -> Path:
@@ -66,6 +66,12 @@ class Store:
         self.limits = limits
         """What every write and (unless ``import_json`` gets its own) every import is checked against."""
         self.file = StoreFile(self.path, lock_timeout=lock_timeout, busy_timeout=busy_timeout)
+        try:
+            self.interrupted: int = self.file.write(mark_interrupted)
+        except BaseException:
+            self.file.close()
+            raise
+        """How many answers left "partial" by a process that died were marked "interrupted" at open."""
 
     @property
     def recovered_from(self) -> Path | None:
@@ -173,11 +179,13 @@ class Store:
         Feed tokens to the returned writer and end it with one of its ending methods, or use it as
         a context manager. ``clock`` times the flushes (tests pass a fake one).
         """
-        message = self.add_message(
-            owner, conversation_id, "assistant", "", parent_id=parent_id, kind=kind,
-            status="partial", model_id=model_id, model_revision=model_revision,
-            quantization=quantization, settings=settings, tokens=[], extra=extra,
+        row = message_row(
+            role="assistant", content="", kind=kind, status="partial", model_id=model_id,
+            model_revision=model_revision, quantization=quantization, settings=settings, tokens=[],
+            extra=extra, limits=self.limits,
         )  # fmt: skip
+        row["writer"] = process_identity()
+        message = self._write(owner, lambda db: tree.insert(db, owner, conversation_id, parent_id, row))
         return AnswerWriter(self.file, owner, message, flush_interval, clock, self.limits)
 
     def get_message(self, owner: str, message_id: int) -> Message:

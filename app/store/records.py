@@ -15,9 +15,10 @@ DEFAULT_TITLE = "New conversation"
 LEAF = "leaf"  # parent_id value meaning "the conversation's current leaf"
 
 ROLES = ("system", "user", "assistant")
-STATUSES = ("complete", "cancelled", "failed", "partial")
+# "partial": being written; "interrupted": was being written by a process that died (set at open).
+STATUSES = ("complete", "cancelled", "failed", "partial", "interrupted")
 Role = Literal["system", "user", "assistant"]
-Status = Literal["complete", "cancelled", "failed", "partial"]
+Status = Literal["complete", "cancelled", "failed", "partial", "interrupted"]
 
 MAX_CONTENT_BYTES = 10 * 1024 * 1024
 MAX_JSON_BYTES = 64 * 1024 * 1024

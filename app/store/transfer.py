@@ -173,6 +173,8 @@ def _plan_message(m: Any, where: str, limits: RecordLimits) -> tuple[dict[str, A
     for key in ("created", "updated"):
         _timestamp(m, key, where)
     values = {k: m.get(k, d) for k, d in _MESSAGE_FIELDS.items()}
+    if values["status"] == "partial":
+        values["status"] = "interrupted"  # no process here is writing it
     try:
         row = message_row(**values, limits=limits, field=f"{where}.")
     except InvalidData as exc:
