@@ -1010,6 +1010,75 @@ def test_lock_held_elsewhere_is_waited_out_not_surfaced(db_path: Path):
     impatient.close()
 
 
+def many_conversations(count: int, messages: int) -> dict:
+    one = chain_export(messages)["conversations"][0] if messages else {**chain_export(1)["conversations"][0], "messages": [], "current_leaf": None}
+    convs = [{**one, "title": f"imported {i}"} for i in range(count)]
+    return {"format": EXPORT_FORMAT, "version": 1, "conversations": convs}
+
+
+def test_another_writer_is_saved_while_a_maximal_import_runs(db_path: Path):
+    count, messages = 3_000, 2
+    limits = store_module.RecordLimits(max_conversations=count, max_messages=count * messages)
+    store = Store(db_path, limits=limits)
+    conv = store.create_conversation(OWNER, "visitor")
+    text = json.dumps(many_conversations(count, messages))
+    result: list = []
+    importer = threading.Thread(target=lambda: result.append(store.import_json("importer", text)))
+    watcher = sqlite3.connect(db_path)
+    importer.start()
+    try:
+        while not watcher.execute("SELECT count(*) FROM conversations WHERE owner LIKE char(0) || '%'").fetchone()[0]:
+            assert importer.is_alive(), "the import ended before it was seen writing"
+            time.sleep(0.01)
+        start = time.monotonic()
+        saved = store.add_message(OWNER, conv.id, "user", "my question")  # waits one short step at most
+        waited = time.monotonic() - start
+        import_running = importer.is_alive()
+    finally:
+        importer.join()
+        watcher.close()
+    assert import_running, f"the message waited {waited:.1f} s, until the whole import was written"
+    assert store.get_message(OWNER, saved.id).content == "my question"
+    assert len(result[0]) == count and len(store.list_conversations("importer")) == count
+    with pytest.raises(ImportInvalid, match="holds 3,001 conversations; one import may hold at most 3,000"):
+        store.import_json("importer", many_conversations(count + 1, 0))
+    with pytest.raises(ImportInvalid, match="holds 6,001 messages; one import may hold at most 6,000"):
+        store.import_json("importer", many_conversations(1, count * messages + 1))
+    store.close()
+
+
+def test_a_failed_import_leaves_nothing_and_killed_leftovers_go_at_open(db_path: Path, monkeypatch):
+    store = Store(db_path)
+    keep = store.create_conversation(OWNER, "kept")
+    before = store.export_data(OWNER)["conversations"]
+    calls = []
+
+    def failing_insert(self, db, m, row):
+        calls.append(1)
+        if len(calls) == 500:
+            raise sqlite3.OperationalError("disk I/O error")
+        return original(self, db, m, row)
+
+    original = store_module.transfer.ImportWriter._insert
+    monkeypatch.setattr(store_module.transfer.ImportWriter, "_insert", failing_insert)
+    with pytest.raises(StoreError, match="disk I/O error"):
+        store.import_json(OWNER, many_conversations(100, 10))
+    assert store.export_data(OWNER)["conversations"] == before
+    db = store.file.db()
+    assert db.execute("SELECT count(*) FROM conversations").fetchone()[0] == 1
+    assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
+    monkeypatch.undo()
+    # rows a killed import or delete left hidden are deleted at the next open
+    [other] = store.import_json(OWNER, many_conversations(1, 5))
+    db.execute("UPDATE conversations SET owner = char(0) || 'hidden' WHERE id = ?", [other.id])
+    store.close()
+    with Store(db_path) as again:
+        assert [c.id for c in again.list_conversations(OWNER)] == [keep.id]
+        assert again.file.db().execute("SELECT count(*) FROM messages").fetchone()[0] == 0
+    with pytest.raises(InvalidData, match="owner"):
+        Store(db_path).list_conversations("\x00hidden")
+
+
 # ------------------------------------------------------------------------------ damaged files
 def test_garbage_file_is_moved_aside_never_overwritten(db_path: Path, caplog):
     garbage = b"this is not a database\x00" * 500

@@ -19,7 +19,7 @@ from .records import (
 
 
 def check_owner(owner: str) -> str:
-    if not isinstance(owner, str) or not owner or len(owner) > MAX_OWNER_CHARS:
+    if not isinstance(owner, str) or not owner or len(owner) > MAX_OWNER_CHARS or owner[0] == "\x00":
         raise InvalidData(f"owner must be a non-empty string of at most {MAX_OWNER_CHARS} characters")
     return owner
 

@@ -8,6 +8,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +26,8 @@ _SQLITE_HEADER = b"SQLite format 3\x00"
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_CORRUPT, _SQLITE_NOTADB = 5, 6, 11, 26
 
 T = TypeVar("T")
+# How long one step of long work may hold the write lock (the rest of a transaction is quick).
+STEP_SECONDS = 0.2
 
 
 def _is_locked(exc: sqlite3.Error) -> bool:
@@ -39,6 +42,34 @@ def _is_corrupt(exc: sqlite3.Error) -> bool:
     if code is not None:
         return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
     return "malformed" in str(exc) or "not a database" in str(exc)
+
+
+class _Turns:
+    """First come, first served turns at writing for the threads of one process.
+
+    SQLite's write lock has no queue: a long import committing batch after batch would win it again
+    and again while another visitor's message waits. Queued here, that message writes right after
+    the batch in progress.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._queue: deque[object] = deque()
+
+    def wait(self, timeout: float) -> bool:
+        me = object()
+        with self._cond:
+            self._queue.append(me)
+            if self._cond.wait_for(lambda: self._queue[0] is me, max(timeout, 0.0)):
+                return True
+            self._queue.remove(me)
+            self._cond.notify_all()
+            return False
+
+    def done(self) -> None:
+        with self._cond:
+            self._queue.popleft()
+            self._cond.notify_all()
 
 
 class StoreFile:
@@ -56,6 +87,7 @@ class StoreFile:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        self._turns = _Turns()
         self._closed = False
         self._check_location()
         reason = self._corruption_reason()
@@ -112,14 +144,26 @@ class StoreFile:
     def transaction(self, fn: Callable[[Database], T], *, write: bool) -> T:
         """Run ``fn`` in one transaction, retrying while another connection holds the lock.
 
-        ``fn`` must only touch the database: on a retry it runs again from the start.
+        Writers of this process take turns in the order they came (``_Turns``). A read ``fn`` may
+        run again from the start after a lock, so it must only touch the database.
         """
         deadline = time.monotonic() + self.lock_timeout
+        if write and not self._turns.wait(self.lock_timeout):
+            raise self._busy()
+        try:
+            return self._attempts(fn, write, deadline)
+        finally:
+            if write:
+                self._turns.done()
+
+    def _attempts(self, fn: Callable[[Database], T], write: bool, deadline: float) -> T:
         delay = 0.005
         while True:
             db = self.db()
+            began = False
             try:
                 db.conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                began = write
                 try:
                     result = fn(db)
                     db.conn.execute("COMMIT")
@@ -129,16 +173,31 @@ class StoreFile:
                         db.conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
-                if not _is_locked(exc):
+                # A write holds the lock from BEGIN IMMEDIATE on, so only BEGIN can meet a lock;
+                # ``fn`` never runs twice (work in steps keeps state between transactions).
+                if began or not _is_locked(exc):
                     raise self._db_error(exc) from None
                 if time.monotonic() >= deadline:
-                    raise StoreBusy(
-                        f"The conversation database stayed locked by another program for "
-                        f"{self.lock_timeout:g} s. Close other copies of Huginn Studio using it, "
-                        "or start this one with a different --db."
-                    ) from None
+                    raise self._busy() from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.1)
+
+    def _busy(self) -> StoreBusy:
+        return StoreBusy(
+            f"The conversation database stayed locked by another program for "
+            f"{self.lock_timeout:g} s. Close other copies of Huginn Studio using it, "
+            "or start this one with a different --db."
+        )
+
+    def write_in_steps(self, step: Callable[[Database, float], bool], pause: float = 0.002) -> None:
+        """Call ``step(db, deadline)`` in one write transaction after another until it returns True.
+
+        Long work (an import, deleting a long conversation) holds the write lock for one short
+        transaction at a time, so other writers get their turn in between. ``step`` stops once
+        ``time.monotonic()`` passes ``deadline`` and must leave consistent rows at each commit.
+        """
+        while not self.write(lambda db: step(db, time.monotonic() + STEP_SECONDS)):
+            time.sleep(pause)  # a chance for writers in other processes, which do not queue here
 
     def read(self, fn: Callable[[Database], T]) -> T:
         return self.transaction(fn, write=False)

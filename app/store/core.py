@@ -7,6 +7,7 @@ touches (conversations, tree, search, transfer) inside one transaction of the ``
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import time
@@ -23,6 +24,7 @@ from .fields import message_row
 from .connection import StoreFile
 from .records import (
     ENV_VAR,
+    HIDDEN_OWNER,
     LEAF,
     MAX_TITLE_CHARS,
     Conversation,
@@ -31,8 +33,12 @@ from .records import (
     Role,
     SearchHit,
     Status,
+    StoreError,
 )
 from .writer import AnswerWriter, mark_interrupted, process_identity
+
+
+log = logging.getLogger("app.store")
 
 
 def default_db_path() -> Path:
@@ -68,6 +74,8 @@ class Store:
         self.file = StoreFile(self.path, lock_timeout=lock_timeout, busy_timeout=busy_timeout)
         try:
             self.interrupted: int = self.file.write(mark_interrupted)
+            hidden = self.file.read(conversations.hidden_ids)  # left by a killed import or delete
+            self.file.write_in_steps(lambda db, deadline: conversations.delete_step(db, hidden, deadline))
         except BaseException:
             self.file.close()
             raise
@@ -124,8 +132,12 @@ class Store:
         return self._write(owner, lambda db: conversations.rename(db, owner, conversation_id, title))
 
     def delete_conversation(self, owner: str, conversation_id: int) -> None:
-        """Delete a conversation and all its messages (and their search index entries)."""
-        self._write(owner, lambda db: conversations.delete(db, owner, conversation_id))
+        """Delete a conversation and all its messages (and their search index entries).
+
+        It disappears at once; a long one is then deleted in short transactions.
+        """
+        self._write(owner, lambda db: conversations.hide(db, owner, conversation_id))
+        self.file.write_in_steps(lambda db, deadline: conversations.delete_step(db, [conversation_id], deadline))
 
     # ----------------------------------------------------------------------------- messages
     def add_message(
@@ -269,10 +281,30 @@ class Store:
         """Import an export (text, bytes or parsed dict) as new conversations of ``owner``.
 
         The whole file is checked first, every field against ``limits`` (default: the store's);
-        any problem raises ``ImportInvalid`` naming the field, and nothing is written.
+        any problem raises ``ImportInvalid`` naming the field, and nothing is written. The rows are
+        then written in short transactions, hidden until all are in, with new ids.
         """
         check_owner(owner)
-        plans = transfer.plan_import(transfer.parse(data), limits or self.limits)
-        return self.file.write(
-            lambda db: [transfer.write_conversation(db, owner, plan) for plan in plans]
-        )
+        importer = transfer.ImportWriter(transfer.plan_import(transfer.parse(data), limits or self.limits))
+        try:
+            self.file.write_in_steps(importer.write_step)
+            self.file.write_in_steps(importer.hand_over_step(owner))
+        except BaseException:
+            self._forget(importer.conversation_ids)
+            raise
+        ids = importer.conversation_ids
+        return self.file.read(lambda db: [conversations.get(db, owner, cid) for cid in ids])
+
+    def _forget(self, conversation_ids: list[int]) -> None:
+        """Delete what a failed import wrote, handed over or not (best effort: the next open
+        deletes what is still hidden)."""
+        def hide_all(db: Database) -> None:
+            for cid in conversation_ids:
+                db.execute("UPDATE conversations SET owner = ?, current_leaf = NULL WHERE id = ?",
+                           [HIDDEN_OWNER, cid])  # fmt: skip
+
+        try:
+            self.file.write(hide_all)
+            self.file.write_in_steps(lambda db, deadline: conversations.delete_step(db, conversation_ids, deadline))
+        except StoreError:
+            log.warning("could not delete %d conversations of a failed import", len(conversation_ids))

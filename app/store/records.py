@@ -12,6 +12,9 @@ EXPORT_VERSION = 1
 ENV_VAR = "HUGINN_STUDIO_DB"
 LOCAL_OWNER = "local"
 DEFAULT_TITLE = "New conversation"
+# Owner of rows being imported or deleted, invisible to everyone (no owner key may start with NUL);
+# rows a killed process left under it are deleted at the next open.
+HIDDEN_OWNER = "\x00hidden"
 LEAF = "leaf"  # parent_id value meaning "the conversation's current leaf"
 
 ROLES = ("system", "user", "assistant")
