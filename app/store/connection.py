@@ -88,6 +88,8 @@ class StoreFile:
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._turns = _Turns()
+        self.longest_write_s = 0.0
+        """The longest this file's connections held the write lock in one transaction, in seconds."""
         self._closed = False
         self._check_location()
         reason = self._corruption_reason()
@@ -163,10 +165,12 @@ class StoreFile:
             began = False
             try:
                 db.conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-                began = write
+                began, start = write, time.monotonic()
                 try:
                     result = fn(db)
                     db.conn.execute("COMMIT")
+                    if write:  # only one writer holds the lock at a time: no race on the maximum
+                        self.longest_write_s = max(self.longest_write_s, time.monotonic() - start)
                     return result
                 except BaseException:
                     if db.conn.in_transaction:
