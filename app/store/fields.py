@@ -129,6 +129,7 @@ def _check_typed(
     for key, value in obj.items():
         if not isinstance(key, str):
             raise InvalidData(f"{field} has a key that is not a string")
+        check_text(key, f"{field} key {shown(key)}", _SHORT * 4)
         where = f"{field}.{key if len(key) <= 40 and key.isprintable() else shown(key)}"
         if key in spec:
             integer, low, high = spec[key]

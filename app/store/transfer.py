@@ -112,10 +112,8 @@ def parse(data: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
             ) from None
         except RecursionError:
             raise ImportInvalid(f"the file is nested more than {MAX_JSON_DEPTH} levels deep") from None
-    try:
-        check_depth(data, "the file")
-    except InvalidData as exc:
-        raise ImportInvalid(str(exc)) from None
+        except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+            raise ImportInvalid(f"the file is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(data, Mapping):
         raise ImportInvalid("the file must hold a JSON object exported by Huginn Studio")
     if data.get("format") != EXPORT_FORMAT:
@@ -128,6 +126,9 @@ def parse(data: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
         raise ImportInvalid(
             f"unsupported export version {shown(version)}; this Huginn Studio reads 1 to {EXPORT_VERSION}"
         )
+    _check_keys(data, {"format", "version", "exported", "conversations"}, "the file")
+    if "exported" in data:
+        _timestamp(data, "exported", "the file")
     if not isinstance(data.get("conversations"), list):
         raise ImportInvalid("conversations must be a list")
     return dict(data)
@@ -248,6 +249,10 @@ def plan_import(doc: Mapping[str, Any], limits: RecordLimits) -> list[Plan]:
         raise ImportInvalid(
             f"the file holds {total:,} messages; one import may hold at most {limits.max_messages:,}"
         )
+    try:
+        check_depth(convs, "the file", MAX_JSON_DEPTH - 1)
+    except InvalidData as exc:
+        raise ImportInvalid(str(exc).replace(f"{MAX_JSON_DEPTH - 1} levels", f"{MAX_JSON_DEPTH} levels")) from None
     return [plan_conversation(c, f"conversations[{i}]", limits) for i, c in enumerate(convs)]
 
 
