@@ -128,8 +128,7 @@ class Studio:
 
     def rename(self, session: Session, title: Any) -> None:
         cid = self._require_conversation(session)
-        title = inputs.check_text(title, "title", self.limits.max_title_chars, required=True,
-                                  what="Type a new title first.")
+        title = inputs.check_text(title, "title", self.limits.max_title_chars, if_empty="Type a new title first.")
         self.store.rename_conversation(session.owner, cid, title.strip())
 
     def delete(self, session: Session) -> Update:
@@ -235,7 +234,8 @@ class Studio:
     def count_tokens(self, messages: list[dict[str, str]]) -> int:
         """The prompt's length in tokens as the model's chat template renders it."""
         tokenizer = self.slot.pair[1]
-        return len(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True))
+        ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False)
+        return len(ids)
 
     def _answer(self, session: Session, parent_id: int, system: str, settings: engine.GenerationSettings
                 ) -> Iterator[Update]:
@@ -296,8 +296,8 @@ class Studio:
     def compare(self, prompt: Any, system: Any, settings_list: Sequence[engine.GenerationSettings],
                 session: Session | None = None) -> dict[str, Any]:
         """Run one prompt at several settings (batched by the engine); columns, plot rows and the raw results."""
-        prompt = inputs.check_text(prompt, "prompt", self.limits.max_prompt_chars, required=True,
-                                   what="Type a prompt to compare first.")
+        prompt = inputs.check_text(prompt, "prompt", self.limits.max_prompt_chars, what="the prompt",
+                                   if_empty="Type a prompt to compare first.")
         system = inputs.check_system(system, self.limits)
         if not settings_list or len(settings_list) > self.limits.max_compare_settings:
             raise UserError(f"Compare from 1 to {self.limits.max_compare_settings} settings at once.")
@@ -331,8 +331,8 @@ class Studio:
 
     def api_messages(self, prompt: Any, system_prompt: Any, history: Any) -> list[dict[str, str]]:
         """An API call's messages, every field checked: types, Unicode, each cap, and the whole within the caps."""
-        prompt = inputs.check_text(prompt, "prompt", self.limits.max_prompt_chars, required=True,
-                                   what="prompt: is empty")
+        prompt = inputs.check_text(prompt, "prompt", self.limits.max_prompt_chars, what="the prompt",
+                                   if_empty="prompt: is empty")
         system_prompt = inputs.check_system(system_prompt, self.limits)
         turns = inputs.check_history(history, self.limits)
         messages = ([{"role": "system", "content": system_prompt}] if system_prompt.strip() else []) + \
