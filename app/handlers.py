@@ -26,7 +26,7 @@ from .inputs import (ARENA_DEFAULT, ARENA_PRESETS, arena_settings, parse_thresho
 from .render import MessageView
 from .session import Session
 from .slot import ModelSlot, describe_source
-from .store import Message, Store, StoreError
+from .store import AnswerWriter, Message, Store
 from .views import message_views, model_messages, summary_stats, token_record
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ class Studio:
             return []
         with self._lock:
             streaming = frozenset(self._streaming)
-        return message_views(self.store.messages(session.owner, cid), self.store.thread(session.owner, cid),
+        return message_views(self.store.sibling_ids(session.owner, cid), self.store.thread(session.owner, cid),
                              streaming)
 
     def conversation_choices(self, session: Session, query: Any = "") -> list[tuple[str, int]]:
@@ -243,7 +243,7 @@ class Studio:
         self.store.set_current_leaf(owner, cid, parent_id, descend=False)
         thread = self.store.thread(owner, cid, parent_id)
         messages = self.prompt_messages(thread, system)
-        base = message_views(self.store.messages(owner, cid), thread)
+        base = message_views(self.store.sibling_ids(owner, cid), thread)
         info = self.slot.info()
         writer = self.store.begin_answer(
             owner, cid, parent_id, model_id=info.name, quantization=info.quantization,
@@ -261,11 +261,10 @@ class Studio:
             self._release(session, cancel)
             with self._lock:
                 self._streaming.discard(writer.message_id)
-            if not writer.finished:
-                writer.finish("cancelled")
+            writer.close()
         yield session, self.transcript(session)
 
-    def _write_answer(self, writer: Any, messages: list[dict[str, str]], settings: engine.GenerationSettings,
+    def _write_answer(self, writer: AnswerWriter, messages: list[dict[str, str]], settings: engine.GenerationSettings,
                       cancel: threading.Event) -> Iterator[None]:
         """Stream the engine into the writer, yielding whenever the page is due an update; finish the writer."""
         last = time.perf_counter()
@@ -280,17 +279,18 @@ class Studio:
                     last = time.perf_counter()
                     yield
         except engine.PromptError as err:
-            writer.finish("failed", error=str(err))
+            writer.fail(str(err))
             return
         except Exception as err:  # noqa: BLE001 - one failed answer must not take the page down
             log.exception("generation failed")
-            writer.finish("failed", error=f"generation failed: {type(err).__name__}: {err}")
+            writer.fail(f"generation failed: {type(err).__name__}: {err}")
             return
-        if summary is None:  # cut from this side (Stop under ZeroGPU): the caller marks it stopped
+        if summary is None:  # cut from this side (Stop under ZeroGPU)
             assert cancel.is_set(), "the engine ended without a summary"
+            writer.finish_stream(None)
             return
         stats = summary_stats(summary, self.slot.materialized(summary.mean_steps))
-        writer.finish("cancelled" if summary.stop_reason == "cancelled" else "complete", stats, content=summary.text)
+        writer.finish_stream(summary.stop_reason, stats, content=summary.text)
 
     # -- depth arena --
     def compare(self, prompt: Any, system: Any, settings_list: Sequence[engine.GenerationSettings],
