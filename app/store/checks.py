@@ -14,11 +14,12 @@ from .records import (
     MAX_OWNER_CHARS,
     MAX_TITLE_CHARS,
     InvalidData,
+    shown,
 )
 
 
 def check_owner(owner: str) -> str:
-    if not isinstance(owner, str) or not owner or len(owner) > MAX_OWNER_CHARS:
+    if not isinstance(owner, str) or not owner or len(owner) > MAX_OWNER_CHARS or owner[0] == "\x00":
         raise InvalidData(f"owner must be a non-empty string of at most {MAX_OWNER_CHARS} characters")
     return owner
 
@@ -43,7 +44,7 @@ def check_optional_text(value: Any, field: str) -> str | None:
 
 def check_choice(value: Any, field: str, choices: Sequence[str]) -> str:
     if value not in choices:
-        raise InvalidData(f"{field} must be one of {', '.join(choices)}; got {value!r}")
+        raise InvalidData(f"{field} must be one of {', '.join(choices)}; got {shown(value)}")
     return value
 
 
