@@ -26,7 +26,7 @@ from .inputs import (ARENA_DEFAULT, ARENA_PRESETS, arena_settings, parse_thresho
 from .render import MessageView
 from .session import Session
 from .slot import ModelSlot, describe_source
-from .store import AnswerWriter, Message, Store
+from .store import AnswerWriter, Message, RecordLimits, Store
 from .views import message_views, model_messages, summary_stats, token_record
 
 if TYPE_CHECKING:
@@ -160,7 +160,8 @@ class Studio:
 
     def import_file(self, session: Session, path: str) -> tuple[Session, str, int]:
         data = Path(path).read_bytes()
-        imported = self.store.import_json(session.owner, data)
+        imported = self.store.import_json(session.owner, data, RecordLimits(
+            max_steps=engine.MAX_NUM_STEPS, settings_validator=engine.GenerationSettings.from_dict))
         session, html = self.open_conversation(session, imported[0].id if imported else session.conversation_id)
         return session, html, len(imported)
 
