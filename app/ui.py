@@ -150,7 +150,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                         with gr.Group(visible=config.allow_model_loading):
                             model_source = gr.Textbox(label="Load another model: local folder or hub id",
                                                       placeholder=f"{engine.OFFICIAL_MODEL} or /path/to/model")
-                            quantization = gr.Dropdown(list(engine.QUANTIZATIONS), value="none", label="Quantization")
+                            quantization = gr.Dropdown(list(engine.QUANTIZATIONS), value="auto", label="Quantization")
                             load_btn = gr.Button("Load model", variant="primary")
                         model_status = gr.HTML("")
                         queue = f" (at most {config.queue_size})" if config.queue_size else ""

@@ -7,7 +7,6 @@ import torch
 
 import engine
 from engine import LoadError
-from engine.load import choose_quantization, weight_bytes
 
 from .conftest import make_checkpoint
 
@@ -101,12 +100,3 @@ def test_offline_hub_id_says_what_to_do(monkeypatch):
     with pytest.raises(LoadError, match="offline") as err:
         engine.load("nobody-here/no-such-huginn-model")
     assert "--model" in str(err.value)
-
-
-def test_auto_quantization_follows_free_memory(official_dir):
-    config = engine.HuginnConfig.from_pretrained(official_dir)
-    gib = 1024**3
-    assert 7.0e9 < weight_bytes(config, "none") < 7.3e9  # bf16, the tied embedding counted once
-    assert choose_quantization(config, 24 * gib) == "none"
-    assert choose_quantization(config, 8 * gib) == "int8"
-    assert choose_quantization(config, 5 * gib) == "nf4"
