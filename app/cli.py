@@ -115,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(SHARE_NOTE, flush=True)
     demo = build_demo(Studio(slot, store, config, owners=owners))
     stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before listening: a Ctrl-C right after start-up is caught too
+        signal.signal(sig, lambda *_: stop.set())
     _, url, share_url = launch(demo, server_name=args.host, server_port=args.port, share=share, auth=auth,
                                auth_message="Huginn Studio: log in" if auth else None,
                                max_file_size="10mb" if is_hosted else None, prevent_thread_lock=True, quiet=True)
@@ -133,8 +135,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def wait_for_stop(stop: threading.Event) -> None:
-    """Block until Ctrl-C (SIGINT) or SIGTERM."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    """Block until Ctrl-C (SIGINT) or SIGTERM sets ``stop``; waking up now and then lets the handler run."""
     while not stop.wait(0.5):
         pass

@@ -184,7 +184,7 @@ def measure(folder: Path, fmt: str, device: str, tokens: int) -> dict:
     return {"format": fmt, "device": device, "load_s": load_s, "peak_anon": peak.anon - base_anon,
             "peak_file": peak.file - base_file, "anon_after": anon - base_anon, "file_after": file - base_file,
             "footprint": info.memory_bytes, "parameters": info.parameters, "first_token_s": summary.first_token_s,
-            "s_per_token": per_token, "tokens": len(times), "plan": getattr(model, "memory_plan_text", "")}
+            "s_per_token": per_token, "tokens": len(times), "plan": info.plan}
 
 
 def time_to_listen(folder: Path, fmt: str, device: str, port: int) -> tuple[float, float]:

@@ -244,15 +244,23 @@ def load_weights(folder: Path, quantization: str, device: str, dtype: torch.dtyp
     if quantization in ("int8", "nf4"):
         _library_warnings_once()
     started = time.perf_counter()
+    loaded, out_of_memory = None, None
     try:
         with blocksize:
             loaded = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
         _recompute_rope_buffer(loaded)
         _own_memory(loaded, folder)
     except (OSError, ValueError, RuntimeError, MemoryError) as err:
-        if _is_out_of_memory(err):
-            raise _OutOfMemory(str(err).splitlines()[0][:300]) from None
-        raise LoadError(f"cannot load the weights in {folder}: {str(err).splitlines()[0][:300]}") from None
+        if not _is_out_of_memory(err):
+            raise LoadError(f"cannot load the weights in {folder}: {str(err).splitlines()[0][:300]}") from None
+        out_of_memory = str(err).splitlines()[0][:300]
+    if out_of_memory is not None:
+        # Raised outside the except block, so that the failed attempt's frames and tensors can be freed first.
+        loaded = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise _OutOfMemory(out_of_memory)
     loaded.eval()
     loaded.load_seconds = time.perf_counter() - started
     loaded.quantization = quantization
@@ -393,9 +401,6 @@ def _load_planned(folder: Path, plan: MemoryPlan, auto: bool, device: str, dtype
             try:
                 return load_weights(folder, fmt, device, dtype), " ".join(notes)
             except _OutOfMemory as err:
-                gc.collect()
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
                 problem = (f"loading in {fmt} ran out of memory ({err}); it needs about "
                            f"{size(plan.cost(fmt).total)} with its KV cache and "
                            f"{size(plan.free_bytes)} was free")
