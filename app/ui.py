@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-from pathlib import Path
 from typing import Any, Callable
 
 import gradio as gr
@@ -12,12 +11,12 @@ import pandas as pd
 
 import engine
 
-from . import render
+from . import render, resources
 from .handlers import (ARENA_DEFAULT, ARENA_PRESETS, Studio, UserError, arena_settings, settings_from_form,
                        threshold_choices)
 from .store import StoreError
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ASSETS = resources.ASSETS
 GEN = "model"  # the concurrency id shared by every event that runs the model: one queue per loaded model
 USER_ERRORS = (UserError, StoreError, engine.SettingsError, engine.PromptError, engine.LoadError)
 

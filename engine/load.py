@@ -7,6 +7,7 @@ cached (or downloadable), and otherwise the small demo model shipped in ``assets
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import json
 import os
 import time
@@ -21,7 +22,9 @@ from .config import MODEL_TYPE, HuginnConfig
 from .model import HuginnForCausalLM
 
 OFFICIAL_MODEL = "tomg-group-umd/huginn-0125"
-DEMO_MODEL = Path(__file__).resolve().parent.parent / "assets" / "demo-model"
+# assets/ is package data of engine.assets in an installed wheel (pyproject.toml maps it), beside engine/ in a checkout.
+_PACKAGED_DEMO = Path(str(importlib.resources.files(__package__))) / "assets" / "demo-model"
+DEMO_MODEL = _PACKAGED_DEMO if _PACKAGED_DEMO.is_dir() else Path(__file__).resolve().parents[1] / "assets" / "demo-model"
 QUANTIZATIONS = ("none", "int8", "nf4", "auto")
 DEVICES = ("auto", "cpu", "cuda")
 # bitsandbytes' fast 4-bit kernels need the input width to be a multiple of the block size. Huginn's hidden size
