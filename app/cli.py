@@ -75,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import_spaces()  # ZeroGPU patches torch's CUDA entry points; that has to happen before the model loads
     data_dir = Path(args.data_dir).expanduser() if args.data_dir else hosted.default_data_dir(space)
     db = args.db or (data_dir / hosted.DB_FILE if (is_hosted or args.data_dir) else None)
+    from .openai_api import add_routes
     from .ui import build_demo, launch  # gradio is slow to import; --help should not wait for it
 
     try:
@@ -99,10 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     share = args.share and not space  # a Space is already public; Gradio only warns there
     if share:
         print(SHARE_NOTE, flush=True)
-    demo = build_demo(Studio(slot, store, config, owners=owners))
+    studio = Studio(slot, store, config, owners=owners)
+    demo = build_demo(studio)
     _, url, share_url = launch(demo, server_name=args.host, server_port=args.port, share=share, auth=auth,
                                auth_message="Huginn Studio: log in" if auth else None,
                                max_file_size="10mb" if is_hosted else None, prevent_thread_lock=True, quiet=True)
+    add_routes(demo.app, studio, auth)  # the OpenAI-compatible API, on the page's server and port
     print(f"Huginn Studio is running at {url}" + (f" (public link: {share_url})" if share_url else ""), flush=True)
     try:
         demo.block_thread()

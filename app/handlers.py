@@ -151,9 +151,14 @@ def settings_from_form(limits: Limits, num_steps: Any, adaptive: bool, criterion
     )
 
 
-def settings_from_dict(limits: Limits, data: dict[str, Any] | None) -> engine.GenerationSettings:
-    """Settings for the scripted API: engine fields by name, checked against the limits."""
-    settings = engine.GenerationSettings.from_dict(dict(data or {}))
+def settings_from_dict(limits: Limits, data: dict[str, Any] | None, default_steps: int | None = None
+                       ) -> engine.GenerationSettings:
+    """Settings for the scripted APIs: engine fields by name, checked against the limits. ``num_steps`` defaults to
+    ``default_steps`` (the loaded model's own depth, as in the page) within the limits."""
+    data = dict(data or {})
+    if default_steps is not None:
+        data.setdefault("num_steps", min(default_steps, limits.max_num_steps))
+    settings = engine.GenerationSettings.from_dict(data)
     if settings.num_steps > limits.max_num_steps:
         raise engine.SettingsError("num_steps", f"must be at most {limits.max_num_steps} here")
     if settings.max_new_tokens > limits.max_new_tokens:
@@ -415,8 +420,7 @@ class Studio:
         self.store.set_current_leaf(owner, cid, parent_id, descend=False)
         thread = self.store.thread(owner, cid, parent_id)
         base = message_views(self.store.messages(owner, cid), thread)
-        model = self.slot.pair[0]
-        info = engine.model_info(model)
+        info = self.slot.info()
         writer = self.store.begin_answer(
             owner, cid, parent_id, model_id=info.name, quantization=info.quantization,
             settings=settings.to_dict(), extra={"system": system} if system.strip() else None)
@@ -464,7 +468,6 @@ class Studio:
             raise UserError("Type a prompt to compare first.")
         if len(prompt) > self.config.limits.max_prompt_chars:
             raise UserError(f"The prompt is over the limit of {self.config.limits.max_prompt_chars:,} characters.")
-        model = self.slot.pair[0]
         messages = ([{"role": "system", "content": system}] if system.strip() else []) + \
             [{"role": "user", "content": prompt}]
         cancel = self._cancel_event(session) if session else None
@@ -479,7 +482,7 @@ class Studio:
                             "tokens": [token_record(e) for e in r.events], "content": r.summary.text,
                             "stats": stats})
         return {"prompt": prompt, "system": system, "reference": reference, "columns": columns,
-                "model": engine.model_info(model).name}
+                "model": self.slot.info().name}
 
     def save_comparison(self, session: dict[str, Any], result: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
         """Store a comparison in the open conversation (or a new one): the prompt, then one message holding all
@@ -502,7 +505,7 @@ class Studio:
     def chat_api(self, prompt: str, settings: dict[str, Any] | None = None, system_prompt: str = "",
                  history: list[dict[str, str]] | None = None) -> dict[str, Any]:
         """One answer with its per-token steps, not saved in the store."""
-        gen = settings_from_dict(self.config.limits, settings)
+        gen = settings_from_dict(self.config.limits, settings, self.slot.info().num_steps_default)
         messages = ([{"role": "system", "content": system_prompt}] if system_prompt.strip() else []) + \
             list(history or []) + [{"role": "user", "content": prompt}]
         # The history counts too: otherwise a caller could pass any amount of text through it.
@@ -526,7 +529,7 @@ class Studio:
             raise UserError("settings must be a non-empty list of settings objects, e.g. [{\"num_steps\": 4}]")
         if len(settings) > self.config.limits.max_compare_settings:
             raise UserError(f"Compare at most {self.config.limits.max_compare_settings} settings at once.")
-        gen = [settings_from_dict(self.config.limits, s) for s in settings]
+        gen = [settings_from_dict(self.config.limits, s, self.slot.info().num_steps_default) for s in settings]
         return self.compare(prompt, system_prompt, gen)["columns"]
 
     # -- model panel --
