@@ -14,6 +14,7 @@ import engine
 from . import hosted
 from .gpu import import_spaces, zero_gpu_requested
 from .handlers import AppConfig, ModelSlot, Studio, describe_source
+from .remote import RemoteEngine, add_arguments
 from .store import Store, StoreError, default_db_path
 
 SHARE_NOTE = ("--share: opening a temporary public gradio.live link. It needs internet access from this machine (to "
@@ -46,6 +47,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help=f"require this login (or set ${hosted.AUTH_ENV}); for a small private instance")
     p.add_argument("--share", action="store_true",
                    help="also open a temporary public gradio.live link (needs internet access)")
+    add_arguments(p)  # --engine-url, --engine-key
     return p.parse_args(argv)
 
 
@@ -78,8 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .openai_api import add_routes
     from .ui import build_demo, launch  # gradio is slow to import; --help should not wait for it
 
+    remote = None
     try:
-        model, tokenizer = engine.load(args.model, quantization=args.quantization, device=args.device)
+        if args.engine_url:  # the model runs on another server (app.remote)
+            remote = RemoteEngine(args.engine_url, args.engine_key, args.model)
+        else:
+            model, tokenizer = engine.load(args.model, quantization=args.quantization, device=args.device)
     except engine.LoadError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -89,18 +95,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StoreError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    slot = ModelSlot(model, tokenizer, describe_source(args.model, engine.model_info(model).name))
+    slot = remote or ModelSlot(model, tokenizer, describe_source(args.model, engine.model_info(model).name))
     if store.recovered_from:
         slot.note += f" The conversation database was damaged and moved aside to {store.recovered_from}."
     print(slot.note)
     config = hosted.hosted_config() if is_hosted else AppConfig()
+    config = remote.app_config(config) if remote else config
     if is_hosted:
         print(f"Hosted mode{' (Hugging Face Space)' if space else ''}: conversations in {store.path}, one owner "
               f"per browser. {hosted.limits_text(config.limits, config.queue_size)}")
     share = args.share and not space  # a Space is already public; Gradio only warns there
     if share:
         print(SHARE_NOTE, flush=True)
-    studio = Studio(slot, store, config, owners=owners)
+    studio = Studio(slot, store, config, owners=owners, gpu=remote)
     demo = build_demo(studio)
     _, url, share_url = launch(demo, server_name=args.host, server_port=args.port, share=share, auth=auth,
                                auth_message="Huginn Studio: log in" if auth else None,
