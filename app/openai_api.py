@@ -16,6 +16,7 @@ import binascii
 import hmac
 import json
 import logging
+import re
 import secrets
 import threading
 import time
@@ -29,7 +30,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from .handlers import Studio, settings_from_dict, summary_stats, token_record
+from .config import UserError
+from .handlers import Studio
+from .inputs import check_text, settings_from_dict
+from .views import summary_stats, token_record
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +49,7 @@ NEUTRAL = {"frequency_penalty": (0, 0.0), "presence_penalty": (0, 0.0), "logprob
 STANDARD = {"messages": "messages", "max_tokens": "max_new_tokens", "max_completion_tokens": "max_new_tokens",
             "temperature": "temperature", "top_p": "top_p", "seed": "seed", "stop": "stop_strings"}
 ENGINE_FIELDS = {f.name for f in fields(engine.GenerationSettings)} - {"max_new_tokens", "stop_strings"}
-FIELD_NAMES = {"max_new_tokens": "max_tokens", "stop_strings": "stop", "exit_threshold": "exit_threshold"}
+FIELD_NAMES = {"max_new_tokens": "max_tokens", "stop_strings": "stop"}
 FINISH = {"end_of_turn": "stop", "stop_string": "stop", "cancelled": "stop", "max_tokens": "length",
           "context_full": "length"}
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -125,9 +129,24 @@ def model_id(studio: Studio) -> str:
     return Path(name).name if Path(name).is_absolute() else name
 
 
-def parse_messages(value: Any) -> list[dict[str, str]]:
+def param_of(message: str) -> str | None:
+    """The field a check's message starts with ('request.criterion: ...' -> 'criterion'), by its API name."""
+    match = re.match(r"([A-Za-z_][\w.\[\]]*): ", message)
+    if not match:
+        return None
+    name = match.group(1).removeprefix("request.")
+    base, bracket, rest = name.partition("[")
+    return FIELD_NAMES.get(base, base) + bracket + rest
+
+
+def parse_messages(value: Any, studio: Studio) -> list[dict[str, str]]:
+    """The chat, each message checked against the page's caps (UserError names the message)."""
+    limits = studio.limits
     if not isinstance(value, list) or not value:
         raise ApiError(400, "messages must be a non-empty list of {role, content} objects", "messages")
+    if len(value) > limits.max_history_messages + 2:  # the history cap, plus a system prompt and the question
+        raise ApiError(400, f"messages: {len(value):,} messages; the limit here is {limits.max_history_messages + 2:,}",
+                       "messages")
     out = []
     for i, msg in enumerate(value):
         where = f"messages[{i}]"
@@ -139,17 +158,21 @@ def parse_messages(value: Any) -> list[dict[str, str]]:
                        for p in content):
                 raise ApiError(400, f"{where}.content: only text parts are supported", f"{where}.content")
             content = "".join(p["text"] for p in content)
-        if not isinstance(content, str):
-            raise ApiError(400, f"{where}.content must be a string or a list of text parts", f"{where}.content")
-        out.append({"role": ROLES[msg["role"]], "content": content})
+        role = ROLES[msg["role"]]
+        cap = limits.max_system_chars if role == "system" else limits.max_prompt_chars
+        out.append({"role": role, "content": check_text(content, f"{where}.content", cap)})
+    size = sum(len(m["content"]) for m in out)
+    if size > limits.max_prompt_chars:
+        raise ApiError(400, f"the messages are {size:,} characters; the limit here is {limits.max_prompt_chars:,}",
+                       "messages")
+    if limits.max_prompt_tokens is not None and (count := studio.count_tokens(out)) > limits.max_prompt_tokens:
+        raise ApiError(400, f"the messages are {count:,} tokens; the limit here is {limits.max_prompt_tokens:,}",
+                       "messages")
     return out
 
 
-def parse_request(body: Any, studio: Studio) -> tuple[list[dict[str, str]], engine.GenerationSettings, bool, bool]:
-    """(messages, settings, stream, include_usage) from a chat-completions body; ApiError names what is wrong."""
-    if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object")
-    limits = studio.config.limits
+def check_fields(body: dict[str, Any]) -> None:
+    """Unknown fields, and standard ones this server cannot honour, are refused by name."""
     unknown = sorted(set(body) - set(STANDARD) - ENGINE_FIELDS - IGNORED - set(NEUTRAL) - {"stream", "n", "threshold"})
     if unknown:
         raise ApiError(400, f"unknown field {unknown[0]!r}; depth settings are engine.GenerationSettings fields "
@@ -159,38 +182,46 @@ def parse_request(body: Any, studio: Studio) -> tuple[list[dict[str, str]], engi
             raise ApiError(400, f"{name} is not supported by this server", name)
     if body.get("n") not in (None, 1):
         raise ApiError(400, "n must be 1: this server returns one answer per request", "n")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
+    if not isinstance(body.get("stream", False), bool):
         raise ApiError(400, "stream must be true or false", "stream")
-    options = body.get("stream_options") or {}
-    include_usage = isinstance(options, dict) and options.get("include_usage") is True
-    messages = parse_messages(body.get("messages"))
-    size = sum(len(m["content"]) for m in messages)
-    if size > limits.max_prompt_chars:
-        raise ApiError(400, f"the messages are {size:,} characters; the limit here is {limits.max_prompt_chars:,}",
-                       "messages")
+
+
+def request_settings(body: dict[str, Any], studio: Studio) -> engine.GenerationSettings:
+    """Standard fields under their engine names, the rest as they are; the page's caps and default depth."""
+    limits = studio.limits
     data: dict[str, Any] = {"max_new_tokens": min(DEFAULT_MAX_TOKENS, limits.max_new_tokens)}
-    for name in ("threshold", "exit_threshold"):
-        if body.get(name) is not None:
-            data["exit_threshold"] = body[name]
     for name, value in body.items():
-        if value is None or name in ("messages", "threshold", "exit_threshold"):
+        if value is None or name == "messages":
             continue
         if name in STANDARD:
             data[STANDARD[name]] = value
-        elif name in ENGINE_FIELDS:
-            data[name] = value
+        elif name in ENGINE_FIELDS or name == "threshold":
+            data["exit_threshold" if name == "threshold" else name] = value
     stop = data.get("stop_strings")
     if isinstance(stop, str):
         data["stop_strings"] = [stop]
     elif stop is not None and (not isinstance(stop, list) or len(stop) > MAX_STOPS):
         raise ApiError(400, f"stop must be a string or a list of at most {MAX_STOPS} strings", "stop")
     try:
-        settings = settings_from_dict(limits, data, studio.slot.info().num_steps_default)
+        return settings_from_dict(limits, data, "request", studio.slot.info().num_steps_default)
     except (engine.SettingsError, TypeError) as err:
         field = getattr(err, "field", None)
         raise ApiError(400, str(err), FIELD_NAMES.get(field, field)) from None
-    return messages, settings, stream, include_usage
+
+
+def parse_request(body: Any, studio: Studio) -> tuple[list[dict[str, str]], engine.GenerationSettings, bool, bool]:
+    """(messages, settings, stream, include_usage) from a chat-completions body; ApiError names what is wrong."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    check_fields(body)
+    options = body.get("stream_options") or {}
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    try:
+        messages = parse_messages(body.get("messages"), studio)
+        settings = request_settings(body, studio)
+    except UserError as err:
+        raise ApiError(400, str(err), param_of(str(err))) from None
+    return messages, settings, body.get("stream", False), include_usage
 
 
 # ---- answers ----------------------------------------------------------------------------------------------------
@@ -312,7 +343,7 @@ def check_auth(request: Request, auth: Any) -> None:
 
 
 def models_body(studio: Studio) -> dict[str, Any]:
-    info, limits = studio.slot.info(), studio.config.limits
+    info, limits = studio.slot.info(), studio.limits
     per_step = studio.slot.materialized(2) - studio.slot.materialized(1)
     depth = {"num_steps_default": min(info.num_steps_default, limits.max_num_steps),
              "max_num_steps": limits.max_num_steps, "max_new_tokens": limits.max_new_tokens,

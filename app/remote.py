@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import engine
 
-from .handlers import AppConfig, Limits
+from .config import AppConfig
 
 KEY_ENV = "HUGINN_STUDIO_ENGINE_KEY"
 EXTENSION = "huginn"
@@ -102,10 +102,10 @@ class RemoteEngine:
     def app_config(self, config: AppConfig) -> AppConfig:
         """The page's config with no model loading, and no limit above the server's own."""
         depth, limits = self.depth or {}, config.limits
-        capped = Limits(**{name: min(getattr(limits, name), int(depth[name])) if name in depth
-                           else getattr(limits, name) for name in ("max_num_steps", "max_new_tokens",
-                                                                   "max_prompt_chars")},
-                        max_compare_settings=limits.max_compare_settings)
+        caps = {name: min(getattr(limits, name), int(depth[name]))
+                for name in ("max_num_steps", "max_new_tokens", "max_prompt_chars") if name in depth}
+        # Prompt tokens are counted by the server, which holds the tokenizer.
+        capped = dataclasses.replace(limits, max_prompt_tokens=None, **caps)
         return dataclasses.replace(config, limits=capped, allow_model_loading=False)
 
     # -- the work --

@@ -104,7 +104,7 @@ def test_send_streams_and_stores_the_answer_with_its_steps(studio):
     updates = run(studio.send(session, "Hello", "Be brief.", fixed(steps=4, tokens=6)))
     session = updates[-1][0]
     assert len(updates) >= 3 and "generating…" in updates[1][1] and "generating…" not in updates[-1][1]
-    answer = studio.store.thread(session["owner"], session["conversation_id"])[-1]
+    answer = studio.store.thread(session.owner, session.conversation_id)[-1]
     computed = [t for t in answer.tokens if t["steps"]]  # the rest is held-back text released at the end
     assert answer.status == "complete" and 0 < answer.stats["tokens"] == len(computed) <= 6
     assert {t["steps"] for t in computed} == {4}
@@ -112,7 +112,7 @@ def test_send_streams_and_stores_the_answer_with_its_steps(studio):
     assert answer.extra["system"] == "Be brief."
     assert answer.settings["num_steps"] == 4
     # Reopening shows the same heatmap from the store.
-    _, html = studio.open_conversation(studio.new_session(), session["conversation_id"])
+    _, html = studio.open_conversation(studio.new_session(), session.conversation_id)
     assert html == updates[-1][1]
 
 
@@ -122,7 +122,7 @@ def test_stop_keeps_the_partial_answer(studio):
     for i, (session, _) in enumerate(gen):
         if i == 3:
             studio.stop(session)
-    answer = studio.store.thread(session["owner"], session["conversation_id"])[-1]
+    answer = studio.store.thread(session.owner, session.conversation_id)[-1]
     assert answer.status == "cancelled" and answer.stats["stop_reason"] == "cancelled"
     assert 0 < answer.stats["tokens"] < 200
     assert answer.content == "".join(t["text"] for t in answer.tokens)
@@ -130,7 +130,7 @@ def test_stop_keeps_the_partial_answer(studio):
 
 def test_regenerate_and_edit_make_siblings_and_the_user_can_move_between_them(studio):
     session = run(studio.send(studio.new_session(), "Question one", "", fixed()))[-1][0]
-    owner, cid = session["owner"], session["conversation_id"]
+    owner, cid = session.owner, session.conversation_id
     first = studio.store.thread(owner, cid)[-1]
     session, html = run(studio.regenerate(session, "", fixed(steps=2)))[-1]
     second = studio.store.thread(owner, cid)[-1]
@@ -165,20 +165,20 @@ def test_a_failing_generation_is_recorded_and_does_not_break_other_sessions(stud
 
     monkeypatch.setattr(engine, "stream", broken)
     session, html = run(studio.send(studio.new_session(), "Hi", "", fixed()))[-1]
-    failed = studio.store.thread(session["owner"], session["conversation_id"])[-1]
+    failed = studio.store.thread(session.owner, session.conversation_id)[-1]
     assert failed.status == "failed" and "GPU fell over" in failed.error and "GPU fell over" in html
     monkeypatch.setattr(engine, "stream", real_stream)
     other = run(studio.send(studio.new_session(), "Hi", "", fixed()))[-1][0]
-    assert studio.store.thread(other["owner"], other["conversation_id"])[-1].status == "complete"
+    assert studio.store.thread(other.owner, other.conversation_id)[-1].status == "complete"
 
 
 def test_owners_see_only_their_own_conversations(studio):
     mine = run(studio.send(studio.new_session(), "Private note", "", fixed()))[-1][0]
-    stranger = handlers.new_session("someone-else")
+    stranger = handlers.Session("someone-else")
     assert studio.conversation_choices(stranger) == []
-    assert studio.conversation_choices(mine, "Private")[0][1] == mine["conversation_id"]
+    assert studio.conversation_choices(mine, "Private")[0][1] == mine.conversation_id
     with pytest.raises(Exception, match="not found"):
-        studio.open_conversation(stranger, mine["conversation_id"])
+        studio.open_conversation(stranger, mine.conversation_id)
 
 
 def test_rename_delete_export_import(studio, tmp_path):
@@ -208,7 +208,7 @@ def test_compare_columns_agreement_and_saving(studio):
     assert cols[1]["stats"]["agreement"] == 1.0  # r=8 is the deepest fixed run here
     assert {t["steps"] for t in cols[0]["tokens"]} - {0} == {2}
     session, html = studio.save_comparison(studio.new_session(), result)
-    saved = studio.store.thread(session["owner"], session["conversation_id"])[-1]
+    saved = studio.store.thread(session.owner, session.conversation_id)[-1]
     assert saved.kind == "comparison" and len(saved.extra["columns"]) == 3
     assert html.count('class="col"') == 3
 

@@ -207,7 +207,7 @@ def test_stop_cuts_the_stream_where_the_event_cannot_reach_the_gpu_process(pair,
         for i, (session, _) in enumerate(turns):
             if i == 1:
                 studio.stop(session)
-        answer = store.thread(session["owner"], session["conversation_id"])[-1]
+        answer = store.thread(session.owner, session.conversation_id)[-1]
         assert answer.status == "cancelled" and 0 < len(answer.tokens) < 64
 
 

@@ -114,7 +114,7 @@ def conversation_with_branches(store: Store):
 
 # ------------------------------------------------------------------------------ open, schema
 def test_open_sets_up_wal_foreign_keys_busy_timeout_and_schema_version(store: Store, db_path: Path):
-    db = store._db()
+    db = store.file.db()
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert db.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
@@ -213,7 +213,7 @@ def test_list_newest_first_rename_and_delete_with_messages(store: Store):
     store.delete_conversation(OWNER, a.id)
     with pytest.raises(NotFound):
         store.get_conversation(OWNER, a.id)
-    db = store._db()
+    db = store.file.db()
     assert db.execute("SELECT count(*) FROM messages WHERE conversation_id = ?", [a.id]).fetchone()[0] == 0
     assert store.search(OWNER, "zebra") == []
     assert [x.id for x in store.list_conversations(OWNER)] == [b.id, c.id]
@@ -531,15 +531,16 @@ def test_streaming_answer_is_visible_to_other_connections_while_written(store: S
 
 
 def test_streaming_flushes_on_interval_not_per_token(store: Store):
+    now = [100.0]  # a fake clock: the test decides when time passes, so load cannot change the count
     conv = store.create_conversation(OWNER)
-    writer = store.begin_answer(OWNER, conv.id, flush_interval=0.25)
-    start = time.monotonic()
-    while time.monotonic() - start < 0.9:
+    writer = store.begin_answer(OWNER, conv.id, flush_interval=0.25, clock=lambda: now[0])
+    for _ in range(115):  # 0.9 s of tokens, one every 1/128 s (exact in binary floating point)
         writer.add_token("x", 3)
-        time.sleep(0.005)
-    assert 2 <= writer.flushes <= 4  # far fewer transactions than tokens
+        now[0] += 1 / 128
+    # flushes after the tokens at 0.25, 0.50 and 0.75 s: far fewer transactions than tokens
+    assert writer.flushes == 3
     saved = store.get_message(OWNER, writer.message_id)
-    assert len(writer.tokens) - len(saved.tokens) < len(writer.tokens) / 2
+    assert len(saved.tokens) == 97 and saved.status == "partial"
     writer.flush()
     assert store.get_message(OWNER, writer.message_id).tokens == writer.tokens
 
@@ -571,6 +572,71 @@ def test_writer_context_manager_marks_cancelled_and_failed(store: Store):
     with store.begin_answer(OWNER, conv.id) as w:
         w.add_token("ok", 2)
     assert store.get_message(OWNER, w.message_id).status == "complete"
+
+
+def test_writer_ending_methods_map_outcomes_to_statuses(store: Store):
+    conv = store.create_conversation(OWNER)
+    ends = {
+        "summary": lambda w: w.finish_stream("end_of_turn", STATS, content="a b"),
+        "stopped by the engine": lambda w: w.finish_stream("cancelled", STATS),
+        "no summary": lambda w: w.finish_stream(None),
+        "exception": lambda w: w.fail(ValueError("bad <b>prompt</b>")),
+        "message": lambda w: w.fail("The prompt is too long."),
+        "nobody finished": lambda w: w.close(),
+    }
+    got = {}
+    for name, end in ends.items():
+        writer = store.begin_answer(OWNER, conv.id, flush_interval=10)
+        writer.add_token("a", 2)
+        end(writer)
+        assert writer.close() is None  # already ended: close is a no-op
+        m = store.get_message(OWNER, writer.message_id)
+        got[name] = (m.status, m.error, m.content)
+    assert got == {
+        "summary": ("complete", None, "a b"),
+        "stopped by the engine": ("cancelled", None, "a"),
+        "no summary": ("cancelled", None, "a"),
+        "exception": ("failed", "ValueError: bad <b>prompt</b>", "a"),
+        "message": ("failed", "The prompt is too long.", "a"),
+        "nobody finished": ("cancelled", None, "a"),
+    }
+
+
+def test_sibling_ids_give_every_branch_point_in_one_query(store: Store):
+    conv, u1, a1, a2, u2, a3 = conversation_with_branches(store)
+    ids = store.sibling_ids(OWNER, conv.id)
+    assert ids == {None: [u1.id, u2.id], u1.id: [a1.id, a2.id], u2.id: [a3.id]}
+    for m in store.messages(OWNER, conv.id):
+        assert ids[m.parent_id] == [s.id for s in store.siblings(OWNER, m.id)]
+    with pytest.raises(NotFound):
+        store.sibling_ids("mallory", conv.id)
+
+
+def test_store_package_has_no_import_cycles():
+    import ast
+
+    package = REPO / "app" / "store"
+    graph = {}
+    for path in package.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps |= {node.module} if node.module else {a.name for a in node.names}
+        graph[path.stem] = deps - {None}
+    graph.pop("__init__")
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, f"import cycle: {' -> '.join(path + (name,))}"
+        if name in done:
+            return
+        for dep in graph.get(name, ()):
+            visit(dep, path + (name,))
+        done.add(name)
+
+    for name in graph:
+        visit(name, ())
+    assert "core" not in set().union(*graph.values())  # nothing reaches back into the facade
 
 
 def test_writer_reports_a_conversation_deleted_mid_stream(store: Store):

@@ -12,17 +12,19 @@ from .records import (
     MAX_JSON_BYTES,
     MAX_OWNER_CHARS,
     MAX_TITLE_CHARS,
+    ROLES,
+    STATUSES,
     InvalidData,
 )
 
 
-def _check_owner(owner: str) -> str:
+def check_owner(owner: str) -> str:
     if not isinstance(owner, str) or not owner or len(owner) > MAX_OWNER_CHARS:
         raise InvalidData(f"owner must be a non-empty string of at most {MAX_OWNER_CHARS} characters")
     return owner
 
 
-def _check_text(value: Any, field: str, max_bytes: int = MAX_CONTENT_BYTES) -> str:
+def check_text(value: Any, field: str, max_bytes: int = MAX_CONTENT_BYTES) -> str:
     if not isinstance(value, str):
         raise InvalidData(f"{field} must be a string, not {type(value).__name__}")
     try:
@@ -36,11 +38,11 @@ def _check_text(value: Any, field: str, max_bytes: int = MAX_CONTENT_BYTES) -> s
     return value
 
 
-def _check_optional_text(value: Any, field: str) -> str | None:
-    return None if value is None else _check_text(value, field, MAX_TITLE_CHARS * 4)
+def check_optional_text(value: Any, field: str) -> str | None:
+    return None if value is None else check_text(value, field, MAX_TITLE_CHARS * 4)
 
 
-def _check_choice(value: Any, field: str, choices: Sequence[str]) -> str:
+def check_choice(value: Any, field: str, choices: Sequence[str]) -> str:
     if value not in choices:
         raise InvalidData(f"{field} must be one of {', '.join(choices)}; got {value!r}")
     return value
@@ -54,17 +56,17 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
-def _dump_json(value: Any, field: str) -> str | None:
+def dump_json(value: Any, field: str) -> str | None:
     if value is None:
         return None
     try:
         text = json.dumps(value, ensure_ascii=False, default=_json_default)
     except (TypeError, ValueError) as exc:
         raise InvalidData(f"{field}: {exc}") from None
-    return _check_text(text, field, MAX_JSON_BYTES)
+    return check_text(text, field, MAX_JSON_BYTES)
 
 
-def _check_tokens(tokens: Any, field: str) -> list[dict[str, Any]] | None:
+def check_tokens(tokens: Any, field: str) -> list[dict[str, Any]] | None:
     if tokens is None:
         return None
     if not isinstance(tokens, list):
@@ -86,13 +88,13 @@ def _check_tokens(tokens: Any, field: str) -> list[dict[str, Any]] | None:
     return tokens
 
 
-def _check_object(value: Any, field: str) -> dict[str, Any] | None:
+def check_object(value: Any, field: str) -> dict[str, Any] | None:
     if value is not None and not isinstance(value, dict):
         raise InvalidData(f"{field} must be an object (dict) or None")
     return value
 
 
-def _auto_title(content: str) -> str | None:
+def auto_title(content: str) -> str | None:
     # First non-blank line, control characters dropped and whitespace folded, so the sidebar stays
     # one tidy line whatever the user pasted.
     for line in content.splitlines():
@@ -101,3 +103,38 @@ def _auto_title(content: str) -> str | None:
         if clean:
             return clean if len(clean) <= AUTO_TITLE_CHARS else clean[: AUTO_TITLE_CHARS - 1] + "…"
     return None
+
+
+def message_row(
+    *,
+    role: Any,
+    content: Any,
+    kind: Any = "message",
+    status: Any = "complete",
+    error: Any = None,
+    model_id: Any = None,
+    model_revision: Any = None,
+    quantization: Any = None,
+    settings: Any = None,
+    tokens: Any = None,
+    stats: Any = None,
+    extra: Any = None,
+) -> dict[str, Any]:
+    """The checked, JSON-encoded columns of a message (everything but its place in the tree).
+
+    Validation and encoding happen before any transaction, so a bad argument writes nothing.
+    """
+    return {
+        "role": check_choice(role, "role", ROLES),
+        "content": check_text(content, "content"),
+        "kind": check_text(kind, "kind", 200),
+        "status": check_choice(status, "status", STATUSES),
+        "error": None if error is None else check_text(error, "error"),
+        "model_id": check_optional_text(model_id, "model_id"),
+        "model_revision": check_optional_text(model_revision, "model_revision"),
+        "quantization": check_optional_text(quantization, "quantization"),
+        "settings": dump_json(check_object(settings, "settings"), "settings"),
+        "tokens": dump_json(check_tokens(tokens, "tokens"), "tokens"),
+        "stats": dump_json(check_object(stats, "stats"), "stats"),
+        "extra": dump_json(check_object(extra, "extra"), "extra"),
+    }

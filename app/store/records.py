@@ -100,5 +100,5 @@ class SearchHit:
 
 
 # ----------------------------------------------------------------------------------- timestamps
-def _now() -> str:
+def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")

@@ -1,26 +1,34 @@
-"""Import parsing and validation, and the helpers of JSON and Markdown export."""
+"""Export documents and imports: building the JSON export, checking and writing an import."""
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
-from .checks import _check_object, _check_text
+from sqlite_utils import Database
+
+from . import conversations, tree
+from .checks import check_object, check_text, dump_json, message_row
+from .conversations import conversation_from_row
 from .records import (
     EXPORT_FORMAT,
     EXPORT_VERSION,
     MAX_IMPORT_BYTES,
     MAX_TITLE_CHARS,
+    Conversation,
     ImportInvalid,
     InvalidData,
     Message,
+    now_iso,
 )
 
+# An exported conversation and its (message, row) pairs, parents first.
+Plan = tuple[dict[str, Any], list[tuple[dict[str, Any], dict[str, Any]]]]
 
-# ------------------------------------------------------------------------------- export helpers
+
+# ---------------------------------------------------------------------------------------- export
 def _export_message(m: Message, local: Mapping[int, int]) -> dict[str, Any]:
     out = asdict(m)
     del out["conversation_id"]
@@ -29,24 +37,35 @@ def _export_message(m: Message, local: Mapping[int, int]) -> dict[str, Any]:
     return out
 
 
-def _steps_summary(message: Message) -> dict[str, Any]:
-    steps = [t["steps"] for t in message.tokens or []]
-    stats = message.stats or {}
-    summary: dict[str, Any] = {
-        "tokens": stats.get("tokens", len(steps)),
-        "mean_steps": stats.get("mean_steps", sum(steps) / len(steps) if steps else None),
-        "min_steps": stats.get("min_steps", min(steps) if steps else None),
-        "max_steps": stats.get("max_steps", max(steps) if steps else None),
-    }
-    return summary
+def export_data(db: Database, owner: str, conversation_ids: list[int] | None) -> dict[str, Any]:
+    """The export document of ``owner``'s conversations (all of them when ``conversation_ids`` is None).
 
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return str(value)
+    Message ids in the export are local to it (1, 2, ... per conversation), so exporting an
+    imported conversation gives the same document.
+    """
+    if conversation_ids is None:
+        rows = db["conversations"].rows_where("owner = ?", [owner], order_by="id")
+        convs = [conversation_from_row(r) for r in rows]
+    else:
+        convs = [conversations.get(db, owner, cid) for cid in conversation_ids]
+    out = []
+    for conv in convs:
+        msgs = tree.message_rows(db, owner, "m.conversation_id = ?", [conv.id])
+        # Parents sort before children because they are created first; sort by id to keep that
+        # true for imported trees whose timestamps came from elsewhere.
+        msgs.sort(key=lambda m: m.id)
+        local = {m.id: i + 1 for i, m in enumerate(msgs)}
+        out.append(
+            {
+                "title": conv.title,
+                "created": conv.created,
+                "updated": conv.updated,
+                "current_leaf": local.get(conv.current_leaf) if conv.current_leaf is not None else None,
+                "extra": conv.extra,
+                "messages": [_export_message(m, local) for m in msgs],
+            }
+        )
+    return {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "exported": now_iso(), "conversations": out}
 
 
 # -------------------------------------------------------------------------------- import checks
@@ -70,7 +89,7 @@ _MESSAGE_FIELDS: dict[str, Any] = {
 _MESSAGE_KEYS = {"id", "parent_id", "created", "updated", *_MESSAGE_FIELDS}
 
 
-def _parse_import(data: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
+def parse(data: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(data, (bytes, bytearray)):
         if len(data) > MAX_IMPORT_BYTES:
             raise ImportInvalid(f"the file is larger than {MAX_IMPORT_BYTES:,} bytes")
@@ -123,21 +142,17 @@ def _check_keys(obj: Mapping[str, Any], allowed: set[str], where: str) -> None:
         raise ImportInvalid(f"{where} has unknown fields: {', '.join(map(str, unknown))}")
 
 
-def _plan_conversation(
-    conv: Any, where: str
-) -> tuple[dict[str, Any], list[tuple[dict[str, Any], dict[str, Any]]]]:
+def plan_conversation(conv: Any, where: str) -> Plan:
     """Validate one exported conversation; returns it and its (message, row) pairs, parents first."""
-    from .core import Store  # core imports this module; the row builder is Store._message_row
-
     if not isinstance(conv, Mapping):
         raise ImportInvalid(f"{where} must be an object")
     _check_keys(conv, _CONVERSATION_KEYS, where)
     by_id: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
     try:
-        _check_text(_field(conv, "title", where, str), f"{where}.title", MAX_TITLE_CHARS * 4)
+        check_text(_field(conv, "title", where, str), f"{where}.title", MAX_TITLE_CHARS * 4)
         for key in ("created", "updated"):
-            _check_text(_field(conv, key, where, str), f"{where}.{key}", 100)
-        _check_object(conv.get("extra"), f"{where}.extra")
+            check_text(_field(conv, key, where, str), f"{where}.{key}", 100)
+        check_object(conv.get("extra"), f"{where}.extra")
         leaf = _field(conv, "current_leaf", where, int, optional=True)
         for j, m in enumerate(_field(conv, "messages", where, list)):
             mw = f"{where}.messages[{j}]"
@@ -149,10 +164,10 @@ def _plan_conversation(
             for key in ("created", "updated", "role", "content"):
                 _field(m, key, mw, str)
             for key in ("created", "updated"):
-                _check_text(m[key], f"{mw}.{key}", 100)
+                check_text(m[key], f"{mw}.{key}", 100)
             if mid in by_id:
                 raise ImportInvalid(f"{mw}.id {mid} is used twice")
-            row = Store._message_row(**{k: m.get(k, d) for k, d in _MESSAGE_FIELDS.items()})
+            row = message_row(**{k: m.get(k, d) for k, d in _MESSAGE_FIELDS.items()})
             by_id[mid] = (dict(m), row)
     except ImportInvalid:
         raise
@@ -180,3 +195,37 @@ def _plan_conversation(
             placed.add(n)
             ordered.append(by_id[n])
     return dict(conv), ordered
+
+
+def write_conversation(db: Database, owner: str, plan: Plan) -> Conversation:
+    """Insert one checked conversation (``plan_conversation``) with new ids."""
+    conv, ordered = plan
+    table = db["conversations"]
+    table.insert(
+        {
+            "owner": owner,
+            "title": conv["title"],
+            "auto_title": 0,
+            "created": conv["created"],
+            "updated": conv["updated"],
+            "current_leaf": None,
+            "extra": dump_json(conv.get("extra"), "extra"),
+        }
+    )
+    cid = table.last_rowid
+    new_ids: dict[int, int] = {}
+    messages = db["messages"]
+    for m, row in ordered:
+        parent = m["parent_id"]
+        messages.insert(
+            {
+                "conversation_id": cid,
+                "parent_id": new_ids[parent] if parent is not None else None,
+                "created": m["created"],
+                "updated": m["updated"],
+                **row,
+            }
+        )
+        new_ids[m["id"]] = messages.last_rowid
+    table.update(cid, {"current_leaf": new_ids.get(conv["current_leaf"])})
+    return conversations.get(db, owner, cid)

@@ -1,30 +1,43 @@
-"""``AnswerWriter``: saves a streamed answer as it arrives."""
+"""``AnswerWriter``: saves a streamed answer as it arrives, and owns how a stream ends."""
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from sqlite_utils import Database
 
-from .checks import _check_choice, _check_object, _check_text, _check_tokens, _dump_json
-from .records import STATUSES, Message, NotFound, Status, StoreError, _now
-
-if TYPE_CHECKING:
-    from .core import Store
+from . import tree
+from .checks import check_choice, check_object, check_text, check_tokens, dump_json
+from .connection import StoreFile
+from .records import STATUSES, Message, NotFound, Status, StoreError, now_iso
 
 
 class AnswerWriter:
     """Saves a streamed answer as it arrives. Made by ``Store.begin_answer``.
 
-    ``add_token`` keeps tokens in memory and writes them when ``flush_interval`` seconds have passed
-    since the last write; each write is one transaction that replaces content and tokens together,
-    so the row is never half-written and a killed process loses at most ``flush_interval`` seconds.
-    Usable from any thread (the store gives each thread its own connection), not from two at once.
+    ``add_token`` keeps tokens in memory and writes them when ``flush_interval`` seconds (of
+    ``clock``) have passed since the last write; each write is one transaction that replaces content
+    and tokens together, so the row is never half-written and a killed process loses at most
+    ``flush_interval`` seconds. Usable from any thread (each thread gets its own connection), not
+    from two at once.
+
+    Ending: ``finish`` with an explicit status; ``finish_stream`` with the engine's stop reason;
+    ``fail`` with an error; ``close`` marks an answer nobody finished as cancelled. As a context
+    manager it ends itself the same way (see ``__exit__``).
     """
 
-    def __init__(self, store: Store, owner: str, message: Message, flush_interval: float) -> None:
-        self.store = store
+    def __init__(
+        self,
+        file: StoreFile,
+        owner: str,
+        message: Message,
+        flush_interval: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._file = file
+        self._clock = clock
         self.owner = owner
         self.message_id: int = message.id
         self.conversation_id: int = message.conversation_id
@@ -33,7 +46,7 @@ class AnswerWriter:
         self.finished: bool = False
         self.flushes = 0
         self._flushed_count = 0
-        self._last_flush = time.monotonic()
+        self._last_flush = clock()
 
     @property
     def content(self) -> str:
@@ -43,10 +56,11 @@ class AnswerWriter:
         """Record one generated token with the recurrent steps it took and its exit value."""
         if self.finished:
             raise StoreError(f"answer {self.message_id} is already finished")
-        _check_tokens([{"text": text, "steps": steps, "exit_value": exit_value}], "token")
-        _check_text(text, "token text")
-        self.tokens.append({"text": text, "steps": steps, "exit_value": exit_value})
-        if time.monotonic() - self._last_flush >= self.flush_interval:
+        record = {"text": text, "steps": steps, "exit_value": exit_value}
+        check_tokens([record], "token")
+        check_text(text, "token text")
+        self.tokens.append(record)
+        if self._clock() - self._last_flush >= self.flush_interval:
             self.flush()
 
     def flush(self) -> None:
@@ -67,33 +81,50 @@ class AnswerWriter:
         detokenised text, which can differ from the pieces)."""
         if self.finished:
             raise StoreError(f"answer {self.message_id} is already finished")
-        _check_choice(status, "status", STATUSES)
+        check_choice(status, "status", STATUSES)
         values = {
-            "stats": _dump_json(_check_object(stats, "stats"), "stats"),
-            "error": None if error is None else _check_text(error, "error"),
+            "stats": dump_json(check_object(stats, "stats"), "stats"),
+            "error": None if error is None else check_text(error, "error"),
         }
         if content is not None:
-            values["content"] = _check_text(content, "content")
+            values["content"] = check_text(content, "content")
         self._save(values, status=status)
         self.finished = True
-        return self.store.get_message(self.owner, self.message_id)
+        return self._file.read(lambda db: tree.get(db, self.owner, self.message_id))
+
+    def finish_stream(
+        self, stop_reason: str | None, stats: dict[str, Any] | None = None, *, content: str | None = None
+    ) -> Message:
+        """End with the engine's outcome: ``stop_reason`` "cancelled", or None when the stream ended
+        without a summary (stopped from this side), saves "cancelled"; any other reason "complete"."""
+        status: Status = "cancelled" if stop_reason in (None, "cancelled") else "complete"
+        return self.finish(status, stats, content=content)
+
+    def fail(self, error: BaseException | str) -> Message:
+        """End as "failed". An exception is saved as ``"<Type>: <message>"``, a string as it is."""
+        if isinstance(error, BaseException):
+            error = f"{type(error).__name__}: {error}"
+        return self.finish("failed", error=error)
+
+    def close(self) -> Message | None:
+        """Mark the answer "cancelled" unless it already ended; returns it, or None if it had ended.
+        Call it in a ``finally`` so an answer never stays "partial"."""
+        return None if self.finished else self.finish("cancelled")
 
     def _save(self, values: dict[str, Any], *, status: str) -> None:
         tokens = list(self.tokens)
         row = {
-            "content": _check_text("".join(t["text"] for t in tokens), "content"),
-            "tokens": _dump_json(tokens, "tokens"),
+            "content": check_text("".join(t["text"] for t in tokens), "content"),
+            "tokens": dump_json(tokens, "tokens"),
             "status": status,
             **values,
         }
 
         def op(db: Database) -> None:
-            now = _now()
+            now = now_iso()
             row["updated"] = now
             cur = db.execute(
-                "UPDATE messages SET "
-                + ", ".join(f"{k} = ?" for k in row)
-                + " WHERE id = ?",
+                "UPDATE messages SET " + ", ".join(f"{k} = ?" for k in row) + " WHERE id = ?",
                 [*row.values(), self.message_id],
             )
             if cur.rowcount != 1:
@@ -103,20 +134,22 @@ class AnswerWriter:
                     "UPDATE conversations SET updated = ? WHERE id = ?", [now, self.conversation_id]
                 )
 
-        self.store._write(op)
+        self._file.write(op)
         self.flushes += 1
         self._flushed_count = len(tokens)
-        self._last_flush = time.monotonic()
+        self._last_flush = self._clock()
 
     def __enter__(self) -> AnswerWriter:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        """No exception: "complete"; the generator closed (GeneratorExit, e.g. Stop) or Ctrl-C:
+        "cancelled"; any other exception: "failed" with it (the exception still propagates)."""
         if self.finished:
             return
         if exc_type is None:
             self.finish("complete")
         elif issubclass(exc_type, (GeneratorExit, KeyboardInterrupt)):
-            self.finish("cancelled")
+            self.close()
         else:
-            self.finish("failed", error=f"{exc_type.__name__}: {exc}")
+            self.fail(exc if exc is not None else exc_type())
