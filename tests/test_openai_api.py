@@ -135,7 +135,10 @@ def test_malformed_and_oversized_bodies_get_error_objects_not_tracebacks(server)
         assert r.status_code == 413 and "bytes" in r.json()["error"]["message"]
         long = json.dumps({"messages": [{"role": "user", "content": "x" * 100_001}]})
         r = http.post("v1/chat/completions", content=long)
-        assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+        assert r.status_code == 400 and r.json()["error"]["param"] == "messages[0].content"
+        lone = b'{"messages": [{"role": "user", "content": "hi \\ud800"}]}'  # a lone surrogate: not Unicode
+        r = http.post("v1/chat/completions", content=lone)
+        assert r.status_code == 400 and "Unicode" in r.json()["error"]["message"]
 
 
 def test_hosted_with_a_login_keeps_the_pages_caps(tmp_path):
@@ -149,7 +152,8 @@ def test_hosted_with_a_login_keeps_the_pages_caps(tmp_path):
         client = openai.OpenAI(base_url=f"{url}v1", api_key="colleague:pass:word", max_retries=0, timeout=120)
         assert extension(client.models.list().data[0])["max_num_steps"] == 32
         for kwargs, param in (({"extra_body": {"num_steps": 33}}, "num_steps"), ({"max_tokens": 257}, "max_tokens"),
-                              ({"messages": [{"role": "user", "content": "x" * 2001}]}, "messages")):
+                              ({"messages": [{"role": "user", "content": "x" * 2001}]}, "messages[0].content"),
+                              ({"stop": ["a"] * 5}, "stop"), ({"messages": QUESTION * 40}, "messages")):
             with pytest.raises(openai.BadRequestError) as caught:
                 client.chat.completions.create(**{"model": "m", "messages": QUESTION, "max_tokens": 2, **kwargs})
             assert caught.value.body["param"] == param

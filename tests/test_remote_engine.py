@@ -89,7 +89,7 @@ def test_chat_turns_are_stored_with_the_remote_steps(engine_server, tmp_path):
         settings = engine.GenerationSettings(num_steps=4, max_new_tokens=6, seed=1)
         for session, _ in studio.send(session, QUESTION, "", settings):
             pass
-        answer = store.thread(session["owner"], session["conversation_id"])[-1]
+        answer = store.thread(session.owner, session.conversation_id)[-1]
         assert answer.status == "complete" and answer.content and answer.model_id == "demo-model"
         assert {t["steps"] for t in answer.tokens if t["steps"]} == {4}
         assert answer.stats["mean_steps"] == 4
