@@ -139,10 +139,7 @@ def message_view(m: Message, siblings: Sequence[int], streaming: bool = False) -
         extra=view_extra, damaged=tuple(damaged))
 
 
-def message_views(messages: Sequence[Message], thread: Sequence[Message], streaming: frozenset[int] = frozenset()
-                  ) -> list[MessageView]:
-    """Views of a thread with each message's place among its siblings (taken from the whole tree)."""
-    by_parent: dict[int | None, list[int]] = {}
-    for m in messages:
-        by_parent.setdefault(m.parent_id, []).append(m.id)
-    return [message_view(m, by_parent.get(m.parent_id, [m.id]), m.id in streaming) for m in thread]
+def message_views(siblings: dict[int | None, list[int]], thread: Sequence[Message],
+                  streaming: frozenset[int] = frozenset()) -> list[MessageView]:
+    """Views of a thread, each with its place among its siblings (``Store.sibling_ids``: ids by parent id)."""
+    return [message_view(m, siblings.get(m.parent_id, [m.id]), m.id in streaming) for m in thread]
