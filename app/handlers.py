@@ -349,7 +349,7 @@ class Studio:
     def chat_api(self, prompt: Any, settings: Any = None, system_prompt: Any = "",
                  history: Any = None) -> dict[str, Any]:
         """One answer with its per-token steps, not saved in the store."""
-        gen = settings_from_dict(self.limits, settings)
+        gen = settings_from_dict(self.limits, settings, default_steps=self.slot.info().num_steps_default)
         messages = self.api_messages(prompt, system_prompt, history)
         tokens, summary = [], None
         for event in self.gpu.stream(messages, gen):
@@ -367,7 +367,8 @@ class Studio:
             raise UserError("settings must be a non-empty list of settings objects, e.g. [{\"num_steps\": 4}]")
         if len(settings) > self.limits.max_compare_settings:
             raise UserError(f"Compare at most {self.limits.max_compare_settings} settings at once.")
-        gen = [settings_from_dict(self.limits, s, f"settings[{i}]") for i, s in enumerate(settings)]
+        default = self.slot.info().num_steps_default
+        gen = [settings_from_dict(self.limits, s, f"settings[{i}]", default) for i, s in enumerate(settings)]
         return self.compare(prompt, system_prompt, gen)["columns"]
 
     # -- model panel --

@@ -159,13 +159,17 @@ def check_stop_strings(stops: Any, limits: Limits) -> None:
         check_text(stop, f"stop_strings[{i}]", limits.max_stop_string_chars, what="the stop string")
 
 
-def settings_from_dict(limits: Limits, data: Any, name: str = "settings") -> engine.GenerationSettings:
-    """Settings for the scripted API: engine fields by name, checked against the limits."""
+def settings_from_dict(limits: Limits, data: Any, name: str = "settings", default_steps: int | None = None
+                       ) -> engine.GenerationSettings:
+    """Settings for the scripted APIs: engine fields by name, checked against the limits. ``num_steps`` defaults to
+    ``default_steps`` (the loaded model's own depth, as in the page) within the limits."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise UserError(f"{name}: must be an object of settings by name, e.g. {{\"num_steps\": 16}}, "
                         f"got {kind(data)}")
+    if default_steps is not None:
+        data = {"num_steps": min(default_steps, limits.max_num_steps), **data}
     check_stop_strings(data.get("stop_strings"), limits)
     for key, value in data.items():
         if isinstance(value, str):
