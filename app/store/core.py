@@ -73,13 +73,13 @@ class Store:
         """What every write and (unless ``import_json`` gets its own) every import is checked against."""
         self.file = StoreFile(self.path, lock_timeout=lock_timeout, busy_timeout=busy_timeout)
         try:
+            # How many answers left "partial" by a process that died were marked "interrupted".
             self.interrupted: int = self.file.write(mark_interrupted)
             hidden = self.file.read(conversations.hidden_ids)  # left by a killed import or delete
             self.file.write_in_steps(lambda db, deadline: conversations.delete_step(db, hidden, deadline))
         except BaseException:
             self.file.close()
             raise
-        """How many answers left "partial" by a process that died were marked "interrupted" at open."""
 
     @property
     def recovered_from(self) -> Path | None:
