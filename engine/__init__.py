@@ -22,7 +22,7 @@ AutoModelForCausalLM.register(HuginnConfig, HuginnForCausalLM, exist_ok=True)
 
 __all__ = [
     "CRITERIA", "DEFAULT_THRESHOLDS", "DEMO_MODEL", "MAX_HISTORY_MESSAGES", "MAX_NUM_STEPS", "OFFICIAL_MODEL",
-    "QUANTIZATIONS", "CacheStrategy", "CompareResult", "GenerationSettings", "HuginnConfig", "HuginnForCausalLM", "HuginnOutput",
-    "LoadError", "ModelInfo", "PromptError", "RecurrentCache", "SettingsError", "Summary", "TokenEvent",
+    "QUANTIZATIONS", "CacheStrategy", "CompareResult", "GenerationSettings", "HuginnConfig", "HuginnForCausalLM",
+    "HuginnOutput", "LoadError", "ModelInfo", "PromptError", "RecurrentCache", "SettingsError", "Summary", "TokenEvent",
     "compare", "load", "model_info", "stream",
 ]

@@ -1,6 +1,6 @@
 """The app-facing generation API: ``stream`` (one answer, token by token) and ``compare`` (one prompt, several depth
-settings). Both are thin layers over ``engine.decode.decode`` (and ``engine.speculative``); the chat, the depth arena, the HTTP API and the CLI
-all go through ``stream`` / ``compare``.
+settings). Both are thin layers over ``engine.decode.decode`` and ``engine.speculative``; the chat, the depth arena,
+the HTTP API and the CLI all go through ``stream`` / ``compare``.
 """
 
 from __future__ import annotations
