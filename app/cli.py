@@ -16,6 +16,7 @@ import engine
 from . import hosted
 from .gpu import import_spaces, zero_gpu_requested
 from .handlers import AppConfig, ModelSlot, Studio, describe_source
+from .remote import RemoteEngine, add_arguments
 from .store import Store, StoreError, default_db_path
 
 STOP_GRACE_S = 1.0  # Ctrl-C stops the app within 2 s
@@ -53,6 +54,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help=f"require this login (or set ${hosted.AUTH_ENV}); for a small private instance")
     p.add_argument("--share", action="store_true",
                    help="also open a temporary public gradio.live link (needs internet access)")
+    add_arguments(p)  # --engine-url, --engine-key
     return p.parse_args(argv)
 
 
@@ -82,11 +84,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         import_spaces()  # ZeroGPU patches torch's CUDA entry points; that has to happen before the model loads
     data_dir = Path(args.data_dir).expanduser() if args.data_dir else hosted.default_data_dir(space)
     db = args.db or (data_dir / hosted.DB_FILE if (is_hosted or args.data_dir) else None)
+    from .openai_api import add_routes
     from .ui import build_demo, launch  # gradio is slow to import; --help should not wait for it
 
+    remote = None
     try:
-        model, tokenizer = engine.load(args.model, quantization=args.quantization, device=args.device,
-                                       max_memory=args.max_memory)
+        if args.engine_url:  # the model runs on another server (app.remote)
+            remote = RemoteEngine(args.engine_url, args.engine_key, args.model)
+        else:
+            model, tokenizer = engine.load(args.model, quantization=args.quantization, device=args.device,
+                                           max_memory=args.max_memory)
     except engine.LoadError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -99,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StoreError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    slot = ModelSlot(model, tokenizer, describe_source(args.model, engine.model_info(model).name))
+    slot = remote or ModelSlot(model, tokenizer, describe_source(args.model, engine.model_info(model).name))
     if store.recovered_from:
         slot.note += f" The conversation database was damaged and moved aside to {store.recovered_from}."
     print(slot.note)
@@ -107,19 +114,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if info.plan:
         print(f"Memory plan: {info.plan}")
     config = hosted.hosted_config() if is_hosted else AppConfig()
+    config = remote.app_config(config) if remote else config
     if is_hosted:
         print(f"Hosted mode{' (Hugging Face Space)' if space else ''}: conversations in {store.path}, one owner "
               f"per browser. {hosted.limits_text(config.limits, config.queue_size)}")
     share = args.share and not space  # a Space is already public; Gradio only warns there
     if share:
         print(SHARE_NOTE, flush=True)
-    demo = build_demo(Studio(slot, store, config, owners=owners))
+    studio = Studio(slot, store, config, owners=owners, gpu=remote)
+    demo = build_demo(studio)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):  # before listening: a Ctrl-C right after start-up is caught too
         signal.signal(sig, lambda *_: stop.set())
     _, url, share_url = launch(demo, server_name=args.host, server_port=args.port, share=share, auth=auth,
                                auth_message="Huginn Studio: log in" if auth else None,
                                max_file_size="10mb" if is_hosted else None, prevent_thread_lock=True, quiet=True)
+    add_routes(demo.app, studio, auth)  # the OpenAI-compatible API, on the page's server and port
     print(f"Huginn Studio is running at {url}" + (f" (public link: {share_url})" if share_url else ""), flush=True)
     wait_for_stop(stop)
     print("Stopping Huginn Studio.", flush=True)

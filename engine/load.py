@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib.resources
 import json
 import logging
 import math
@@ -30,7 +31,9 @@ from .plan import NF4_BLOCKSIZE, MemoryPlan, compute_dtype, cpu_has_fast_bf16, p
 from .plan import bytes_per_weight, weight_bytes  # noqa: F401 - the benchmarks' interface
 
 OFFICIAL_MODEL = "tomg-group-umd/huginn-0125"
-DEMO_MODEL = Path(__file__).resolve().parent.parent / "assets" / "demo-model"
+# assets/ is package data of engine.assets in an installed wheel (pyproject.toml maps it), beside engine/ in a checkout.
+_PACKAGED_DEMO = Path(str(importlib.resources.files(__package__))) / "assets" / "demo-model"
+DEMO_MODEL = _PACKAGED_DEMO if _PACKAGED_DEMO.is_dir() else Path(__file__).resolve().parents[1] / "assets" / "demo-model"
 # "none": unquantized in ``dtype`` (bf16 on a GPU, fp32 on the CPU unless given).
 QUANTIZATIONS = ("auto", "nf4", "int8", "bf16", "fp32", "none")
 DEVICES = ("auto", "cpu", "cuda")
