@@ -153,7 +153,7 @@ def test_the_page_end_to_end(app_url, browser):
 
     # Reload: the conversations are listed and the latest is open, heatmap and all, from the store.
     page.reload()
-    page.wait_for_selector("#transcript .msg.assistant .tok", timeout=30_000)
+    page.wait_for_selector("#transcript .msg.assistant .tok", state="attached", timeout=30_000)  # behind Depth
     assert page.locator("#conv-list label").count() == 2
     page.locator("#conv-list label", has_text="What is 2 + 3?").click()
     page.wait_for_function("document.querySelectorAll('#transcript .msg.assistant').length === 3", timeout=30_000)

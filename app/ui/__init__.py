@@ -8,7 +8,7 @@ from typing import Any
 
 import gradio as gr
 
-from .. import render
+from .. import markdown_view, render
 from ..handlers import Studio
 from ..session import Session
 from .api import add_endpoints
@@ -91,5 +91,6 @@ def _choices(studio: Studio, sess: Session) -> list[tuple[str, int]]:
 
 def launch(demo: gr.Blocks, **kwargs: Any) -> tuple[Any, str, str]:
     """``demo.launch`` with the stylesheet and keyboard shortcuts, which Gradio 6 takes at launch."""
-    return demo.launch(css=asset("style.css"), js=asset("shortcuts.js"), footer_links=["api", "settings"],
+    css = asset("style.css") + asset("markdown.css") + markdown_view.code_css()
+    return demo.launch(css=css, js=asset("shortcuts.js"), footer_links=["api", "settings"],
                        **kwargs)
