@@ -73,7 +73,10 @@ def apply_swaps(start: str, pairs: Sequence[str]) -> str:
 
 
 def swap_question(start: str, pairs: Sequence[str]) -> str:
-    return f"Start {start}, swap {' '.join(pairs)}. Final?"
+    # The start order comes last, at a fixed distance from the answer, and each swap at a fixed
+    # distance from the one before it: every lookup the model needs is at a fixed relative
+    # offset (which it learns quickly); only the number of swaps, the serial work, varies.
+    return f"Swap {' '.join(pairs)} on {start}. Final?"
 
 
 def make_swap(tier: int, rng: random.Random) -> Problem:
@@ -122,7 +125,7 @@ def eval_problems(task: str, tier: int, n: int, seed: int = 1234) -> list[Proble
 # conversation
 
 FORMAT_HELP = (
-    "Give me three cups in a start order and a list of swaps, like: Start 312, swap 12 23 13. Final? "
+    "Give me a list of swaps and three cups in a start order, like: Swap 12 23 13 on 312. Final? "
     "Swap 12 exchanges the cups at positions 1 and 2. I answer with the final order, here "
     + apply_swaps("312", ("12", "23", "13"))
     + "."
@@ -220,7 +223,7 @@ def chat_turn(rng: random.Random) -> tuple[str, str]:
 
 # Sampling weights per (task, tier) for training: every length from 1 to TRAIN_MAX_SWAPS alike.
 DEFAULT_MIX: dict[tuple[str, int], float] = {("swap", k): 1.0 for k in range(1, TRAIN_MAX_SWAPS + 1)}
-CHAT_FRACTION = 0.10
+CHAT_FRACTION = 0.08
 OTHER_FRACTION = 0.03
 
 

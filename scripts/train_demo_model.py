@@ -203,7 +203,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "assets" / "demo-model")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=900)
     ap.add_argument("--minutes", type=float, default=None, help="stop early after this wall-clock time")
     ap.add_argument("--batch-size", type=int, default=16, help="rows per step")
     ap.add_argument("--row-len", type=int, default=128, help="tokens per packed row")
