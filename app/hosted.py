@@ -15,7 +15,7 @@ from typing import Any
 
 import platformdirs
 
-from .handlers import AppConfig, Limits
+from .config import AppConfig, Limits
 from .store import new_owner_key
 
 DATA_DIR_ENV = "HUGINN_STUDIO_DATA_DIR"
@@ -26,7 +26,9 @@ DB_FILE = "huginn-studio.db"
 SPACE_DATA_DIR = Path("/tmp/huginn-studio")  # a Space's disk is local and ephemeral; SQLite wants local disk
 
 # Public caps: small enough that one visitor cannot hold the single model for minutes, big enough to see depth matter.
-HOSTED_LIMITS = Limits(max_num_steps=32, max_new_tokens=256, max_prompt_chars=2000, max_compare_settings=5)
+HOSTED_LIMITS = Limits(max_num_steps=32, max_new_tokens=256, max_prompt_chars=2000, max_system_chars=2000,
+                       max_history_messages=32, max_prompt_tokens=4096, max_stop_strings=4, max_stop_string_chars=64,
+                       max_compare_settings=5, max_title_chars=200, max_query_chars=200)
 HOSTED_QUEUE_SIZE = 20
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{24,64}$")
@@ -105,7 +107,8 @@ class OwnerKeys:
 def limits_text(limits: Limits, queue_size: int | None) -> str:
     queue = f", {queue_size} requests waiting in line" if queue_size else ""
     return (f"Limits here: up to {limits.max_num_steps} recurrence steps, {limits.max_new_tokens} new tokens, "
-            f"{limits.max_prompt_chars:,} characters per message, {limits.max_compare_settings} settings per "
+            f"{limits.max_prompt_chars:,} characters per message and {limits.max_system_chars:,} per system prompt, "
+            f"the last {limits.max_history_messages} messages as history, {limits.max_compare_settings} settings per "
             f"comparison{queue}.")
 
 

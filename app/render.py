@@ -7,9 +7,12 @@ Pure functions of plain values (no Gradio, no engine), so they are tested direct
 from __future__ import annotations
 
 import html
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
+
+log = logging.getLogger(__name__)
 
 BUCKETS = 8  # colour classes d0..d7 in assets/style.css, light (few steps) to dark (many)
 STOP_REASONS = {
@@ -76,15 +79,28 @@ def heatmap(tokens: Sequence[dict[str, Any]], scale: int) -> str:
     return "".join(parts)
 
 
+def bucket_range(b: int, scale: int) -> tuple[int, int] | None:
+    """The steps that colour ``b`` stands for on a 1..``scale`` scale, or None when none do: the inverse of
+    ``bucket``, in constant time whatever the scale (an imported answer may claim millions of steps)."""
+    if scale <= 1:
+        return (1, 1) if b == BUCKETS - 1 else None
+
+    def first(k: int) -> int:  # the fewest steps with bucket(steps) >= k: 1 + ceil(k * (scale - 1) / BUCKETS)
+        return 1 - (-k * (scale - 1) // BUCKETS)
+
+    low, high = first(b), scale if b == BUCKETS - 1 else first(b + 1) - 1
+    return (low, high) if low <= high else None
+
+
 def legend(scale: int) -> str:
     """Swatches with the step range each colour stands for, on a 1..scale scale."""
-    ranges: dict[int, list[int]] = {}
-    for steps in range(1, max(scale, 1) + 1):
-        ranges.setdefault(bucket(steps, scale), []).append(steps)
+    scale = max(int(scale), 1)
     items = []
-    for b, steps in sorted(ranges.items()):
-        label = str(steps[0]) if len(steps) == 1 else f"{steps[0]}–{steps[-1]}"
-        items.append(f'<span class="swatch d{b}">{label}</span>')
+    for b in range(BUCKETS):
+        span = bucket_range(b, scale)
+        if span is not None:
+            low, high = span
+            items.append(f'<span class="swatch d{b}">{low if low == high else f"{low}–{high}"}</span>')
     return f'<div class="legend"><span class="legend-title">steps per token</span>{"".join(items)}</div>'
 
 
@@ -125,12 +141,13 @@ class MessageView:
     prev_sibling: int | None = None
     next_sibling: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    damaged: tuple[str, ...] = ()  # the stored fields that were malformed and are left out of the drawing
 
 
 def scale_of(settings: dict[str, Any] | None, tokens: Sequence[dict[str, Any]] | None = None) -> int:
     """The colour scale of an answer: its num_steps setting, else the largest step count seen."""
     if settings and settings.get("num_steps"):
-        return int(settings["num_steps"])
+        return max(int(settings["num_steps"]), 1)
     return max((int(t.get("steps") or 0) for t in tokens or ()), default=1) or 1
 
 
@@ -181,17 +198,27 @@ def columns(cols: Sequence[dict[str, Any]]) -> str:
     return f'<div class="arena-grid" style="--cols:{len(cols)}">{body}</div>{legend(scale)}'
 
 
-def message(m: MessageView) -> str:
-    role_class = "user" if m.role == "user" else "system" if m.role == "system" else "assistant"
-    who = {"user": "You", "system": "System", "assistant": "Huginn"}[role_class]
+def _meta(m: MessageView) -> list[str]:
     meta = []
     if m.role == "assistant" and m.settings:
         meta.append(_settings_label(m.settings))
     if m.status == "partial":
         meta.append("generating…")
-    elif m.status in ("cancelled", "failed"):
+    elif m.status in ("cancelled", "failed", "interrupted"):
         meta.append(m.status)
-    meta_html = "".join(f'<span class="meta">{esc(x)}</span>' for x in meta)
+    if m.damaged:
+        meta.append(f"damaged record ({', '.join(m.damaged)})")
+    return meta
+
+
+REGENERATE = ('<button class="regen" data-action="regenerate" title="answer this question again">'
+              "Regenerate</button>")
+
+
+def message(m: MessageView) -> str:
+    role_class = "user" if m.role == "user" else "system" if m.role == "system" else "assistant"
+    who = {"user": "You", "system": "System", "assistant": "Huginn"}[role_class]
+    meta_html = "".join(f'<span class="meta">{esc(x)}</span>' for x in _meta(m))
     if m.kind == "comparison" and m.extra.get("columns"):
         body = columns(m.extra["columns"])
         footer = ""
@@ -200,6 +227,9 @@ def message(m: MessageView) -> str:
         body = f'<div class="msg-text">{answer_body(m.tokens, m.content, scale)}</div>'
         footer = (stats_line(m.stats) + (legend(scale) if m.tokens else "")) if m.role == "assistant" else ""
     error = f'<div class="error">{esc(m.error)}</div>' if m.error else ""
+    if m.status == "interrupted":
+        error += ('<div class="error">The answer was cut off when the server stopped. '
+                  f"{REGENERATE} makes a new one.</div>")
     copy = '<button class="copy" data-action="copy" title="copy the text">Copy</button>'
     ident = f' data-id="{m.id}"' if m.id is not None else ""
     return (f'<div class="msg {role_class} {esc(m.status)}"{ident}>'
@@ -207,10 +237,24 @@ def message(m: MessageView) -> str:
             f"{body}{footer}{error}</div>")
 
 
+def damaged_message(m: MessageView) -> str:
+    """What is left to show of a message whose record could not be drawn: its text, escaped."""
+    return (f'<div class="msg assistant damaged" data-id="{esc(m.id)}"><div class="msg-head"><span class="meta">'
+            f'damaged record</span></div><div class="msg-text">{esc(m.content)}</div></div>')
+
+
+def _safe_message(m: MessageView) -> str:
+    try:
+        return message(m)
+    except Exception:  # noqa: BLE001 - one damaged record must not take the page down
+        log.exception("message %s could not be drawn", m.id)
+        return damaged_message(m)
+
+
 def transcript(messages: Sequence[MessageView], placeholder: str = "") -> str:
     if not messages:
         return f'<div class="transcript empty"><div class="placeholder">{esc(placeholder)}</div></div>'
-    return f'<div class="transcript">{"".join(message(m) for m in messages)}</div>'
+    return f'<div class="transcript">{"".join(_safe_message(m) for m in messages)}</div>'
 
 
 def banner(text: str, kind: str = "info") -> str:

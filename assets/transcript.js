@@ -9,5 +9,10 @@ element.addEventListener('click', (event) => {
     if (navigator.clipboard && text) navigator.clipboard.writeText(text.innerText).then(done, () => {});
     return;
   }
+  if (action === 'regenerate') {  // the page's own Regenerate button, so the depth panel's settings apply
+    const regenerate = document.querySelector('#regen-btn');
+    if (regenerate) regenerate.click();
+    return;
+  }
   trigger('click', { action: action, message: Number(button.dataset.message) });
 });

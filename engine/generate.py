@@ -1,5 +1,5 @@
 """The app-facing generation API: ``stream`` (one answer, token by token) and ``compare`` (one prompt, several depth
-settings). Both are thin layers over ``engine.decode.decode``; the chat, the depth arena, the HTTP API and the CLI
+settings). Both are thin layers over ``engine.decode.decode`` (and ``engine.speculative``); the chat, the depth arena, the HTTP API and the CLI
 all go through ``stream`` / ``compare``.
 """
 
@@ -14,13 +14,15 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from .cache import kv_cache_bytes
-from .decode import RowPlan, decode
+from .decode import RowPlan, RowStops, decode
 from .speculative import SpeculationStats, speculative_decode
 from .settings import GenerationSettings
+from .stops import StopStrings
 
 ROLES = ("system", "user", "assistant")
 STOP_TOKENS = ("<|end_turn|>", "<|end_text|>", "<|begin_text|>")
 MAX_MESSAGE_CHARS = 1_000_000
+MAX_HISTORY_MESSAGES = 1_000  # turns considered for a prompt (besides the system prompt); older ones are dropped
 
 
 class PromptError(ValueError):
@@ -99,22 +101,39 @@ def _render(tokenizer, messages: list[dict[str, str]]) -> list[int]:
 
 def build_prompt(tokenizer, messages: Any, context: int, reserve: int) -> tuple[list[int], int]:
     """Render with the tokenizer's own chat template, dropping the oldest turns (never the system prompt or the
-    last message) until ``reserve`` new tokens fit in ``context``. Returns (ids, number of messages dropped)."""
+    last message) until ``reserve`` new tokens fit in ``context``. Returns (ids, number of messages dropped).
+
+    At most ``MAX_HISTORY_MESSAGES`` turns are considered. The number of turns to drop is found by bisection, so a
+    long history is rendered O(log n) times, not once per dropped message."""
     messages = validate_messages(messages)
     system = [m for m in messages[:1] if m["role"] == "system"]
     turns = messages[len(system):]
-    dropped = 0
-    while True:
-        ids = _render(tokenizer, system + turns)
-        if len(ids) + reserve <= context:
-            return ids, dropped
-        if len(turns) <= 1:
-            raise PromptError(
-                f"the prompt is {len(ids):,} tokens; with {reserve} new tokens it exceeds the model's context of "
-                f"{context:,} tokens. Shorten the message or the system prompt, or lower max new tokens."
-            )
-        turns = turns[1:]
-        dropped += 1
+    capped = max(0, len(turns) - MAX_HISTORY_MESSAGES)
+    turns = turns[capped:]
+
+    def render_if_fits(drop: int) -> list[int] | None:
+        ids = _render(tokenizer, system + turns[drop:])
+        return ids if len(ids) + reserve <= context else None
+
+    ids = render_if_fits(0)
+    if ids is not None:
+        return ids, capped
+    fits_at, best = len(turns) - 1, render_if_fits(len(turns) - 1)
+    if best is None:
+        length = len(_render(tokenizer, system + turns[-1:]))
+        raise PromptError(
+            f"the prompt is {length:,} tokens; with {reserve} new tokens it exceeds the model's context of "
+            f"{context:,} tokens. Shorten the message or the system prompt, or lower max new tokens."
+        )
+    too_long = 0  # invariant: dropping too_long turns does not fit, dropping fits_at turns does
+    while fits_at - too_long > 1:
+        middle = (too_long + fits_at) // 2
+        ids = render_if_fits(middle)
+        if ids is None:
+            too_long = middle
+        else:
+            fits_at, best = middle, ids
+    return best, capped + fits_at
 
 
 def special_stop_ids(tokenizer) -> set[int]:
@@ -129,7 +148,8 @@ def special_stop_ids(tokenizer) -> set[int]:
 
 def stop_token_ids(model, tokenizer) -> set[int]:
     ids = special_stop_ids(tokenizer)
-    eos = getattr(model.generation_config, "eos_token_id", None) or model.config.eos_token_id
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    eos = model.config.eos_token_id if eos is None else eos  # not `or`: token id 0 is a valid end token
     ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     return ids
 
@@ -158,33 +178,6 @@ class IncrementalDecoder:
         after = self.tokenizer.decode(self.ids[self.prefix:], skip_special_tokens=True)
         self.prefix = self.read = len(self.ids)
         return after[len(before):]
-
-
-class _StopStrings:
-    """Hold back text that could still become a stop string; report when one appears."""
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = [s for s in stops if s]
-        self.pending = ""
-        self.hit = False
-
-    def feed(self, piece: str) -> str:
-        if not self.stops:
-            return piece
-        self.pending += piece
-        for stop in self.stops:
-            at = self.pending.find(stop)
-            if at >= 0:
-                out, self.pending, self.hit = self.pending[:at], "", True
-                return out
-        keep = max((k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
-        out = self.pending[:len(self.pending) - keep]
-        self.pending = self.pending[len(self.pending) - keep:]
-        return out
-
-    def flush(self) -> str:
-        out, self.pending = self.pending, ""
-        return out
 
 
 # ---- generation -------------------------------------------------------------------------------------------------
@@ -241,7 +234,7 @@ def _run_rows(model, tokenizer, prompt_ids: list[int], settings_list: Sequence[G
     input_ids = torch.tensor([prompt_ids], device=device)
     n = len(plans)
     decoders = [IncrementalDecoder(tokenizer) for _ in range(n)]
-    stop_filters = [_StopStrings(s.stop_strings) for s in settings_list]
+    stop_filters = [StopStrings(s.stop_strings) for s in settings_list]
     texts = [""] * n
     steps: list[list[int]] = [[] for _ in range(n)]
     reasons: list[str | None] = [None] * n
@@ -257,13 +250,14 @@ def _run_rows(model, tokenizer, prompt_ids: list[int], settings_list: Sequence[G
     notice = "; ".join(part for part in notices if part) or None
 
     done_at: list[float | None] = [None] * n
+    row_stops = RowStops()
     if settings_list[0].draft_steps:
         speculation = SpeculationStats()
         steps_iter = speculative_decode(model, input_ids, plans[0], settings_list[0].draft_steps,
-                                        settings_list[0].lookahead, stops, cancel, cache, speculation)
+                                        settings_list[0].lookahead, stops, cancel, cache, speculation, row_stops)
     else:
         speculation = None
-        steps_iter = decode(model, input_ids, plans, strategy, stops, cancel, cache)
+        steps_iter = decode(model, input_ids, plans, strategy, stops, cancel, cache, row_stops)
     for out in steps_iter:
         now = time.perf_counter() - start
         if out.cancelled:
@@ -285,7 +279,8 @@ def _run_rows(model, tokenizer, prompt_ids: list[int], settings_list: Sequence[G
             texts[r] += piece
             yield r, TokenEvent(len(steps[r]) - 1, token, piece, out.steps[r], exit_value, now)
             if stop_filters[r].hit:
-                reasons[r], out.finished[r] = "stop_string", True
+                reasons[r] = "stop_string"
+                row_stops.stop(r)
             elif len(steps[r]) >= plans[r].max_new_tokens:
                 reasons[r] = "max_tokens" if budgets[r] == settings_list[r].max_new_tokens else "context_full"
         for r in range(n):

@@ -51,8 +51,10 @@ are refused with ``InvalidData``, as is content over ``MAX_CONTENT_BYTES``.
 """
 
 # The package is split by what each module holds: records.py (constants, errors, record types),
-# checks.py (argument validation), schema.py (schema version and migrations), transfer.py (import
-# checks, export and Markdown helpers), writer.py (AnswerWriter) and core.py (the Store class).
+# checks.py (argument validation), schema.py (schema version and migrations), connection.py (the
+# SQLite file: opening, recovery, transactions), conversations.py, tree.py (messages and their tree),
+# search.py, transfer.py (export documents, import checks and writes), markdown.py (the Markdown
+# export), writer.py (AnswerWriter) and core.py (the Store facade).
 from __future__ import annotations
 
 from .core import Store, default_db_path, new_owner_key
@@ -71,6 +73,7 @@ from .records import (
     InvalidData,
     Message,
     NotFound,
+    RecordLimits,
     SearchHit,
     StoreBusy,
     StoreError,
@@ -96,6 +99,7 @@ __all__ = [
     "InvalidData",
     "Message",
     "NotFound",
+    "RecordLimits",
     "SearchHit",
     "Store",
     "StoreBusy",

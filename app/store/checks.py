@@ -10,19 +10,21 @@ from .records import (
     AUTO_TITLE_CHARS,
     MAX_CONTENT_BYTES,
     MAX_JSON_BYTES,
+    MAX_JSON_DEPTH,
     MAX_OWNER_CHARS,
     MAX_TITLE_CHARS,
     InvalidData,
+    shown,
 )
 
 
-def _check_owner(owner: str) -> str:
-    if not isinstance(owner, str) or not owner or len(owner) > MAX_OWNER_CHARS:
+def check_owner(owner: str) -> str:
+    if not isinstance(owner, str) or not owner or len(owner) > MAX_OWNER_CHARS or owner[0] == "\x00":
         raise InvalidData(f"owner must be a non-empty string of at most {MAX_OWNER_CHARS} characters")
     return owner
 
 
-def _check_text(value: Any, field: str, max_bytes: int = MAX_CONTENT_BYTES) -> str:
+def check_text(value: Any, field: str, max_bytes: int = MAX_CONTENT_BYTES) -> str:
     if not isinstance(value, str):
         raise InvalidData(f"{field} must be a string, not {type(value).__name__}")
     try:
@@ -36,13 +38,13 @@ def _check_text(value: Any, field: str, max_bytes: int = MAX_CONTENT_BYTES) -> s
     return value
 
 
-def _check_optional_text(value: Any, field: str) -> str | None:
-    return None if value is None else _check_text(value, field, MAX_TITLE_CHARS * 4)
+def check_optional_text(value: Any, field: str) -> str | None:
+    return None if value is None else check_text(value, field, MAX_TITLE_CHARS * 4)
 
 
-def _check_choice(value: Any, field: str, choices: Sequence[str]) -> str:
+def check_choice(value: Any, field: str, choices: Sequence[str]) -> str:
     if value not in choices:
-        raise InvalidData(f"{field} must be one of {', '.join(choices)}; got {value!r}")
+        raise InvalidData(f"{field} must be one of {', '.join(choices)}; got {shown(value)}")
     return value
 
 
@@ -54,45 +56,41 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
-def _dump_json(value: Any, field: str) -> str | None:
+def check_depth(value: Any, field: str, limit: int = MAX_JSON_DEPTH) -> Any:
+    """Refuse lists and objects nested more than ``limit`` deep (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, (list, tuple)):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            raise InvalidData(f"{field} is nested more than {limit} levels deep")
+        stack.extend((child, depth + 1) for child in children)
+    return value
+
+
+def dump_json(value: Any, field: str) -> str | None:
     if value is None:
         return None
+    check_depth(value, field)
     try:
         text = json.dumps(value, ensure_ascii=False, default=_json_default)
     except (TypeError, ValueError) as exc:
         raise InvalidData(f"{field}: {exc}") from None
-    return _check_text(text, field, MAX_JSON_BYTES)
+    return check_text(text, field, MAX_JSON_BYTES)
 
 
-def _check_tokens(tokens: Any, field: str) -> list[dict[str, Any]] | None:
-    if tokens is None:
-        return None
-    if not isinstance(tokens, list):
-        raise InvalidData(f"{field} must be a list of token records")
-    for i, tok in enumerate(tokens):
-        where = f"{field}[{i}]"
-        if not isinstance(tok, dict):
-            raise InvalidData(f"{where} must be an object")
-        if not isinstance(tok.get("text"), str):
-            raise InvalidData(f"{where}.text must be a string")
-        steps = tok.get("steps")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise InvalidData(f"{where}.steps must be a non-negative integer")
-        exit_value = tok.get("exit_value")
-        if exit_value is not None and (
-            isinstance(exit_value, bool) or not isinstance(exit_value, (int, float))
-        ):
-            raise InvalidData(f"{where}.exit_value must be a number or null")
-    return tokens
-
-
-def _check_object(value: Any, field: str) -> dict[str, Any] | None:
+def check_object(value: Any, field: str) -> dict[str, Any] | None:
     if value is not None and not isinstance(value, dict):
         raise InvalidData(f"{field} must be an object (dict) or None")
     return value
 
 
-def _auto_title(content: str) -> str | None:
+def auto_title(content: str) -> str | None:
     # First non-blank line, control characters dropped and whitespace folded, so the sidebar stays
     # one tidy line whatever the user pasted.
     for line in content.splitlines():
@@ -101,3 +99,4 @@ def _auto_title(content: str) -> str | None:
         if clean:
             return clean if len(clean) <= AUTO_TITLE_CHARS else clean[: AUTO_TITLE_CHARS - 1] + "…"
     return None
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -11,24 +12,67 @@ EXPORT_VERSION = 1
 ENV_VAR = "HUGINN_STUDIO_DB"
 LOCAL_OWNER = "local"
 DEFAULT_TITLE = "New conversation"
+# Owner of rows being imported or deleted, invisible to everyone (no owner key may start with NUL);
+# rows a killed process left under it are deleted at the next open.
+HIDDEN_OWNER = "\x00hidden"
 LEAF = "leaf"  # parent_id value meaning "the conversation's current leaf"
 
 ROLES = ("system", "user", "assistant")
-STATUSES = ("complete", "cancelled", "failed", "partial")
+# "partial": being written; "interrupted": was being written by a process that died (set at open).
+STATUSES = ("complete", "cancelled", "failed", "partial", "interrupted")
 Role = Literal["system", "user", "assistant"]
-Status = Literal["complete", "cancelled", "failed", "partial"]
+Status = Literal["complete", "cancelled", "failed", "partial", "interrupted"]
 
 MAX_CONTENT_BYTES = 10 * 1024 * 1024
 MAX_JSON_BYTES = 64 * 1024 * 1024
 MAX_TITLE_CHARS = 500
 MAX_OWNER_CHARS = 256
 MAX_IMPORT_BYTES = 512 * 1024 * 1024
+# Lists and objects inside one another; deeper values are refused (json and the page recurse).
+MAX_JSON_DEPTH = 32
 AUTO_TITLE_CHARS = 60
+
+
+
+@dataclass(frozen=True)
+class RecordLimits:
+    """What one message's records may hold, checked on every write and import, and the caps of one
+    import. Plain values: the app passes its engine's limits (the store never imports the engine).
+
+    ``settings_validator`` is called with a copy of every settings object (an answer's, a comparison
+    column's) and raises (any exception; its message is shown) when the settings are not valid
+    generation settings, e.g. ``engine.GenerationSettings.from_dict``. Its return value is unused:
+    the settings are stored as given.
+    """
+
+    max_steps: int = 1024  # recurrent steps of one token (and num_steps of a setting)
+    max_tokens: int = 65_536  # token records of one answer or comparison column
+    max_conversations: int = 10_000  # conversations in one import
+    max_messages: int = 100_000  # messages in one import, all conversations together
+    settings_validator: Callable[[dict[str, Any]], object] | None = None
 
 
 # --------------------------------------------------------------------------------------- errors
 class StoreError(Exception):
-    """Any failure of the store; the message is meant to be shown to the user as is."""
+    """Any failure of the store; the message is meant to be shown to the user as is.
+
+    Messages are plain text: angle brackets (which could only come from user data, such as a field
+    name in an imported file) are shown as ‹ ›, so no message carries HTML markup. Messages of
+    errors raised after open never name the database's path (hosted visitors see them); only
+    ``StoreLocationError`` at open does, for the person starting the app.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message.translate(_PLAIN))
+
+
+_PLAIN = str.maketrans({"<": "‹", ">": "›"})
+
+
+def shown(value: object, limit: int = 40) -> str:
+    """A value from user data as an error message quotes it: its repr, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class StoreLocationError(StoreError):
@@ -100,5 +144,5 @@ class SearchHit:
 
 
 # ----------------------------------------------------------------------------------- timestamps
-def _now() -> str:
+def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")

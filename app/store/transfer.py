@@ -1,26 +1,40 @@
-"""Import parsing and validation, and the helpers of JSON and Markdown export."""
+"""Export documents and imports: building the JSON export, checking and writing an import."""
 
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
-from .checks import _check_object, _check_text
+from sqlite_utils import Database
+
+from . import conversations, tree
+from .checks import check_depth, check_object, check_text, dump_json
+from .conversations import conversation_from_row
+from .fields import message_row
 from .records import (
     EXPORT_FORMAT,
     EXPORT_VERSION,
+    HIDDEN_OWNER,
     MAX_IMPORT_BYTES,
+    MAX_JSON_DEPTH,
     MAX_TITLE_CHARS,
     ImportInvalid,
     InvalidData,
     Message,
+    RecordLimits,
+    now_iso,
+    shown,
 )
 
+# An exported conversation and its (message, row) pairs, parents first.
+Plan = tuple[dict[str, Any], list[tuple[dict[str, Any], dict[str, Any]]]]
 
-# ------------------------------------------------------------------------------- export helpers
+
+# ---------------------------------------------------------------------------------------- export
 def _export_message(m: Message, local: Mapping[int, int]) -> dict[str, Any]:
     out = asdict(m)
     del out["conversation_id"]
@@ -29,24 +43,35 @@ def _export_message(m: Message, local: Mapping[int, int]) -> dict[str, Any]:
     return out
 
 
-def _steps_summary(message: Message) -> dict[str, Any]:
-    steps = [t["steps"] for t in message.tokens or []]
-    stats = message.stats or {}
-    summary: dict[str, Any] = {
-        "tokens": stats.get("tokens", len(steps)),
-        "mean_steps": stats.get("mean_steps", sum(steps) / len(steps) if steps else None),
-        "min_steps": stats.get("min_steps", min(steps) if steps else None),
-        "max_steps": stats.get("max_steps", max(steps) if steps else None),
-    }
-    return summary
+def export_data(db: Database, owner: str, conversation_ids: list[int] | None) -> dict[str, Any]:
+    """The export document of ``owner``'s conversations (all of them when ``conversation_ids`` is None).
 
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return str(value)
+    Message ids in the export are local to it (1, 2, ... per conversation), so exporting an
+    imported conversation gives the same document.
+    """
+    if conversation_ids is None:
+        rows = db["conversations"].rows_where("owner = ?", [owner], order_by="id")
+        convs = [conversation_from_row(r) for r in rows]
+    else:
+        convs = [conversations.get(db, owner, cid) for cid in conversation_ids]
+    out = []
+    for conv in convs:
+        msgs = tree.message_rows(db, owner, "m.conversation_id = ?", [conv.id])
+        # Parents sort before children because they are created first; sort by id to keep that
+        # true for imported trees whose timestamps came from elsewhere.
+        msgs.sort(key=lambda m: m.id)
+        local = {m.id: i + 1 for i, m in enumerate(msgs)}
+        out.append(
+            {
+                "title": conv.title,
+                "created": conv.created,
+                "updated": conv.updated,
+                "current_leaf": local.get(conv.current_leaf) if conv.current_leaf is not None else None,
+                "extra": conv.extra,
+                "messages": [_export_message(m, local) for m in msgs],
+            }
+        )
+    return {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "exported": now_iso(), "conversations": out}
 
 
 # -------------------------------------------------------------------------------- import checks
@@ -70,7 +95,7 @@ _MESSAGE_FIELDS: dict[str, Any] = {
 _MESSAGE_KEYS = {"id", "parent_id", "created", "updated", *_MESSAGE_FIELDS}
 
 
-def _parse_import(data: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
+def parse(data: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(data, (bytes, bytearray)):
         if len(data) > MAX_IMPORT_BYTES:
             raise ImportInvalid(f"the file is larger than {MAX_IMPORT_BYTES:,} bytes")
@@ -85,17 +110,23 @@ def _parse_import(data: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
             raise ImportInvalid(
                 f"the file is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
             ) from None
+        except RecursionError:
+            raise ImportInvalid(f"the file is nested more than {MAX_JSON_DEPTH} levels deep") from None
+    try:
+        check_depth(data, "the file")
+    except InvalidData as exc:
+        raise ImportInvalid(str(exc)) from None
     if not isinstance(data, Mapping):
         raise ImportInvalid("the file must hold a JSON object exported by Huginn Studio")
     if data.get("format") != EXPORT_FORMAT:
         raise ImportInvalid(
-            f"not a Huginn Studio export: format is {data.get('format')!r}, "
+            f"not a Huginn Studio export: format is {shown(data.get('format'))}, "
             f"expected {EXPORT_FORMAT!r}"
         )
     version = data.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= EXPORT_VERSION:
         raise ImportInvalid(
-            f"unsupported export version {version!r}; this Huginn Studio reads 1 to {EXPORT_VERSION}"
+            f"unsupported export version {shown(version)}; this Huginn Studio reads 1 to {EXPORT_VERSION}"
         )
     if not isinstance(data.get("conversations"), list):
         raise ImportInvalid("conversations must be a list")
@@ -120,63 +151,172 @@ def _field(obj: Mapping[str, Any], key: str, where: str, kind: type, *, optional
 def _check_keys(obj: Mapping[str, Any], allowed: set[str], where: str) -> None:
     unknown = sorted(set(obj) - allowed)
     if unknown:
-        raise ImportInvalid(f"{where} has unknown fields: {', '.join(map(str, unknown))}")
+        raise ImportInvalid(f"{where} has unknown fields: {', '.join(shown(str(k)) for k in unknown[:5])}")
 
 
-def _plan_conversation(
-    conv: Any, where: str
-) -> tuple[dict[str, Any], list[tuple[dict[str, Any], dict[str, Any]]]]:
+def _timestamp(obj: Mapping[str, Any], key: str, where: str) -> str:
+    value = check_text(_field(obj, key, where, str), f"{where}.{key}", 100)
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        raise ImportInvalid(f"{where}.{key} is not an ISO 8601 time") from None
+    return value
+
+
+def _plan_message(m: Any, where: str, limits: RecordLimits) -> tuple[dict[str, Any], dict[str, Any]]:
+    if not isinstance(m, Mapping):
+        raise ImportInvalid(f"{where} must be an object")
+    _check_keys(m, _MESSAGE_KEYS, where)
+    _field(m, "id", where, int)
+    _field(m, "parent_id", where, int, optional=True)
+    for key in ("role", "content"):
+        _field(m, key, where, str)
+    for key in ("created", "updated"):
+        _timestamp(m, key, where)
+    values = {k: m.get(k, d) for k, d in _MESSAGE_FIELDS.items()}
+    if values["status"] == "partial":
+        values["status"] = "interrupted"  # no process here is writing it
+    try:
+        row = message_row(**values, limits=limits, field=f"{where}.")
+    except InvalidData as exc:
+        raise ImportInvalid(str(exc)) from None
+    return dict(m), row
+
+
+def plan_conversation(conv: Any, where: str, limits: RecordLimits = RecordLimits()) -> Plan:
     """Validate one exported conversation; returns it and its (message, row) pairs, parents first."""
-    from .core import Store  # core imports this module; the row builder is Store._message_row
-
     if not isinstance(conv, Mapping):
         raise ImportInvalid(f"{where} must be an object")
     _check_keys(conv, _CONVERSATION_KEYS, where)
-    by_id: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
     try:
-        _check_text(_field(conv, "title", where, str), f"{where}.title", MAX_TITLE_CHARS * 4)
-        for key in ("created", "updated"):
-            _check_text(_field(conv, key, where, str), f"{where}.{key}", 100)
-        _check_object(conv.get("extra"), f"{where}.extra")
-        leaf = _field(conv, "current_leaf", where, int, optional=True)
-        for j, m in enumerate(_field(conv, "messages", where, list)):
-            mw = f"{where}.messages[{j}]"
-            if not isinstance(m, Mapping):
-                raise ImportInvalid(f"{mw} must be an object")
-            _check_keys(m, _MESSAGE_KEYS, mw)
-            mid = _field(m, "id", mw, int)
-            _field(m, "parent_id", mw, int, optional=True)
-            for key in ("created", "updated", "role", "content"):
-                _field(m, key, mw, str)
-            for key in ("created", "updated"):
-                _check_text(m[key], f"{mw}.{key}", 100)
-            if mid in by_id:
-                raise ImportInvalid(f"{mw}.id {mid} is used twice")
-            row = Store._message_row(**{k: m.get(k, d) for k, d in _MESSAGE_FIELDS.items()})
-            by_id[mid] = (dict(m), row)
-    except ImportInvalid:
-        raise
+        check_text(_field(conv, "title", where, str), f"{where}.title", MAX_TITLE_CHARS * 4)
+        check_object(conv.get("extra"), f"{where}.extra")
+        dump_json(conv.get("extra"), f"{where}.extra")
     except InvalidData as exc:
-        raise ImportInvalid(f"{where}: {exc}") from None
+        raise ImportInvalid(str(exc)) from None
+    for key in ("created", "updated"):
+        _timestamp(conv, key, where)
+    leaf = _field(conv, "current_leaf", where, int, optional=True)
+    by_id: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+    for j, m in enumerate(_field(conv, "messages", where, list)):
+        planned = _plan_message(m, f"{where}.messages[{j}]", limits)
+        if planned[0]["id"] in by_id:
+            raise ImportInvalid(f"{where}.messages[{j}].id {planned[0]['id']} is used twice")
+        by_id[planned[0]["id"]] = planned
     if leaf is not None and leaf not in by_id:
         raise ImportInvalid(f"{where}.current_leaf {leaf} is not one of its messages")
+    return dict(conv), _parents_first(by_id, where)
+
+
+def _parents_first(
+    by_id: dict[int, tuple[dict[str, Any], dict[str, Any]]], where: str
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     # Place every message after its ancestors. Visiting ids in order keeps the file's order when
     # it already lists parents first (every export does), so a round trip keeps sibling order.
     ordered: list[tuple[dict[str, Any], dict[str, Any]]] = []
     placed: set[int] = set()
     for mid in sorted(by_id):
         path: list[int] = []
+        on_path: set[int] = set()
         node: int | None = mid
         while node is not None and node not in placed:
             if node not in by_id:
                 raise ImportInvalid(
                     f"{where}: message {path[-1]} has parent {node}, which is not in the file"
                 )
-            if node in path:
+            if node in on_path:
                 raise ImportInvalid(f"{where}: message {node} is its own ancestor (a cycle)")
             path.append(node)
+            on_path.add(node)
             node = by_id[node][0]["parent_id"]
         for n in reversed(path):
             placed.add(n)
             ordered.append(by_id[n])
-    return dict(conv), ordered
+    return ordered
+
+
+def plan_import(doc: Mapping[str, Any], limits: RecordLimits) -> list[Plan]:
+    """Check a parsed export (``parse``) against ``limits``; nothing is written yet."""
+    convs = doc["conversations"]
+    if len(convs) > limits.max_conversations:
+        raise ImportInvalid(
+            f"the file holds {len(convs):,} conversations; one import may hold at most "
+            f"{limits.max_conversations:,}"
+        )
+    total = sum(len(c["messages"]) for c in convs if isinstance(c, Mapping) and isinstance(c.get("messages"), list))
+    if total > limits.max_messages:
+        raise ImportInvalid(
+            f"the file holds {total:,} messages; one import may hold at most {limits.max_messages:,}"
+        )
+    return [plan_conversation(c, f"conversations[{i}]", limits) for i, c in enumerate(convs)]
+
+
+class ImportWriter:
+    """Writes checked conversations (``plan_import``) in short transactions (``write_in_steps``).
+
+    Everything is written under ``HIDDEN_OWNER`` first and handed to the owner at the end, one
+    short transaction per group of conversations, so nobody sees a conversation half-imported and
+    a failure (or a kill: the next open deletes hidden rows) leaves what was saved as it was.
+    """
+
+    def __init__(self, plans: list[Plan]) -> None:
+        self.plans = plans
+        self.conversation_ids: list[int] = []  # new ids, in file order
+        self._conversation = 0  # next conversation to start
+        self._message = 0  # next message of the conversation in progress (-1: none in progress)
+        self._ids: dict[int, int] = {}  # file id -> new id, for the conversation in progress
+        self._handed = 0  # conversations handed to the owner
+
+    def write_step(self, db: Database, deadline: float) -> bool:
+        """Insert rows until ``deadline``; True when every conversation is in."""
+        while self._conversation < len(self.plans):
+            if time.monotonic() > deadline:
+                return False
+            conv, ordered = self.plans[self._conversation]
+            if self._message == 0:
+                self._start(db, conv)
+            while self._message < len(ordered):
+                self._insert(db, *ordered[self._message])
+                self._message += 1
+                if time.monotonic() > deadline and self._message < len(ordered):
+                    return False
+            db.execute(
+                "UPDATE conversations SET current_leaf = ? WHERE id = ?",
+                [self._ids.get(conv["current_leaf"]), self.conversation_ids[-1]],
+            )
+            self._conversation, self._message, self._ids = self._conversation + 1, 0, {}
+        return True
+
+    def _start(self, db: Database, conv: dict[str, Any]) -> None:
+        cur = db.execute(
+            "INSERT INTO conversations (owner, title, auto_title, created, updated, extra) "
+            "VALUES (?, ?, 0, ?, ?, ?)",
+            [HIDDEN_OWNER, conv["title"], conv["created"], conv["updated"],
+             dump_json(conv.get("extra"), "extra")],
+        )  # fmt: skip
+        self.conversation_ids.append(cur.lastrowid)
+
+    def _insert(self, db: Database, m: dict[str, Any], row: dict[str, Any]) -> None:
+        parent = m["parent_id"]
+        cur = db.execute(
+            f"INSERT INTO messages (conversation_id, parent_id, created, updated, {', '.join(row)}) "
+            f"VALUES ({', '.join('?' * (len(row) + 4))})",
+            [self.conversation_ids[-1], self._ids[parent] if parent is not None else None,
+             m["created"], m["updated"], *row.values()],
+        )  # fmt: skip
+        self._ids[m["id"]] = cur.lastrowid
+
+    def hand_over_step(self, owner: str) -> Callable[[Database, float], bool]:
+        def step(db: Database, deadline: float) -> bool:
+            while self._handed < len(self.conversation_ids):
+                if time.monotonic() > deadline:
+                    return False
+                group = self.conversation_ids[self._handed : self._handed + 64]
+                db.execute(
+                    f"UPDATE conversations SET owner = ? WHERE owner = ? AND id IN ({', '.join('?' * len(group))})",
+                    [owner, HIDDEN_OWNER, *group],
+                )
+                self._handed += len(group)
+            return True
+
+        return step

@@ -1,0 +1,36 @@
+"""The depth arena's results: one prompt's answers at several settings as columns, with agreement against the
+deepest, and saving them into a conversation."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import engine
+
+from . import render
+from .slot import ModelSlot
+from .store import Store
+from .views import summary_stats, token_record
+
+
+def result(prompt: str, system: str, results: Sequence[engine.CompareResult], slot: ModelSlot) -> dict[str, Any]:
+    """Columns (label, settings, tokens, content, stats with agreement) and which one is the reference."""
+    ids = [[e.token_id for e in r.events if e.token_id >= 0] for r in results]
+    reference = max(range(len(results)), key=lambda i: (results[i].summary.mean_steps, -i))
+    columns = []
+    for r, token_ids in zip(results, ids):
+        stats = summary_stats(r.summary, slot.materialized(r.summary.mean_steps))
+        stats["agreement"] = render.agreement(token_ids, ids[reference])
+        columns.append({"label": r.settings.label(), "settings": r.summary.settings,
+                        "tokens": [token_record(e) for e in r.events], "content": r.summary.text, "stats": stats})
+    return {"prompt": prompt, "system": system, "reference": reference, "columns": columns,
+            "model": slot.info().name}
+
+
+def save(store: Store, owner: str, conversation_id: int, result: dict[str, Any]) -> None:
+    """The prompt, then one message holding all columns whose text is the deepest answer."""
+    store.add_message(owner, conversation_id, "user", result["prompt"])
+    ref = result["columns"][result["reference"]]
+    store.add_message(owner, conversation_id, "assistant", ref["content"], kind="comparison",
+                      model_id=result["model"], settings=ref["settings"], tokens=ref["tokens"], stats=ref["stats"],
+                      extra={"columns": result["columns"], "system": result.get("system", "")})

@@ -1,0 +1,44 @@
+"""What a running app may do: the caps on one request (``Limits``) and the server's settings (``AppConfig``).
+
+Gradio-free and engine-free, so ``app.hosted`` and the handlers can both import it without importing each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .store import LOCAL_OWNER
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps on what one request may ask for, checked on the server for every event and API call; a hosted build
+    tightens them. Every cap bounds work that grows with it, so the worst request the caps allow is bounded too."""
+
+    max_num_steps: int = 128
+    max_new_tokens: int = 4096
+    max_prompt_chars: int = 100_000  # one message, and an API call's system prompt + history + prompt together
+    max_system_chars: int = 100_000
+    max_history_messages: int = 1000  # messages sent to the model with a question (older ones are left out)
+    max_prompt_tokens: int | None = None  # the prompt as the model sees it; None: the model's context decides
+    max_stop_strings: int = 16
+    max_stop_string_chars: int = 200
+    max_compare_settings: int = 7
+    max_title_chars: int = 500
+    max_query_chars: int = 1000
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    limits: Limits = field(default_factory=Limits)
+    allow_model_loading: bool = True
+    default_owner: str = LOCAL_OWNER
+    concurrency_limit: int = 1  # generations at once per loaded model; the rest wait in Gradio's queue
+    queue_size: int | None = None
+    stream_interval: float = 0.15  # seconds between page updates while streaming (the engine never waits on it)
+    banner: str = ""
+    per_browser_owner: bool = False  # hosted: each browser gets its own owner key (Studio needs ``owners``)
+
+
+class UserError(Exception):
+    """Bad input from the page or an API call; the message is shown as it is (escaped)."""

@@ -1,0 +1,45 @@
+"""The loaded model every session generates with, and the line the page shows about it."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import engine
+
+
+class ModelSlot:
+    """The model every session generates with. Swapping keeps running generations on the model they started with."""
+
+    def __init__(self, model: Any, tokenizer: Any, note: str = "") -> None:
+        self._pair = (model, tokenizer)
+        self.note = note
+        self.lock = threading.Lock()
+
+    @property
+    def pair(self) -> tuple[Any, Any]:
+        return self._pair
+
+    def info(self) -> engine.ModelInfo:
+        return engine.model_info(self._pair[0])
+
+    def materialized(self, num_steps: float) -> int:
+        return int(self._pair[0].config.materialized_parameters(max(1, round(num_steps))))
+
+    def load(self, source: str, quantization: str, tqdm_class: Any = None) -> engine.ModelInfo:
+        """Load another model and make it current; raises engine.LoadError with a user-facing message."""
+        with self.lock:
+            model, tokenizer = engine.load(source or "auto", quantization=quantization, tqdm_class=tqdm_class)
+            self._pair = (model, tokenizer)
+            self.note = describe_source(source or "auto", engine.model_info(model).name)
+            return engine.model_info(model)
+
+
+def describe_source(requested: str, loaded: str) -> str:
+    """The line the page shows about which model runs and why."""
+    if Path(loaded).resolve() == Path(engine.DEMO_MODEL).resolve():
+        why = " (no suitable GPU with the official weights)" if requested == "auto" else ""
+        return (f"Running the bundled demo model{why}: a tiny model trained on toy tasks, for trying the app. "
+                f"Start with --model {engine.OFFICIAL_MODEL} on a GPU for Huginn-0125.")
+    return f"Running {loaded}."

@@ -1,0 +1,83 @@
+"""The Markdown export: a readable transcript of each conversation's current branch."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from .records import Message
+
+
+def render(data: Mapping[str, Any]) -> str:
+    """Markdown for an export document (``transfer.export_data``), conversations separated by ---.
+
+    Each answer carries its model, depth settings and a steps summary. Other branches are counted,
+    not shown: the JSON export keeps everything.
+    """
+    return "\n---\n\n".join(_conversation(conv) for conv in data["conversations"])
+
+
+def _conversation(conv: Mapping[str, Any]) -> str:
+    msgs = {m["id"]: Message(conversation_id=0, **m) for m in conv["messages"]}
+    branch: list[Message] = []
+    node = conv["current_leaf"]
+    while node is not None:
+        branch.append(msgs[node])
+        node = msgs[node].parent_id
+    branch.reverse()
+    lines = [f"# {conv['title']}", ""]
+    note = f"*Created {conv['created'][:19].replace('T', ' ')} UTC"
+    if len(msgs) > len(branch):
+        note += f"; showing the current branch ({len(branch)} of {len(msgs)} messages)"
+    lines += [note + ".*", ""]
+    for m in branch:
+        lines += _message(m)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _message(m: Message) -> list[str]:
+    heading = f"## {m.role.capitalize()}"
+    if m.kind != "message":
+        heading += f" ({m.kind})"
+    if m.model_id:
+        model = m.model_id + (f"@{m.model_revision}" if m.model_revision else "")
+        heading += f" · {model}" + (f" · {m.quantization}" if m.quantization else "")
+    lines = [heading, "", m.content, ""]
+    if m.role != "assistant":
+        return lines
+    if m.settings:
+        settings = ", ".join(f"{k}={_fmt(v)}" for k, v in m.settings.items())
+        lines.append(f"> **Depth settings:** {settings}  ")
+    s = steps_summary(m)
+    steps = f"> **Steps:** {s['tokens']} tokens"
+    if s["mean_steps"] is not None:
+        steps += f", mean {_fmt(float(s['mean_steps']))}, min {s['min_steps']}, max {s['max_steps']}"
+    stats = m.stats or {}
+    for key, label in (("tokens_per_s", "tokens/s"), ("elapsed_s", "s")):
+        if isinstance(stats.get(key), (int, float)):
+            steps += f" · {_fmt(float(stats[key]))} {label}"
+    steps += f" · status: {m.status}"
+    if m.error:
+        steps += f" · error: {m.error}"
+    return lines + [steps, ""]
+
+
+def steps_summary(message: Message) -> dict[str, Any]:
+    """tokens, mean/min/max steps of an answer: from its stats, else from its token records."""
+    steps = [t["steps"] for t in message.tokens or []]
+    stats = message.stats or {}
+    return {
+        "tokens": stats.get("tokens", len(steps)),
+        "mean_steps": stats.get("mean_steps", sum(steps) / len(steps) if steps else None),
+        "min_steps": stats.get("min_steps", min(steps) if steps else None),
+        "max_steps": stats.get("max_steps", max(steps) if steps else None),
+    }
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)

@@ -1,0 +1,95 @@
+"""The Gradio page: one builder per panel (``sidebar``, ``chat``, ``arena``, ``model``, ``depth``), each wiring its
+events to ``app.handlers.Studio``; the named API in ``api``. HTML comes from ``app.render``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import gradio as gr
+
+from .. import render
+from ..handlers import Studio
+from ..session import Session
+from .api import add_endpoints
+from .arena import ArenaPanel
+from .chat import ChatPanel
+from .common import PRIVATE, Page, asset, friendly
+from .depth import DepthPanel
+from .model import ModelPanel
+from .sidebar import SidebarPanel
+
+__all__ = ["build_demo", "launch"]
+
+log = logging.getLogger(__name__)
+
+
+def build_demo(studio: Studio) -> gr.Blocks:
+    """The whole page. Launch it with ``launch(demo, ...)`` so the stylesheet and shortcuts come along."""
+    config = studio.config
+    with gr.Blocks(title="Huginn Studio") as demo:
+        page = Page(studio, gr.State(None))
+        # Hosted: the browser keeps a random token (localStorage); the server derives the owner key from it.
+        token = gr.BrowserState(None, storage_key="huginn-studio-browser",
+                                secret=studio.owners.browser_state_secret() if studio.owners else None)
+        with gr.Sidebar(label="Conversations", open=True):
+            sidebar = SidebarPanel(page)
+        page.banner = gr.HTML(render.banner(studio.slot.note), elem_id="banner")
+        gr.HTML(render.banner(config.banner), elem_id="hosted-banner", visible=bool(config.banner))
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3, min_width=420):
+                with gr.Tabs():
+                    with gr.Tab("Chat", id="chat"):
+                        chat = ChatPanel(page)
+                    with gr.Tab("Depth arena", id="arena"):
+                        arena = ArenaPanel(page)
+                    with gr.Tab("Model", id="model"):
+                        model = ModelPanel(page)
+            with gr.Column(scale=1, min_width=280, elem_id="depth-panel"):
+                depth = DepthPanel(page)
+
+        def init(stored: Any, tok: Any) -> tuple:
+            return on_load(page, stored, tok)
+
+        demo.load(friendly(init, needs_session=False), [page.session, token],
+                  [page.session, page.transcript, page.conv_list, page.system, token], **PRIVATE)
+        sidebar.wire()
+        chat.wire()
+        arena.wire(chat.on_stop)
+        model.wire(depth.num_steps)
+        depth.wire()
+        add_endpoints(studio)
+
+    demo.queue(max_size=config.queue_size, default_concurrency_limit=4)
+    return demo
+
+
+def on_load(page: Page, stored: Any, token: Any) -> tuple:
+    """A page load: the tab's session (from the browser's token when hosted), the latest conversation open. The
+    session is made before anything is drawn, so a record that cannot be drawn never leaves the tab without one."""
+    studio = page.studio
+    sess, token = (stored, None) if isinstance(stored, Session) else studio.browser_session(token)
+    try:
+        sess, html, recent = studio.open_latest(sess)
+        system_prompt = studio.last_system_prompt(sess)
+    except Exception as err:  # noqa: BLE001 - the page must load whatever one stored record holds
+        log.exception("the latest conversation could not be opened")
+        sess, recent, system_prompt = sess.opened(None), _choices(studio, sess), None
+        html = render.transcript([], "") + render.error_box(f"The last conversation could not be shown: {err}")
+    listing = gr.update(choices=recent, value=sess.conversation_id)
+    return (sess, html, listing, gr.skip() if system_prompt is None else system_prompt,
+            gr.skip() if token is None else token)
+
+
+def _choices(studio: Studio, sess: Session) -> list[tuple[str, int]]:
+    try:
+        return studio.conversation_choices(sess)
+    except Exception:  # noqa: BLE001 - an empty list still lets the visitor start a new conversation
+        log.exception("the conversation list could not be read")
+        return []
+
+
+def launch(demo: gr.Blocks, **kwargs: Any) -> tuple[Any, str, str]:
+    """``demo.launch`` with the stylesheet and keyboard shortcuts, which Gradio 6 takes at launch."""
+    return demo.launch(css=asset("style.css"), js=asset("shortcuts.js"), footer_links=["api", "settings"],
+                       **kwargs)

@@ -1,0 +1,66 @@
+"""The depth arena tab: one prompt at several settings side by side, with plots, saved into a conversation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from .. import render
+from ..inputs import ARENA_DEFAULT, ARENA_PRESETS, arena_settings
+from ..session import Session
+from .common import PRIVATE, Page, friendly, info
+
+PLOTS = (("mean_steps", "Mean steps per token", None), ("tokens_per_s", "Tokens/s", None),
+         ("agreement", "Agreement with the deepest answer", [0, 1]))
+
+
+def plot_frame(result: dict[str, Any] | None, key: str) -> pd.DataFrame:
+    rows = []
+    for i, col in enumerate((result or {}).get("columns", [])):
+        rows.append({"setting": f"{i + 1}. {col['label']}", key: round(float(col["stats"].get(key) or 0.0), 3)})
+    # Typed columns even when empty: the plot picks its axis type from the first value it gets.
+    return pd.DataFrame(rows, columns=["setting", key]).astype({"setting": str, key: float})
+
+
+class ArenaPanel:
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        limits = page.studio.limits
+        presets = [p for p in ARENA_PRESETS if p == "adaptive" or int(p) <= limits.max_num_steps]
+        self.result = gr.State(None)
+        gr.Markdown("One prompt at several depths, side by side. Sampling, warm start and the adaptive criterion "
+                    "come from the panel on the right.")
+        self.prompt = gr.Textbox(placeholder="Prompt to compare", lines=2, show_label=False, elem_id="arena-prompt")
+        self.presets = gr.CheckboxGroup(
+            choices=[(f"{p} steps" if p != "adaptive" else "adaptive exit", p) for p in presets],
+            value=[p for p in ARENA_DEFAULT if p in presets], label="Settings", elem_id="arena-presets")
+        with gr.Row():
+            self.run = gr.Button("Compare", variant="primary", elem_id="arena-run")
+            self.stop = gr.Button("Stop", variant="stop")
+            self.save = gr.Button("Save into conversation", elem_id="arena-save")
+        self.columns = gr.HTML("", elem_id="arena-columns")
+        with gr.Row():
+            self.plots = [gr.BarPlot(plot_frame(None, key), x="setting", y=key, title=title, height=220, sort=None,
+                                     x_label_angle=-30, **({"y_lim": y_lim} if y_lim else {}))
+                          for key, title, y_lim in PLOTS]
+
+    def wire(self, stop: Any) -> None:
+        p = self.page
+        self.run.click(friendly(self.on_compare), [p.session, self.prompt, p.system, self.presets, *p.form],
+                       [self.result, self.columns, *self.plots], **p.gen_events, **PRIVATE)
+        self.stop.click(stop, [p.session], None, queue=False, **PRIVATE)
+        self.save.click(friendly(self.on_save), [p.session, self.result], [p.session, p.transcript, p.conv_list],
+                        **PRIVATE)
+
+    def on_compare(self, sess: Session, text: str, system_prompt: str, presets: list[str], *values: Any) -> tuple:
+        studio = self.page.studio
+        result = studio.compare(text, system_prompt, arena_settings(self.page.settings(values), presets,
+                                                                    studio.limits), sess)
+        return (result, render.columns(result["columns"]), *(plot_frame(result, key) for key, _, _ in PLOTS))
+
+    def on_save(self, sess: Session, result: dict[str, Any] | None) -> tuple:
+        sess, html = self.page.studio.save_comparison(sess, result)
+        info("The comparison is saved in the conversation.")
+        return sess, html, self.page.listing(sess)

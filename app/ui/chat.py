@@ -1,0 +1,73 @@
+"""The chat tab: the transcript, the message box, Send / Stop / Regenerate / Edit, and the version arrows."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import gradio as gr
+
+from .. import render
+from ..handlers import EMPTY_CHAT
+from ..session import Session
+from .common import PRIVATE, Page, asset, friendly
+
+
+class ChatPanel:
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        page.transcript = gr.HTML(render.transcript([], EMPTY_CHAT), elem_id="transcript", autoscroll=True,
+                                  max_height=640, js_on_load=asset("transcript.js"))
+        self.prompt = gr.Textbox(placeholder="Message Huginn (Enter sends, Shift+Enter new line, Esc stops)",
+                                 lines=1, max_lines=12, show_label=False, elem_id="prompt", autofocus=True)
+        with gr.Row():
+            self.send_btn = gr.Button("Send", variant="primary", elem_id="send-btn")
+            self.stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
+            self.regen_btn = gr.Button("Regenerate", elem_id="regen-btn")
+            self.edit_btn = gr.Button("Edit last question", elem_id="edit-btn")
+        page.status = gr.HTML("", elem_id="status")
+
+    def wire(self) -> None:
+        p = self.page
+        form = [p.system, *p.form]
+        for trigger in (self.prompt.submit, self.send_btn.click):
+            trigger(friendly(self.on_send), [p.session, self.prompt, *form],
+                    [p.session, p.transcript, p.conv_list, p.status, self.prompt], show_progress_on=[p.status],
+                    **p.gen_events, **PRIVATE)
+        self.regen_btn.click(friendly(self.on_regenerate), [p.session, *form],
+                             [p.session, p.transcript, p.conv_list, p.status], show_progress_on=[p.status],
+                             **p.gen_events, **PRIVATE)
+        self.edit_btn.click(friendly(self.on_edit), [p.session], [p.session, self.prompt, p.status], **PRIVATE)
+        self.stop_btn.click(self.on_stop, [p.session], None, queue=False, **PRIVATE)
+        p.transcript.click(friendly(self.on_transcript_click), [p.session], [p.transcript], **PRIVATE)
+
+    def _stream(self, sess: Session, make_turn: Callable[[], Iterator[tuple[Session, str]]]) -> Iterator[tuple]:
+        first = True
+        for sess, html in make_turn():
+            yield sess, html, (self.page.listing(sess) if first else gr.skip()), ""
+            first = False
+        yield sess, gr.skip(), self.page.listing(sess), ""
+
+    def on_send(self, sess: Session, text: str, system_prompt: str, *values: Any) -> Iterator[tuple]:
+        gen = self.page.settings(values)
+        turn = lambda: self.page.studio.send(sess, text, system_prompt, gen)  # noqa: E731
+        for out in self._stream(sess, turn):
+            yield *out, ""
+
+    def on_regenerate(self, sess: Session, system_prompt: str, *values: Any) -> Iterator[tuple]:
+        gen = self.page.settings(values)
+        yield from self._stream(sess, lambda: self.page.studio.regenerate(sess, system_prompt, gen))
+
+    def on_edit(self, sess: Session) -> tuple:
+        sess, text = self.page.studio.start_edit(sess)
+        return sess, text, render.banner("Editing your last question: send it to add a new version beside the "
+                                         "old one.")
+
+    def on_stop(self, sess: Any) -> None:
+        if isinstance(sess, Session):
+            self.page.studio.stop(sess)
+
+    def on_transcript_click(self, sess: Session, evt: gr.EventData) -> Any:
+        data = getattr(evt, "_data", None) or {}
+        if not isinstance(data, dict) or data.get("action") != "sibling" or not data.get("message"):
+            return gr.skip()
+        return self.page.studio.select_sibling(sess, data["message"])

@@ -1,0 +1,49 @@
+"""The depth panel beside the chat and the arena: recurrence steps, adaptive exit, sampling, system prompt."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+import engine
+
+from ..inputs import threshold_choices
+from .common import PRIVATE, Page
+
+
+class DepthPanel:
+    def __init__(self, page: Page) -> None:
+        limits, info = page.studio.limits, page.studio.slot.info()
+        thresholds, default_threshold = threshold_choices("kl")
+        gr.Markdown("### Depth")
+        self.num_steps = gr.Slider(1, limits.max_num_steps, value=min(info.num_steps_default, limits.max_num_steps),
+                                   step=1, label="Recurrence steps", elem_id="num-steps")
+        adaptive = gr.Checkbox(label="Adaptive exit (stop early on easy tokens)", value=False, elem_id="adaptive")
+        self.criterion = gr.Dropdown([c for c in engine.CRITERIA if c != "none"], value="kl", label="Exit criterion",
+                                     elem_id="criterion")
+        self.threshold = gr.Dropdown(thresholds, value=default_threshold, allow_custom_value=True,
+                                     label="Exit threshold", elem_id="threshold")
+        min_steps = gr.Slider(0, limits.max_num_steps, value=0, step=1, label="Min steps")
+        warm_start = gr.Checkbox(label="Warm start (continue from the previous token's state)", value=False)
+        page.system = gr.Textbox(label="System prompt", lines=2, placeholder="Optional", elem_id="system",
+                                 max_length=limits.max_system_chars)
+        with gr.Accordion("Advanced", open=False):
+            temperature = gr.Slider(0, 2, value=0.0, step=0.05, label="Temperature (0 = greedy)",
+                                    elem_id="temperature")
+            top_p = gr.Slider(0.01, 1, value=1.0, step=0.01, label="Top-p")
+            top_k = gr.Slider(0, 200, value=0, step=1, label="Top-k (0 = off)")
+            min_p = gr.Slider(0, 1, value=0.0, step=0.01, label="Min-p")
+            repetition_penalty = gr.Slider(0.5, 2, value=1.0, step=0.05, label="Repetition penalty")
+            seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
+            max_new_tokens = gr.Slider(1, limits.max_new_tokens, value=min(256, limits.max_new_tokens), step=1,
+                                       label="Max new tokens", elem_id="max-new-tokens")
+        # The order settings_from_form takes them in.
+        page.form = [self.num_steps, adaptive, self.criterion, self.threshold, min_steps, warm_start, temperature,
+                     top_p, top_k, min_p, repetition_penalty, seed, max_new_tokens]
+
+    def wire(self) -> None:
+        self.criterion.change(on_criterion, [self.criterion], [self.threshold], **PRIVATE)
+
+
+def on_criterion(name: str) -> dict:
+    choices, value = threshold_choices(name if isinstance(name, str) else "")
+    return gr.update(choices=choices, value=value)

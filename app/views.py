@@ -1,0 +1,145 @@
+"""Records in, views out: engine events to the records the store keeps, and stored messages to what the transcript
+draws.
+
+A stored record may be damaged (a hand-edited database, an import from before the checks, another program's rows):
+``message_view`` keeps what is well-formed and names what is not, so drawing one damaged message never raises and
+never costs more than the message's length.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import engine
+
+from .render import MessageView, finite
+from .store import Message
+
+STATS_KEYS = ("tokens", "prompt_tokens", "tokens_per_s", "mean_steps", "min_steps", "max_steps", "core_iterations",
+              "kv_cache_bytes", "elapsed_s", "first_token_s", "stop_reason", "seed", "notice", "trimmed_messages")
+TEXT_STATS = ("stop_reason", "notice")
+STATUSES = ("complete", "cancelled", "failed", "partial", "interrupted")
+ROLES = ("user", "assistant", "system")
+
+
+# ---- engine to store --------------------------------------------------------------------------------------------
+
+def summary_stats(summary: engine.Summary, materialized: int) -> dict[str, Any]:
+    data = summary.to_dict()
+    stats = {k: data[k] for k in STATS_KEYS}
+    stats["materialized_parameters"] = materialized
+    return stats
+
+
+def token_record(event: engine.TokenEvent) -> dict[str, Any]:
+    return {"text": event.text, "steps": event.steps, "exit_value": finite(event.exit_value)}
+
+
+def model_messages(thread: Sequence[Message], system: str) -> list[dict[str, str]]:
+    """The chat as the engine wants it: optional system prompt, then the branch's non-empty turns."""
+    out = [{"role": "system", "content": system}] if system.strip() else []
+    out += [{"role": m.role, "content": m.content} for m in thread
+            if m.role in ("user", "assistant") and isinstance(m.content, str) and m.content.strip()]
+    return out
+
+
+# ---- store to transcript ----------------------------------------------------------------------------------------
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def clean_tokens(tokens: Any, damaged: list[str], name: str = "tokens") -> list[dict[str, Any]] | None:
+    if tokens is None:
+        return None
+    ok = isinstance(tokens, list) and all(
+        isinstance(t, dict) and isinstance(t.get("text", ""), str) and isinstance(t.get("steps", 0), int)
+        and not isinstance(t.get("steps", 0), bool) and t.get("steps", 0) >= 0
+        and (t.get("exit_value") is None or _number(t.get("exit_value"))) for t in tokens)
+    if not ok:
+        damaged.append(name)
+        return None
+    return tokens
+
+
+def clean_stats(stats: Any, damaged: list[str], name: str = "stats") -> dict[str, Any] | None:
+    if stats is None:
+        return None
+    if not isinstance(stats, dict):
+        damaged.append(name)
+        return None
+    good = {k: v for k, v in stats.items()
+            if (_number(v) if k not in TEXT_STATS else isinstance(v, str)) or v is None}
+    if len(good) != len(stats):
+        damaged.append(name)
+    return good
+
+
+def clean_settings(settings: Any, damaged: list[str], name: str = "settings") -> dict[str, Any] | None:
+    """Settings as far as drawing reads them: a depth within the engine's range, a criterion, a threshold."""
+    if settings is None:
+        return None
+    ok = (isinstance(settings, dict)
+          and (settings.get("num_steps") is None or (isinstance(settings["num_steps"], int)
+                                                     and 1 <= settings["num_steps"] <= engine.MAX_NUM_STEPS))
+          and isinstance(settings.get("criterion", "none"), str)
+          and (settings.get("exit_threshold") is None or _number(settings["exit_threshold"])))
+    if not ok:
+        damaged.append(name)
+        return None
+    return settings
+
+
+def clean_columns(columns: Any, damaged: list[str]) -> list[dict[str, Any]] | None:
+    """A saved comparison's columns, each drawn like an answer."""
+    if columns is None:
+        return None
+    if not isinstance(columns, list) or not all(isinstance(c, dict) for c in columns):
+        damaged.append("columns")
+        return None
+    out = []
+    for i, c in enumerate(columns):
+        before = len(damaged)
+        col = {"label": c.get("label") if isinstance(c.get("label"), str) else "",
+               "tokens": clean_tokens(c.get("tokens"), damaged), "stats": clean_stats(c.get("stats"), damaged),
+               "settings": clean_settings(c.get("settings"), damaged),
+               "content": c.get("content") if isinstance(c.get("content"), str) else ""}
+        if len(damaged) > before:
+            del damaged[before:]
+            damaged.append(f"columns[{i}]")
+        out.append(col)
+    return out
+
+
+def message_view(m: Message, siblings: Sequence[int], streaming: bool = False) -> MessageView:
+    """The view of a stored message among its siblings (ids, oldest first). An answer left "partial" by a process
+    that is gone (it is not being written now) shows as interrupted."""
+    damaged: list[str] = []
+    extra = m.extra if isinstance(m.extra, dict) else {}
+    if m.extra is not None and not isinstance(m.extra, dict):
+        damaged.append("extra")
+    status = m.status if m.status in STATUSES else "complete"
+    if status == "partial" and not streaming:
+        status = "interrupted"
+    system = extra.get("system", "")
+    view_extra = {"system": system if isinstance(system, str) else ""}
+    if m.kind == "comparison":
+        view_extra["columns"] = clean_columns(extra.get("columns"), damaged)
+    i = siblings.index(m.id) if m.id in siblings else 0
+    return MessageView(
+        id=m.id, role=m.role if m.role in ROLES else "assistant",
+        content=m.content if isinstance(m.content, str) else str(m.content), status=status,
+        kind=m.kind if isinstance(m.kind, str) else "message",
+        tokens=clean_tokens(m.tokens, damaged), stats=clean_stats(m.stats, damaged),
+        settings=clean_settings(m.settings, damaged), error=None if m.error is None else str(m.error),
+        sibling_index=i + 1, sibling_count=max(len(siblings), 1),
+        prev_sibling=siblings[i - 1] if i > 0 else None,
+        next_sibling=siblings[i + 1] if i + 1 < len(siblings) else None,
+        extra=view_extra, damaged=tuple(damaged))
+
+
+def message_views(siblings: dict[int | None, list[int]], thread: Sequence[Message],
+                  streaming: frozenset[int] = frozenset()) -> list[MessageView]:
+    """Views of a thread, each with its place among its siblings (``Store.sibling_ids``: ids by parent id)."""
+    return [message_view(m, siblings.get(m.parent_id, [m.id]), m.id in streaming) for m in thread]
