@@ -203,7 +203,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "assets" / "demo-model")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=900)
+    ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--minutes", type=float, default=None, help="stop early after this wall-clock time")
     ap.add_argument("--batch-size", type=int, default=16, help="rows per step")
     ap.add_argument("--row-len", type=int, default=128, help="tokens per packed row")
@@ -220,8 +220,8 @@ def main() -> None:
     ap.add_argument("--backprop-depth", type=int, default=4)
     ap.add_argument("--fixed-depth", type=int, default=None,
                     help="train at exactly this many core steps, all with gradients (the r=1 baseline: 1)")
-    ap.add_argument("--curriculum-start", type=int, default=3, help="longest swap list at step 0")
-    ap.add_argument("--curriculum-ramp", type=float, default=0.4,
+    ap.add_argument("--curriculum-start", type=int, default=2, help="longest swap list at step 0")
+    ap.add_argument("--curriculum-ramp", type=float, default=0.5,
                     help="fraction of --steps over which the longest list grows to the longest trained tier")
     ap.add_argument("--threads", type=int, default=1, help="torch threads; 1 leaves the other core free")
     ap.add_argument("--log-every", type=int, default=50)
