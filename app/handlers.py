@@ -381,9 +381,10 @@ class Studio:
     def model_summary(self) -> str:
         info = self.slot.info()
         return (f"**{info.name}** · {render.human_count(info.parameters)} parameters · {info.dtype}"
-                f"{'' if info.quantization == 'none' else ' · ' + info.quantization} · {info.device} · "
+                f"{'' if info.quantization in ('none', 'bf16', 'fp32') else ' · ' + info.quantization} · {info.device} · "
                 f"{render.human_bytes(info.memory_bytes)} · default depth {info.num_steps_default} steps · "
-                f"context {info.context:,} tokens")
+                f"context {info.context:,} tokens" + (f"  \nMemory plan: {info.plan}" if info.plan else "")
+                + (f"  \n{info.notice}" if info.notice else ""))
 
 
 def _message_id(value: Any, what: str) -> int:

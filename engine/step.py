@@ -175,6 +175,7 @@ class _Recurrence:
         self.core_iterations = 0
         self.logits: list[Tensor | None] = [None] * batch
         self.latent: list[Tensor | None] = [None] * batch
+        self.whole: tuple[Tensor, Tensor] | None = None  # set when every row stopped at one head run (forward)
 
     def run(self, embedded: Tensor, cache, pos0: int, rope: Tensor, cancel: threading.Event | None,
             grad_steps: int, last_only: bool) -> BlockResult:
@@ -210,6 +211,8 @@ class _Recurrence:
         late_logits = late_latent = None
         if any(late):
             late_logits, late_latent = self._head(late, cache, pos0, rope, last_only)
+        if all(e or x for e, x in zip(ending, exiting)) and not any(late):
+            self.whole = (logits, latent)  # every row stops here, from one head run: no per-row assembly needed
         for r in range(len(self.plans)):
             if exiting[r] or ending[r]:
                 source_logits, source_latent = (late_logits, late_latent) if late[r] else (logits, latent)
@@ -222,6 +225,9 @@ class _Recurrence:
                                   head_rows=[r for r, w in enumerate(rows) if w])
 
     def _result(self, embedded: Tensor, last_only: bool) -> BlockResult:
+        if self.whole is not None:
+            logits, latent = self.whole
+            return BlockResult(logits, latent, self.state, self.steps, self.exits.values, self.core_iterations)
         done = [r for r, lg in enumerate(self.logits) if lg is not None]
         if len(done) == len(self.plans):
             logits, latent = torch.cat(self.logits), torch.cat(self.latent)
