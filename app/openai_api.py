@@ -374,11 +374,11 @@ def add_routes(app: FastAPI, studio: Studio, auth: Any = None) -> Gate:
     async def chat_completions(request: Request) -> Any:
         try:
             check_auth(request, auth)
-            if int(request.headers.get("content-length") or 0) > max_body:
-                raise ApiError(413, f"the request is over {max_body:,} bytes")
-            raw = await request.body()
-            if len(raw) > max_body:
-                raise ApiError(413, f"the request is over {max_body:,} bytes")
+            raw = bytearray()
+            async for part in request.stream():  # read no more than the cap, whatever Content-Length says
+                raw += part
+                if len(raw) > max_body:
+                    raise ApiError(413, f"the request is over {max_body:,} bytes")
             try:
                 body = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as err:

@@ -109,3 +109,30 @@ def test_imported_markdown_renders_with_maths_code_and_a_depth_toggle(app_url, b
     page.screenshot(path=str(ARTIFACTS / "markdown.png"), full_page=True)
     assert not outside, f"the page reached outside the app: {outside[:5]}"
     page.close()
+
+
+def test_arena_shows_what_differs_per_column_and_all_five_fit_at_1400px(app_url, browser):  # noqa: F811
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(app_url)
+    page.wait_for_selector("#prompt textarea")
+    page.locator("button:has-text('Advanced')").first.click()
+    set_number(page, "max-new-tokens", 6)
+    page.get_by_role("tab", name="Depth arena").click()
+    page.fill("#arena-prompt textarea", "Name a bird.")
+    page.click("#arena-run")  # the five default settings: 4, 8, 16, 32 steps and adaptive exit
+    page.wait_for_selector("#arena-columns .col", timeout=120_000)
+    cols = page.locator("#arena-columns .col")
+    assert cols.count() == 5
+    box = page.locator("#arena-columns").bounding_box()
+    for i in range(5):
+        col = cols.nth(i).bounding_box()
+        assert col["x"] >= box["x"] - 1 and col["x"] + col["width"] <= box["x"] + box["width"] + 1, (i, col, box)
+        assert cols.nth(i).locator(".stats").first.is_visible()
+        assert "tok/s" not in cols.nth(i).inner_text() and "as in the deepest answer" in cols.nth(i).inner_text()
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    page.wait_for_selector("canvas, svg.marks", timeout=30_000)
+    titles = page.locator("#arena").inner_text() if page.locator("#arena").count() else page.inner_text("body")
+    assert "Answer length" in titles and "Mean steps per token" in titles and "Agreement" in titles
+    assert "Tokens/s" not in titles  # batched columns share one clock: no chart that cannot say anything
+    page.screenshot(path=str(ARTIFACTS / "arena-five.png"), full_page=True)
+    page.close()
