@@ -17,6 +17,7 @@ from .cache import kv_cache_bytes
 from .decode import RowPlan, decode
 from .speculative import SpeculationStats, speculative_decode
 from .settings import GenerationSettings
+from .trace import TokenTrace
 
 ROLES = ("system", "user", "assistant")
 STOP_TOKENS = ("<|end_turn|>", "<|end_text|>", "<|begin_text|>")
@@ -38,6 +39,7 @@ class TokenEvent:
     steps: int
     exit_value: float | None
     seconds: float  # since the start of generation
+    trace: TokenTrace | None = None  # its steps through the depth lens, with settings.trace (xy comes in Summary)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,6 +65,7 @@ class Summary:
     notice: str | None = None
     steps: list[int] = field(default_factory=list)
     acceptance: float | None = None  # share of drafted tokens kept, with speculative decoding
+    trace: dict[str, Any] | None = None  # with settings.trace: the answer's AnswerTrace in compact form
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
