@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from sqlite_utils import Database
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _migrate_0_to_1(db: Database) -> None:
@@ -52,6 +52,18 @@ def _migrate_0_to_1(db: Database) -> None:
     db["messages"].enable_fts(["content"], create_triggers=True)
 
 
+def _migrate_1_to_2(db: Database) -> None:
+    # Depth-lens traces (app.store.traces): zlib-compressed JSON, one row per answer, read only on demand.
+    db.executescript(
+        """
+        CREATE TABLE traces (
+            message_id INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+            data BLOB NOT NULL
+        );
+        """
+    )
+
+
 # MIGRATIONS[v] upgrades a database from user_version v to v + 1. Append, never edit.
-MIGRATIONS: list[Callable[[Database], None]] = [_migrate_0_to_1]
+MIGRATIONS: list[Callable[[Database], None]] = [_migrate_0_to_1, _migrate_1_to_2]
 assert len(MIGRATIONS) == SCHEMA_VERSION

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from . import conversations, tree
+from . import conversations, traces, tree
 from .checks import check_object, check_text, dump_json, message_row
 from .conversations import conversation_from_row
 from .records import (
@@ -29,11 +29,13 @@ Plan = tuple[dict[str, Any], list[tuple[dict[str, Any], dict[str, Any]]]]
 
 
 # ---------------------------------------------------------------------------------------- export
-def _export_message(m: Message, local: Mapping[int, int]) -> dict[str, Any]:
+def _export_message(m: Message, local: Mapping[int, int], trace: dict[str, Any] | None) -> dict[str, Any]:
     out = asdict(m)
     del out["conversation_id"]
     out["id"] = local[m.id]
     out["parent_id"] = local[m.parent_id] if m.parent_id is not None else None
+    if trace is not None:
+        out["trace"] = trace
     return out
 
 
@@ -55,6 +57,7 @@ def export_data(db: Database, owner: str, conversation_ids: list[int] | None) ->
         # true for imported trees whose timestamps came from elsewhere.
         msgs.sort(key=lambda m: m.id)
         local = {m.id: i + 1 for i, m in enumerate(msgs)}
+        kept = traces.for_conversation(db, owner, conv.id)
         out.append(
             {
                 "title": conv.title,
@@ -62,7 +65,7 @@ def export_data(db: Database, owner: str, conversation_ids: list[int] | None) ->
                 "updated": conv.updated,
                 "current_leaf": local.get(conv.current_leaf) if conv.current_leaf is not None else None,
                 "extra": conv.extra,
-                "messages": [_export_message(m, local) for m in msgs],
+                "messages": [_export_message(m, local, kept.get(m.id)) for m in msgs],
             }
         )
     return {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "exported": now_iso(), "conversations": out}
@@ -86,7 +89,7 @@ _MESSAGE_FIELDS: dict[str, Any] = {
     "stats": None,
     "extra": None,
 }
-_MESSAGE_KEYS = {"id", "parent_id", "created", "updated", *_MESSAGE_FIELDS}
+_MESSAGE_KEYS = {"id", "parent_id", "created", "updated", "trace", *_MESSAGE_FIELDS}
 
 
 def parse(data: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
@@ -168,7 +171,8 @@ def plan_conversation(conv: Any, where: str) -> Plan:
             if mid in by_id:
                 raise ImportInvalid(f"{mw}.id {mid} is used twice")
             row = message_row(**{k: m.get(k, d) for k, d in _MESSAGE_FIELDS.items()})
-            by_id[mid] = (dict(m), row)
+            traces.check_columns(m.get("extra"), f"{mw}.extra")
+            by_id[mid] = ({**m, "trace": traces.prepare(m.get("trace"), f"{mw}.trace")}, row)
     except ImportInvalid:
         raise
     except InvalidData as exc:
@@ -227,5 +231,7 @@ def write_conversation(db: Database, owner: str, plan: Plan) -> Conversation:
             }
         )
         new_ids[m["id"]] = messages.last_rowid
+        if m["trace"] is not None:
+            traces.save(db, owner, new_ids[m["id"]], m["trace"])
     table.update(cid, {"current_leaf": new_ids.get(conv["current_leaf"])})
     return conversations.get(db, owner, cid)
