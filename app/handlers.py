@@ -26,7 +26,7 @@ from .inputs import (ARENA_DEFAULT, ARENA_PRESETS, arena_settings, parse_thresho
 from .render import MessageView
 from .session import Session
 from .slot import ModelSlot, describe_source
-from .store import Message, Store, StoreError
+from .store import AnswerWriter, Message, RecordLimits, Store
 from .views import message_views, model_messages, summary_stats, token_record
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ class Studio:
             return []
         with self._lock:
             streaming = frozenset(self._streaming)
-        return message_views(self.store.messages(session.owner, cid), self.store.thread(session.owner, cid),
+        return message_views(self.store.sibling_ids(session.owner, cid), self.store.thread(session.owner, cid),
                              streaming, self.store.traces(session.owner, cid))
 
     def conversation_choices(self, session: Session, query: Any = "") -> list[tuple[str, int]]:
@@ -128,8 +128,7 @@ class Studio:
 
     def rename(self, session: Session, title: Any) -> None:
         cid = self._require_conversation(session)
-        title = inputs.check_text(title, "title", self.limits.max_title_chars, required=True,
-                                  what="Type a new title first.")
+        title = inputs.check_text(title, "title", self.limits.max_title_chars, if_empty="Type a new title first.")
         self.store.rename_conversation(session.owner, cid, title.strip())
 
     def delete(self, session: Session) -> Update:
@@ -161,7 +160,8 @@ class Studio:
 
     def import_file(self, session: Session, path: str) -> tuple[Session, str, int]:
         data = Path(path).read_bytes()
-        imported = self.store.import_json(session.owner, data)
+        imported = self.store.import_json(session.owner, data, RecordLimits(
+            max_steps=engine.MAX_NUM_STEPS, settings_validator=engine.GenerationSettings.from_dict))
         session, html = self.open_conversation(session, imported[0].id if imported else session.conversation_id)
         return session, html, len(imported)
 
@@ -235,7 +235,8 @@ class Studio:
     def count_tokens(self, messages: list[dict[str, str]]) -> int:
         """The prompt's length in tokens as the model's chat template renders it."""
         tokenizer = self.slot.pair[1]
-        return len(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True))
+        ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False)
+        return len(ids)
 
     def _answer(self, session: Session, parent_id: int, system: str, settings: engine.GenerationSettings
                 ) -> Iterator[Update]:
@@ -243,7 +244,7 @@ class Studio:
         self.store.set_current_leaf(owner, cid, parent_id, descend=False)
         thread = self.store.thread(owner, cid, parent_id)
         messages = self.prompt_messages(thread, system)
-        base = message_views(self.store.messages(owner, cid), thread)
+        base = message_views(self.store.sibling_ids(owner, cid), thread)
         info = self.slot.info()
         writer = self.store.begin_answer(
             owner, cid, parent_id, model_id=info.name, quantization=info.quantization,
@@ -261,11 +262,10 @@ class Studio:
             self._release(session, cancel)
             with self._lock:
                 self._streaming.discard(writer.message_id)
-            if not writer.finished:
-                writer.finish("cancelled")
+            writer.close()
         yield session, self.transcript(session)
 
-    def _write_answer(self, writer: Any, messages: list[dict[str, str]], settings: engine.GenerationSettings,
+    def _write_answer(self, writer: AnswerWriter, messages: list[dict[str, str]], settings: engine.GenerationSettings,
                       cancel: threading.Event) -> Iterator[None]:
         """Stream the engine into the writer, yielding whenever the page is due an update; finish the writer."""
         last = time.perf_counter()
@@ -280,17 +280,18 @@ class Studio:
                     last = time.perf_counter()
                     yield
         except engine.PromptError as err:
-            writer.finish("failed", error=str(err))
+            writer.fail(str(err))
             return
         except Exception as err:  # noqa: BLE001 - one failed answer must not take the page down
             log.exception("generation failed")
-            writer.finish("failed", error=f"generation failed: {type(err).__name__}: {err}")
+            writer.fail(f"generation failed: {type(err).__name__}: {err}")
             return
-        if summary is None:  # cut from this side (Stop under ZeroGPU): the caller marks it stopped
+        if summary is None:  # cut from this side (Stop under ZeroGPU)
             assert cancel.is_set(), "the engine ended without a summary"
+            writer.finish_stream(None)
             return
         stats = summary_stats(summary, self.slot.materialized(summary.mean_steps))
-        writer.finish("cancelled" if summary.stop_reason == "cancelled" else "complete", stats, content=summary.text)
+        writer.finish_stream(summary.stop_reason, stats, content=summary.text)
         if summary.trace is not None:
             self.store.save_trace(writer.owner, writer.message_id, summary.trace)
 
@@ -298,8 +299,8 @@ class Studio:
     def compare(self, prompt: Any, system: Any, settings_list: Sequence[engine.GenerationSettings],
                 session: Session | None = None) -> dict[str, Any]:
         """Run one prompt at several settings (batched by the engine); columns, plot rows and the raw results."""
-        prompt = inputs.check_text(prompt, "prompt", self.limits.max_prompt_chars, required=True,
-                                   what="Type a prompt to compare first.")
+        prompt = inputs.check_text(prompt, "prompt", self.limits.max_prompt_chars, what="the prompt",
+                                   if_empty="Type a prompt to compare first.")
         system = inputs.check_system(system, self.limits)
         if not settings_list or len(settings_list) > self.limits.max_compare_settings:
             raise UserError(f"Compare from 1 to {self.limits.max_compare_settings} settings at once.")
@@ -333,8 +334,8 @@ class Studio:
 
     def api_messages(self, prompt: Any, system_prompt: Any, history: Any) -> list[dict[str, str]]:
         """An API call's messages, every field checked: types, Unicode, each cap, and the whole within the caps."""
-        prompt = inputs.check_text(prompt, "prompt", self.limits.max_prompt_chars, required=True,
-                                   what="prompt: is empty")
+        prompt = inputs.check_text(prompt, "prompt", self.limits.max_prompt_chars, what="the prompt",
+                                   if_empty="prompt: is empty")
         system_prompt = inputs.check_system(system_prompt, self.limits)
         turns = inputs.check_history(history, self.limits)
         messages = ([{"role": "system", "content": system_prompt}] if system_prompt.strip() else []) + \

@@ -28,14 +28,14 @@ def kind(value: Any) -> str:
 
 # ---- texts --------------------------------------------------------------------------------------------------------
 
-def check_text(value: Any, name: str, limit: int, *, required: bool = False, what: str = "") -> str:
-    """A string within ``limit`` characters that is valid Unicode; ``required``: not blank."""
+def check_text(value: Any, name: str, limit: int, *, what: str = "the text", if_empty: str = "") -> str:
+    """A string within ``limit`` characters that is valid Unicode; with ``if_empty``, blank is refused with it."""
     if not isinstance(value, str):
         raise UserError(f"{name}: must be a string, got {kind(value)}")
-    if required and not value.strip():
-        raise UserError(what or f"{name}: is empty")
+    if if_empty and not value.strip():
+        raise UserError(if_empty)
     if len(value) > limit:
-        raise UserError(f"{name}: {what or 'the text'} is {len(value):,} characters; the limit here is {limit:,}.")
+        raise UserError(f"{name}: {what} is {len(value):,} characters; the limit here is {limit:,}.")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -44,9 +44,7 @@ def check_text(value: Any, name: str, limit: int, *, required: bool = False, wha
 
 
 def check_message(text: Any, limits: Limits, name: str = "message") -> str:
-    if isinstance(text, str) and not text.strip():
-        raise UserError("Type a message first.")
-    return check_text(text, name, limits.max_prompt_chars, what="the message")
+    return check_text(text, name, limits.max_prompt_chars, what="the message", if_empty="Type a message first.")
 
 
 def check_system(text: Any, limits: Limits) -> str:

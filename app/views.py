@@ -149,14 +149,12 @@ def message_view(m: Message, siblings: Sequence[int], streaming: bool = False) -
         extra=view_extra, damaged=tuple(damaged))
 
 
-def message_views(messages: Sequence[Message], thread: Sequence[Message], streaming: frozenset[int] = frozenset(),
-                  traces: dict[int, dict[str, Any]] | None = None) -> list[MessageView]:
-    """Views of a thread with each message's place among its siblings (taken from the whole tree), and the
-    answers' depth-lens traces (``Store.traces``) when given."""
-    by_parent: dict[int | None, list[int]] = {}
-    for m in messages:
-        by_parent.setdefault(m.parent_id, []).append(m.id)
-    views = [message_view(m, by_parent.get(m.parent_id, [m.id]), m.id in streaming) for m in thread]
+def message_views(siblings: dict[int | None, list[int]], thread: Sequence[Message],
+                  streaming: frozenset[int] = frozenset(), traces: dict[int, dict[str, Any]] | None = None
+                  ) -> list[MessageView]:
+    """Views of a thread, each with its place among its siblings (``Store.sibling_ids``: ids by parent id), and
+    the answers' depth-lens traces (``Store.traces``) when given."""
+    views = [message_view(m, siblings.get(m.parent_id, [m.id]), m.id in streaming) for m in thread]
     for view in views:
         view.trace = (traces or {}).get(view.id)
     return views

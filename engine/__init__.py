@@ -8,6 +8,7 @@ Knows nothing of Gradio or SQLite.
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from .cache import CacheStrategy, RecurrentCache
+from .compat import attach_generate
 from .config import MODEL_TYPE, HuginnConfig
 from .exits import CRITERIA, DEFAULT_THRESHOLDS
 from .generate import CompareResult, PromptError, Summary, TokenEvent, compare, stream
@@ -16,6 +17,7 @@ from .model import HuginnForCausalLM, HuginnOutput
 from .settings import MAX_NUM_STEPS, GenerationSettings, SettingsError
 from .trace import MAX_TRACE_TOP_K, TRACE_VERSION, AnswerTrace, StepTrace, TokenTrace
 
+attach_generate(HuginnForCausalLM)  # model.py does not import the generation stack; its generate comes from here
 AutoConfig.register(MODEL_TYPE, HuginnConfig, exist_ok=True)
 AutoModelForCausalLM.register(HuginnConfig, HuginnForCausalLM, exist_ok=True)
 

@@ -1,5 +1,8 @@
 """``model.generate`` with the authors' keyword arguments, so the model card's snippets run with ``import engine``.
 
+``engine/__init__.py`` attaches these methods to ``HuginnForCausalLM`` (``attach_generate``), so the model module
+itself does not import the generation stack.
+
 Routing follows the reference: any of ``criterion``, ``exit_threshold`` selects the adaptive path (per-token steps
 in ``scores``); otherwise the fixed-depth path. Both run through ``engine.decode.decode``. With an exit criterion,
 ``scores`` holds one entry per generated token in the July-2025 format
@@ -16,10 +19,11 @@ from torch import Tensor
 from transformers import GenerationConfig
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
-from .decode import RowPlan, decode
+from .decode import RowPlan, RowStops, decode
 from .exits import CRITERIA, resolve_threshold
-from .generate import special_stop_ids
+from .generate import IncrementalDecoder, special_stop_ids
 from .sampling import SamplingParams
+from .stops import StopStrings
 
 # Accepted for compatibility with HF-style calls; they change nothing here (attention_mask is checked below).
 _PASSED_THROUGH = {"attention_mask", "use_cache", "cache_implementation"}
@@ -35,20 +39,43 @@ def _criterion_name(criterion: str) -> str:
 
 
 def _stops(config: GenerationConfig, tokenizer, model) -> set[int]:
+    """Token ids that end a row: eos, Huginn's turn boundaries, and stop strings that are exactly one token."""
     stops: set[int] = set()
     eos = config.eos_token_id
     stops.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     if tokenizer is not None:
         stops |= special_stop_ids(tokenizer)
-        for text in config.stop_strings or []:
+        for text in _stop_strings(config):
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-            if ids:
+            if len(ids) == 1:  # a special token such as <|end_turn|> decodes to no text, so match it by id
                 stops.add(ids[0])
     return {s for s in stops if 0 <= s < model.config.vocab_size}
 
 
+def _stop_strings(config: GenerationConfig) -> list[str]:
+    stops = config.stop_strings or []
+    return [stops] if isinstance(stops, str) else list(stops)
+
+
+class _TextStops:
+    """Stop rows whose generated text contains a stop string; the string itself stays in the output, as in
+    transformers' ``StopStringCriteria``."""
+
+    def __init__(self, tokenizer, strings: list[str], rows: int) -> None:
+        self.rows = RowStops()
+        self.decoders = [IncrementalDecoder(tokenizer) for _ in range(rows)]
+        self.matchers = [StopStrings(strings) for _ in range(rows)]
+
+    def feed(self, tokens: list[int]) -> None:
+        for r, token in enumerate(tokens):
+            if token >= 0 and not self.matchers[r].hit:
+                self.matchers[r].feed(self.decoders[r].add(token))
+                if self.matchers[r].hit:
+                    self.rows.stop(r)
+
+
 class ReferenceGenerateMixin:
-    """Adds the authors' ``generate`` signature to ``HuginnForCausalLM``."""
+    """The authors' ``generate`` signature for ``HuginnForCausalLM`` (attached by ``attach_generate``)."""
 
     @torch.no_grad()
     def generate(
@@ -115,11 +142,16 @@ class ReferenceGenerateMixin:
                     exit_in_prefill=not do_not_exit_in_prefill)
             for row in range(input_ids.shape[0])
         ]
+        if _stop_strings(config) and tokenizer is None:
+            raise ValueError("stop_strings need the tokenizer: pass tokenizer=... to generate()")
+        text_stops = _TextStops(tokenizer, _stop_strings(config), len(plans)) if _stop_strings(config) else None
         pad = config.pad_token_id if config.pad_token_id is not None else 0
         sequences, scores = input_ids, []
         cache = self.new_cache(len(plans), cache_lookup_strategy, capacity=prompt_len + max_new_tokens)
         for out in decode(self, input_ids, plans, cache_lookup_strategy, _stops(config, tokenizer, self),
-                          cache=cache):
+                          cache=cache, stops=text_stops.rows if text_stops else None):
+            if text_stops is not None:
+                text_stops.feed(out.tokens)
             tokens = torch.tensor([[t if t >= 0 else pad] for t in out.tokens], device=input_ids.device)
             sequences = torch.cat((sequences, tokens), dim=1)
             scores.append([list(out.steps), [list(v) for v in out.exit_values]])
@@ -141,3 +173,9 @@ class ReferenceGenerateMixin:
                          **kwargs: Any) -> Tensor | GenerateDecoderOnlyOutput:
         """The reference's fixed-depth loop."""
         return self.generate(input_ids, generation_config, **kwargs)
+
+
+def attach_generate(model_class: type) -> None:
+    """Give ``model_class`` the authors' generation methods (in place of transformers' ``generate``)."""
+    for name in ("generate", "generate_with_adaptive_compute", "generate_minimal"):
+        setattr(model_class, name, ReferenceGenerateMixin.__dict__[name])

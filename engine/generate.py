@@ -1,5 +1,5 @@
 """The app-facing generation API: ``stream`` (one answer, token by token) and ``compare`` (one prompt, several depth
-settings). Both are thin layers over ``engine.decode.decode``; the chat, the depth arena, the HTTP API and the CLI
+settings). Both are thin layers over ``engine.decode.decode`` (and ``engine.speculative``); the chat, the depth arena, the HTTP API and the CLI
 all go through ``stream`` / ``compare``.
 """
 
@@ -14,9 +14,10 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from .cache import kv_cache_bytes
-from .decode import RowPlan, decode
+from .decode import RowPlan, RowStops, decode
 from .speculative import SpeculationStats, speculative_decode
 from .settings import GenerationSettings
+from .stops import StopStrings
 from .trace import TokenTrace
 
 ROLES = ("system", "user", "assistant")
@@ -163,33 +164,6 @@ class IncrementalDecoder:
         return after[len(before):]
 
 
-class _StopStrings:
-    """Hold back text that could still become a stop string; report when one appears."""
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = [s for s in stops if s]
-        self.pending = ""
-        self.hit = False
-
-    def feed(self, piece: str) -> str:
-        if not self.stops:
-            return piece
-        self.pending += piece
-        for stop in self.stops:
-            at = self.pending.find(stop)
-            if at >= 0:
-                out, self.pending, self.hit = self.pending[:at], "", True
-                return out
-        keep = max((k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
-        out = self.pending[:len(self.pending) - keep]
-        self.pending = self.pending[len(self.pending) - keep:]
-        return out
-
-    def flush(self) -> str:
-        out, self.pending = self.pending, ""
-        return out
-
-
 # ---- generation -------------------------------------------------------------------------------------------------
 
 def memory_budget(device: torch.device) -> int:
@@ -244,7 +218,7 @@ def _run_rows(model, tokenizer, prompt_ids: list[int], settings_list: Sequence[G
     input_ids = torch.tensor([prompt_ids], device=device)
     n = len(plans)
     decoders = [IncrementalDecoder(tokenizer) for _ in range(n)]
-    stop_filters = [_StopStrings(s.stop_strings) for s in settings_list]
+    stop_filters = [StopStrings(s.stop_strings) for s in settings_list]
     texts = [""] * n
     steps: list[list[int]] = [[] for _ in range(n)]
     reasons: list[str | None] = [None] * n
@@ -260,13 +234,14 @@ def _run_rows(model, tokenizer, prompt_ids: list[int], settings_list: Sequence[G
     notice = "; ".join(part for part in notices if part) or None
 
     done_at: list[float | None] = [None] * n
+    row_stops = RowStops()
     if settings_list[0].draft_steps:
         speculation = SpeculationStats()
         steps_iter = speculative_decode(model, input_ids, plans[0], settings_list[0].draft_steps,
-                                        settings_list[0].lookahead, stops, cancel, cache, speculation)
+                                        settings_list[0].lookahead, stops, cancel, cache, speculation, row_stops)
     else:
         speculation = None
-        steps_iter = decode(model, input_ids, plans, strategy, stops, cancel, cache)
+        steps_iter = decode(model, input_ids, plans, strategy, stops, cancel, cache, row_stops)
     for out in steps_iter:
         now = time.perf_counter() - start
         if out.cancelled:
@@ -288,7 +263,8 @@ def _run_rows(model, tokenizer, prompt_ids: list[int], settings_list: Sequence[G
             texts[r] += piece
             yield r, TokenEvent(len(steps[r]) - 1, token, piece, out.steps[r], exit_value, now)
             if stop_filters[r].hit:
-                reasons[r], out.finished[r] = "stop_string", True
+                reasons[r] = "stop_string"
+                row_stops.stop(r)
             elif len(steps[r]) >= plans[r].max_new_tokens:
                 reasons[r] = "max_tokens" if budgets[r] == settings_list[r].max_new_tokens else "context_full"
         for r in range(n):

@@ -3,8 +3,10 @@
 prelude -> (state, embedding) -> adapter -> core block, iterated r times -> ln_f -> coda -> ln_f -> lm_head
 
 Module and parameter names follow the official checkpoint (``transformer.prelude.0.attn.Wqkv.weight`` ...), so
-its safetensors load as they are. The pieces a generation loop needs are public methods: ``embed``,
-``initial_state``, ``core_step`` and ``predict``; ``forward`` composes them with the authors' signature.
+its safetensors load as they are. The pieces of a forward pass are public methods: ``rotations``,
+``embed``, ``initial_state``, ``core_step`` and ``predict``. ``engine.step.run_block`` composes them, for ``forward``
+(the authors' signature) and for every generation path. ``generate`` is attached by ``engine.compat`` when the
+``engine`` package is imported, so this module does not depend on the generation stack.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from transformers import initialization as init
 from transformers.modeling_outputs import ModelOutput
 
 from .cache import RecurrentCache
-from .compat import ReferenceGenerateMixin
 from .config import HuginnConfig
+from .step import RowPlan, run_block
 
 
 class RMSNorm(nn.Module):
@@ -190,7 +192,7 @@ def split_num_steps(num_steps: Any, config: HuginnConfig, training: bool) -> tup
     return n, k
 
 
-class HuginnForCausalLM(ReferenceGenerateMixin, PreTrainedModel, GenerationMixin):
+class HuginnForCausalLM(PreTrainedModel, GenerationMixin):
     config_class = HuginnConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"
@@ -204,7 +206,7 @@ class HuginnForCausalLM(ReferenceGenerateMixin, PreTrainedModel, GenerationMixin
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         self.lm_head.init_role = "tied" if config.tie_embeddings else "in"
         # Kept only so that state-dict names match the official checkpoint; the rotary table actually used is
-        # rebuilt in fp32 (see _rope), because a bf16 load would round this buffer.
+        # rebuilt in fp32 (see rotations), because a bf16 load would round this buffer.
         self.register_buffer("freqs_cis", self._freqs_cis_buffer(), persistent=True)
         self._rope_cache: Tensor | None = None
         self.post_init()
@@ -250,7 +252,8 @@ class HuginnForCausalLM(ReferenceGenerateMixin, PreTrainedModel, GenerationMixin
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
 
-    def _rope(self, positions: Tensor | slice) -> Tensor:
+    def rotations(self, positions: Tensor | slice) -> Tensor:
+        """The fp32 RoPE rotations of ``positions`` (a slice or a tensor of indices), from a table kept per device."""
         device = self.transformer.wte.weight.device
         if self._rope_cache is None or self._rope_cache.device != device:
             self._rope_cache = rope_table(self.config.head_dim, self.config.block_size, self.config.rope_base, device)
@@ -263,7 +266,7 @@ class HuginnForCausalLM(ReferenceGenerateMixin, PreTrainedModel, GenerationMixin
         """Token embedding times sqrt(h), then the prelude: the embedding injected at every recurrence."""
         x = self.transformer.wte(input_ids) if input_embeds is None else input_embeds
         x = x * self.config.init_values["embed_scale"]
-        rope = self._rope(slice(pos0, pos0 + x.shape[1])) if rope is None else rope
+        rope = self.rotations(slice(pos0, pos0 + x.shape[1])) if rope is None else rope
         for j, layer in enumerate(self.transformer.prelude):
             x = layer(x, rope, ("prelude", j), cache, pos0)
         return x
@@ -283,7 +286,7 @@ class HuginnForCausalLM(ReferenceGenerateMixin, PreTrainedModel, GenerationMixin
     def core_step(self, state: Tensor, embedded: Tensor, step: int, cache: RecurrentCache | None = None,
                   pos0: int = 0, rows: Tensor | None = None, rope: Tensor | None = None) -> Tensor:
         """One recurrence: adapter(concat(state, embedding)) through the core layers. No residual around it."""
-        rope = self._rope(slice(pos0, pos0 + state.shape[1])) if rope is None else rope
+        rope = self.rotations(slice(pos0, pos0 + state.shape[1])) if rope is None else rope
         x = self.transformer.adapter(torch.cat((state, embedded), dim=-1))
         n_core = len(self.transformer.core_block)
         for l, layer in enumerate(self.transformer.core_block):
@@ -298,7 +301,7 @@ class HuginnForCausalLM(ReferenceGenerateMixin, PreTrainedModel, GenerationMixin
         ``last_only`` runs the head on the last position only: generation needs no more, and a long prompt's
         full (S, vocab) logits would cost more memory than the rest of the step. ``head_rows`` runs the head only for
         those batch rows (the others get zero logits): in a batch where one row stops, the others need no head."""
-        rope = self._rope(slice(pos0, pos0 + state.shape[1])) if rope is None else rope
+        rope = self.rotations(slice(pos0, pos0 + state.shape[1])) if rope is None else rope
         latent = self.transformer.ln_f(state)
         x = latent
         for j, layer in enumerate(self.transformer.coda):
@@ -336,37 +339,21 @@ class HuginnForCausalLM(ReferenceGenerateMixin, PreTrainedModel, GenerationMixin
         """The authors' signature. ``attention_mask`` is accepted and ignored, as in the reference."""
         if input_ids is None and input_embeds is None:
             raise ValueError("forward needs input_ids or input_embeds")
-        seq_len = (input_ids if input_embeds is None else input_embeds).shape[1]
         batch = (input_ids if input_embeds is None else input_embeds).shape[0]
         cache = past_key_values
         if use_cache and cache is None:
             cache = self.new_cache(batch, cache_lookup_strategy)
-        pos0 = cache.seq_len if cache is not None else 0
-        if cache_position is not None:
-            pos0 = int(cache_position.reshape(-1)[0])
-        if position_ids is not None:
-            positions: Tensor | slice = position_ids.reshape(-1, position_ids.shape[-1])[0].to(torch.long)
-        else:
-            positions = slice(pos0, pos0 + seq_len)
-        if pos0 + seq_len > self.config.block_size:
-            raise ValueError(f"sequence of {pos0 + seq_len} tokens exceeds the model's context of "
-                             f"{self.config.block_size} tokens")
-        rope = self._rope(positions)
-
-        embedded = self.embed(input_ids, cache, pos0, input_embeds, rope)
-        state = input_states if input_states is not None else self.initial_state(embedded, init_scale)
+        pos0 = int(cache_position.reshape(-1)[0]) if cache_position is not None else None
+        positions = (position_ids.reshape(-1, position_ids.shape[-1])[0].to(torch.long)
+                     if position_ids is not None else None)
         n_no_grad, n_grad = split_num_steps(num_steps, self.config, self.training)
-        with torch.no_grad():
-            for step in range(n_no_grad):
-                state = self.core_step(state, embedded, step, cache, pos0, rope=rope)
-        for step in range(n_no_grad, n_no_grad + n_grad):
-            state = self.core_step(state, embedded, step, cache, pos0, rope=rope)
-        logits, latent = self.predict(state, cache, pos0, rope=rope)
-        if cache is not None:
-            cache.seq_len = max(cache.seq_len, pos0 + seq_len)
-
+        plan = RowPlan(num_steps=n_no_grad + n_grad, init_scale=init_scale, seed=None)
+        block = run_block(self, input_ids, [plan] * batch, cache, input_embeds=input_embeds, input_states=input_states,
+                          pos0=pos0, positions=positions, grad_steps=n_grad, last_only=False)
+        logits = block.logits
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
         return HuginnOutput(loss=loss, logits=logits, cache=cache if use_cache or past_key_values is not None
-                            else None, latent_states=latent, num_steps_no_grad=n_no_grad, num_steps_with_grad=n_grad)
+                            else None, latent_states=block.latent, num_steps_no_grad=n_no_grad,
+                            num_steps_with_grad=n_grad)

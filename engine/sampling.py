@@ -42,10 +42,14 @@ def sample_token(logits: Tensor, params: SamplingParams, generator: torch.Genera
         logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
     if params.greedy:
         return int(logits.argmax())
-    probs = (logits / params.temperature).softmax(-1)
+    # Shift so the top logit is 0 before dividing: a vanishing temperature then gives large negative numbers (a
+    # one-hot after softmax), never inf - inf = NaN. A temperature below the dtype's smallest normal would round to 0.
+    temperature = max(params.temperature, torch.finfo(logits.dtype).tiny)
+    probs = ((logits - logits.max()) / temperature).softmax(-1)
     if 0 < params.top_k < probs.shape[-1]:
-        kth = probs.topk(params.top_k).values[-1]
-        probs = torch.where(probs < kth, torch.zeros_like(probs), probs)
+        # Keep exactly k tokens by index: a threshold on the k-th value would keep every token tied with it.
+        keep = probs.topk(params.top_k).indices
+        probs = torch.zeros_like(probs).scatter(-1, keep, probs.gather(-1, keep))
     if params.top_p < 1.0:
         sorted_probs, order = probs.sort(descending=True)
         cumulative = sorted_probs.cumsum(-1)

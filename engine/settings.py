@@ -13,6 +13,9 @@ from .trace import MAX_TRACE_TOP_K
 
 MAX_NUM_STEPS = 256
 MAX_NEW_TOKENS = 32_768
+MAX_STOP_STRINGS = 8
+MAX_STOP_STRING_CHARS = 200
+MIN_TEMPERATURE = 1e-3  # below it sampling is greedy in all but name, and 1e-40 overflows fp32 logits
 
 
 class SettingsError(ValueError):
@@ -70,6 +73,9 @@ class GenerationSettings:
         _float_range("init_scale", self.init_scale, 0.0, 10.0)
         _int_range("max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS)
         _float_range("temperature", self.temperature, 0.0, 10.0)
+        if 0 < self.temperature < MIN_TEMPERATURE:
+            raise SettingsError("temperature", f"must be 0 (greedy) or from {MIN_TEMPERATURE} to 10.0, "
+                                f"got {self.temperature}")
         _int_range("top_k", self.top_k, 0, 1_000_000)
         _float_range("top_p", self.top_p, 0.0, 1.0, low_open=True)
         _float_range("min_p", self.min_p, 0.0, 1.0)
@@ -89,6 +95,12 @@ class GenerationSettings:
             raise SettingsError("trace", "tracing needs plain decoding; set draft_steps to 0")
         if not isinstance(self.stop_strings, tuple) or not all(isinstance(s, str) and s for s in self.stop_strings):
             raise SettingsError("stop_strings", "must be a tuple of non-empty strings")
+        if len(self.stop_strings) > MAX_STOP_STRINGS:
+            raise SettingsError("stop_strings", f"at most {MAX_STOP_STRINGS} strings, got {len(self.stop_strings)}")
+        longest = max((len(s) for s in self.stop_strings), default=0)
+        if longest > MAX_STOP_STRING_CHARS:
+            raise SettingsError("stop_strings", f"each at most {MAX_STOP_STRING_CHARS} characters, got one of "
+                                f"{longest:,}")
 
     @property
     def adaptive(self) -> bool:
@@ -118,7 +130,10 @@ class GenerationSettings:
             raise SettingsError(unknown[0], f"unknown setting (known: {', '.join(sorted(known))})")
         data = dict(data)
         if "stop_strings" in data:
-            data["stop_strings"] = tuple(data["stop_strings"] or ())
+            stops = data["stop_strings"]
+            if stops is not None and not isinstance(stops, (list, tuple)):
+                raise SettingsError("stop_strings", f"must be a list of strings, got {type(stops).__name__}")
+            data["stop_strings"] = tuple(stops or ())
         return cls(**data)
 
     def label(self) -> str:

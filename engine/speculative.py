@@ -1,24 +1,28 @@
 """Self-speculative decoding: draft a few tokens thinking shallowly, verify them all at full depth in one pass.
 
 A recurrent-depth model is its own draft model: the same weights at ``draft_steps`` recurrences guess the next
-``lookahead`` tokens one by one; one forward pass at the full ``num_steps`` over those positions then gives the
-tokens plain greedy decoding would have produced. The longest agreeing prefix is kept, plus the full-depth token at
-the first disagreement, so the output is the plain greedy output. The verification pass reads each weight once for
-all its positions, which is where the time is won on bandwidth-bound hardware.
+``lookahead`` tokens one by one; one block at the full ``num_steps`` over those positions then gives the tokens plain
+greedy decoding would have produced. The longest agreeing prefix is kept, plus the full-depth token at the first
+disagreement, so the output is the plain greedy output (repetition penalty included: each position's choice sees the
+tokens before it). The verification pass reads each weight once for all its positions, which is where the time is
+won on bandwidth-bound hardware.
 
-Greedy, fixed depth, full cache, batch 1: the settings refuse other combinations.
+Greedy, fixed depth, full cache, batch 1: the settings refuse other combinations. Every pass is one
+``engine.step.run_block``, so cancel is honoured before each recurrence step, as in ``decode``.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import torch
 from torch import Tensor
 
-from .decode import DecodeStep, RowPlan, initial_states
+from .decode import DecodeStep, RowPlan, RowStops
+from .sampling import sample_token
+from .step import Cancelled, run_block
 
 
 @dataclass
@@ -32,17 +36,42 @@ class SpeculationStats:
         return self.accepted / self.drafted if self.drafted else 0.0
 
 
-def _run(model, ids: Tensor, cache, plan: RowPlan, steps: int, all_positions: bool) -> Tensor:
-    """Process ``ids`` (1, S) at the cache's current position with ``steps`` recurrences; return logits."""
-    pos0, seq = cache.seq_len, ids.shape[1]
-    rope = model._rope(slice(pos0, pos0 + seq))
-    embedded = model.embed(ids, cache, pos0, rope=rope)
-    state = initial_states(model, embedded, plan.init_scale, plan.seed, pos0)
-    for step in range(steps):
-        state = model.core_step(state, embedded, step, cache, pos0, rope=rope)
-    logits, _ = model.predict(state, cache, pos0, rope=rope, last_only=not all_positions)
-    cache.seq_len = pos0 + seq
-    return logits[0]
+class _Speculator:
+    """One row's draft / verify rounds over a shared cache; ``history`` is the prompt and every token produced."""
+
+    def __init__(self, model, plan: RowPlan, draft_steps: int, cache, cancel: threading.Event | None,
+                 history: list[int], device: torch.device) -> None:
+        self.model, self.plan, self.cache, self.cancel = model, plan, cache, cancel
+        self.draft_plan = replace(plan, num_steps=draft_steps)
+        self.history, self.device = history, device
+
+    def choose(self, logits: Tensor, extra: list[int]) -> int:
+        seen = torch.tensor(self.history + extra, device=logits.device)
+        return sample_token(logits, self.plan.sampling, None, seen)
+
+    def first(self, input_ids: Tensor) -> int:
+        return self.choose(run_block(self.model, input_ids, [self.plan], self.cache, cancel=self.cancel).logits[0, -1],
+                           [])
+
+    def draft(self, room: int, stop_ids: set[int] | frozenset[int]) -> list[int]:
+        drafts: list[int] = []
+        token = self.history[-1]
+        for _ in range(room):
+            ids = torch.tensor([[token]], device=self.device)
+            logits = run_block(self.model, ids, [self.draft_plan], self.cache, cancel=self.cancel).logits[0, -1]
+            token = self.choose(logits, drafts)
+            drafts.append(token)
+            if token in stop_ids:
+                break
+        return drafts
+
+    def verify(self, start: int, drafts: list[int]) -> list[int]:
+        """The full-depth tokens after the last token and after each draft but the last; the cache is rewound to
+        ``start`` first, so the drafts' shallow entries are replaced."""
+        self.cache.crop(start)
+        ids = torch.tensor([[self.history[-1]] + drafts[:-1]], device=self.device)
+        logits = run_block(self.model, ids, [self.plan], self.cache, cancel=self.cancel, last_only=False).logits[0]
+        return [self.choose(logits[i], drafts[:i]) for i in range(len(drafts))]
 
 
 @torch.inference_mode()
@@ -56,49 +85,36 @@ def speculative_decode(
     cancel: threading.Event | None = None,
     cache=None,
     stats: SpeculationStats | None = None,
+    stops: RowStops | None = None,
 ) -> Iterator[DecodeStep]:
     """Yield one ``DecodeStep`` per accepted token, like ``engine.decode.decode`` for a single row."""
     stats = stats if stats is not None else SpeculationStats()
     if cache is None:
         cache = model.new_cache(1, "full", capacity=input_ids.shape[1] + plan.max_new_tokens + lookahead)
-    produced, finished = 0, [False]
-    pending = int(_run(model, input_ids, cache, plan, plan.num_steps, False)[-1].argmax())
-    yield DecodeStep([pending], [plan.num_steps], [[]], plan.num_steps, finished=finished)
-    produced += 1
-    if pending in stop_ids or produced >= plan.max_new_tokens:
-        return
-
-    while not finished[0]:
-        if cancel is not None and cancel.is_set():
-            yield DecodeStep([-1], [0], [[]], 0, cancelled=True, finished=finished)
-            return
-        start = cache.seq_len
-        room = min(lookahead, plan.max_new_tokens - produced, model.config.block_size - start - 1)
-        if room < 1:
-            return
-        drafts, token = [], pending
-        for _ in range(room):
-            token = int(_run(model, torch.tensor([[token]], device=input_ids.device), cache, plan, draft_steps,
-                             False)[-1].argmax())
-            drafts.append(token)
-            if token in stop_ids:
-                break
-        cache.crop(start)
-        verify_ids = torch.tensor([[pending] + drafts[:-1]], device=input_ids.device)
-        verified = _run(model, verify_ids, cache, plan, plan.num_steps, True).argmax(-1).tolist()
-        accepted = 0
-        while accepted < len(drafts) and verified[accepted] == drafts[accepted]:
-            accepted += 1
-        stats.rounds += 1
-        stats.drafted += len(drafts)
-        stats.accepted += accepted
-        new_tokens = verified[:accepted + 1] if accepted < len(drafts) else drafts
-        # Positions whose inputs were right keep their full-depth entries; the rest are recomputed next round.
-        cache.crop(start + len(new_tokens))
-        for token in new_tokens:
-            produced += 1
-            finished[0] = token in stop_ids or produced >= plan.max_new_tokens
-            yield DecodeStep([token], [plan.num_steps], [[]], plan.num_steps, finished=finished)
-            if finished[0]:
+    spec = _Speculator(model, plan, draft_steps, cache, cancel, input_ids[0].tolist(), input_ids.device)
+    new_tokens: list[int] = []
+    try:
+        new_tokens = [spec.first(input_ids)]
+        produced = 0
+        while True:
+            for token in new_tokens:
+                spec.history.append(token)
+                produced += 1
+                done = token in stop_ids or produced >= plan.max_new_tokens
+                yield DecodeStep([token], [plan.num_steps], [[]], plan.num_steps, finished=(done,))
+                if done or (stops is not None and 0 in stops):
+                    return
+            start = cache.seq_len
+            room = min(lookahead, plan.max_new_tokens - produced, model.config.block_size - start - 1)
+            if room < 1:
                 return
-        pending = new_tokens[-1]
+            drafts = spec.draft(room, stop_ids)
+            verified = spec.verify(start, drafts)
+            accepted = next((i for i, (v, d) in enumerate(zip(verified, drafts)) if v != d), len(drafts))
+            stats.rounds, stats.drafted, stats.accepted = (stats.rounds + 1, stats.drafted + len(drafts),
+                                                           stats.accepted + accepted)
+            new_tokens = verified[:accepted + 1] if accepted < len(drafts) else drafts
+            # Positions whose inputs were right keep their full-depth entries; the rest are recomputed next round.
+            cache.crop(start + len(new_tokens))
+    except Cancelled:
+        yield DecodeStep([-1], [0], [[]], 0, cancelled=True, finished=(False,))

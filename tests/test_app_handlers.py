@@ -246,3 +246,204 @@ def test_build_demo_exposes_chat_and_compare(studio):
     demo = build_demo(studio)
     names = {dep.get("api_name") for dep in demo.config["dependencies"] if dep.get("api_visibility") == "public"}
     assert {"chat", "compare"} <= names
+
+
+# ---- damaged records, interrupted answers (issue 16) --------------------------------------------------------------
+
+def damage(db_path, message_id: int, **columns) -> None:
+    """Write wrong types straight into a stored row, as a hand-edited file or an old import left them."""
+    import sqlite3
+
+    con = sqlite3.connect(db_path)
+    with con:
+        for column, value in columns.items():
+            con.execute(f"UPDATE messages SET {column} = ? WHERE id = ?", [json.dumps(value), message_id])
+    con.close()
+
+
+DAMAGE = [
+    dict(stats={"tokens_per_s": "fast", "mean_steps": [1], "tokens": "3"}),
+    dict(settings={"num_steps": "abc", "exit_threshold": "lots", "criterion": 5}),
+    dict(tokens=[{"text": 5, "steps": "x"}, "token"], settings={"num_steps": 4}),
+    dict(tokens={"text": "not a list"}, extra=["not", "an", "object"]),
+    dict(tokens=[{"text": "huge", "steps": 30_000_000, "exit_value": 1e308}], settings={"num_steps": 30_000_000}),
+    dict(kind="comparison", extra={"columns": [1, 2], "system": 7}),
+    dict(kind="comparison", extra={"columns": [{"tokens": [{"text": "a", "steps": 3e7}], "stats": "x",
+                                                "settings": {"num_steps": 30_000_000}, "label": 3}]}),
+]
+
+
+@pytest.mark.parametrize("columns", DAMAGE, ids=lambda c: ",".join(c))
+def test_a_damaged_record_shows_as_damaged_and_the_page_keeps_working(studio, columns, monkeypatch):
+    from app.ui import Page, on_load
+
+    session = run(studio.send(studio.new_session(), "Hello", "", fixed()))[-1][0]
+    answer = studio.store.thread(session.owner, session.conversation_id)[-1]
+    kind = columns.pop("kind", None)
+    damage(studio.store.path, answer.id, **columns)
+    if kind:
+        import sqlite3
+
+        with sqlite3.connect(studio.store.path) as con:
+            con.execute("UPDATE messages SET kind = ? WHERE id = ?", [kind, answer.id])
+
+    # Drawing costs at most the answer's length, whatever step counts the record claims.
+    drawn = []
+    real_bucket = render.bucket
+    monkeypatch.setattr(render, "bucket", lambda *a: drawn.append(a) or real_bucket(*a))
+    fresh, html, listing, system, token = on_load(Page(studio, None), None, None)
+    assert fresh.conversation_id == session.conversation_id and len(drawn) <= 10
+    assert "damaged record" in html and "Hello" in html
+    assert "Type a message" not in html and listing["choices"]
+
+    # New conversation and Send still work, and the damaged conversation opens again.
+    fresh, html = studio.new_conversation(fresh)
+    assert "Ask something" in html
+    after = run(studio.send(fresh, "Still here?", "", fixed()))[-1][0]
+    assert studio.store.thread(after.owner, after.conversation_id)[-1].status == "complete"
+    _, html = studio.open_conversation(after, session.conversation_id)
+    assert "damaged record" in html
+
+
+def test_a_damaged_drawing_falls_back_to_the_escaped_text(monkeypatch):
+    view = render.MessageView(id=1, role="assistant", content=PAYLOAD, stats={"tokens": 1})
+    monkeypatch.setattr(render, "stats_line", lambda stats: 1 / 0)
+    html = render.transcript([view, render.MessageView(id=2, role="user", content="fine")])
+    assert "damaged record" in html and "&lt;script&gt;" in html and "fine" in html and "<script" not in html
+
+
+def test_the_legend_costs_the_same_at_any_scale():
+    for scale, first, last in ((1, "1", "1"), (8, "1", "8"), (32, "1–4", "29–32"), (30_000_000, "1–3750000",
+                                                                                      "26250001–30000000")):
+        legend = render.legend(scale)
+        assert f">{first}<" in legend and f">{last}<" in legend and legend.count("swatch d") <= 8
+
+
+def test_an_answer_left_partial_by_a_stopped_server_shows_as_interrupted(studio):
+    session = studio.new_session()
+    cid = studio.store.create_conversation(session.owner).id
+    question = studio.store.add_message(session.owner, cid, "user", "Question")
+    writer = studio.store.begin_answer(session.owner, cid, question.id, settings={"num_steps": 4})
+    writer.add_token("half an ans", 4)
+    writer.flush()  # ...and the process is killed here: the answer is never finished
+
+    session, html = studio.open_conversation(session, cid)
+    assert "generating…" not in html and "interrupted" in html and "half an ans" in html
+    assert 'data-action="regenerate"' in html  # the message's own button clicks the page's Regenerate
+
+    # While this process writes an answer, every tab sees that one generating.
+    gen = studio.regenerate(session, "", fixed(tokens=30))
+    next(gen)
+    assert "generating…" in studio.open_conversation(session, cid)[1]
+    gen.close()
+    session, html = run(studio.regenerate(session, "", fixed()))[-1]
+    assert "interrupted" not in html and "generating…" not in html and "3 / 3" in html
+
+
+# ---- caps on every event (issue 16, items 7-9 and wrong types) ----------------------------------------------------
+
+HOSTED_LIKE = Limits(max_num_steps=32, max_new_tokens=256, max_prompt_chars=2000, max_system_chars=2000,
+                     max_history_messages=8, max_prompt_tokens=600, max_stop_strings=2, max_stop_string_chars=16,
+                     max_title_chars=200)
+
+
+@pytest.fixture()
+def capped(studio):
+    return Studio(studio.slot, studio.store, AppConfig(limits=HOSTED_LIKE, stream_interval=0.0))
+
+
+def test_a_huge_system_prompt_is_refused_on_every_event_and_not_stored(capped):
+    big = "s" * 3_000_000
+    session = capped.new_session()
+    with pytest.raises(UserError, match=r"system_prompt: the system prompt is 3,000,000 characters; the limit"):
+        run(capped.send(session, "hi", big, fixed()))
+    assert capped.store.list_conversations(session.owner) == []
+    session = run(capped.send(session, "hi", "short", fixed()))[-1][0]
+    for call in (lambda: run(capped.regenerate(session, big, fixed())),
+                 lambda: capped.compare("hi", big, [fixed()]),
+                 lambda: capped.chat_api("hi", {"num_steps": 2}, big),
+                 lambda: capped.compare_api("hi", [{"num_steps": 2}], big)):
+        with pytest.raises(UserError, match="system_prompt: .* limit here is 2,000"):
+            call()
+    stored = capped.store.messages(session.owner, session.conversation_id)
+    assert len(stored) == 2 and all(len(m.content) < 100 and (m.extra or {}).get("system", "") == "short"
+                                    for m in stored if m.role == "assistant")
+
+
+def test_api_history_is_capped_by_messages_and_by_tokens(capped):
+    empty = [{"role": "user", "content": ""}, {"role": "assistant", "content": ""}] * 500
+    with pytest.raises(UserError, match="history: 1,000 messages; the limit here is 8"):
+        capped.chat_api("hi", {"num_steps": 2}, "", empty)
+    long_turns = [{"role": "user", "content": "w" * 400}, {"role": "assistant", "content": "v" * 400}]
+    with pytest.raises(UserError, match=r"tokens; the limit here is 600"):
+        capped.chat_api("hi", {"num_steps": 2}, "", long_turns)
+    out = capped.chat_api("hi", {"num_steps": 2, "max_new_tokens": 3}, "", long_turns[:1])
+    assert out["stats"]["tokens"] == 3
+
+
+def test_a_long_stored_history_is_trimmed_to_the_caps_in_few_token_counts(capped, monkeypatch):
+    from app import inputs
+
+    thread = [handlers.Message(id=i, conversation_id=1, parent_id=i - 1 or None, role=("user", "assistant")[i % 2],
+                               kind="message", content=f"turn {i} " + "x " * 20, created="", updated="",
+                               status="complete") for i in range(1, 2002)]
+    counted = []
+    real = capped.count_tokens
+    monkeypatch.setattr(capped, "count_tokens", lambda m: counted.append(len(m)) or real(m))
+    messages = capped.prompt_messages(thread, "Be brief.")
+    assert messages[0]["role"] == "system" and messages[-1]["content"].startswith("turn 2001")
+    assert len(messages) <= 1 + HOSTED_LIKE.max_history_messages
+    assert capped.count_tokens(messages) <= HOSTED_LIKE.max_prompt_tokens
+    assert len(counted) <= 2 + 4  # a binary search over at most 8 turns, not one count per dropped turn
+    # Tokens decide once messages fit: long turns within the message cap are trimmed to the token cap.
+    few = inputs.fit_prompt([], [{"role": "user", "content": "y " * 100}] * 6, 600, real)
+    assert few[1] > 0 and real(few[0]) <= 600
+
+
+@pytest.mark.parametrize("settings, field", [
+    ({"stop_strings": ["a", "b", "c"]}, "stop_strings"), ({"stop_strings": ["x" * 17]}, "stop_strings[0]"),
+    ({"stop_strings": "abc"}, "stop_strings"), ({"temperature": 1e-300}, "temperature"),
+    ({"num_steps": 64}, "num_steps"), ({"max_new_tokens": 257}, "max_new_tokens"), ({"criterion": "\ud800"}, "settings.criterion"),
+    ([{"num_steps": 4}], "settings"), ("num_steps=4", "settings"), ({"num_steps": "4"}, "num_steps"),
+])
+def test_api_settings_of_the_wrong_type_or_over_the_caps_name_the_field(capped, settings, field):
+    with pytest.raises((UserError, engine.SettingsError)) as err:
+        capped.chat_api("hi", settings)
+    assert str(err.value).startswith(field), str(err.value)
+
+
+@pytest.mark.parametrize("args, field", [
+    (("hi", None, None), "system_prompt"), (("hi", None, 5), "system_prompt"), ((None,), "prompt"),
+    (("\ud800 hi",), "prompt"), (("hi", None, "", "history"), "history"),
+    (("hi", None, "", [{"role": "system", "content": "x"}]), "history[0].role"),
+    (("hi", None, "", [{"role": "user", "content": None}]), "history[0].content"),
+    (("hi", None, "", [["user", "x"]]), "history[0]"),
+])
+def test_api_arguments_of_the_wrong_type_name_the_field(capped, args, field):
+    with pytest.raises(UserError) as err:
+        capped.chat_api(*args)
+    assert str(err.value).startswith(field), str(err.value)
+
+
+def test_compare_api_entries_of_the_wrong_type_name_their_place(capped):
+    with pytest.raises(UserError, match=r"^settings\[0\]: must be an object"):
+        capped.compare_api("hi", [1, 2])
+    with pytest.raises(UserError, match=r"^settings\[1\]: must be an object"):
+        capped.compare_api("hi", [{"num_steps": 2}, "deep"])
+
+
+def test_page_values_from_a_script_are_checked(capped):
+    session = run(capped.send(capped.new_session(), "hi", "", fixed()))[-1][0]
+    for bad in ("1; DROP TABLE", [1], None and 0, True, -3, 2**70):
+        with pytest.raises(UserError, match="not a valid id"):
+            capped.select_sibling(session, bad)
+    with pytest.raises(UserError, match="conversation: not a valid id"):
+        capped.open_conversation(session, {"id": 1})
+    with pytest.raises(UserError, match="title: the text is 201"):
+        capped.rename(session, "t" * 201)
+    with pytest.raises(UserError, match="search: the search is"):
+        capped.conversation_choices(session, "q" * 1001)
+    with pytest.raises(UserError, match="presets"):
+        handlers.arena_settings(fixed(), ["4", "<b>"], HOSTED_LIKE)
+    with pytest.raises(engine.SettingsError, match="temperature: must be a number"):
+        form(temperature="hot")

@@ -301,3 +301,56 @@ def test_model_card_style_calls(tiny):
     assert "".join(seen) == tok.decode(out.sequences[0, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
     again = model.generate_minimal(encoded["input_ids"], config, num_steps=4, init_scale=0.0, tokenizer=tok)
     assert torch.equal(again.sequences, plain.sequences)
+
+
+def test_speculative_decoding_honours_the_repetition_penalty(tiny):
+    model, tok = tiny
+    base = GenerationSettings(num_steps=8, max_new_tokens=20, seed=3, init_scale=0.0)
+    penalised = base.replace(repetition_penalty=1.8)
+    plain = list(engine.stream(model, tok, HELLO, penalised))[-1]
+    unpenalised = list(engine.stream(model, tok, HELLO, base))[-1]
+    assert plain.text != unpenalised.text  # the penalty changes this answer, so the comparison below means something
+    spec = list(engine.stream(model, tok, HELLO, penalised.replace(draft_steps=2, lookahead=3)))[-1]
+    assert spec.text == plain.text and spec.tokens == plain.tokens
+
+
+def test_speculative_cancel_returns_within_one_core_step(tiny):
+    model, tok = tiny
+    cancel = threading.Event()
+    calls = {"n": 0}
+    original = model.core_step
+
+    def counting_core_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 30:
+            cancel.set()
+        return original(*args, **kwargs)
+
+    model.core_step = counting_core_step
+    settings = GenerationSettings(num_steps=8, max_new_tokens=100, seed=0, draft_steps=2, lookahead=4)
+    try:
+        summary = list(engine.stream(model, tok, HELLO, settings, cancel=cancel))[-1]
+    finally:
+        del model.core_step
+    assert summary.stop_reason == "cancelled"
+    assert calls["n"] == 30
+
+
+def test_generate_stop_strings_match_the_whole_string(tiny):
+    model, tok = tiny
+    encoded = tok.apply_chat_template(HELLO, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    prompt = encoded["input_ids"]
+    kwargs = dict(tokenizer=tok, num_steps=4, init_scale=0.0)
+    plain = model.generate(prompt, GenerationConfig(max_new_tokens=30, do_sample=False), **kwargs)
+    new = plain[0, prompt.shape[1]:].tolist()
+    first = tok.decode(new[:1])
+    # A stop string that starts like the answer but never occurs must not stop it.
+    unmatched = model.generate(prompt, GenerationConfig(max_new_tokens=30, do_sample=False,
+                                                        stop_strings=[first + "\u00a7\u00a7"]), **kwargs)
+    assert torch.equal(unmatched, plain)
+    # A three-token stop string stops right after its last token, and only there.
+    j = next(j for j in range(1, len(new) - 3) if tok.decode(new[j:j + 3]).isascii()
+             and tok.decode(new[j:j + 3]).isprintable() and tok.decode(new[j:j + 3]) not in tok.decode(new[:j + 2]))
+    stop = tok.decode(new[j:j + 3])
+    cut = model.generate(prompt, GenerationConfig(max_new_tokens=30, do_sample=False, stop_strings=[stop]), **kwargs)
+    assert cut[0, prompt.shape[1]:].tolist() == new[:j + 3]

@@ -66,6 +66,7 @@ STATS = {
     "kv_cache_bytes": 1_048_576,
     "elapsed_s": 0.14,
     "stop_reason": "eos",
+    "notice": None,
 }
 HOSTILE = (
     "<script>alert('x')</script><img src=x onerror=alert(1)> &amp; \"quotes\" 'single'\n"
@@ -219,6 +220,33 @@ def test_list_newest_first_rename_and_delete_with_messages(store: Store):
     assert [x.id for x in store.list_conversations(OWNER)] == [b.id, c.id]
     with pytest.raises(NotFound):
         store.delete_conversation(OWNER, a.id)
+
+
+def chain_export(length: int, title: str = "long chat") -> dict:
+    """An export of one conversation whose messages form a single reply chain ``length`` deep."""
+    stamp = "2026-01-01T00:00:00.000000+00:00"
+    messages = [
+        {"id": i, "parent_id": i - 1 or None, "role": "user" if i % 2 else "assistant",
+         "content": f"turn {i} chainword", "created": stamp, "updated": stamp}
+        for i in range(1, length + 1)
+    ]  # fmt: skip
+    conv = {"title": title, "created": stamp, "updated": stamp, "current_leaf": length, "messages": messages}
+    return {"format": EXPORT_FORMAT, "version": 1, "conversations": [conv]}
+
+
+def test_a_reply_chain_of_5000_messages_deletes(store: Store):
+    keep = store.create_conversation(OWNER, "kept")
+    store.add_message(OWNER, keep.id, "user", "still here chainword")
+    [conv] = store.import_json(OWNER, chain_export(5000))
+    assert len(store.thread(OWNER, conv.id)) == 5000
+    store.delete_conversation(OWNER, conv.id)  # "too many levels of trigger recursion" before
+    with pytest.raises(NotFound):
+        store.get_conversation(OWNER, conv.id)
+    db = store.file.db()
+    assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 1
+    assert [h.conversation_id for h in store.search(OWNER, "chainword")] == [keep.id]
+    assert db.execute("INSERT INTO messages_fts(messages_fts) VALUES ('integrity-check')").rowcount != 0
+    assert store.integrity_check() == "ok"
 
 
 def test_auto_title_from_first_user_message_only(store: Store):
@@ -450,13 +478,13 @@ def _mutations():
         (delete(("conversations", 1, "title")), r"conversations\[1\]\.title is missing"),
         (set_(("conversations", 1, "current_leaf"), 77), "current_leaf 77 is not one of its messages"),
         (set_(("conversations", 1, "surprise"), 1), "unknown fields: surprise"),
-        (set_((*msgs, 1, "role"), "robot"), r"conversations\[1\]: role must be one of"),
+        (set_((*msgs, 1, "role"), "robot"), r"conversations\[1\]\.messages\[1\]\.role must be one of"),
         (set_((*msgs, 1, "parent_id"), 42), "has parent 42, which is not in the file"),
         (set_((*msgs, 0, "parent_id"), 2), "cycle"),
         (set_((*msgs, 1, "id"), 1), "is used twice"),
         (set_((*msgs, 1, "id"), True), "must be int"),
         (set_((*msgs, 1, "content"), None), "content must be str"),
-        (set_((*msgs, 1, "tokens"), [{"text": "a"}]), "steps must be a non-negative integer"),
+        (set_((*msgs, 1, "tokens"), [{"text": "a"}]), r"tokens\[0\]\.steps must be an integer from 0 to 1024"),
         (set_((*msgs, 1, "settings"), "fast"), "settings must be an object"),
         (set_((*msgs, 1, "status"), "halfway"), "status must be one of"),
         (set_((*msgs, 1, "content"), "\ud800"), "lone surrogate"),
@@ -476,6 +504,113 @@ def test_import_rejects_malformed_file_and_writes_nothing(store: Store, mutate, 
     assert store.export_data(OWNER)["conversations"] == before
 
 
+def answer_export() -> dict:
+    """An export of [question, comparison answer] with every record the app writes."""
+    stamp = "2026-01-01T00:00:00.000000+00:00"
+    column = {"label": "r=4", "settings": dict(SETTINGS, num_steps=4), "tokens": TOKENS,
+              "content": "Four. Done", "stats": dict(STATS, agreement=0.5)}
+    messages = [
+        {"id": 1, "parent_id": None, "role": "user", "content": "2+2?", "created": stamp, "updated": stamp},
+        {"id": 2, "parent_id": 1, "role": "assistant", "content": "Four. Done", "created": stamp,
+         "updated": stamp, "kind": "comparison", "settings": SETTINGS, "tokens": TOKENS, "stats": STATS,
+         "extra": {"columns": [column, column], "system": "Be brief."}},
+    ]  # fmt: skip
+    conv = {"title": "records", "created": stamp, "updated": stamp, "current_leaf": 2, "messages": messages}
+    return json.loads(json.dumps({"format": EXPORT_FORMAT, "version": 1, "conversations": [conv]}))
+
+
+ANSWER = ("conversations", 0, "messages", 1)
+COLUMN = (*ANSWER, "extra", "columns", 0)
+RECORD_MUTATIONS = [
+    ((*ANSWER, "stats", "tokens_per_s"), "fast", r"messages\[1\]\.stats\.tokens_per_s must be a number"),
+    ((*ANSWER, "stats", "tokens"), 10**12, r"stats\.tokens must be an integer from 0 to 65536, got 1e\+12"),
+    ((*ANSWER, "stats", "mean_steps"), float("nan"), r"stats\.mean_steps must be a number .*got nan"),
+    ((*ANSWER, "stats", "stop_reason"), ["x"], r"stats\.stop_reason must be a string"),
+    ((*ANSWER, "stats", "novel"), {"a": 1}, r"stats\.novel must be a string, number"),
+    ((*ANSWER, "settings", "exit_threshold"), "5e-4", r"settings\.exit_threshold must be a number"),
+    ((*ANSWER, "settings", "num_steps"), "abc", r"settings\.num_steps must be an integer from 1 to 1024"),
+    ((*ANSWER, "settings", "num_steps"), 10**9, r"settings\.num_steps must be an integer from 1 to 1024"),
+    ((*ANSWER, "settings", "criterion"), 5, r"settings\.criterion must be a string"),
+    ((*ANSWER, "settings", "warm_start"), "yes", r"settings\.warm_start must be true or false"),
+    ((*ANSWER, "tokens", 0, "steps"), 3e7, r"messages\[1\]\.tokens\[0\]\.steps must be an integer .*not float"),
+    ((*ANSWER, "tokens", 0, "steps"), 30_000_000, r"tokens\[0\]\.steps must be an integer from 0 to 1024, got 3e\+07"),
+    ((*ANSWER, "tokens", 0, "exit_value"), float("inf"), r"tokens\[0\]\.exit_value must be a number"),
+    ((*ANSWER, "tokens", 0, "surprise"), 1, r"tokens\[0\] has unknown fields: surprise"),
+    ((*ANSWER, "extra", "columns"), [1, 2], r"extra\.columns\[0\] must be an object"),
+    ((*ANSWER, "extra", "columns"), "all", r"extra\.columns must be a list"),
+    ((*ANSWER, "extra", "system"), 5, r"extra\.system must be a string"),
+    ((*COLUMN, "tokens", 1, "steps"), 3e7, r"extra\.columns\[0\]\.tokens\[1\]\.steps must be an integer"),
+    ((*COLUMN, "stats", "agreement"), 2, r"columns\[0\]\.stats\.agreement must be a number from 0 to 1"),
+    ((*COLUMN, "settings", "num_steps"), "deep", r"columns\[0\]\.settings\.num_steps must be an integer"),
+    ((*COLUMN, "label"), {"x": 1}, r"columns\[0\]\.label must be a string"),
+    ((*COLUMN, "surprise"), 1, r"columns\[0\] has unknown fields: surprise"),
+    ((*ANSWER, "created"), "yesterday", r"messages\[1\]\.created is not an ISO 8601 time"),
+    (("conversations", 0, "updated"), "soon", r"conversations\[0\]\.updated is not an ISO 8601 time"),
+]
+
+
+@pytest.mark.parametrize("path,value,message", RECORD_MUTATIONS, ids=[m[2][:40] for m in RECORD_MUTATIONS])
+def test_import_checks_every_record_field_and_writes_nothing(store: Store, path, value, message):
+    before = store.export_data(OWNER)["conversations"]
+    [ok] = store.import_json(OWNER, answer_export())  # the unchanged file is accepted
+    before = store.export_data(OWNER)["conversations"]
+    doc = copy.deepcopy(answer_export())
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(ImportInvalid, match=message):
+        store.import_json(OWNER, json.dumps(doc))
+    assert store.export_data(OWNER)["conversations"] == before
+
+
+def test_writes_are_checked_against_the_same_record_definitions(store: Store):
+    conv = store.create_conversation(OWNER)
+    with pytest.raises(InvalidData, match="stats.tokens_per_s must be a number"):
+        store.add_message(OWNER, conv.id, "assistant", "x", stats={"tokens_per_s": "fast"})
+    with pytest.raises(InvalidData, match=r"extra\.columns\[0\] must be an object"):
+        store.add_message(OWNER, conv.id, "assistant", "x", kind="comparison", extra={"columns": [1]})
+    writer = store.begin_answer(OWNER, conv.id)
+    with pytest.raises(InvalidData, match=r"token\[0\]\.steps must be an integer from 0 to 1024"):
+        writer.add_token("x", 30_000_000)
+    with pytest.raises(InvalidData, match="stats.mean_steps"):
+        writer.finish("complete", {"mean_steps": "many"})
+    assert writer.tokens == [] and store.get_message(OWNER, writer.message_id).status == "partial"
+
+
+def test_import_uses_the_apps_limits_and_settings_validator(store: Store):
+    import engine  # the real definitions the app writes with
+
+    limits = store_module.RecordLimits(
+        max_steps=engine.MAX_NUM_STEPS, settings_validator=engine.GenerationSettings.from_dict
+    )
+    good = answer_export()
+    for msg in good["conversations"][0]["messages"]:
+        if msg.get("settings"):
+            msg["settings"] = engine.GenerationSettings(num_steps=32, criterion="kl").to_dict()
+    for col in good["conversations"][0]["messages"][1]["extra"]["columns"]:
+        col["settings"] = engine.GenerationSettings(num_steps=4).to_dict()
+    [conv] = store.import_json(OWNER, json.dumps(good), limits)
+    assert store.thread(OWNER, conv.id)[1].settings == good["conversations"][0]["messages"][1]["settings"]
+    before = store.export_data(OWNER)["conversations"]
+    cases = [
+        ((*ANSWER, "tokens", 0, "steps"), 300, r"tokens\[0\]\.steps must be an integer from 0 to 256"),
+        ((*ANSWER, "settings", "temperature"), "hot", r"messages\[1\]\.settings: temperature"),
+        ((*ANSWER, "settings", "top_k"), -1, r"messages\[1\]\.settings: top_k"),
+        ((*ANSWER, "settings", "bogus"), 1, r"messages\[1\]\.settings: bogus: unknown setting"),
+        ((*COLUMN, "settings", "criterion"), "<b>x</b>", r"columns\[0\]\.settings: criterion"),
+    ]
+    for path, value, message in cases:
+        doc = copy.deepcopy(good)
+        node = doc
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+        with pytest.raises(ImportInvalid, match=message):
+            store.import_json(OWNER, json.dumps(doc), limits)
+    assert store.export_data(OWNER)["conversations"] == before
+
+
 def test_import_rejects_non_json_and_non_utf8(store: Store):
     with pytest.raises(ImportInvalid, match="not valid JSON.*line 1"):
         store.import_json(OWNER, "{nope")
@@ -484,6 +619,26 @@ def test_import_rejects_non_json_and_non_utf8(store: Store):
     with pytest.raises(ImportInvalid, match="JSON object"):
         store.import_json(OWNER, "[1, 2]")
     assert store.list_conversations(OWNER) == []
+
+
+@pytest.mark.parametrize("depth", [100_000, 1_000])
+def test_deeply_nested_json_is_refused_clearly(store: Store, depth: int):
+    before = store.export_data(OWNER)["conversations"]
+    nested = "[" * depth + "]" * depth
+    whole = '{"format": "%s", "version": 1, "conversations": %s}' % (EXPORT_FORMAT, nested)
+    inner = json.loads(json.dumps(chain_export(1)))
+    inner["conversations"][0]["extra"] = "@"
+    in_extra = json.dumps(inner).replace('"@"', '{"a": ' + nested + "}")
+    for text in (nested, whole, in_extra):
+        with pytest.raises(ImportInvalid, match="nested more than 32 levels deep"):
+            store.import_json(OWNER, text)
+    assert store.export_data(OWNER)["conversations"] == before
+    conv = store.create_conversation(OWNER)
+    deep: list = []
+    for _ in range(depth):
+        deep = [deep]
+    with pytest.raises(InvalidData, match="extra is nested more than 32 levels deep"):
+        store.add_message(OWNER, conv.id, "user", "x", extra={"deep": deep})
 
 
 def test_markdown_export_shows_depth_settings_and_steps(store: Store):

@@ -10,10 +10,9 @@ from .records import (
     AUTO_TITLE_CHARS,
     MAX_CONTENT_BYTES,
     MAX_JSON_BYTES,
+    MAX_JSON_DEPTH,
     MAX_OWNER_CHARS,
     MAX_TITLE_CHARS,
-    ROLES,
-    STATUSES,
     InvalidData,
 )
 
@@ -56,36 +55,32 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
+def check_depth(value: Any, field: str, limit: int = MAX_JSON_DEPTH) -> Any:
+    """Refuse lists and objects nested more than ``limit`` deep (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, (list, tuple)):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            raise InvalidData(f"{field} is nested more than {limit} levels deep")
+        stack.extend((child, depth + 1) for child in children)
+    return value
+
+
 def dump_json(value: Any, field: str) -> str | None:
     if value is None:
         return None
+    check_depth(value, field)
     try:
         text = json.dumps(value, ensure_ascii=False, default=_json_default)
     except (TypeError, ValueError) as exc:
         raise InvalidData(f"{field}: {exc}") from None
     return check_text(text, field, MAX_JSON_BYTES)
-
-
-def check_tokens(tokens: Any, field: str) -> list[dict[str, Any]] | None:
-    if tokens is None:
-        return None
-    if not isinstance(tokens, list):
-        raise InvalidData(f"{field} must be a list of token records")
-    for i, tok in enumerate(tokens):
-        where = f"{field}[{i}]"
-        if not isinstance(tok, dict):
-            raise InvalidData(f"{where} must be an object")
-        if not isinstance(tok.get("text"), str):
-            raise InvalidData(f"{where}.text must be a string")
-        steps = tok.get("steps")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise InvalidData(f"{where}.steps must be a non-negative integer")
-        exit_value = tok.get("exit_value")
-        if exit_value is not None and (
-            isinstance(exit_value, bool) or not isinstance(exit_value, (int, float))
-        ):
-            raise InvalidData(f"{where}.exit_value must be a number or null")
-    return tokens
 
 
 def check_object(value: Any, field: str) -> dict[str, Any] | None:
@@ -104,37 +99,3 @@ def auto_title(content: str) -> str | None:
             return clean if len(clean) <= AUTO_TITLE_CHARS else clean[: AUTO_TITLE_CHARS - 1] + "…"
     return None
 
-
-def message_row(
-    *,
-    role: Any,
-    content: Any,
-    kind: Any = "message",
-    status: Any = "complete",
-    error: Any = None,
-    model_id: Any = None,
-    model_revision: Any = None,
-    quantization: Any = None,
-    settings: Any = None,
-    tokens: Any = None,
-    stats: Any = None,
-    extra: Any = None,
-) -> dict[str, Any]:
-    """The checked, JSON-encoded columns of a message (everything but its place in the tree).
-
-    Validation and encoding happen before any transaction, so a bad argument writes nothing.
-    """
-    return {
-        "role": check_choice(role, "role", ROLES),
-        "content": check_text(content, "content"),
-        "kind": check_text(kind, "kind", 200),
-        "status": check_choice(status, "status", STATUSES),
-        "error": None if error is None else check_text(error, "error"),
-        "model_id": check_optional_text(model_id, "model_id"),
-        "model_revision": check_optional_text(model_revision, "model_revision"),
-        "quantization": check_optional_text(quantization, "quantization"),
-        "settings": dump_json(check_object(settings, "settings"), "settings"),
-        "tokens": dump_json(check_tokens(tokens, "tokens"), "tokens"),
-        "stats": dump_json(check_object(stats, "stats"), "stats"),
-        "extra": dump_json(check_object(extra, "extra"), "extra"),
-    }

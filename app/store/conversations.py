@@ -73,4 +73,19 @@ def rename(db: Database, owner: str, conversation_id: int, title: str) -> Conver
 
 def delete(db: Database, owner: str, conversation_id: int) -> None:
     conversation_row(db, owner, conversation_id)
-    db["conversations"].delete(conversation_id)
+    delete_rows(db, conversation_id)
+
+
+def delete_rows(db: Database, conversation_id: int) -> None:
+    """Delete a conversation and its messages without recursive triggers.
+
+    Deleting a parent cascades to its children, one trigger level per generation, and SQLite stops
+    at 1,000 levels (about 500 chat turns). Deleting children first, one row per statement, keeps
+    every cascade empty: a message's id is always higher than its parent's.
+    """
+    db.execute("UPDATE conversations SET current_leaf = NULL WHERE id = ?", [conversation_id])
+    ids = db.execute(
+        "SELECT id FROM messages WHERE conversation_id = ? ORDER BY id DESC", [conversation_id]
+    ).fetchall()
+    db.conn.executemany("DELETE FROM messages WHERE id = ?", ids)
+    db.execute("DELETE FROM conversations WHERE id = ?", [conversation_id])

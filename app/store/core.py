@@ -18,9 +18,20 @@ import platformdirs
 from sqlite_utils import Database
 
 from . import conversations, markdown, search, traces, transfer, tree
-from .checks import check_object, check_owner, check_text, dump_json, message_row
+from .checks import check_object, check_owner, check_text, dump_json
+from .fields import message_row
 from .connection import StoreFile
-from .records import ENV_VAR, LEAF, MAX_TITLE_CHARS, Conversation, Message, Role, SearchHit, Status
+from .records import (
+    ENV_VAR,
+    LEAF,
+    MAX_TITLE_CHARS,
+    Conversation,
+    Message,
+    RecordLimits,
+    Role,
+    SearchHit,
+    Status,
+)
 from .writer import AnswerWriter
 
 
@@ -49,8 +60,11 @@ class Store:
         *,
         lock_timeout: float = 30.0,
         busy_timeout: float = 5.0,
+        limits: RecordLimits = RecordLimits(),
     ) -> None:
         self.path: Path = Path(path).expanduser() if path is not None else default_db_path()
+        self.limits = limits
+        """What every write and (unless ``import_json`` gets its own) every import is checked against."""
         self.file = StoreFile(self.path, lock_timeout=lock_timeout, busy_timeout=busy_timeout)
 
     @property
@@ -135,7 +149,7 @@ class Store:
         row = message_row(
             role=role, content=content, kind=kind, status=status, error=error, model_id=model_id,
             model_revision=model_revision, quantization=quantization, settings=settings,
-            tokens=tokens, stats=stats, extra=extra,
+            tokens=tokens, stats=stats, extra=extra, limits=self.limits,
         )  # fmt: skip
         return self._write(owner, lambda db: tree.insert(db, owner, conversation_id, parent_id, row))
 
@@ -164,7 +178,7 @@ class Store:
             status="partial", model_id=model_id, model_revision=model_revision,
             quantization=quantization, settings=settings, tokens=[], extra=extra,
         )  # fmt: skip
-        return AnswerWriter(self.file, owner, message, flush_interval, clock)
+        return AnswerWriter(self.file, owner, message, flush_interval, clock, self.limits)
 
     def get_message(self, owner: str, message_id: int) -> Message:
         return self._read(owner, lambda db: tree.get(db, owner, message_id))
@@ -256,18 +270,16 @@ class Store:
         """A readable Markdown transcript of the current branch of each conversation."""
         return markdown.render(self.export_data(owner, conversation_ids))
 
-    def import_json(self, owner: str, data: str | bytes | Mapping[str, Any]) -> list[Conversation]:
+    def import_json(
+        self, owner: str, data: str | bytes | Mapping[str, Any], limits: RecordLimits | None = None
+    ) -> list[Conversation]:
         """Import an export (text, bytes or parsed dict) as new conversations of ``owner``.
 
-        The whole file is validated first; any problem raises ``ImportInvalid`` naming the field,
-        and nothing is written. All conversations are written in one transaction with new ids.
+        The whole file is checked first, every field against ``limits`` (default: the store's);
+        any problem raises ``ImportInvalid`` naming the field, and nothing is written.
         """
         check_owner(owner)
-        doc = transfer.parse(data)
-        plans = [
-            transfer.plan_conversation(c, f"conversations[{i}]")
-            for i, c in enumerate(doc["conversations"])
-        ]
+        plans = transfer.plan_import(transfer.parse(data), limits or self.limits)
         return self.file.write(
             lambda db: [transfer.write_conversation(db, owner, plan) for plan in plans]
         )

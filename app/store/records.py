@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -23,7 +24,28 @@ MAX_JSON_BYTES = 64 * 1024 * 1024
 MAX_TITLE_CHARS = 500
 MAX_OWNER_CHARS = 256
 MAX_IMPORT_BYTES = 512 * 1024 * 1024
+# Lists and objects inside one another; deeper values are refused (json and the page recurse).
+MAX_JSON_DEPTH = 32
 AUTO_TITLE_CHARS = 60
+
+
+
+@dataclass(frozen=True)
+class RecordLimits:
+    """What one message's records may hold, checked on every write and import, and the caps of one
+    import. Plain values: the app passes its engine's limits (the store never imports the engine).
+
+    ``settings_validator`` is called with a copy of every settings object (an answer's, a comparison
+    column's) and raises (any exception; its message is shown) when the settings are not valid
+    generation settings, e.g. ``engine.GenerationSettings.from_dict``. Its return value is unused:
+    the settings are stored as given.
+    """
+
+    max_steps: int = 1024  # recurrent steps of one token (and num_steps of a setting)
+    max_tokens: int = 65_536  # token records of one answer or comparison column
+    max_conversations: int = 10_000  # conversations in one import
+    max_messages: int = 100_000  # messages in one import, all conversations together
+    settings_validator: Callable[[dict[str, Any]], object] | None = None
 
 
 # --------------------------------------------------------------------------------------- errors

@@ -175,11 +175,3 @@ def for_conversation(db: Database, owner: str, conversation_id: int) -> dict[int
 def get(db: Database, owner: str, message_id: int) -> dict[str, Any] | None:
     return _rows(db, owner, "m.id = ?", [message_id]).get(message_id)
 
-
-def check_columns(extra: Any, field: str) -> None:
-    """A saved arena run keeps each column's trace in ``extra["columns"][i]["trace"]``: checked like any trace."""
-    columns = extra.get("columns") if isinstance(extra, dict) else None
-    if isinstance(columns, list):
-        for i, col in enumerate(columns):
-            if isinstance(col, dict) and col.get("trace") is not None:
-                check_trace(col["trace"], f"{field}.columns[{i}].trace")

@@ -5,22 +5,26 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
 from sqlite_utils import Database
 
 from . import conversations, traces, tree
-from .checks import check_object, check_text, dump_json, message_row
+from .checks import check_depth, check_object, check_text, dump_json
 from .conversations import conversation_from_row
+from .fields import message_row
 from .records import (
     EXPORT_FORMAT,
     EXPORT_VERSION,
     MAX_IMPORT_BYTES,
+    MAX_JSON_DEPTH,
     MAX_TITLE_CHARS,
     Conversation,
     ImportInvalid,
     InvalidData,
     Message,
+    RecordLimits,
     now_iso,
 )
 
@@ -107,6 +111,12 @@ def parse(data: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
             raise ImportInvalid(
                 f"the file is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
             ) from None
+        except RecursionError:
+            raise ImportInvalid(f"the file is nested more than {MAX_JSON_DEPTH} levels deep") from None
+    try:
+        check_depth(data, "the file")
+    except InvalidData as exc:
+        raise ImportInvalid(str(exc)) from None
     if not isinstance(data, Mapping):
         raise ImportInvalid("the file must hold a JSON object exported by Huginn Studio")
     if data.get("format") != EXPORT_FORMAT:
@@ -145,60 +155,100 @@ def _check_keys(obj: Mapping[str, Any], allowed: set[str], where: str) -> None:
         raise ImportInvalid(f"{where} has unknown fields: {', '.join(map(str, unknown))}")
 
 
-def plan_conversation(conv: Any, where: str) -> Plan:
+def _timestamp(obj: Mapping[str, Any], key: str, where: str) -> str:
+    value = check_text(_field(obj, key, where, str), f"{where}.{key}", 100)
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        raise ImportInvalid(f"{where}.{key} is not an ISO 8601 time") from None
+    return value
+
+
+def _plan_message(m: Any, where: str, limits: RecordLimits) -> tuple[dict[str, Any], dict[str, Any]]:
+    if not isinstance(m, Mapping):
+        raise ImportInvalid(f"{where} must be an object")
+    _check_keys(m, _MESSAGE_KEYS, where)
+    _field(m, "id", where, int)
+    _field(m, "parent_id", where, int, optional=True)
+    for key in ("role", "content"):
+        _field(m, key, where, str)
+    for key in ("created", "updated"):
+        _timestamp(m, key, where)
+    values = {k: m.get(k, d) for k, d in _MESSAGE_FIELDS.items()}
+    try:
+        row = message_row(**values, limits=limits, field=f"{where}.")
+        trace = traces.prepare(m.get("trace"), f"{where}.trace")
+    except InvalidData as exc:
+        raise ImportInvalid(str(exc)) from None
+    return {**m, "trace": trace}, row
+
+
+def plan_conversation(conv: Any, where: str, limits: RecordLimits = RecordLimits()) -> Plan:
     """Validate one exported conversation; returns it and its (message, row) pairs, parents first."""
     if not isinstance(conv, Mapping):
         raise ImportInvalid(f"{where} must be an object")
     _check_keys(conv, _CONVERSATION_KEYS, where)
-    by_id: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
     try:
         check_text(_field(conv, "title", where, str), f"{where}.title", MAX_TITLE_CHARS * 4)
-        for key in ("created", "updated"):
-            check_text(_field(conv, key, where, str), f"{where}.{key}", 100)
         check_object(conv.get("extra"), f"{where}.extra")
-        leaf = _field(conv, "current_leaf", where, int, optional=True)
-        for j, m in enumerate(_field(conv, "messages", where, list)):
-            mw = f"{where}.messages[{j}]"
-            if not isinstance(m, Mapping):
-                raise ImportInvalid(f"{mw} must be an object")
-            _check_keys(m, _MESSAGE_KEYS, mw)
-            mid = _field(m, "id", mw, int)
-            _field(m, "parent_id", mw, int, optional=True)
-            for key in ("created", "updated", "role", "content"):
-                _field(m, key, mw, str)
-            for key in ("created", "updated"):
-                check_text(m[key], f"{mw}.{key}", 100)
-            if mid in by_id:
-                raise ImportInvalid(f"{mw}.id {mid} is used twice")
-            row = message_row(**{k: m.get(k, d) for k, d in _MESSAGE_FIELDS.items()})
-            traces.check_columns(m.get("extra"), f"{mw}.extra")
-            by_id[mid] = ({**m, "trace": traces.prepare(m.get("trace"), f"{mw}.trace")}, row)
-    except ImportInvalid:
-        raise
+        dump_json(conv.get("extra"), f"{where}.extra")
     except InvalidData as exc:
-        raise ImportInvalid(f"{where}: {exc}") from None
+        raise ImportInvalid(str(exc)) from None
+    for key in ("created", "updated"):
+        _timestamp(conv, key, where)
+    leaf = _field(conv, "current_leaf", where, int, optional=True)
+    by_id: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+    for j, m in enumerate(_field(conv, "messages", where, list)):
+        planned = _plan_message(m, f"{where}.messages[{j}]", limits)
+        if planned[0]["id"] in by_id:
+            raise ImportInvalid(f"{where}.messages[{j}].id {planned[0]['id']} is used twice")
+        by_id[planned[0]["id"]] = planned
     if leaf is not None and leaf not in by_id:
         raise ImportInvalid(f"{where}.current_leaf {leaf} is not one of its messages")
+    return dict(conv), _parents_first(by_id, where)
+
+
+def _parents_first(
+    by_id: dict[int, tuple[dict[str, Any], dict[str, Any]]], where: str
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     # Place every message after its ancestors. Visiting ids in order keeps the file's order when
     # it already lists parents first (every export does), so a round trip keeps sibling order.
     ordered: list[tuple[dict[str, Any], dict[str, Any]]] = []
     placed: set[int] = set()
     for mid in sorted(by_id):
         path: list[int] = []
+        on_path: set[int] = set()
         node: int | None = mid
         while node is not None and node not in placed:
             if node not in by_id:
                 raise ImportInvalid(
                     f"{where}: message {path[-1]} has parent {node}, which is not in the file"
                 )
-            if node in path:
+            if node in on_path:
                 raise ImportInvalid(f"{where}: message {node} is its own ancestor (a cycle)")
             path.append(node)
+            on_path.add(node)
             node = by_id[node][0]["parent_id"]
         for n in reversed(path):
             placed.add(n)
             ordered.append(by_id[n])
-    return dict(conv), ordered
+    return ordered
+
+
+def plan_import(doc: Mapping[str, Any], limits: RecordLimits) -> list[Plan]:
+    """Check a parsed export (``parse``) against ``limits``; nothing is written yet."""
+    convs = doc["conversations"]
+    if len(convs) > limits.max_conversations:
+        raise ImportInvalid(
+            f"the file holds {len(convs):,} conversations; one import may hold at most "
+            f"{limits.max_conversations:,}"
+        )
+    total = sum(len(c["messages"]) for c in convs if isinstance(c, Mapping) and isinstance(c.get("messages"), list))
+    if total > limits.max_messages:
+        raise ImportInvalid(
+            f"the file holds {total:,} messages; one import may hold at most {limits.max_messages:,}"
+        )
+    return [plan_conversation(c, f"conversations[{i}]", limits) for i, c in enumerate(convs)]
 
 
 def write_conversation(db: Database, owner: str, plan: Plan) -> Conversation:

@@ -9,9 +9,10 @@ from typing import Any
 from sqlite_utils import Database
 
 from . import tree
-from .checks import check_choice, check_object, check_text, check_tokens, dump_json
+from .checks import check_choice, check_text, dump_json
 from .connection import StoreFile
-from .records import STATUSES, Message, NotFound, Status, StoreError, now_iso
+from .fields import check_stats, check_tokens
+from .records import STATUSES, Message, NotFound, RecordLimits, Status, StoreError, now_iso
 
 
 class AnswerWriter:
@@ -35,8 +36,10 @@ class AnswerWriter:
         message: Message,
         flush_interval: float,
         clock: Callable[[], float] = time.monotonic,
+        limits: RecordLimits = RecordLimits(),
     ) -> None:
         self._file = file
+        self._limits = limits
         self._clock = clock
         self.owner = owner
         self.message_id: int = message.id
@@ -56,8 +59,7 @@ class AnswerWriter:
         """Record one generated token with the recurrent steps it took and its exit value."""
         if self.finished:
             raise StoreError(f"answer {self.message_id} is already finished")
-        record = {"text": text, "steps": steps, "exit_value": exit_value}
-        check_tokens([record], "token")
+        [record] = check_tokens([{"text": text, "steps": steps, "exit_value": exit_value}], "token", self._limits)
         check_text(text, "token text")
         self.tokens.append(record)
         if self._clock() - self._last_flush >= self.flush_interval:
@@ -83,7 +85,7 @@ class AnswerWriter:
             raise StoreError(f"answer {self.message_id} is already finished")
         check_choice(status, "status", STATUSES)
         values = {
-            "stats": dump_json(check_object(stats, "stats"), "stats"),
+            "stats": dump_json(check_stats(stats, "stats", self._limits), "stats"),
             "error": None if error is None else check_text(error, "error"),
         }
         if content is not None:

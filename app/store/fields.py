@@ -1,0 +1,242 @@
+"""The shapes of the JSON records a message holds: settings, token records, stats, and the columns
+of a saved comparison. One definition, checked on every write and on every import, so an imported
+file can hold nothing the app would not have written itself."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .checks import (
+    check_choice,
+    check_object,
+    check_optional_text,
+    check_text,
+    dump_json,
+)
+from .records import MAX_CONTENT_BYTES, ROLES, STATUSES, InvalidData, RecordLimits
+from .traces import check_trace
+
+_INT_BOUND = 2**63  # SQLite's integers; also keeps formatting of any value cheap
+MAX_COLUMNS = 16  # columns of one saved comparison
+_SHORT = 1_000  # characters of a label, a stop reason or an unknown scalar value
+
+# Stats the page and the Markdown export draw: name -> (integer?, minimum, maximum or the limit's name).
+_STATS: dict[str, tuple[bool, float, float | str | None]] = {
+    "tokens": (True, 0, "max_tokens"),
+    "prompt_tokens": (True, 0, None),
+    "tokens_per_s": (False, 0, None),
+    "mean_steps": (False, 0, "max_steps"),
+    "min_steps": (True, 0, "max_steps"),
+    "max_steps": (True, 0, "max_steps"),
+    "core_iterations": (True, 0, None),
+    "kv_cache_bytes": (True, 0, None),
+    "elapsed_s": (False, 0, None),
+    "first_token_s": (False, 0, None),
+    "seed": (True, -_INT_BOUND, None),
+    "trimmed_messages": (True, 0, None),
+    "materialized_parameters": (True, 0, None),
+    "agreement": (False, 0, 1),
+    "acceptance": (False, 0, 1),
+}
+_STATS_TEXT = {"stop_reason": 64, "notice": 10_000}
+# Settings the page draws without the app's validator: name -> (integer?, minimum, maximum).
+_SETTINGS: dict[str, tuple[bool, float, float | str | None]] = {
+    "num_steps": (True, 1, "max_steps"),
+    "min_steps": (True, 0, "max_steps"),
+    "exit_threshold": (False, 0, None),
+    "max_new_tokens": (True, 1, "max_tokens"),
+}
+_TOKEN_KEYS = {"text", "steps", "exit_value"}
+_COLUMN_KEYS = {"label", "settings", "tokens", "content", "stats", "trace"}
+
+
+def _plain(value: Any) -> Any:
+    # numpy/torch scalars reach us from the engine; check and keep their values.
+    item = getattr(value, "item", None)
+    return item() if callable(item) and not isinstance(value, (int, float, str)) else value
+
+
+def check_number(
+    value: Any, field: str, low: float, high: float | None, *, integer: bool
+) -> int | float | None:
+    """None, or a finite number (an integer when ``integer``) from ``low`` to ``high``."""
+    value = _plain(value)
+    if value is None:
+        return None
+    top = _INT_BOUND - 1 if high is None else high
+    rule = f"{field} must be {'an integer' if integer else 'a number'} from {low:g} to {top:g}"
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        raise InvalidData(f"{rule}, not {type(value).__name__}")
+    if not (math.isfinite(value) and low <= value <= top):
+        raise InvalidData(f"{rule}, got {value:g}")
+    return value
+
+
+def _bound(high: float | str | None, limits: RecordLimits) -> float | None:
+    return getattr(limits, high) if isinstance(high, str) else high
+
+
+def _check_scalar(value: Any, field: str) -> Any:
+    value = _plain(value)
+    if isinstance(value, str):
+        return check_text(value, field, _SHORT * 4)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return check_number(value, field, -_INT_BOUND, None, integer=False)
+    if value is None or isinstance(value, bool):
+        return value
+    raise InvalidData(f"{field} must be a string, number, true/false or null, not {type(value).__name__}")
+
+
+def check_tokens(tokens: Any, field: str, limits: RecordLimits) -> list[dict[str, Any]] | None:
+    """A list of ``{"text": str, "steps": int, "exit_value": number | null}``."""
+    if tokens is None:
+        return None
+    if not isinstance(tokens, list):
+        raise InvalidData(f"{field} must be a list of token records, not {type(tokens).__name__}")
+    if len(tokens) > limits.max_tokens:
+        raise InvalidData(f"{field} has {len(tokens):,} token records; the limit is {limits.max_tokens:,}")
+    out = []
+    for i, tok in enumerate(tokens):
+        where = f"{field}[{i}]"
+        if not isinstance(tok, dict):
+            raise InvalidData(f"{where} must be an object")
+        unknown = sorted(map(str, set(tok) - _TOKEN_KEYS))
+        if unknown:
+            raise InvalidData(f"{where} has unknown fields: {', '.join(unknown)}")
+        if not isinstance(tok.get("text"), str):
+            raise InvalidData(f"{where}.text must be a string")
+        steps = tok.get("steps")
+        if steps is None:
+            raise InvalidData(f"{where}.steps must be an integer from 0 to {limits.max_steps}")
+        out.append({
+            "text": tok["text"],
+            "steps": check_number(steps, f"{where}.steps", 0, limits.max_steps, integer=True),
+            "exit_value": check_number(tok.get("exit_value"), f"{where}.exit_value", -_INT_BOUND, None,
+                                       integer=False),
+        })  # fmt: skip
+    return out
+
+
+def _check_typed(
+    obj: dict[str, Any], field: str, spec: dict[str, tuple[bool, float, float | str | None]],
+    limits: RecordLimits,
+) -> dict[str, Any]:
+    out = {}
+    for key, value in obj.items():
+        if not isinstance(key, str):
+            raise InvalidData(f"{field} has a key that is not a string")
+        where = f"{field}.{key}"
+        if key in spec:
+            integer, low, high = spec[key]
+            out[key] = check_number(value, where, low, _bound(high, limits), integer=integer)
+        else:
+            out[key] = _check_scalar(value, where)
+    return out
+
+
+def check_stats(stats: Any, field: str, limits: RecordLimits) -> dict[str, Any] | None:
+    """An answer's stats: the drawn ones typed and in range, any other one a plain value."""
+    if check_object(stats, field) is None:
+        return None
+    out = _check_typed({k: v for k, v in stats.items() if k not in _STATS_TEXT}, field, _STATS, limits)
+    for key, size in _STATS_TEXT.items():
+        if key in stats:
+            value = _plain(stats[key])
+            out[key] = None if value is None else check_text(value, f"{field}.{key}", size)
+    return {k: out[k] for k in stats}  # the given order
+
+
+def check_settings(settings: Any, field: str, limits: RecordLimits) -> dict[str, Any] | None:
+    """Generation settings: plain values (lists of strings for stop strings), the drawn ones in
+    range, then the app's own validator when it gave one."""
+    if check_object(settings, field) is None:
+        return None
+    lists = {k: v for k, v in settings.items() if isinstance(v, (list, tuple))}
+    out = _check_typed({k: v for k, v in settings.items() if k not in lists}, field, _SETTINGS, limits)
+    for key, items in lists.items():
+        out[key] = [check_text(s, f"{field}.{key}[{i}]", _SHORT * 4) for i, s in enumerate(items)]
+    if settings.get("criterion") is not None and not isinstance(settings["criterion"], str):
+        raise InvalidData(f"{field}.criterion must be a string")
+    if settings.get("warm_start") is not None and not isinstance(settings["warm_start"], bool):
+        raise InvalidData(f"{field}.warm_start must be true or false")
+    if limits.settings_validator is not None:
+        try:
+            limits.settings_validator(dict(out))
+        except Exception as exc:  # noqa: BLE001 - any refusal of the app's validator is a bad value
+            raise InvalidData(f"{field}: {exc}") from None
+    return {k: out[k] for k in settings}
+
+
+def check_extra(extra: Any, field: str, limits: RecordLimits) -> dict[str, Any] | None:
+    """A message's extra object: ``system`` (text) and ``columns`` (a saved comparison) typed, the
+    rest free JSON (its depth and size are checked when it is encoded)."""
+    if check_object(extra, field) is None:
+        return None
+    out = dict(extra)
+    if extra.get("system") is not None:
+        out["system"] = check_text(extra["system"], f"{field}.system")
+    if "columns" in extra:
+        columns = extra["columns"]
+        if not isinstance(columns, list) or len(columns) > MAX_COLUMNS:
+            raise InvalidData(f"{field}.columns must be a list of at most {MAX_COLUMNS} columns")
+        out["columns"] = [_check_column(c, f"{field}.columns[{i}]", limits) for i, c in enumerate(columns)]
+    return out
+
+
+def _check_column(column: Any, field: str, limits: RecordLimits) -> dict[str, Any]:
+    if not isinstance(column, dict):
+        raise InvalidData(f"{field} must be an object")
+    unknown = sorted(map(str, set(column) - _COLUMN_KEYS))
+    if unknown:
+        raise InvalidData(f"{field} has unknown fields: {', '.join(unknown)}")
+    out = dict(column)
+    if column.get("label") is not None:
+        out["label"] = check_text(column["label"], f"{field}.label", _SHORT * 4)
+    if column.get("content") is not None:
+        out["content"] = check_text(column["content"], f"{field}.content")
+    for key, check in (("settings", check_settings), ("tokens", check_tokens), ("stats", check_stats)):
+        if key in column:
+            out[key] = check(column[key], f"{field}.{key}", limits)
+    if "trace" in column:  # the column's depth-lens trace (app.store.traces)
+        out["trace"] = check_trace(column["trace"], f"{field}.trace")
+    return out
+
+
+def message_row(
+    *,
+    role: Any,
+    content: Any,
+    kind: Any = "message",
+    status: Any = "complete",
+    error: Any = None,
+    model_id: Any = None,
+    model_revision: Any = None,
+    quantization: Any = None,
+    settings: Any = None,
+    tokens: Any = None,
+    stats: Any = None,
+    extra: Any = None,
+    limits: RecordLimits = RecordLimits(),
+    field: str = "",
+) -> dict[str, Any]:
+    """The checked, JSON-encoded columns of a message (everything but its place in the tree).
+
+    Validation and encoding happen before any transaction, so a bad argument writes nothing.
+    ``field`` prefixes the names in error messages (e.g. ``conversations[0].messages[3].``).
+    """
+    f = field
+    return {
+        "role": check_choice(role, f"{f}role", ROLES),
+        "content": check_text(content, f"{f}content", MAX_CONTENT_BYTES),
+        "kind": check_text(kind, f"{f}kind", 200),
+        "status": check_choice(status, f"{f}status", STATUSES),
+        "error": None if error is None else check_text(error, f"{f}error"),
+        "model_id": check_optional_text(model_id, f"{f}model_id"),
+        "model_revision": check_optional_text(model_revision, f"{f}model_revision"),
+        "quantization": check_optional_text(quantization, f"{f}quantization"),
+        "settings": dump_json(check_settings(settings, f"{f}settings", limits), f"{f}settings"),
+        "tokens": dump_json(check_tokens(tokens, f"{f}tokens", limits), f"{f}tokens"),
+        "stats": dump_json(check_stats(stats, f"{f}stats", limits), f"{f}stats"),
+        "extra": dump_json(check_extra(extra, f"{f}extra", limits), f"{f}extra"),
+    }
