@@ -112,16 +112,17 @@ class StepRecorder:
                                ).to(device)
         self._steps: list[tuple[list[bool], Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]] = []
 
-    def begin(self, initial_state: Tensor, vocab_size: int) -> None:
+    def begin(self, initial_state: Tensor) -> None:
         """A new position: step 1 compares against the uniform distribution and the initial state."""
-        batch = initial_state.shape[0]
-        self._prev_logp = torch.full((batch, vocab_size), -math.log(vocab_size), device=initial_state.device)
+        self._prev_logp: Tensor | None = None
         self._prev_state = initial_state[:, -1].float()
         self._steps = []
 
     def observe(self, state: Tensor, logits: Tensor, iterating: list[bool]) -> None:
         """After one recurrence: ``state`` (B, S, h), ``logits`` (B, 1, V) from the coda and head at this step."""
         logp = F.log_softmax(logits[:, -1].float(), -1)
+        if self._prev_logp is None:
+            self._prev_logp = torch.full_like(logp, -math.log(logp.shape[-1]))
         probs = logp.exp()
         kl = (self._prev_logp.exp() * (self._prev_logp - logp)).sum(-1)
         entropy = -(probs * logp).sum(-1)

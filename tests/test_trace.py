@@ -11,13 +11,13 @@ import engine
 from engine import GenerationSettings, SettingsError, Summary
 from engine.trace import pca_2d
 
-PROMPTS = ["The cat", "2 + 2 =", "Hello there, how", "zzz"]
+PROMPTS = ["The cat", "2 + 2 =", "zzz"]
 
 
 def run(model, tokenizer, prompt: str, **settings):
     events, summary = [], None
     for event in engine.stream(model, tokenizer, [{"role": "user", "content": prompt}],
-                               GenerationSettings(seed=7, **settings)):
+                               GenerationSettings(**{"seed": 7, **settings})):
         if isinstance(event, Summary):
             summary = event
         elif event.token_id >= 0:
@@ -28,7 +28,7 @@ def run(model, tokenizer, prompt: str, **settings):
 @pytest.mark.parametrize("init_scale", [1.0, 0.0])
 def test_the_leader_at_step_s_is_the_greedy_token_of_a_run_at_depth_s(tiny, init_scale):
     model, tokenizer = tiny
-    k = 8
+    k = 6
     flips = 0
     for prompt in PROMPTS:
         events, _ = run(model, tokenizer, prompt, num_steps=k, max_new_tokens=1, trace=True, init_scale=init_scale)
@@ -45,7 +45,7 @@ def test_the_leader_at_step_s_is_the_greedy_token_of_a_run_at_depth_s(tiny, init
 @pytest.mark.parametrize("criterion", ["none", "kl", "latent-diff"])
 def test_every_token_exits_where_it_says_and_its_last_step_is_the_answer(tiny, criterion):
     model, tokenizer = tiny
-    settings = dict(num_steps=16, max_new_tokens=12, criterion=criterion, trace=True, trace_top_k=3)
+    settings = dict(num_steps=12, max_new_tokens=8, criterion=criterion, trace=True, trace_top_k=3)
     if criterion != "none":
         settings["exit_threshold"] = {"kl": 5e-3, "latent-diff": 0.05}[criterion]
     events, summary = run(model, tokenizer, "Once upon a time", **settings)
@@ -61,7 +61,7 @@ def test_every_token_exits_where_it_says_and_its_last_step_is_the_answer(tiny, c
         assert all(s.entropy >= 0 and s.kl >= -1e-5 and s.latent_change >= 0 for s in trace.steps)
         if criterion == "kl":  # the trace's KL is the criterion's value at each check
             assert math.isclose(trace.steps[-1].kl, event.exit_value, rel_tol=1e-3, abs_tol=1e-6)
-        if criterion == "latent-diff":
+        if criterion == "latent-diff" and event.index > 0:  # the prompt's criterion averages all its positions
             assert math.isclose(trace.steps[-1].latent_change, event.exit_value, rel_tol=1e-3, abs_tol=1e-6)
     if criterion != "none":
         assert len({e.steps for e in events}) > 1, "no token exited early: the threshold is too strict to test"
@@ -75,8 +75,10 @@ def test_every_token_exits_where_it_says_and_its_last_step_is_the_answer(tiny, c
 def test_tracing_changes_no_token_and_off_records_nothing(tiny):
     model, tokenizer = tiny
     for criterion in ("none", "kl"):
-        plain, plain_summary = run(model, tokenizer, "The cat", num_steps=10, max_new_tokens=10, criterion=criterion)
-        traced, _ = run(model, tokenizer, "The cat", num_steps=10, max_new_tokens=10, criterion=criterion, trace=True)
+        settings = dict(num_steps=8, max_new_tokens=6, criterion=criterion, exit_threshold=1e-2 if criterion == "kl"
+                        else None)
+        plain, plain_summary = run(model, tokenizer, "The cat", **settings)
+        traced, _ = run(model, tokenizer, "The cat", **settings, trace=True)
         assert [(e.token_id, e.steps) for e in plain] == [(e.token_id, e.steps) for e in traced]
         assert all(e.trace is None for e in plain) and plain_summary.trace is None
 
