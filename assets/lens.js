@@ -71,8 +71,8 @@
       const points = tok[key].map((v, i) => `${x(i + 1).toFixed(1)},${y(num(v)).toFixed(1)}`).join(' ');
       root.appendChild(svg('polyline', { points, fill: 'none', stroke: colour, 'stroke-width': 1.6, class: 'series' }));
     }
-    for (const s of [1, n]) {
-      const label = svg('text', { x: x(s), y: H - 6, 'text-anchor': 'middle', class: 'axis' });
+    for (const s of n > 1 ? [1, n] : [1]) {
+      const label = svg('text', { x: x(s), y: H - 6, 'text-anchor': s === 1 ? 'start' : 'end', class: 'axis' });
       label.textContent = 'step ' + s;
       root.appendChild(label);
     }
@@ -138,8 +138,8 @@
   function image(trace, tok, source) {
     // Tokens x steps: the probability each step gave to the token finally chosen (dark = settled).
     const rows = trace.tokens, cols = Math.max(...rows.map((t) => t.top.length));
-    const cell = Math.max(2, Math.min(10, Math.floor(360 / Math.max(cols, 1))));
-    const h = Math.max(2, Math.min(8, Math.floor(240 / Math.max(rows.length, 1))));
+    const cell = Math.max(3, Math.min(24, Math.floor(480 / Math.max(cols, 1))));
+    const h = Math.max(2, Math.min(14, Math.floor(240 / Math.max(rows.length, 1))));
     const canvas = el('canvas', 'lens-image');
     canvas.width = cols * cell;
     canvas.height = rows.length * h;

@@ -102,7 +102,7 @@ def test_click_a_token_of_a_real_answer_and_see_it_converge(served, browser, tmp
     page.locator("#trace input[type=checkbox]").check()
     page.fill("#prompt textarea", "What is 2 + 3?")
     page.keyboard.press("Enter")
-    page.wait_for_selector("#transcript .msg.assistant.complete > .lens-src", timeout=120_000)
+    page.wait_for_selector("#transcript .msg.assistant.complete > .lens-src", state="attached", timeout=120_000)
     answer = page.locator("#transcript .msg.assistant.complete").last
     token = answer.locator(".tok[data-i]").nth(1)
     lens_shows(page, token, int(token.get_attribute("data-steps")))
@@ -123,8 +123,10 @@ def test_click_a_token_of_a_real_answer_and_see_it_converge(served, browser, tmp
     # The arena: every column has its own lens.
     page.locator("button[role=tab]:has-text('Depth arena')").click()
     page.fill("#arena-prompt textarea", "2 + 2 =")
+    for label in ("16 steps", "32 steps", "adaptive exit"):
+        page.locator("#arena-presets").get_by_label(label, exact=True).uncheck()  # leaves 4 and 8
     page.locator("#arena-run").click()
-    page.wait_for_selector("#arena-columns .col > .lens-src", timeout=120_000)
+    page.wait_for_selector("#arena-columns .col > .lens-src", state="attached", timeout=180_000)
     columns = page.locator("#arena-columns .col")
     assert columns.count() >= 2
     for i in (0, columns.count() - 1):
