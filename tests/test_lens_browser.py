@@ -61,6 +61,9 @@ def hostile_conversation(store: Store) -> None:
 
 
 def lens_shows(page, token, steps: int) -> None:
+    if page.locator("#lens-panel .lens-close").count():  # the open panel closes (and uncovers the page)
+        page.locator("#lens-panel .lens-close").click()
+        assert page.locator("#lens-panel").evaluate("p => p.childElementCount") == 0
     token.click()
     page.wait_for_selector("#lens-panel .lens-chart")
     panel = page.locator("#lens-panel")
@@ -113,13 +116,6 @@ def test_click_a_token_of_a_real_answer_and_see_it_converge(served, browser, tmp
     assert len(set(image.resize((200, 150)).getdata())) > 40, "the panel screenshot is (nearly) blank"
     page.screenshot(path=str(tmp_path / "lens-page.png"))
 
-    # Opened again from the store, the answer keeps its lens.
-    page.reload()
-    token = page.locator("#transcript .msg.assistant.complete > .lens-src").last.locator(
-        "xpath=..").locator(".tok[data-i]").first
-    token.wait_for()
-    lens_shows(page, token, int(token.get_attribute("data-steps")))
-
     # The arena: every column has its own lens.
     page.locator("button[role=tab]:has-text('Depth arena')").click()
     page.fill("#arena-prompt textarea", "2 + 2 =")
@@ -132,4 +128,12 @@ def test_click_a_token_of_a_real_answer_and_see_it_converge(served, browser, tmp
     for i in (0, columns.count() - 1):
         token = columns.nth(i).locator(".tok[data-i]").first
         lens_shows(page, token, int(token.get_attribute("data-steps")))
+
+    # Opened again from the store (a reload resets the form, so this comes last), the answer keeps its lens.
+    page.reload()
+    token = page.locator("#transcript .msg.assistant.complete > .lens-src").last.locator(
+        "xpath=..").locator(".tok[data-i]").first
+    token.wait_for()
+    lens_shows(page, token, int(token.get_attribute("data-steps")))
+
     page.close()
