@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -14,8 +16,10 @@ import engine
 from . import hosted
 from .gpu import import_spaces, zero_gpu_requested
 from .handlers import AppConfig, ModelSlot, Studio, describe_source
+from .remote import RemoteEngine, add_arguments
 from .store import Store, StoreError, default_db_path
 
+STOP_GRACE_S = 1.0  # Ctrl-C stops the app within 2 s
 SHARE_NOTE = ("--share: opening a temporary public gradio.live link. It needs internet access from this machine (to "
               "reach gradio.live) and lasts while the app runs, at most a week; anyone with the link can use the app"
               ", so consider --auth and --hosted.")
@@ -24,9 +28,13 @@ SHARE_NOTE = ("--share: opening a temporary public gradio.live link. It needs in
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="run.py", description="Huginn Studio: chat and depth playground for Huginn.")
     p.add_argument("--model", default="auto",
-                   help="'auto' (the official model on a suitable GPU with the weights cached or reachable, else "
+                   help="'auto' (the official model on a GPU with room for it, from the cache or downloaded, else "
                         "the bundled demo model), a local folder or a hub id")
-    p.add_argument("--quantization", default="none", choices=engine.QUANTIZATIONS)
+    p.add_argument("--quantization", default="auto", choices=engine.QUANTIZATIONS,
+                   help="weight format; 'auto' (default) plans memory and picks the first of bf16 / nf4 that fits "
+                        "(on the CPU fp32 or bf16); 'none' is unquantized in the default dtype")
+    p.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="memory the model may use (e.g. 6GB); default: what is free on the GPU, or host RAM")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--db", default=None,
                    help=f"conversation database (default: {default_db_path()}, or {hosted.DB_FILE} in --data-dir)")
@@ -46,6 +54,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help=f"require this login (or set ${hosted.AUTH_ENV}); for a small private instance")
     p.add_argument("--share", action="store_true",
                    help="also open a temporary public gradio.live link (needs internet access)")
+    add_arguments(p)  # --engine-url, --engine-key
     return p.parse_args(argv)
 
 
@@ -75,37 +84,67 @@ def main(argv: Sequence[str] | None = None) -> int:
         import_spaces()  # ZeroGPU patches torch's CUDA entry points; that has to happen before the model loads
     data_dir = Path(args.data_dir).expanduser() if args.data_dir else hosted.default_data_dir(space)
     db = args.db or (data_dir / hosted.DB_FILE if (is_hosted or args.data_dir) else None)
+    from .openai_api import add_routes
     from .ui import build_demo, launch  # gradio is slow to import; --help should not wait for it
 
+    remote = None
     try:
-        model, tokenizer = engine.load(args.model, quantization=args.quantization, device=args.device)
+        if args.engine_url:  # the model runs on another server (app.remote)
+            remote = RemoteEngine(args.engine_url, args.engine_key, args.model)
+        else:
+            model, tokenizer = engine.load(args.model, quantization=args.quantization, device=args.device,
+                                           max_memory=args.max_memory)
     except engine.LoadError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("Stopped while loading the model.", file=sys.stderr)
+        return 130
     try:
         store = Store(db)
         owners = hosted.OwnerKeys.from_data_dir(data_dir) if is_hosted else None
     except (StoreError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    slot = ModelSlot(model, tokenizer, describe_source(args.model, engine.model_info(model).name))
+    slot = remote or ModelSlot(model, tokenizer, describe_source(args.model, engine.model_info(model).name))
     if store.recovered_from:
         slot.note += f" The conversation database was damaged and moved aside to {store.recovered_from}."
     print(slot.note)
+    plan = None if remote else engine.model_info(model).plan
+    if plan:
+        print(f"Memory plan: {plan}")
     config = hosted.hosted_config() if is_hosted else AppConfig()
+    config = remote.app_config(config) if remote else config
     if is_hosted:
         print(f"Hosted mode{' (Hugging Face Space)' if space else ''}: conversations in {store.path}, one owner "
               f"per browser. {hosted.limits_text(config.limits, config.queue_size)}")
     share = args.share and not space  # a Space is already public; Gradio only warns there
     if share:
         print(SHARE_NOTE, flush=True)
-    demo = build_demo(Studio(slot, store, config, owners=owners))
+    studio = Studio(slot, store, config, owners=owners, gpu=remote)
+    demo = build_demo(studio)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before listening: a Ctrl-C right after start-up is caught too
+        signal.signal(sig, lambda *_: stop.set())
     _, url, share_url = launch(demo, server_name=args.host, server_port=args.port, share=share, auth=auth,
                                auth_message="Huginn Studio: log in" if auth else None,
                                max_file_size="10mb" if is_hosted else None, prevent_thread_lock=True, quiet=True)
+    add_routes(demo.app, studio, auth)  # the OpenAI-compatible API, on the page's server and port
     print(f"Huginn Studio is running at {url}" + (f" (public link: {share_url})" if share_url else ""), flush=True)
-    try:
-        demo.block_thread()
-    finally:
-        store.close()
-    return 0
+    wait_for_stop(stop)
+    print("Stopping Huginn Studio.", flush=True)
+    store.close()
+    closing = threading.Thread(target=demo.close, daemon=True)
+    closing.start()
+    closing.join(STOP_GRACE_S)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Gradio's server and queue threads can take seconds to wind down after Ctrl-C; the conversations are already
+    # committed and closed, so nothing is lost by not waiting for them.
+    os._exit(0)
+
+
+def wait_for_stop(stop: threading.Event) -> None:
+    """Block until Ctrl-C (SIGINT) or SIGTERM sets ``stop``; waking up now and then lets the handler run."""
+    while not stop.wait(0.5):
+        pass

@@ -351,7 +351,7 @@ class Studio:
     def chat_api(self, prompt: Any, settings: Any = None, system_prompt: Any = "",
                  history: Any = None) -> dict[str, Any]:
         """One answer with its per-token steps, not saved in the store."""
-        gen = settings_from_dict(self.limits, settings)
+        gen = settings_from_dict(self.limits, settings, default_steps=self.slot.info().num_steps_default)
         messages = self.api_messages(prompt, system_prompt, history)
         tokens, summary = [], None
         for event in self.gpu.stream(messages, gen):
@@ -372,7 +372,8 @@ class Studio:
             raise UserError("settings must be a non-empty list of settings objects, e.g. [{\"num_steps\": 4}]")
         if len(settings) > self.limits.max_compare_settings:
             raise UserError(f"Compare at most {self.limits.max_compare_settings} settings at once.")
-        gen = [settings_from_dict(self.limits, s, f"settings[{i}]") for i, s in enumerate(settings)]
+        default = self.slot.info().num_steps_default
+        gen = [settings_from_dict(self.limits, s, f"settings[{i}]", default) for i, s in enumerate(settings)]
         return self.compare(prompt, system_prompt, gen)["columns"]
 
     # -- model panel --
@@ -385,9 +386,10 @@ class Studio:
     def model_summary(self) -> str:
         info = self.slot.info()
         return (f"**{info.name}** · {render.human_count(info.parameters)} parameters · {info.dtype}"
-                f"{'' if info.quantization == 'none' else ' · ' + info.quantization} · {info.device} · "
+                f"{'' if info.quantization in ('none', 'bf16', 'fp32') else ' · ' + info.quantization} · {info.device} · "
                 f"{render.human_bytes(info.memory_bytes)} · default depth {info.num_steps_default} steps · "
-                f"context {info.context:,} tokens")
+                f"context {info.context:,} tokens" + (f"  \nMemory plan: {info.plan}" if info.plan else "")
+                + (f"  \n{info.notice}" if info.notice else ""))
 
 
 def _message_id(value: Any, what: str) -> int:

@@ -14,9 +14,8 @@ from .config import Limits, UserError
 
 ARENA_PRESETS = ("4", "8", "16", "32", "64", "128", "adaptive")
 ARENA_DEFAULT = ("4", "8", "16", "32", "adaptive")
-# Below this, sampling divides the logits into overflow; greedy (0) is the way to ask for no randomness.
-MIN_TEMPERATURE = 1e-3
 HISTORY_ROLES = ("user", "assistant")
+MAX_SETTING_CHARS = 200  # a text setting (criterion, cache strategy) is a short name
 
 
 def kind(value: Any) -> str:
@@ -124,14 +123,6 @@ def check_settings(limits: Limits, settings: engine.GenerationSettings) -> engin
     if settings.max_new_tokens > limits.max_new_tokens:
         raise engine.SettingsError("max_new_tokens",
                                    f"must be at most {limits.max_new_tokens} here, got {settings.max_new_tokens}")
-    if 0 < settings.temperature < MIN_TEMPERATURE:
-        raise engine.SettingsError("temperature", f"must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, "
-                                                  f"got {settings.temperature:g}")
-    if len(settings.stop_strings) > limits.max_stop_strings:
-        raise engine.SettingsError("stop_strings", f"at most {limits.max_stop_strings} here, got "
-                                                   f"{len(settings.stop_strings)}")
-    for i, stop in enumerate(settings.stop_strings):
-        check_text(stop, f"stop_strings[{i}]", limits.max_stop_string_chars, what="the stop string")
     return settings
 
 
@@ -157,21 +148,33 @@ def settings_from_form(limits: Limits, num_steps: Any, adaptive: bool, criterion
     return check_settings(limits, settings)
 
 
-def settings_from_dict(limits: Limits, data: Any, name: str = "settings") -> engine.GenerationSettings:
-    """Settings for the scripted API: engine fields by name, checked against the limits."""
+def check_stop_strings(stops: Any, limits: Limits) -> None:
+    """This server's caps on stop strings, before the engine looks at them (its own caps are looser)."""
+    if stops is None:
+        return
+    if not (isinstance(stops, list) and all(isinstance(s, str) for s in stops)):
+        raise engine.SettingsError("stop_strings", f"must be a list of strings, got {kind(stops)}")
+    if len(stops) > limits.max_stop_strings:
+        raise engine.SettingsError("stop_strings", f"at most {limits.max_stop_strings} here, got {len(stops)}")
+    for i, stop in enumerate(stops):
+        check_text(stop, f"stop_strings[{i}]", limits.max_stop_string_chars, what="the stop string")
+
+
+def settings_from_dict(limits: Limits, data: Any, name: str = "settings", default_steps: int | None = None
+                       ) -> engine.GenerationSettings:
+    """Settings for the scripted APIs: engine fields by name, checked against the limits. ``num_steps`` defaults to
+    ``default_steps`` (the loaded model's own depth, as in the page) within the limits."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise UserError(f"{name}: must be an object of settings by name, e.g. {{\"num_steps\": 16}}, "
                         f"got {kind(data)}")
-    stops = data.get("stop_strings")
-    if stops is not None and not (isinstance(stops, list) and all(isinstance(s, str) for s in stops)):
-        raise engine.SettingsError("stop_strings", f"must be a list of strings, got {kind(stops)}")
-    if stops is not None and len(stops) > limits.max_stop_strings:  # before the engine looks at any of them
-        raise engine.SettingsError("stop_strings", f"at most {limits.max_stop_strings} here, got {len(stops)}")
+    if default_steps is not None:
+        data = {"num_steps": min(default_steps, limits.max_num_steps), **data}
+    check_stop_strings(data.get("stop_strings"), limits)
     for key, value in data.items():
         if isinstance(value, str):
-            check_text(value, f"{name}.{key}", limits.max_stop_string_chars)
+            check_text(value, f"{name}.{key}", MAX_SETTING_CHARS)
     return check_settings(limits, engine.GenerationSettings.from_dict(data))
 
 

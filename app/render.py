@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from . import markdown_view
+
 log = logging.getLogger(__name__)
 
 BUCKETS = 8  # colour classes d0..d7 in assets/style.css, light (few steps) to dark (many)
@@ -237,7 +239,9 @@ def message(m: MessageView) -> str:
         footer = ""
     else:
         scale = scale_of(m.settings, m.tokens)
-        body = f'<div class="msg-text">{answer_body(m.tokens, m.content, scale)}</div>'
+        live = m.status == "partial"
+        body = (markdown_view.answer(m.content, m.tokens, answer_body(m.tokens, m.content, scale), live)
+                if m.role == "assistant" else f'<div class="msg-text">{answer_body(m.tokens, m.content, scale)}</div>')
         footer = (stats_line(m.stats) + (legend(scale) if m.tokens else "") + lens_holder(m.trace)
                   if m.role == "assistant" else "")
     error = f'<div class="error">{esc(m.error)}</div>' if m.error else ""
@@ -245,9 +249,10 @@ def message(m: MessageView) -> str:
         error += ('<div class="error">The answer was cut off when the server stopped. '
                   f"{REGENERATE} makes a new one.</div>")
     copy = '<button class="copy" data-action="copy" title="copy the text">Copy</button>'
+    depth = markdown_view.depth_button(m.tokens, m.status == "partial") if m.role == "assistant" else ""
     ident = f' data-id="{m.id}"' if m.id is not None else ""
     return (f'<div class="msg {role_class} {esc(m.status)}"{ident}>'
-            f'<div class="msg-head"><span class="who">{who}</span>{meta_html}{_nav(m)}{copy}</div>'
+            f'<div class="msg-head"><span class="who">{who}</span>{meta_html}{_nav(m)}{copy}{depth}</div>'
             f"{body}{footer}{error}</div>")
 
 

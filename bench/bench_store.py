@@ -1,6 +1,8 @@
-"""Figures for the conversation store (issue 5): streaming write rates, search time, crash runs.
+"""Figures for the conversation store: streaming write rates, search time, write-lock hold during a
+maximal import, crash runs.
 
 Usage: python bench/bench_store.py [--messages 10000] [--crash-runs 20] [--dir DIR]
+                                   [--import-conversations 10000] [--import-messages 10]
 
 Prints a table and a one-line summary. Every run uses a fresh database in a temporary directory
 (or under --dir, to measure a particular disk).
@@ -107,6 +109,46 @@ def synthetic_export(messages: int, per_conversation: int = 20) -> dict:
     return {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "conversations": conversations}
 
 
+def lock_hold_during_import(directory: Path, conversations: int, messages: int) -> dict[str, float]:
+    """A maximal import (``conversations`` x ``messages`` per conversation, the default caps) while
+    another visitor adds a message every 20 ms through the same store, as hosted visitors do.
+
+    Returns the import's seconds, the longest write transaction (``StoreFile.longest_write_s``,
+    measured inside the store) and the visitor's slowest and median ``add_message``.
+    """
+    store = Store(directory / "import.db")
+    conv = store.create_conversation("visitor", "waiting")
+    doc = synthetic_export(conversations * messages, per_conversation=messages)
+    waits: list[float] = []
+    done = threading.Event()
+
+    def visitor() -> None:
+        while not done.is_set():
+            start = time.perf_counter()
+            store.add_message("visitor", conv.id, "user", "a question")
+            waits.append(time.perf_counter() - start)
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=visitor)
+    thread.start()
+    start = time.perf_counter()
+    try:
+        store.import_json(LOCAL_OWNER, doc)
+    finally:
+        elapsed = time.perf_counter() - start
+        done.set()
+        thread.join()
+    result = {
+        "import_s": elapsed,
+        "longest_write_s": store.file.longest_write_s,
+        "visitor_max_s": max(waits),
+        "visitor_median_s": statistics.median(waits),
+        "visitor_messages": len(waits),
+    }
+    store.close()
+    return result
+
+
 def search_times(store: Store, queries: list[str], repeat: int = 20) -> dict[str, tuple[float, int]]:
     out = {}
     for q in queries:
@@ -138,6 +180,8 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--crash-runs", type=int, default=20)
     parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument("--import-conversations", type=int, default=10_000)
+    parser.add_argument("--import-messages", type=int, default=10, help="per conversation")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
@@ -157,11 +201,22 @@ def main() -> None:
             start = time.perf_counter()
             store.import_json(LOCAL_OWNER, synthetic_export(args.messages))
             build = time.perf_counter() - start
-            rows.append((f"import {args.messages:,} messages (1 transaction)", f"{build:.2f} s"))
+            rows.append((f"import {args.messages:,} messages", f"{build:.2f} s"))
             queries = ["xylophone", "depth", "entropy threshold", "recur", '"unbalanced AND (']
             times = search_times(store, queries)
             for q, (ms, n) in times.items():
                 rows.append((f"search {q!r} over {args.messages:,} messages", f"{ms:.1f} ms ({n} hits)"))
+
+        hold = lock_hold_during_import(tmp_path, args.import_conversations, args.import_messages)
+        rows.append((
+            f"import {args.import_conversations:,} x {args.import_messages} messages (the caps)",
+            f"{hold['import_s']:.1f} s, longest write lock {hold['longest_write_s'] * 1000:.0f} ms",
+        ))
+        rows.append((
+            "  meanwhile, another visitor's add_message",
+            f"max {hold['visitor_max_s'] * 1000:.0f} ms, median {hold['visitor_median_s'] * 1000:.1f} ms "
+            f"({hold['visitor_messages']} saved)",
+        ))  # fmt: skip
 
         ok, runs = crash_runs(tmp_path, args.crash_runs)
         rows.append(("SIGKILL mid-stream, reopen", f"{ok}/{runs} intact"))
@@ -174,7 +229,8 @@ def main() -> None:
     worst = max(ms for ms, _ in times.values())
     print(
         f"\nsummary: {flushes:,.0f} streamed message writes/s (1 writer), {conc:,.0f}/s (4 writers); "
-        f"search over {args.messages:,} messages <= {worst:.1f} ms; crash runs {ok}/{runs} intact"
+        f"search over {args.messages:,} messages <= {worst:.1f} ms; longest write lock during a maximal "
+        f"import {hold['longest_write_s'] * 1000:.0f} ms; crash runs {ok}/{runs} intact"
     )
 
 

@@ -11,7 +11,7 @@ from .cache import CacheStrategy, RecurrentCache
 from .compat import attach_generate
 from .config import MODEL_TYPE, HuginnConfig
 from .exits import CRITERIA, DEFAULT_THRESHOLDS
-from .generate import CompareResult, PromptError, Summary, TokenEvent, compare, stream
+from .generate import MAX_HISTORY_MESSAGES, CompareResult, PromptError, Summary, TokenEvent, compare, stream
 from .load import DEMO_MODEL, OFFICIAL_MODEL, QUANTIZATIONS, LoadError, ModelInfo, load, model_info
 from .model import HuginnForCausalLM, HuginnOutput
 from .settings import MAX_NUM_STEPS, GenerationSettings, SettingsError
@@ -22,8 +22,9 @@ AutoConfig.register(MODEL_TYPE, HuginnConfig, exist_ok=True)
 AutoModelForCausalLM.register(HuginnConfig, HuginnForCausalLM, exist_ok=True)
 
 __all__ = [
-    "CRITERIA", "DEFAULT_THRESHOLDS", "DEMO_MODEL", "MAX_NUM_STEPS", "MAX_TRACE_TOP_K", "TRACE_VERSION", "OFFICIAL_MODEL", "QUANTIZATIONS",
-    "AnswerTrace", "CacheStrategy", "CompareResult", "GenerationSettings", "HuginnConfig", "HuginnForCausalLM", "HuginnOutput",
-    "LoadError", "ModelInfo", "PromptError", "RecurrentCache", "SettingsError", "StepTrace", "Summary", "TokenEvent", "TokenTrace",
+    "CRITERIA", "DEFAULT_THRESHOLDS", "DEMO_MODEL", "MAX_HISTORY_MESSAGES", "MAX_NUM_STEPS", "MAX_TRACE_TOP_K",
+    "OFFICIAL_MODEL", "QUANTIZATIONS", "TRACE_VERSION", "AnswerTrace", "CacheStrategy", "CompareResult",
+    "GenerationSettings", "HuginnConfig", "HuginnForCausalLM", "HuginnOutput", "LoadError", "ModelInfo", "PromptError",
+    "RecurrentCache", "SettingsError", "StepTrace", "Summary", "TokenEvent", "TokenTrace",
     "compare", "load", "model_info", "stream",
 ]

@@ -1,6 +1,6 @@
 """The app-facing generation API: ``stream`` (one answer, token by token) and ``compare`` (one prompt, several depth
-settings). Both are thin layers over ``engine.decode.decode`` (and ``engine.speculative``); the chat, the depth arena, the HTTP API and the CLI
-all go through ``stream`` / ``compare``.
+settings). Both are thin layers over ``engine.decode.decode`` and ``engine.speculative``; the chat, the depth arena,
+the HTTP API and the CLI all go through ``stream`` / ``compare``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from .trace import AnswerTraceBuilder, TokenTrace
 ROLES = ("system", "user", "assistant")
 STOP_TOKENS = ("<|end_turn|>", "<|end_text|>", "<|begin_text|>")
 MAX_MESSAGE_CHARS = 1_000_000
+MAX_HISTORY_MESSAGES = 1_000  # turns considered for a prompt (besides the system prompt); older ones are dropped
 
 
 class PromptError(ValueError):
@@ -103,22 +104,39 @@ def _render(tokenizer, messages: list[dict[str, str]]) -> list[int]:
 
 def build_prompt(tokenizer, messages: Any, context: int, reserve: int) -> tuple[list[int], int]:
     """Render with the tokenizer's own chat template, dropping the oldest turns (never the system prompt or the
-    last message) until ``reserve`` new tokens fit in ``context``. Returns (ids, number of messages dropped)."""
+    last message) until ``reserve`` new tokens fit in ``context``. Returns (ids, number of messages dropped).
+
+    At most ``MAX_HISTORY_MESSAGES`` turns are considered. The number of turns to drop is found by bisection, so a
+    long history is rendered O(log n) times, not once per dropped message."""
     messages = validate_messages(messages)
     system = [m for m in messages[:1] if m["role"] == "system"]
     turns = messages[len(system):]
-    dropped = 0
-    while True:
-        ids = _render(tokenizer, system + turns)
-        if len(ids) + reserve <= context:
-            return ids, dropped
-        if len(turns) <= 1:
-            raise PromptError(
-                f"the prompt is {len(ids):,} tokens; with {reserve} new tokens it exceeds the model's context of "
-                f"{context:,} tokens. Shorten the message or the system prompt, or lower max new tokens."
-            )
-        turns = turns[1:]
-        dropped += 1
+    capped = max(0, len(turns) - MAX_HISTORY_MESSAGES)
+    turns = turns[capped:]
+
+    def render_if_fits(drop: int) -> list[int] | None:
+        ids = _render(tokenizer, system + turns[drop:])
+        return ids if len(ids) + reserve <= context else None
+
+    ids = render_if_fits(0)
+    if ids is not None:
+        return ids, capped
+    fits_at, best = len(turns) - 1, render_if_fits(len(turns) - 1)
+    if best is None:
+        length = len(_render(tokenizer, system + turns[-1:]))
+        raise PromptError(
+            f"the prompt is {length:,} tokens; with {reserve} new tokens it exceeds the model's context of "
+            f"{context:,} tokens. Shorten the message or the system prompt, or lower max new tokens."
+        )
+    too_long = 0  # invariant: dropping too_long turns does not fit, dropping fits_at turns does
+    while fits_at - too_long > 1:
+        middle = (too_long + fits_at) // 2
+        ids = render_if_fits(middle)
+        if ids is None:
+            too_long = middle
+        else:
+            fits_at, best = middle, ids
+    return best, capped + fits_at
 
 
 def special_stop_ids(tokenizer) -> set[int]:
@@ -133,7 +151,8 @@ def special_stop_ids(tokenizer) -> set[int]:
 
 def stop_token_ids(model, tokenizer) -> set[int]:
     ids = special_stop_ids(tokenizer)
-    eos = getattr(model.generation_config, "eos_token_id", None) or model.config.eos_token_id
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    eos = model.config.eos_token_id if eos is None else eos  # not `or`: token id 0 is a valid end token
     ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     return ids
 

@@ -1,36 +1,44 @@
-"""Loading a Huginn model and its tokenizer: local folders or hub ids, full precision or bitsandbytes int8 / nf4.
+"""Loading a Huginn model and its tokenizer: local folders or hub ids, in bf16 / fp32 or bitsandbytes int8 / nf4.
 
-``load("auto")`` picks the official Huginn-0125 when a CUDA GPU with room for it is present and its weights are
-cached (or downloadable), and otherwise the small demo model shipped in ``assets/demo-model``.
+``load()`` first makes a memory plan (``engine.plan``) from the config and the free memory and, with
+``quantization="auto"`` (the default), loads in the format it chooses; an out-of-memory error while loading falls
+back to the next smaller format that fits and says so. ``load("auto")`` picks the official Huginn-0125 when a CUDA GPU
+with room for it is present (downloading it with a progress bar when it is not cached), and otherwise the small demo
+model shipped in ``assets/demo-model``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
+import importlib.resources
 import json
+import logging
+import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from .config import MODEL_TYPE, HuginnConfig
-from .model import HuginnForCausalLM
+from .plan import NF4_BLOCKSIZE, MemoryPlan, compute_dtype, cpu_has_fast_bf16, plan_memory, size
+from .plan import bytes_per_weight, weight_bytes  # noqa: F401 - the benchmarks' interface
 
 OFFICIAL_MODEL = "tomg-group-umd/huginn-0125"
-DEMO_MODEL = Path(__file__).resolve().parent.parent / "assets" / "demo-model"
-QUANTIZATIONS = ("none", "int8", "nf4", "auto")
+# assets/ is package data of engine.assets in an installed wheel (pyproject.toml maps it), beside engine/ in a checkout.
+_PACKAGED_DEMO = Path(str(importlib.resources.files(__package__))) / "assets" / "demo-model"
+DEMO_MODEL = _PACKAGED_DEMO if _PACKAGED_DEMO.is_dir() else Path(__file__).resolve().parents[1] / "assets" / "demo-model"
+# "none": unquantized in ``dtype`` (bf16 on a GPU, fp32 on the CPU unless given).
+QUANTIZATIONS = ("auto", "nf4", "int8", "bf16", "fp32", "none")
 DEVICES = ("auto", "cpu", "cuda")
-# bitsandbytes' fast 4-bit kernels need the input width to be a multiple of the block size. Huginn's hidden size
-# 5280 is not a multiple of the default 64 (5280 % 64 = 32) but is of 32, as are 10560 and 17920, so every linear
-# layer keeps its blocks inside a row. Measured on CPU (bitsandbytes 0.50.2, a random 96x5280 matrix): relative
-# dequantisation error 0.087 with blocks of 32 against 0.245 with 64.
-NF4_BLOCKSIZE = 32
-GPU_HEADROOM_BYTES = 2 * 1024**3  # KV cache and activations for a chat at r=32 with a shared-slot cache
 _WEIGHT_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.txt", "*.jinja"]
+logger = logging.getLogger(__name__)
 
 
 class LoadError(RuntimeError):
@@ -47,6 +55,8 @@ class ModelInfo:
     memory_bytes: int
     num_steps_default: int
     context: int
+    plan: str = ""  # the memory plan's one line, e.g. "nf4, 2.7 GB weights + 1.0 GB shared KV cache at 4k ..."
+    notice: str = ""  # a fallback made while loading, if any
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -109,48 +119,56 @@ def cached_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
         return None
 
 
-def parameter_count(config: HuginnConfig) -> int:
-    with torch.device("meta"):
-        model = HuginnForCausalLM(config)
-    return sum(p.numel() for p in model.parameters())
+def resolve_auto_model(gpu_free_bytes: int | None = None, tqdm_class: Any = None) -> tuple[str, str]:
+    """``(model, note)``: the official model when a GPU could hold it (nf4 with its KV cache, by the memory plan),
+    from the local cache or downloaded with a progress bar; else the demo model, with the reason in ``note``."""
+    free = _free_gpu_bytes() if gpu_free_bytes is None else gpu_free_bytes
+    if not free:
+        return str(DEMO_MODEL), "no CUDA GPU"
+    plan = plan_memory(HuginnConfig(), "cuda", free)
+    if not plan.fits():
+        return str(DEMO_MODEL), f"the GPU has {size(free)} free and Huginn-0125 needs {size(plan.cost().total)}"
+    cached = cached_snapshot(OFFICIAL_MODEL)
+    if cached is not None:
+        return str(cached), ""
+    try:
+        return str(download(OFFICIAL_MODEL, tqdm_class=tqdm_class)), ""
+    except LoadError:
+        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true") else ""
+        note = (f"Huginn-0125 is not in the local cache and the Hugging Face hub is not reachable{offline}, so the "
+                f"demo model runs instead; on a machine with internet run `hf download {OFFICIAL_MODEL}`")
+        logger.warning(note)
+        return str(DEMO_MODEL), note
 
 
-def bytes_per_weight(config: HuginnConfig, quantization: str) -> float:
-    """Bytes per linear-layer weight: bf16, int8 with a fp32 scale per row, or nf4 with a fp32 scale per block."""
-    return {"none": 2.0, "int8": 1.0 + 4 / config.n_embd, "nf4": 0.5 + 4 / NF4_BLOCKSIZE}[quantization]
-
-
-def weight_bytes(config: HuginnConfig, quantization: str) -> int:
-    """Bytes of the weights in memory; the embedding (tied head) stays in bf16."""
-    embedding = config.padded_vocab_size * config.n_embd
-    linear = parameter_count(config) - embedding
-    return int(linear * bytes_per_weight(config, quantization) + embedding * 2)
-
-
-def choose_quantization(config: HuginnConfig, free_bytes: int) -> str:
-    """bf16 when it fits with room for the cache, else int8, else nf4 (which may still not fit)."""
-    for quantization in ("none", "int8", "nf4"):
-        if weight_bytes(config, quantization) + GPU_HEADROOM_BYTES <= free_bytes:
-            return quantization
-    return "nf4"
-
-
-def _free_gpu_bytes() -> int:
+def _free_gpu_bytes(device: str = "cuda") -> int:
     if not torch.cuda.is_available():
         return 0
     try:
-        return torch.cuda.mem_get_info()[0]
+        return torch.cuda.mem_get_info(torch.device(device))[0]
     except RuntimeError:
         return 0
 
 
-def resolve_auto_model() -> str:
-    """The official model when a GPU could hold it in nf4 and its weights are cached; else the demo model."""
-    free = _free_gpu_bytes()
-    official = HuginnConfig()
-    if free and weight_bytes(official, "nf4") + GPU_HEADROOM_BYTES <= free and cached_snapshot(OFFICIAL_MODEL):
-        return OFFICIAL_MODEL
-    return str(DEMO_MODEL)
+def free_memory(device: str) -> int:
+    """Free bytes where the weights will live: on the GPU, or the host RAM available to new allocations."""
+    if device.startswith("cuda"):
+        return _free_gpu_bytes(device)
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def parse_bytes(value: int | str | None) -> int | None:
+    """``6GB``, ``512MiB``, ``7.5e9`` or an int -> bytes (None stays None)."""
+    if value is None or isinstance(value, int):
+        return value
+    match = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([kmgt]?i?b?)\s*", str(value).lower())
+    if not match:
+        raise LoadError(f"cannot read the memory size {value!r}; write it like 6GB, 7.5GiB or 512MB")
+    unit = match.group(2).rstrip("b")
+    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+    return int(float(match.group(1)) * scale[unit])
 
 
 @contextlib.contextmanager
@@ -172,9 +190,52 @@ def _nf4_blocksize(blocksize: int) -> Iterator[None]:
         bnb.nn.Linear4bit.__init__ = original
 
 
-def load_weights(folder: Path, quantization: str, device: str, dtype: torch.dtype):
-    """The model of a checkpoint folder in full precision or through bitsandbytes ("int8", "nf4"), in eval mode."""
-    kwargs: dict[str, Any] = {"dtype": dtype}
+class _OnceFilter(logging.Filter):
+    """Lets each distinct message through once: bitsandbytes logs some warnings on every matmul."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+_ONCE = _OnceFilter()
+
+
+def _library_warnings_once(prefix: str = "bitsandbytes") -> None:
+    import bitsandbytes  # noqa: F401 - creates its loggers
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.split(".")[0] == prefix:
+            log = logging.getLogger(name)
+            if _ONCE not in log.filters:
+                log.addFilter(_ONCE)
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    text = str(err).lower()
+    return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(err, RuntimeError) and any(s in text for s in ("out of memory", "can't allocate memory",
+                                                                  "cannot allocate memory", "not enough memory")))
+
+
+class _OutOfMemory(Exception):
+    pass
+
+
+def load_weights(folder: Path, quantization: str, device: str, dtype: torch.dtype | None = None):
+    """The model of a checkpoint folder in full precision ("bf16", "fp32", or "none" in ``dtype``) or through
+    bitsandbytes ("int8", "nf4"), in eval mode, placed on ``device`` as it is read (a device_map for every format)
+    and holding no memory mapped from the checkpoint files."""
+    fmt_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(quantization)
+    dtype = dtype or fmt_dtype or compute_dtype(quantization, "cpu" if device == "cpu" else "cuda")
+    kwargs: dict[str, Any] = {"dtype": dtype, "device_map": {"": device}}
     blocksize = contextlib.nullcontext()
     if quantization == "int8":
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=["lm_head"])
@@ -183,36 +244,91 @@ def load_weights(folder: Path, quantization: str, device: str, dtype: torch.dtyp
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
             llm_int8_skip_modules=["lm_head"])
         blocksize = _nf4_blocksize(NF4_BLOCKSIZE)
-    if quantization != "none":
-        kwargs["device_map"] = {"": device}
+    if quantization in ("int8", "nf4"):
+        _library_warnings_once()
     started = time.perf_counter()
+    loaded, out_of_memory = None, None
     try:
         with blocksize:
             loaded = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise LoadError(f"cannot load the weights in {folder}: {str(err).splitlines()[0][:300]}") from None
-    if quantization == "none":
-        loaded = loaded.to(device)
+        _recompute_rope_buffer(loaded)
+        _own_memory(loaded, folder)
+    except (OSError, ValueError, RuntimeError, MemoryError) as err:
+        if not _is_out_of_memory(err):
+            raise LoadError(f"cannot load the weights in {folder}: {str(err).splitlines()[0][:300]}") from None
+        out_of_memory = str(err).splitlines()[0][:300]
+    if out_of_memory is not None:
+        # Raised outside the except block, so that the failed attempt's frames and tensors can be freed first.
+        loaded = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise _OutOfMemory(out_of_memory)
     loaded.eval()
     loaded.load_seconds = time.perf_counter() - started
     loaded.quantization = quantization
     return loaded
 
 
+def _recompute_rope_buffer(model) -> None:
+    """The checkpoint's ``freqs_cis`` is a fp32 view into its first shard; a fresh table holds nothing mapped."""
+    current = model.freqs_cis
+    model.register_buffer("freqs_cis", model._freqs_cis_buffer().to(current.device, current.dtype), persistent=True)
+
+
+def _mapped_ranges(folder: Path) -> list[tuple[int, int]] | None:
+    """Address ranges of this process mapped from the folder's .safetensors files (None without /proc)."""
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return None
+    root = str(Path(folder).resolve())
+    ranges = []
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].startswith(root) and fields[5].endswith(".safetensors"):
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            ranges.append((start, end))
+    return ranges
+
+
+def _own_memory(model, folder: Path) -> None:
+    """Copy every CPU tensor that is still a view into the checkpoint's memory map into memory of its own, so the
+    files' pages are not kept resident (safetensors loads same-dtype CPU tensors zero-copy)."""
+    ranges = _mapped_ranges(folder)
+    if ranges == []:
+        return
+    for module in model.modules():
+        for table in (module._parameters, module._buffers):
+            for name, tensor in table.items():
+                if tensor is None or tensor.device.type != "cpu":
+                    continue
+                ptr = tensor.data_ptr()
+                if ranges is None or any(start <= ptr < end for start, end in ranges):
+                    if isinstance(tensor, nn.Parameter):
+                        tensor.data = tensor.data.clone()
+                    else:
+                        table[name] = tensor.clone()
+    gc.collect()
+
+
 def load(
     model: str | os.PathLike = "auto",
-    quantization: str = "none",
+    quantization: str = "auto",
     device: str = "auto",
     dtype: torch.dtype | str | None = None,
     revision: str | None = None,
     tokenizer: str | os.PathLike | None = None,
     tqdm_class: Any = None,
+    max_memory: int | str | None = None,
 ):
     """Load a Huginn model and its tokenizer, ready to generate. Returns ``(model, tokenizer)``.
 
-    ``model``: "auto", a local folder, or a hub id. ``quantization``: "none", "int8", "nf4" (bitsandbytes, also on
-    the CPU) or "auto" (by free GPU memory). ``device``: "auto", "cpu", "cuda" or "cuda:N". ``dtype`` defaults to
-    bf16 on a GPU and fp32 on the CPU.
+    ``model``: "auto", a local folder, or a hub id. ``quantization``: "auto" (the memory plan's choice), "bf16",
+    "fp32", "int8", "nf4" (bitsandbytes, also on the CPU) or "none" (unquantized in ``dtype``). ``device``: "auto",
+    "cpu", "cuda" or "cuda:N". ``dtype`` is the compute dtype (by default bf16 on a GPU, fp32 on the CPU for
+    "none", int8 and nf4). ``max_memory`` ("6GB" or bytes) caps the memory the plan may use. The plan and any
+    fallback are on the model as ``memory_plan`` and ``load_notice``.
     """
     if quantization not in QUANTIZATIONS:
         raise LoadError(f"unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}")
@@ -226,11 +342,12 @@ def load(
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise LoadError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
         dtype = getattr(torch, dtype)
-    dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    cap = parse_bytes(max_memory)
 
-    name = str(model)
+    name, auto_note = str(model), ""
     if name == "auto":
-        name = resolve_auto_model() if device.startswith("cuda") else str(DEMO_MODEL)
+        name, auto_note = resolve_auto_model(tqdm_class=tqdm_class) if device.startswith("cuda") else \
+            (str(DEMO_MODEL), "no CUDA GPU")
     local = Path(name).expanduser()
     if local.exists() or not _looks_like_hub_id(name):
         folder = _resolve_local(local)
@@ -238,10 +355,22 @@ def load(
         folder = download(name, revision, tqdm_class)
     config = _check_model_type(folder)
 
-    if quantization == "auto":
-        quantization = choose_quantization(config, _free_gpu_bytes()) if device.startswith("cuda") else "none"
-    loaded = load_weights(folder, quantization, device, dtype)
+    free = free_memory(device)
+    free = min(free, cap) if cap is not None else free
+    requested = _requested_format(quantization, device, dtype)
+    plan = plan_memory(config, "cpu" if device == "cpu" else "cuda", free, requested,
+                       cpu_bf16=device != "cpu" or cpu_has_fast_bf16())
+    logger.info(plan.table())
+    loaded, notice = _load_planned(folder, plan, quantization == "auto", device,
+                                   dtype if quantization in ("none", "int8", "nf4") else None)
     loaded.source = name
+    loaded.memory_plan = loaded_plan = plan if loaded.quantization == plan.format else \
+        plan_memory(config, plan.device, free, loaded.quantization, cpu_bf16=device != "cpu" or cpu_has_fast_bf16())
+    loaded.load_notice = " ".join(n for n in (notice,) if n)
+    loaded.auto_note = auto_note
+    if notice:
+        logger.warning(notice)
+    logger.info("loaded %s: %s", name, loaded_plan.summary())
 
     tok_source = Path(tokenizer) if tokenizer is not None else folder
     try:
@@ -254,6 +383,42 @@ def load(
     return loaded, tok
 
 
+def _requested_format(quantization: str, device: str, dtype: torch.dtype | None) -> str:
+    if quantization == "none":
+        if dtype is not None:
+            return "fp32" if dtype == torch.float32 else "bf16"
+        return "fp32" if device == "cpu" else "bf16"
+    return quantization
+
+
+def _load_planned(folder: Path, plan: MemoryPlan, auto: bool, device: str, dtype: torch.dtype | None):
+    """Load in the plan's format; when the weights cannot fit, or loading runs out of memory, use the next smaller
+    format that fits in auto mode, and otherwise raise a LoadError that names the need and that format."""
+    fmt, notes = plan.format, []
+    while True:
+        problem = None
+        if not plan.weights_fit(fmt):
+            problem = (f"{fmt} needs {size(plan.cost(fmt).weights)} for its weights and "
+                       f"{size(plan.usable_bytes)} is usable ({size(plan.free_bytes)} free)")
+        else:
+            try:
+                return load_weights(folder, fmt, device, dtype), " ".join(notes)
+            except _OutOfMemory as err:
+                problem = (f"loading in {fmt} ran out of memory ({err}); it needs about "
+                           f"{size(plan.cost(fmt).total)} with its KV cache and "
+                           f"{size(plan.free_bytes)} was free")
+        smaller = plan.smaller_formats(fmt)
+        where = "GPU" if plan.device == "cuda" else "host"
+        if not smaller:
+            raise LoadError(f"not enough {where} memory: {problem}, and no smaller format fits. Free memory, or "
+                            f"use a machine with more")
+        if not auto:
+            raise LoadError(f"not enough {where} memory: {problem}. {smaller[0]} fits (about "
+                            f"{size(plan.cost(smaller[0]).total)}): use --quantization {smaller[0]} (or auto)")
+        notes.append(f"Not enough {where} memory for {fmt}: {problem}; loaded in {smaller[0]} instead.")
+        fmt = smaller[0]
+
+
 def _looks_like_hub_id(name: str) -> bool:
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
@@ -261,14 +426,41 @@ def _looks_like_hub_id(name: str) -> bool:
 
 def model_info(model) -> ModelInfo:
     """What is loaded, for the model panel."""
+    plan = getattr(model, "memory_plan", None)
     weight = model.transformer.wte.weight
     return ModelInfo(
         name=str(getattr(model, "source", model.config.name_or_path)),
-        parameters=sum(p.numel() for p in model.parameters()),
+        parameters=count_parameters(model),
         dtype=str(weight.dtype).replace("torch.", ""),
         quantization=getattr(model, "quantization", "none"),
         device=str(weight.device),
-        memory_bytes=int(model.get_memory_footprint()),
+        memory_bytes=memory_bytes(model),
         num_steps_default=model.config.mean_recurrence,
         context=model.config.block_size,
+        plan=plan.summary() if plan is not None else "",
+        notice=getattr(model, "load_notice", ""),
     )
+
+
+def count_parameters(model) -> int:
+    """Parameters as the model defines them: a 4-bit layer stores two weights per byte, its quant state keeps the
+    original shape."""
+    total = 0
+    for p in model.parameters():
+        shape = getattr(getattr(p, "quant_state", None), "shape", None)
+        total += math.prod(shape) if shape is not None else p.numel()
+    return total
+
+
+def memory_bytes(model) -> int:
+    """Bytes the model holds: parameters and buffers (each storage once) plus bitsandbytes' scales, which live
+    beside the weights (``quant_state.absmax`` for 4-bit, ``SCB`` for int8) and which get_memory_footprint misses."""
+    seen: dict[tuple[str, int], int] = {}
+    tensors = list(model.parameters()) + list(model.buffers())
+    for p in model.parameters():
+        state = getattr(p, "quant_state", None)
+        tensors += [t for t in (getattr(state, "absmax", None), getattr(p, "SCB", None)) if t is not None]
+    for t in tensors:
+        storage = t.untyped_storage()
+        seen[(str(t.device), storage.data_ptr())] = storage.nbytes()
+    return sum(seen.values())

@@ -13,7 +13,7 @@ from .trace import MAX_TRACE_TOP_K
 
 MAX_NUM_STEPS = 256
 MAX_NEW_TOKENS = 32_768
-MAX_STOP_STRINGS = 8
+MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_CHARS = 200
 MIN_TEMPERATURE = 1e-3  # below it sampling is greedy in all but name, and 1e-40 overflows fp32 logits
 

@@ -178,6 +178,7 @@ class _Recurrence:
         self.core_iterations = 0
         self.logits: list[Tensor | None] = [None] * batch
         self.latent: list[Tensor | None] = [None] * batch
+        self.whole: tuple[Tensor, Tensor] | None = None  # set when every row stopped at one head run (forward)
         self.traced = [p.trace_top_k is not None and a for p, a in zip(plans, active)]
         self.recorder = None  # no tracing, no extra work
         if any(self.traced):
@@ -223,6 +224,8 @@ class _Recurrence:
         late_logits = late_latent = None
         if any(late):
             late_logits, late_latent = self._head(late, cache, pos0, rope, last_only)
+        if all(e or x for e, x in zip(ending, exiting)) and not any(late):
+            self.whole = (logits, latent)  # every row stops here, from one head run: no per-row assembly needed
         for r in range(len(self.plans)):
             if exiting[r] or ending[r]:
                 source_logits, source_latent = (late_logits, late_latent) if late[r] else (logits, latent)
@@ -235,6 +238,10 @@ class _Recurrence:
                                   head_rows=[r for r, w in enumerate(rows) if w])
 
     def _result(self, embedded: Tensor, last_only: bool) -> BlockResult:
+        traces = self.recorder.end() if self.recorder is not None else None
+        if self.whole is not None:
+            logits, latent = self.whole
+            return BlockResult(logits, latent, self.state, self.steps, self.exits.values, self.core_iterations, traces)
         done = [r for r, lg in enumerate(self.logits) if lg is not None]
         if len(done) == len(self.plans):
             logits, latent = torch.cat(self.logits), torch.cat(self.latent)
@@ -244,5 +251,4 @@ class _Recurrence:
             latent = self.model.transformer.ln_f(self.state).clone()
             for r in done:
                 logits[r:r + 1], latent[r:r + 1] = self.logits[r], self.latent[r]
-        traces = self.recorder.end() if self.recorder is not None else None
         return BlockResult(logits, latent, self.state, self.steps, self.exits.values, self.core_iterations, traces)

@@ -1,7 +1,7 @@
 """Seeded task generators for the Huginn Studio demo model.
 
-Everything the demo model ever sees comes from here: arithmetic and variable-tracking problems in
-difficulty tiers, plus a little plain conversation so that chatting with the model is coherent.
+Everything the demo model ever sees comes from here: cup-swap problems (follow k swaps of three
+cups) in tiers of k, plus a little plain conversation so that chatting with the model is coherent.
 Problems are split into train and held-out by a hash of the question text, so the split is exact
 and does not depend on the seed or the order in which problems were generated.
 """
@@ -10,25 +10,25 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-# Operands are zero-padded to a fixed width so that digit i of both operands and of the answer
-# always sit at the same relative distance: a tiny model then learns alignment for free and can
-# spend its capacity (and its recurrent depth) on the carries.
-ADD_WIDTH = 8
-HELDOUT_MODULO = 20  # 1 in 20 questions is held out for evaluation
+HELDOUT_MODULO = 10  # 1 in 10 questions of the trained lengths is held out for evaluation
 
-TASKS = ("add", "vars")
-TIERS: dict[str, tuple[int, ...]] = {"add": (1, 2, 3, 4), "vars": (1, 2, 3, 4)}
+# Three cups at positions 1-3 hold the digits 1, 2, 3 in some start order; each swap `ij` exchanges
+# the cups at positions i and j. The final order is the start order composed with k transpositions,
+# a walk through the non-abelian group S3: no attention pattern sums it up in one look, so a model
+# has to compose the swaps one after another, and every swap costs (at least) one more iteration.
+SWAP_CUPS = 3
+SWAP_PAIRS = tuple(f"{i}{j}" for i in range(1, SWAP_CUPS + 1) for j in range(i + 1, SWAP_CUPS + 1))
+TRAIN_MAX_SWAPS = 12  # training draws 1..12 swaps; longer lists are never trained on
+
+TASKS = ("swap",)
+# The tier is the number of swaps, i.e. the number of serial steps. 16 and 24 are longer than
+# anything in training.
+TIERS: dict[str, tuple[int, ...]] = {"swap": (4, 8, 12, 16, 24)}
 TIER_NAMES: dict[str, dict[int, str]] = {
-    "add": {
-        1: "up to 3 significant digits",
-        2: "5 significant digits",
-        3: "8 digits, random",
-        4: "8 digits, carry chain of 4-7 places",
-    },
-    "vars": {1: "1 hop", 2: "2 hops", 3: "3 hops", 4: "4 hops"},
+    "swap": {k: f"{k} swaps" + (" (longer than trained)" if k > TRAIN_MAX_SWAPS else "") for k in TIERS["swap"]}
 }
 
 SYSTEM_PROMPTS = (
@@ -50,115 +50,49 @@ class Problem:
 
 
 def is_heldout(question: str) -> bool:
-    """True for questions reserved for evaluation; training never emits them."""
+    """True for questions reserved for evaluation; training never emits them.
+
+    The first 8 bytes of the SHA-256 of the stripped UTF-8 text, read as a big-endian integer, are
+    0 mod HELDOUT_MODULO. (Swap lists longer than TRAIN_MAX_SWAPS are held out as a whole on top of
+    this: training never draws them.)
+    """
     digest = hashlib.sha256(question.strip().encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") % HELDOUT_MODULO == 0
 
 
 # ----------------------------------------------------------------------------------------------
-# addition
+# cup swaps
 
 
-def _pad(n: int, width: int) -> str:
-    return str(n).zfill(width)
+def apply_swaps(start: str, pairs: Sequence[str]) -> str:
+    cups = list(start)
+    for pair in pairs:
+        i, j = int(pair[0]) - 1, int(pair[1]) - 1
+        cups[i], cups[j] = cups[j], cups[i]
+    return "".join(cups)
 
 
-def add_question(a: int, b: int) -> str:
-    return f"What is {_pad(a, ADD_WIDTH)}+{_pad(b, ADD_WIDTH)}?"
+def swap_question(start: str, pairs: Sequence[str]) -> str:
+    # The start order comes last, at a fixed distance from the answer, and each swap at a fixed
+    # distance from the one before it: every lookup the model needs is at a fixed relative
+    # offset (which it learns quickly); only the number of swaps, the serial work, varies.
+    return f"Swap {' '.join(pairs)} on {start}. Final?"
 
 
-def add_answer(a: int, b: int) -> str:
-    return _pad(a + b, ADD_WIDTH + 1)
+def make_swap(tier: int, rng: random.Random) -> Problem:
+    """`tier` swaps from a random start order; no swap repeats the one before it (that would undo it)."""
+    if tier < 1:
+        raise ValueError(f"a swap problem needs at least one swap, got {tier}")
+    start = "".join(rng.sample("123456789"[:SWAP_CUPS], SWAP_CUPS))
+    pairs: list[str] = []
+    while len(pairs) < tier:
+        pair = rng.choice(SWAP_PAIRS)
+        if not pairs or pair != pairs[-1]:
+            pairs.append(pair)
+    return Problem("swap", tier, swap_question(start, pairs), apply_swaps(start, pairs))
 
 
-def carry_chain_length(a: int, b: int) -> int:
-    """Longest run of places whose digit sum is 9 and that receive a carry.
-
-    Such a run is what makes addition serial: the top digit of the run cannot be written
-    until the carry has been followed all the way up from below it.
-    """
-    longest, run, carry = 0, 0, 0
-    while a or b:
-        s = a % 10 + b % 10
-        if s == 9 and carry:
-            run += 1
-            longest = max(longest, run)
-        else:
-            run = 0
-        carry = 1 if s + carry >= 10 else 0
-        a, b = a // 10, b // 10
-    return longest
-
-
-def _chained_operands(rng: random.Random, chain: int) -> tuple[int, int]:
-    """Two ADD_WIDTH-digit numbers with a propagating run of `chain` places fed by a carry."""
-    start = rng.randrange(0, ADD_WIDTH - chain)  # place of the generating digit pair
-    da, db = [], []
-    for place in range(ADD_WIDTH):
-        if place == start:
-            x = rng.randrange(1, 10)
-            y = rng.randrange(10 - x, 10)  # x + y >= 10 generates a carry
-        elif start < place <= start + chain:
-            x = rng.randrange(0, 10)
-            y = 9 - x  # sum 9 propagates the carry
-        else:
-            x, y = rng.randrange(10), rng.randrange(10)
-        da.append(x)
-        db.append(y)
-    a = sum(d * 10**p for p, d in enumerate(da))
-    b = sum(d * 10**p for p, d in enumerate(db))
-    return a, b
-
-
-def make_add(tier: int, rng: random.Random) -> Problem:
-    if tier == 1:
-        a, b = rng.randrange(1000), rng.randrange(1000)
-    elif tier == 2:
-        a, b = rng.randrange(10**5), rng.randrange(10**5)
-    elif tier == 3:
-        a, b = rng.randrange(10**ADD_WIDTH), rng.randrange(10**ADD_WIDTH)
-    elif tier == 4:
-        a, b = _chained_operands(rng, rng.randint(4, 7))
-    else:
-        raise ValueError(f"no add tier {tier}")
-    return Problem("add", tier, add_question(a, b), add_answer(a, b))
-
-
-# ----------------------------------------------------------------------------------------------
-# variable tracking
-
-_VAR_NAMES = "abcdefghijkmnpqrstuvwxyz"
-
-
-def make_vars(tier: int, rng: random.Random, chains: int = 2) -> Problem:
-    """Interleaved assignment chains; the question asks for the end of one chain.
-
-    `tier` is the number of hops from the queried variable back to its literal value.
-    """
-    if tier not in TIERS["vars"]:
-        raise ValueError(f"no vars tier {tier}")
-    names = rng.sample(_VAR_NAMES, chains * (tier + 1))
-    values = rng.sample(range(10), chains)
-    per_chain = []
-    for c in range(chains):
-        vs = names[c * (tier + 1) : (c + 1) * (tier + 1)]
-        stmts = [f"{vs[0]}={values[c]}"] + [f"{vs[i]}={vs[i - 1]}" for i in range(1, len(vs))]
-        per_chain.append(stmts)
-    # Interleave chains randomly while keeping each chain in order.
-    order = [c for c in range(chains) for _ in range(tier + 1)]
-    rng.shuffle(order)
-    cursors = [0] * chains
-    stmts = []
-    for c in order:
-        stmts.append(per_chain[c][cursors[c]])
-        cursors[c] += 1
-    target = rng.randrange(chains)
-    query = names[target * (tier + 1) + tier]
-    question = "; ".join(stmts) + f". What is {query}?"
-    return Problem("vars", tier, question, str(values[target]))
-
-
-_MAKERS = {"add": make_add, "vars": make_vars}
+_MAKERS = {"swap": make_swap}
 
 
 def make_problem(task: str, tier: int, rng: random.Random) -> Problem:
@@ -191,31 +125,32 @@ def eval_problems(task: str, tier: int, n: int, seed: int = 1234) -> list[Proble
 # conversation
 
 FORMAT_HELP = (
-    "Ask me to add two numbers written with exactly 8 digits each, zero-padded, like "
-    "What is 00004821+00003390? I answer with 9 digits. I can also track variables: "
-    "a=3; k=a; b=7; q=k. What is q?"
+    "Give me a list of swaps and three cups in a start order, like: Swap 12 23 13 on 312. Final? "
+    "Swap 12 exchanges the cups at positions 1 and 2. I answer with the final order, here "
+    + apply_swaps("312", ("12", "23", "13"))
+    + "."
 )
 
 # (paraphrases of the user's turn, the reply). Replies are short and fixed so that a tiny model
-# can reproduce them exactly.
+# can reproduce them exactly, and they claim only what the model card's evaluation shows.
 INTENTS: tuple[tuple[tuple[str, ...], str], ...] = (
     (
         ("hi", "hello", "hey", "hi there", "hello there", "hey there", "good morning", "good evening", "howdy",
          "Hi!", "Hello!", "Hey!", "hello huginn", "hi huginn", "greetings"),
-        "Hello! I am the Huginn Studio demo model. Ask me an addition or a variable puzzle.",
+        "Hello! I am the Huginn Studio demo model. Give me three cups and a list of swaps.",
     ),
     (
         ("what can you do?", "what can you do", "what are you good at?", "help", "what do you know?",
          "what tasks can you solve?", "what should I ask you?", "How can you help me?", "what can I ask?"),
-        "I am a tiny recurrent-depth model. I can add two 8-digit numbers and follow chains of variables. "
+        "I am a tiny recurrent-depth model. I follow swaps of three cups and tell you where they end up. "
         + FORMAT_HELP,
     ),
     (
         ("how do I use the depth slider?", "what does the depth slider do?", "what is the depth slider?",
          "how does the slider work?", "what does num_steps do?", "what is depth?", "how many steps should I use?",
          "what happens if I use more steps?"),
-        "The depth slider sets how many times I repeat my core block for each token. More steps means more "
-        "thinking: hard sums with long carry chains need about 16 to 32 steps, easy ones need only a few.",
+        "The depth slider sets how many times I repeat my core block for each token. I follow the swaps one "
+        "after another in those repeats, so a long list of swaps needs more steps than a short one.",
     ),
     (
         ("who are you?", "what are you?", "what is your name?", "are you huginn?", "introduce yourself",
@@ -230,8 +165,8 @@ INTENTS: tuple[tuple[tuple[str, ...], str], ...] = (
         "in latent space, so it can think longer on harder problems.",
     ),
     (
-        ("how do I ask a math question?", "how should I write numbers?", "what format do you need?",
-         "can you do math?", "can you add?", "how do I ask you to add?"),
+        ("how do I ask a question?", "how should I write it?", "what format do you need?", "can you do math?",
+         "can you add?", "what is a swap?", "how do the cups work?"),
         FORMAT_HELP,
     ),
     (
@@ -255,14 +190,14 @@ INTENTS: tuple[tuple[tuple[str, ...], str], ...] = (
 )
 
 
-def unpadded_sum_turn(rng: random.Random) -> tuple[str, str]:
-    """A sum written the natural way, answered with how to write it.
+def other_question_turn(rng: random.Random) -> tuple[str, str]:
+    """A question the model cannot answer (a sum, a swap in words), answered with the format.
 
-    The model only adds zero-padded 10-digit numbers; rather than guessing at "12+35" it explains
-    the format, which is the coherent thing for a person trying it out to see.
+    Rather than guessing, it explains what it can do, which is the coherent thing for a person
+    trying it out to see.
     """
     a, b = rng.randrange(10 ** rng.randint(1, 5)), rng.randrange(10 ** rng.randint(1, 5))
-    form = rng.choice(("What is {}+{}?", "what is {} + {}?", "{}+{}", "{} + {} = ?", "What's {}+{}?"))
+    form = rng.choice(("What is {}+{}?", "what is {} + {}?", "{}+{}", "{} + {} = ?", "What's {}+{}?", "swap {} and {}"))
     return form.format(a, b), FORMAT_HELP
 
 
@@ -286,38 +221,34 @@ def chat_turn(rng: random.Random) -> tuple[str, str]:
 # ----------------------------------------------------------------------------------------------
 # training stream
 
-# Sampling weights per (task, tier) for training; the hard tiers get most of the budget because
-# they are where depth has to be learned.
-DEFAULT_MIX: dict[tuple[str, int], float] = {
-    ("add", 1): 0.15,
-    ("add", 2): 0.20,
-    ("add", 3): 0.30,
-    ("add", 4): 0.35,
-}
-CHAT_FRACTION = 0.10
-UNPADDED_FRACTION = 0.03
+# Sampling weights per (task, tier) for training: every length from 1 to TRAIN_MAX_SWAPS alike.
+DEFAULT_MIX: dict[tuple[str, int], float] = {("swap", k): 1.0 for k in range(1, TRAIN_MAX_SWAPS + 1)}
+CHAT_FRACTION = 0.08
+OTHER_FRACTION = 0.03
 
 
 def train_conversations(
-    seed: int, mix: dict[tuple[str, int], float] | None = None, chat_fraction: float = CHAT_FRACTION
+    seed: int, mix: dict[tuple[str, int], float] | None = None, chat_fraction: float = CHAT_FRACTION,
+    max_tier: Callable[[], int] | None = None,
 ) -> Iterator[list[dict[str, str]]]:
     """An endless, seeded stream of training conversations (never containing a held-out question).
 
     Most conversations are one problem; some are greetings, some carry a system prompt, and some
-    have two turns so the model sees that earlier turns do not change the answer.
+    have two turns so the model sees that earlier turns do not change the answer. `max_tier`, read
+    before every problem, is the curriculum: tiers above it are not drawn for now.
     """
     rng = random.Random(f"train-{seed}")
     mix = mix or DEFAULT_MIX
-    keys = list(mix)
-    weights = [mix[k] for k in keys]
 
     def one_turn() -> tuple[str, str]:
         u = rng.random()
         if u < chat_fraction:
             return chat_turn(rng)
-        if u < chat_fraction + UNPADDED_FRACTION:
-            return unpadded_sum_turn(rng)
-        task, tier = rng.choices(keys, weights)[0]
+        if u < chat_fraction + OTHER_FRACTION:
+            return other_question_turn(rng)
+        cap = max_tier() if max_tier else None
+        keys = [k for k in mix if cap is None or k[1] <= cap] or [min(mix, key=lambda k: k[1])]
+        task, tier = rng.choices(keys, [mix[k] for k in keys])[0]
         p = sample_problem(task, tier, rng, heldout=False)
         return p.question, p.answer
 
@@ -342,7 +273,7 @@ def tokenizer_corpus(seed: int = 0, n: int = 20000) -> Iterator[str]:
         yield reply
     yield from SYSTEM_PROMPTS
     yield from ("assistant", "Huginn")
-    stream = train_conversations(seed, mix={(t, tier): 1.0 for t in TASKS for tier in TIERS[t]})
+    stream = train_conversations(seed)
     for _ in range(n):
         for m in next(stream):
             yield "Huginn" if m["role"] == "assistant" else m["role"]

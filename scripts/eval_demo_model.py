@@ -3,17 +3,21 @@
 Every answer is generated greedily through the engine's own decode loop (the one the app uses), at
 fixed depths r = 1, 2, 4, 8, 16, 32, 64 and with adaptive exit (the KL criterion at the engine's
 default threshold, capped at the engine's default depth of 32 steps, with the latest-m4 cache),
-where the mean steps per generated token are reported too. A problem counts as solved when the answer matches exactly.
+where the mean steps per answer token are reported too. A problem counts as solved when the answer
+matches exactly. Each figure is the mean over three initial-state seeds (the latent state starts
+from noise), with a 95 % Wilson interval over the problems, whose seed-averaged score is the
+success fraction. `--baseline` adds a model of the same layers trained and run at depth 1.
 
-    python scripts/eval_demo_model.py            # table, 200 problems per tier
-    python scripts/eval_demo_model.py --json     # the same as JSON
-    python scripts/eval_demo_model.py --quick    # 24 problems per tier, well under two minutes
+    python scripts/eval_demo_model.py --baseline DIR   # the model card's table, 200 problems per tier
+    python scripts/eval_demo_model.py --json           # the same as JSON
+    python scripts/eval_demo_model.py --quick          # 24 problems per tier, 1 seed, r = 1, 4, 32
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -31,6 +35,10 @@ if str(ROOT) not in sys.path:
 import demo_tasks  # noqa: E402
 
 DEPTHS = (1, 2, 4, 8, 16, 32, 64)
+QUICK_DEPTHS = (1, 4, 32)
+QUICK_PER_TIER = 24
+# Initial-state seeds: the latent state starts from noise, so every figure is averaged over these.
+SEEDS = (0, 1, 2)
 ADAPTIVE_CRITERION = "kl"
 # With "full", a KV entry that an early-exiting token never wrote is skipped, so a prompt that exited
 # after 3 steps is invisible to a later token at step 10. "latest-m4" (the official model card's
@@ -55,7 +63,8 @@ def generate_answers(
 ) -> tuple[list[str], list[float]]:
     """Greedy answers to single-turn questions, in batches of equal prompt length.
 
-    Returns the answer texts and, per answer, the mean recurrence steps per generated token.
+    Returns the answer texts and, per answer, the mean recurrence steps per answer token (the stop
+    token that ends the turn is not counted).
     """
     from engine.decode import RowPlan, decode
     from engine.exits import resolve_threshold
@@ -85,19 +94,42 @@ def generate_answers(
         out_steps: list[list[int]] = [[] for _ in idxs]
         for step in decode(model, ids, plans, cache_strategy, stop_ids=stops):
             for r, token in enumerate(step.tokens):
-                if token >= 0:
+                if token >= 0 and token not in stops:
+                    out_tokens[r].append(token)
                     out_steps[r].append(step.steps[r])
-                    if token not in stops:
-                        out_tokens[r].append(token)
         for r, i in enumerate(idxs):
             texts[i] = tok.decode(out_tokens[r], skip_special_tokens=True).strip()
             mean_steps[i] = sum(out_steps[r]) / max(len(out_steps[r]), 1)
     return texts, mean_steps
 
 
+def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson interval for a success fraction `p` measured on `n` problems."""
+    if n == 0:
+        return 0.0, 1.0
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _cell(per_seed: list[list[bool]]) -> dict[str, Any]:
+    """Accuracy over problems of the seed-averaged score, with its interval and the per-seed figures."""
+    n = len(per_seed[0])
+    per_problem = [sum(seed[i] for seed in per_seed) / len(per_seed) for i in range(n)]
+    acc = sum(per_problem) / n
+    lo, hi = wilson(acc, n)
+    return {"acc": round(acc, 4), "lo": round(lo, 4), "hi": round(hi, 4),
+            "per_seed": [round(sum(seed) / n, 4) for seed in per_seed]}
+
+
 def evaluate(
-    model, tok, tasks: Sequence[str], per_tier: int, depths: Sequence[int] = DEPTHS, adaptive: bool = True
+    model, tok, tasks: Sequence[str], per_tier: int, depths: Sequence[int] = DEPTHS, adaptive: bool = True,
+    seeds: Sequence[int] = SEEDS, baseline: Any = None,
 ) -> dict[str, Any]:
+    """Accuracy per task, tier and depth, each over every initial-state seed in `seeds`.
+
+    `baseline`, a model trained at a fixed depth of 1, is run at that depth on the same problems.
+    """
     adaptive_cap = _adaptive_cap()
     results: dict[str, Any] = {}
     for task in tasks:
@@ -108,59 +140,77 @@ def evaluate(
             answers = [p.answer for p in problems]
             max_new = max(len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers) + 1
 
-            def accuracy(texts: list[str]) -> float:
-                return round(sum(t == a for t, a in zip(texts, answers)) / len(answers), 4)
+            def run(m, r: int, **kw: Any) -> tuple[list[list[bool]], list[float]]:
+                hits, steps = [], []
+                for seed in seeds:
+                    texts, st = generate_answers(m, tok, questions, r, max_new_tokens=max_new, seed=seed, **kw)
+                    hits.append([t == a for t, a in zip(texts, answers)])
+                    steps += st
+                return hits, steps
 
             row: dict[str, Any] = {"name": demo_tasks.TIER_NAMES[task][tier], "n": len(problems), "acc": {}}
             for r in depths:
-                texts, _ = generate_answers(model, tok, questions, r, max_new_tokens=max_new)
-                row["acc"][str(r)] = accuracy(texts)
+                row["acc"][str(r)] = _cell(run(model, r)[0])
             if adaptive:
-                texts, steps = generate_answers(model, tok, questions, adaptive_cap, ADAPTIVE_CRITERION,
-                                                max_new_tokens=max_new, cache_strategy=ADAPTIVE_CACHE)
-                row["adaptive"] = {"acc": accuracy(texts), "mean_steps": round(sum(steps) / len(steps), 2)}
+                hits, steps = run(model, adaptive_cap, criterion=ADAPTIVE_CRITERION, cache_strategy=ADAPTIVE_CACHE)
+                row["adaptive"] = {**_cell(hits), "mean_steps": round(sum(steps) / len(steps), 2)}
+            if baseline is not None:
+                row["baseline"] = _cell(run(baseline, baseline.config.mean_recurrence)[0])
             results[task][str(tier)] = row
     return results
 
 
+def _fmt(cell: dict[str, Any]) -> str:
+    return f"{100 * cell['acc']:.1f} [{100 * cell['lo']:.0f}–{100 * cell['hi']:.0f}]"
+
+
 def markdown_table(report: dict[str, Any]) -> str:
     depths = report["depths"]
-    head = "| task | tier | n | " + " | ".join(f"r={r}" for r in depths) + " | adaptive kl | mean steps |"
-    lines = [head, "|" + "---|" * (len(depths) + 5)]
+    extra = ["adaptive kl", "mean steps"] + (["no recurrence (r=1 trained)"] if report.get("baseline") else [])
+    head = "| task | tier | n | " + " | ".join([f"r={r}" for r in depths] + extra) + " |"
+    lines = [head, "|" + "---|" * (len(depths) + len(extra) + 3)]
     for task, tiers in report["results"].items():
         for tier, row in tiers.items():
-            cells = [f"{100 * row['acc'][str(r)]:.1f}" for r in depths]
-            ad = row.get("adaptive", {})
-            lines.append(
-                f"| {task} | {tier}: {row['name']} | {row['n']} | " + " | ".join(cells)
-                + f" | {100 * ad.get('acc', float('nan')):.1f} | {ad.get('mean_steps', float('nan')):.1f} |"
-            )
+            cells = [_fmt(row["acc"][str(r)]) for r in depths]
+            if "adaptive" in row:
+                cells += [_fmt(row["adaptive"]), f"{row['adaptive']['mean_steps']:.1f}"]
+            if "baseline" in row:
+                cells.append(_fmt(row["baseline"]))
+            lines.append(f"| {task} | {row['name']} | {row['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="a model trained at depth 1 (train_demo_model.py --fixed-depth 1), run at its depth")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
-    ap.add_argument("--quick", action="store_true", help="a small sample per tier (24 problems)")
-    ap.add_argument("--per-tier", type=int, default=None, help="problems per tier (default 200, quick 24)")
-    ap.add_argument("--tasks", default="add", help="comma-separated, from: " + ",".join(demo_tasks.TASKS))
+    ap.add_argument("--quick", action="store_true",
+                    help=f"{QUICK_PER_TIER} problems per tier, one seed, depths {', '.join(map(str, QUICK_DEPTHS))}")
+    ap.add_argument("--per-tier", type=int, default=None, help="problems per tier (default 200)")
+    ap.add_argument("--seeds", type=int, default=len(SEEDS), help="initial-state seeds (default 3)")
+    ap.add_argument("--tasks", default=",".join(demo_tasks.TASKS),
+                    help="comma-separated, from: " + ",".join(demo_tasks.TASKS))
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    per_tier = args.per_tier or (24 if args.quick else 200)
+    per_tier = args.per_tier or (QUICK_PER_TIER if args.quick else 200)
+    seeds = SEEDS[:1] if args.quick else tuple(range(args.seeds))
+    depths = QUICK_DEPTHS if args.quick else DEPTHS
     model, tok = load(args.model)
+    baseline = load(args.baseline)[0] if args.baseline else None
     t0 = time.time()
     report = {
         "model": str(args.model),
+        "baseline": str(args.baseline) if args.baseline else None,
         "per_tier": per_tier,
-        "depths": list(DEPTHS),
+        "seeds": list(seeds),
+        "depths": list(depths),
         "adaptive": {"criterion": ADAPTIVE_CRITERION, "threshold": _default_threshold(),
                      "max_steps": _adaptive_cap(), "cache_strategy": ADAPTIVE_CACHE},
-        "results": evaluate(model, tok, args.tasks.split(","), per_tier),
+        "results": evaluate(model, tok, args.tasks.split(","), per_tier, depths, not args.quick, seeds, baseline),
     }
     report["seconds"] = round(time.time() - t0, 1)
     print(json.dumps(report, indent=2) if args.json else markdown_table(report))

@@ -20,7 +20,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -76,13 +76,14 @@ def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tuple[t
     return ids, labels
 
 
-def batches(tok, seed: int, rows: int, row_len: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches(tok, seed: int, rows: int, row_len: int,
+            max_tier: Callable[[], int] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Whole conversations packed greedily into `rows` rows of at most `row_len` tokens.
 
     Packing, as in the paper's pretraining (a document starts at every <|begin_text|>), keeps the
     short arithmetic conversations from being padded to the length of the longest chat reply.
     """
-    stream = (encode_conversation(tok, m) for m in demo_tasks.train_conversations(seed))
+    stream = (encode_conversation(tok, m) for m in demo_tasks.train_conversations(seed, max_tier=max_tier))
     pending = next(stream)
     while True:
         packed = []
@@ -121,7 +122,7 @@ def teacher_forced_accuracy(
 
 
 def depth_table(model, tok, per_tier: int, depths: Sequence[int] = LOG_DEPTHS,
-                tasks: Sequence[str] = ("add",)) -> dict[str, dict[int, float]]:
+                tasks: Sequence[str] = demo_tasks.TASKS) -> dict[str, dict[int, float]]:
     was_training = model.training
     model.eval()
     table = {}
@@ -180,6 +181,17 @@ def save(model, tok, out: Path, meta: dict) -> None:
     (out / "training_state.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
+def curriculum_cap(step: int, total: int, start: int, end: int, ramp: float) -> int:
+    """Longest problem drawn at `step`: `start` swaps at first, rising linearly to `end` over `ramp` of the run.
+
+    Short lists first, because a step that composes one swap with the state so far can only be learned
+    where the state so far is already right.
+    """
+    if ramp <= 0:
+        return end
+    return min(end, start + int((end - start + 1) * step / (ramp * total)))
+
+
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -191,7 +203,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "assets" / "demo-model")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=5000)
+    ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--minutes", type=float, default=None, help="stop early after this wall-clock time")
     ap.add_argument("--batch-size", type=int, default=16, help="rows per step")
     ap.add_argument("--row-len", type=int, default=128, help="tokens per packed row")
@@ -204,13 +216,18 @@ def main() -> None:
     ap.add_argument("--core", type=int, default=1)
     ap.add_argument("--coda", type=int, default=1)
     ap.add_argument("--block-size", type=int, default=256)
-    ap.add_argument("--mean-recurrence", type=int, default=12)
+    ap.add_argument("--mean-recurrence", type=int, default=16)
     ap.add_argument("--backprop-depth", type=int, default=4)
+    ap.add_argument("--fixed-depth", type=int, default=None,
+                    help="train at exactly this many core steps, all with gradients (the r=1 baseline: 1)")
+    ap.add_argument("--curriculum-start", type=int, default=2, help="longest swap list at step 0")
+    ap.add_argument("--curriculum-ramp", type=float, default=0.5,
+                    help="fraction of --steps over which the longest list grows to the longest trained tier")
     ap.add_argument("--threads", type=int, default=1, help="torch threads; 1 leaves the other core free")
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--eval-every", type=int, default=250)
-    ap.add_argument("--eval-per-tier", type=int, default=48)
-    ap.add_argument("--save-every", type=int, default=250)
+    ap.add_argument("--eval-per-tier", type=int, default=32)
+    ap.add_argument("--save-every", type=int, default=100)
     ap.add_argument("--log", type=Path, default=None, help="also append JSON lines here")
     args = ap.parse_args()
 
@@ -223,7 +240,11 @@ def main() -> None:
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
-    data = batches(tok, args.seed, args.batch_size, args.row_len)
+    longest = max(tier for _, tier in demo_tasks.DEFAULT_MIX)
+    progress = {"step": 0}
+    data = batches(tok, args.seed, args.batch_size, args.row_len, lambda: curriculum_cap(
+        progress["step"], args.steps, args.curriculum_start, longest, args.curriculum_ramp))
+    num_steps = None if args.fixed_depth is None else (0, args.fixed_depth)
     logf = args.log.open("a") if args.log else None
 
     def log(rec: dict) -> None:
@@ -241,10 +262,11 @@ def main() -> None:
             break
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
+        progress["step"] = step
         ids, labels = next(data)
         # num_steps=None in training mode: the model draws (n no-grad, k grad) steps from its
         # Poisson-lognormal sampler and starts from a random state, as in the paper.
-        loss = model(ids, labels=labels).loss
+        loss = model(ids, labels=labels, num_steps=num_steps).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -258,7 +280,8 @@ def main() -> None:
         # The evaluation draws initial states from the global RNG that training uses too, so
         # --eval-every and --eval-per-tier are part of what reproduces a run.
         if step % args.eval_every == 0 or step == args.steps:
-            log({"step": step, "depth_acc": depth_table(model, tok, args.eval_per_tier),
+            depths = LOG_DEPTHS if args.fixed_depth is None else (args.fixed_depth,)
+            log({"step": step, "depth_acc": depth_table(model, tok, args.eval_per_tier, depths),
                  "min": round((time.time() - t0) / 60, 2)})
         if step % args.save_every == 0:
             save(model, tok, args.out, {"step": step, "seed": args.seed, "minutes": (time.time() - t0) / 60})

@@ -50,7 +50,7 @@ def kill_mid_stream(db_path: Path, after_s: float, flush_interval: float = 0.02)
 
 
 def damage(store: Store, conversation_id: int, message_id: int) -> list[str]:
-    """What is wrong with the database after a kill; empty when it is as the store promises."""
+    """What is wrong with the database reopened after a kill; empty when it is as the store promises."""
     problems = []
     if store.integrity_check() != "ok":
         problems.append(f"integrity_check: {store.integrity_check()}")
@@ -62,8 +62,8 @@ def damage(store: Store, conversation_id: int, message_id: int) -> list[str]:
         return problems
     msg = thread[-1]
     tokens = msg.tokens or []
-    if msg.status != "partial":
-        problems.append(f"status is {msg.status}, not partial")
+    if msg.status != "interrupted":
+        problems.append(f"status is {msg.status}, not interrupted")
     if len(tokens) < READY_FLUSHES:
         problems.append(f"only {len(tokens)} tokens survived")
     if [t["text"] for t in tokens] != [f" t{i}" for i in range(len(tokens))]:

@@ -6,6 +6,7 @@ machinery). Screenshots of the main views go to test-artifacts/.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -152,7 +153,7 @@ def test_the_page_end_to_end(app_url, browser):
 
     # Reload: the conversations are listed and the latest is open, heatmap and all, from the store.
     page.reload()
-    page.wait_for_selector("#transcript .msg.assistant .tok", timeout=30_000)
+    page.wait_for_selector("#transcript .msg.assistant .tok", state="attached", timeout=30_000)  # behind Depth
     assert page.locator("#conv-list label").count() == 2
     page.locator("#conv-list label", has_text="What is 2 + 3?").click()
     page.wait_for_function("document.querySelectorAll('#transcript .msg.assistant').length === 3", timeout=30_000)
@@ -180,4 +181,50 @@ def test_the_page_end_to_end(app_url, browser):
     assert page.locator("#transcript .arena-grid .col").count() == 3
 
     assert not outside, f"the page reached outside the app: {outside[:5]}"
+    page.close()
+
+
+LINK = '<a href="https://evil.example/x">click me</a><img src=x onerror="window.__pwned = 3"><form action="https://evil.example/"><input name=pw></form>'
+
+
+def toast_text(page) -> str:
+    toast = page.locator(".toast-body").last
+    toast.wait_for(timeout=30_000)
+    return toast.inner_text()
+
+
+def test_messages_quoting_the_visitor_show_as_text(app_url, browser, tmp_path):
+    """Error toasts quote what the visitor sent (a setting's value, an import's field): links, images and forms in
+    it stay text."""
+    from app.store import EXPORT_FORMAT
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(app_url)
+    page.wait_for_selector("#prompt textarea")
+
+    # A typed exit threshold is sent as it is; the error names the field and quotes the value.
+    page.locator("#adaptive input").check()
+    threshold = page.locator("#threshold input")
+    threshold.fill(LINK)
+    threshold.press("Enter")
+    page.fill("#prompt textarea", "hi")
+    page.click("#send-btn")
+    text = toast_text(page)
+    assert "exit_threshold" in text and '<a href="https://evil.example/x">' in text
+    assert page.locator(".toast-body a, .toast-body img, .toast-body form").count() == 0
+
+    # An import whose error message quotes the file.
+    hostile = tmp_path / "hostile.json"
+    hostile.write_text(json.dumps({"format": LINK, "version": 1, "conversations": []}), encoding="utf-8")
+    page.get_by_text("Rename, delete, export, import").click()
+    with page.expect_file_chooser() as chooser:
+        page.click("#import-btn")
+    chooser.value.set_files(str(hostile))
+    page.wait_for_function("document.querySelectorAll('.toast-body').length >= 1 && "
+                           "[...document.querySelectorAll('.toast-body')].some(t => t.innerText.includes('export'))",
+                           timeout=30_000)
+    texts = page.locator(".toast-body").all_inner_texts()
+    assert any("evil.example" in t and EXPORT_FORMAT in t for t in texts), texts
+    assert page.locator(".toast-body a, .toast-body img, .toast-body form").count() == 0
+    assert page.evaluate("window.__pwned") is None
     page.close()

@@ -274,16 +274,19 @@ class RecordingGpu(GpuWork):
         self.lock = threading.Lock()
         self.running = 0
         self.peak = 0
+        self.runs: list[tuple[float, float]] = []  # (start, end) of each generation, time.monotonic()
 
     def stream(self, messages, settings, cancel=None):
         with self.lock:
             self.running += 1
             self.peak = max(self.peak, self.running)
+        start = time.monotonic()
         try:
             yield from super().stream(messages, settings, cancel)
         finally:
             with self.lock:
                 self.running -= 1
+                self.runs.append((start, time.monotonic()))
 
 
 @pytest.fixture(scope="module")
@@ -325,7 +328,7 @@ class QueueCall:
                         started = time.monotonic()
                     if msg.get("msg") == "process_completed":
                         return {**msg["output"], "success": msg.get("success"), "wait": (started or joined) - joined,
-                                "done": time.monotonic() - joined}
+                                "done": time.monotonic() - joined, "joined": joined}
         raise AssertionError("the queue closed without completing the event")
 
 
@@ -393,6 +396,39 @@ def test_caps_are_enforced_with_a_clear_message(hosted):
         with pytest.raises(AppError, match=re.escape(message)):
             client.predict(*args, api_name=api)
 
+    # Wrong types and values that used to give "upstream exception" or `error: null`: each names the field.
+    wrong = [
+        (("hi", [{"num_steps": 4}]), "/chat", "settings: must be an object"),
+        (("hi", "num_steps=4"), "/chat", "settings: must be an object"),
+        (("hi", FAST, None), "/chat", "system_prompt: must be a string"),
+        (("hi", [1, 2]), "/compare", "settings[0]: must be an object"),
+        (("hi", {**FAST, "temperature": 1e-300}), "/chat", "temperature: must be 0 (greedy)"),
+        (("hi", {**FAST, "stop_strings": ["x" * 100_000] * 3}), "/chat", "stop_strings[0]: the stop string is 100,000"),
+        (("hi", {**FAST, "stop_strings": ["x"] * 5}), "/chat", "stop_strings: at most 4 here"),
+        (("hi", {**FAST, "stop_strings": ["x" * 65]}), "/chat", "stop_strings[0]: the stop string is 65"),
+        (("hi", FAST, "", [{"role": "user", "content": ""}] * 1000), "/chat", "history: 1,000 messages"),
+    ]
+    for args, api, message in wrong:
+        with pytest.raises(AppError, match=re.escape(message)):
+            client.predict(*args, api_name=api)
+
+    # A lone surrogate cannot be sent by gradio_client (httpx refuses to encode it); JSON's \\ud800 escape can.
+    body = json.dumps({"data": ["\ud800 hi", FAST, "", None]}).encode()
+    event = httpx.post(f"{hosted.url}gradio_api/call/chat", content=body,
+                       headers={"content-type": "application/json"}, timeout=30).json()["event_id"]
+    reply = httpx.get(f"{hosted.url}gradio_api/call/chat/{event}", timeout=60).text
+    assert "event: error" in reply and "prompt: is not valid Unicode" in reply, reply
+
+    # A 3 MB system prompt, through the API and as a page event: refused with a clear message, nothing stored.
+    big = "s" * 3_000_000
+    with pytest.raises(AppError, match=re.escape("system_prompt: the system prompt is 3,000,000 characters")):
+        client.predict("hi", FAST, big, api_name="/chat")
+    call, opened = open_tab(hosted, None, "big-system-tab")
+    out = call(hosted.events["on_send"], [None, "hi", big, *form()])
+    assert not out["success"] and "system prompt is 3,000,000 characters; the limit here is 2,000" in out["error"]
+    owner = hosted.owners.owner_for(opened["data"][4])
+    assert hosted.store.list_conversations(owner) == []
+
     # The page's own events check the same caps on the server, whatever the sliders allow.
     call, _ = open_tab(hosted, None, "caps-tab")
     out = call(hosted.events["on_send"], [None, "hi", "", *form(num_steps=100)])
@@ -421,6 +457,7 @@ def test_ten_queued_requests_from_several_clients_all_complete(hosted):
         assert out["data"][4] is None or out["data"][4] == token
         tabs.append((token, call, f"question {i} from browser {i % 3}"))
     hosted.studio.gpu.peak = 0
+    hosted.studio.gpu.runs = []
 
     def ask(tab):
         token, call, prompt = tab
@@ -446,7 +483,13 @@ def test_ten_queued_requests_from_several_clients_all_complete(hosted):
           f"{hosted.studio.config.concurrency_limit}, peak running {hosted.studio.gpu.peak}, worst wait "
           f"{worst:.2f} s, longest request {max(r['done'] for r in results):.2f} s, all done in {wall:.2f} s")
     assert hosted.studio.gpu.peak == hosted.studio.config.concurrency_limit == 1
-    assert worst > 0  # they really queued
+    # They really queued: the generations ran one after another, so the last to start waited for all the others
+    # (less the time between the first and the last request joining the queue).
+    runs = sorted(hosted.studio.gpu.runs)
+    assert len(runs) == len(tabs) and all(b[0] >= a[1] for a, b in zip(runs, runs[1:]))
+    spread = max(r["joined"] for r in results) - min(r["joined"] for r in results)
+    others = sum(end - start for start, end in runs[:-1])
+    assert worst >= others - spread > 0, (worst, others, spread)
 
 
 # ---- two browsers -----------------------------------------------------------------------------------------------

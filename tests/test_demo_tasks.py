@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import random
 import re
@@ -13,58 +14,63 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import demo_tasks as dt  # noqa: E402
 
+QUESTION = re.compile(r"Swap ((?:[123]{2} )*[123]{2}) on ([123]{3})\. Final\?")
+
+
+def _follow(question: str) -> str:
+    """Where the cups end up, tracked cup by cup (not by swapping a list, as the generator does)."""
+    m = QUESTION.fullmatch(question)
+    assert m, question
+    pairs, start = m[1].split(), m[2]
+    where = {cup: pos for pos, cup in enumerate(start, 1)}  # cup -> its position
+    for pair in pairs:
+        a, b = int(pair[0]), int(pair[1])
+        for cup, pos in where.items():
+            where[cup] = b if pos == a else a if pos == b else pos
+    return "".join(sorted(where, key=where.get))
+
 
 def _is_problem(text: str) -> bool:
     # Chat openers are few and fixed, so training and evaluation share them on purpose; only
     # generated problems are split.
-    return bool(re.fullmatch(r"What is \d{8}\+\d{8}\?", text)) or ". What is " in text
+    return bool(QUESTION.fullmatch(text))
 
 
-def _resolve_vars(question: str) -> str:
-    body, query = question.split(". What is ")
-    env: dict[str, str] = {}
-    for stmt in body.split("; "):
-        name, value = stmt.split("=")
-        env[name] = value if value.isdigit() else env[value]
-    return env[query.rstrip("?")]
-
-
-@pytest.mark.parametrize("tier", dt.TIERS["add"])
-def test_addition_answers_are_right_and_fixed_width(tier: int) -> None:
+@pytest.mark.parametrize("tier", (1, 2, *dt.TIERS["swap"]))
+def test_swap_answers_follow_the_cups(tier: int) -> None:
     rng = random.Random(tier)
     for _ in range(200):
-        p = dt.make_add(tier, rng)
-        m = re.fullmatch(r"What is (\d{8})\+(\d{8})\?", p.question)
-        assert m, p.question
-        a, b = int(m[1]), int(m[2])
-        assert p.answer == str(a + b).zfill(9)
+        p = dt.make_swap(tier, rng)
+        assert p.answer == _follow(p.question)
+        pairs = QUESTION.fullmatch(p.question)[1].split()
+        assert len(pairs) == tier  # the tier is the number of serial steps
+        assert all(a != b for a, b in zip(pairs, pairs[1:]))  # no swap undoes the one before it
+        assert sorted(p.answer) == ["1", "2", "3"]
 
 
-def test_addition_tiers_control_size_and_carry_chains() -> None:
+def test_swaps_cover_every_pair_and_start() -> None:
     rng = random.Random(0)
-    small = [dt.make_add(1, rng) for _ in range(100)]
-    assert all(p.question.count("00000") == 2 for p in small)
-    for _ in range(200):
-        p = dt.make_add(4, rng)
-        a, b = map(int, p.question[len("What is "):-1].split("+"))
-        assert 4 <= dt.carry_chain_length(a, b) <= 7
+    problems = [dt.make_swap(8, rng) for _ in range(500)]
+    pairs = {pair for p in problems for pair in QUESTION.fullmatch(p.question)[1].split()}
+    starts = {QUESTION.fullmatch(p.question)[2] for p in problems}
+    assert pairs == {"12", "13", "23"}
+    assert starts == {"".join(s) for s in itertools.permutations("123")}
+    with pytest.raises(ValueError, match="at least one swap"):
+        dt.make_swap(0, rng)
 
 
-def test_carry_chain_length() -> None:
-    assert dt.carry_chain_length(0, 0) == 0
-    assert dt.carry_chain_length(1, 9) == 0  # a carry, but nothing to propagate it through
-    assert dt.carry_chain_length(991, 9) == 2  # 1+9 carries through 9 and 9
-    assert dt.carry_chain_length(4500, 5400) == 0  # sums of 9 without an incoming carry do not count
-    assert dt.carry_chain_length(9999999999, 1) == 9
+def test_format_help_example_is_right() -> None:
+    m = re.search(r"like: (Swap .*? Final\?) .* here (\d{3})\.", dt.FORMAT_HELP)
+    assert m and _follow(m[1]) == m[2]
 
 
-@pytest.mark.parametrize("tier", dt.TIERS["vars"])
-def test_variable_tracking_answers_follow_the_chain(tier: int) -> None:
-    rng = random.Random(tier)
-    for _ in range(100):
-        p = dt.make_vars(tier, rng)
-        assert p.answer == _resolve_vars(p.question)
-        assert p.question.count("=") == 2 * (tier + 1)
+def test_heldout_rule_is_the_documented_one() -> None:
+    rng = random.Random(1)
+    for _ in range(2000):
+        q = dt.make_swap(rng.randint(1, 24), rng).question
+        digest = hashlib.sha256(q.encode("utf-8")).digest()
+        assert dt.is_heldout(q) == (int.from_bytes(digest[:8], "big") % 10 == 0)
+    assert dt.is_heldout(" " + q + "\n") == dt.is_heldout(q)
 
 
 def test_streams_are_seeded() -> None:
@@ -73,28 +79,42 @@ def test_streams_are_seeded() -> None:
     other = list(itertools.islice(dt.train_conversations(8), 50))
     assert first == again
     assert first != other
-    assert dt.eval_problems("add", 4, 20) == dt.eval_problems("add", 4, 20)
+    assert dt.eval_problems("swap", 12, 20) == dt.eval_problems("swap", 12, 20)
 
 
-def test_heldout_questions_never_reach_training() -> None:
-    heldout = {p.question for task in dt.TASKS for tier in dt.TIERS[task] for p in dt.eval_problems(task, tier, 30)}
+def _training_questions(n: int, **kw) -> list[str]:
+    return [m["content"] for conv in itertools.islice(dt.train_conversations(0, **kw), n)
+            for m in conv if m["role"] == "user"]
+
+
+def test_heldout_questions_and_lengths_never_reach_training() -> None:
+    heldout = {p.question for tier in dt.TIERS["swap"] for p in dt.eval_problems("swap", tier, 30)}
     assert all(dt.is_heldout(q) for q in heldout)
-    seen_train = 0
-    for conv in itertools.islice(dt.train_conversations(0), 3000):
-        for m in conv:
-            if m["role"] == "user":
-                if _is_problem(m["content"]):
-                    assert not dt.is_heldout(m["content"])
-                assert m["content"] not in heldout
-                seen_train += 1
-    assert seen_train > 3000
+    questions = _training_questions(4000)
+    problems = [q for q in questions if _is_problem(q)]
+    assert len(problems) > 3000
+    assert not any(dt.is_heldout(q) or q in heldout for q in problems)
+    lengths = {len(QUESTION.fullmatch(q)[1].split()) for q in problems}
+    assert lengths == set(range(1, dt.TRAIN_MAX_SWAPS + 1))
+    assert max(dt.TIERS["swap"]) > dt.TRAIN_MAX_SWAPS  # a tier longer than anything trained
 
 
-def test_heldout_split_is_about_one_in_twenty() -> None:
+def test_curriculum_caps_the_length() -> None:
+    problems = [q for q in _training_questions(500, max_tier=lambda: 3) if _is_problem(q)]
+    assert problems and max(len(QUESTION.fullmatch(q)[1].split()) for q in problems) == 3
+
+
+def test_heldout_split_is_about_one_in_ten() -> None:
     rng = random.Random(0)
-    qs = [dt.make_add(3, rng).question for _ in range(4000)]
+    qs = [dt.make_swap(12, rng).question for _ in range(4000)]
     share = sum(map(dt.is_heldout, qs)) / len(qs)
-    assert 0.03 < share < 0.07
+    assert 0.08 < share < 0.12
+
+
+def test_eval_tiers_have_enough_distinct_problems() -> None:
+    for tier in dt.TIERS["swap"]:
+        problems = dt.eval_problems("swap", tier, 200)
+        assert len({p.question for p in problems}) == len(problems) >= 10
 
 
 def test_chat_turns_have_short_fixed_replies() -> None:
@@ -104,8 +124,8 @@ def test_chat_turns_have_short_fixed_replies() -> None:
     assert all(len(r) < 400 for r in replies)
 
 
-def test_unpadded_sums_get_the_format_explained() -> None:
+def test_other_questions_get_the_format_explained() -> None:
     rng = random.Random(0)
-    for _ in range(50):
-        q, a = dt.unpadded_sum_turn(rng)
+    for _ in range(100):
+        q, a = dt.other_question_turn(rng)
         assert not _is_problem(q) and a == dt.FORMAT_HELP

@@ -43,6 +43,54 @@ def test_generate_matches_reference_goldens(golden_model, golden_dir, case):
         assert out.scores is None
 
 
+ADAPTIVE_CASES = ["adaptive_none_r8", "adaptive_latentdiff", "adaptive_kl", "adaptive_entropy", "adaptive_argmax",
+                  "adaptive_minpkl", "adaptive_cosine", "adaptive_kl_warm"]
+
+
+def _generate_case(model, golden_dir, case, strategy):
+    golden = _golden_cases(golden_dir)
+    prompt = torch.tensor([golden["prompt"]])
+    config = GenerationConfig(max_length=prompt.shape[1] + 16, do_sample=False, return_dict_in_generate=True)
+    out = model.generate(prompt, config, cache_lookup_strategy=strategy, **golden["generation"][case]["kwargs"])
+    return (out.sequences[0, prompt.shape[1]:].tolist(), [e[0][0] for e in out.scores],
+            [e[1][0] for e in out.scores])
+
+
+@pytest.mark.parametrize("case", ADAPTIVE_CASES)
+def test_skip_reads_match_the_reference_with_real_early_exits(golden_model, golden_dir, case):
+    """The reference's default cache stacks only the entries a token wrote: our "skip" rule, with real exits."""
+    spec = _golden_cases(golden_dir)["generation"][case]
+    tokens, steps, _ = _generate_case(golden_model, golden_dir, case, "skip")
+    assert (tokens, steps) == (spec["tokens"], spec["steps"])
+    if case != "adaptive_none_r8":
+        assert min(steps) < 16  # tokens really exited early, so some cache entries really are missing
+
+
+def _first_missing_read(steps):
+    """The first generated token whose depth exceeds an earlier position's: it reads an entry that was never written.
+    steps[0] is the prompt's depth (every prompt position), steps[t] the depth of the position of token t - 1."""
+    return next((t for t in range(1, len(steps)) if steps[t] > min(steps[:t])), None)
+
+
+@pytest.mark.parametrize("case", ADAPTIVE_CASES)
+def test_latest_reads_engage_exactly_where_entries_are_missing(golden_model, golden_dir, case):
+    """latest-m4 equals the reference until a token reads a missing entry; from there it reads the deepest entry
+    instead of none, so its exit values differ from the skip rule's at that very token."""
+    spec = _golden_cases(golden_dir)["generation"][case]
+    latest = _generate_case(golden_model, golden_dir, case, "latest-m4")
+    skip = _generate_case(golden_model, golden_dir, case, "skip")
+    first = _first_missing_read(spec["steps"])
+    if first is None:
+        assert latest == skip and case == "adaptive_none_r8"
+        return
+    assert latest[0][:first] == spec["tokens"][:first] and latest[1][:first] == spec["steps"][:first]
+    assert repr(latest[2][:first]) == repr(skip[2][:first])  # repr: cosine's first check against zeros is NaN
+    if case == "adaptive_argmax":  # its values are counts of unchanged argmaxes: the difference shows later
+        assert latest[1][first:] != skip[1][first:]
+    else:
+        assert repr(latest[2][first]) != repr(skip[2][first])
+
+
 def test_generate_stops_on_eos_and_honours_max_new_tokens(golden_model, golden_dir):
     prompt = torch.tensor([_golden_cases(golden_dir)["prompt"]])
     config = GenerationConfig(do_sample=False, eos_token_id=11)  # 11 is the second golden token at r=8
@@ -59,14 +107,19 @@ def test_stream_events_and_summary(tiny):
     events = list(engine.stream(model, tok, HELLO, settings))
     tokens, summary = events[:-1], events[-1]
     assert isinstance(summary, Summary) and all(isinstance(e, TokenEvent) for e in tokens)
-    assert summary.tokens == len([e for e in tokens if e.token_id >= 0]) == len(summary.steps)
-    assert "".join(e.text for e in tokens) == summary.text
     ids = [e.token_id for e in tokens if e.token_id >= 0]
+    assert len(ids) == 12 and [e.index for e in tokens if e.token_id >= 0] == list(range(12))
+    assert "".join(e.text for e in tokens) == summary.text  # with the held-back bytes of the last event
     assert summary.text == tok.decode(ids, skip_special_tokens=True)
-    assert summary.stop_reason in ("max_tokens", "end_of_turn")
-    assert summary.mean_steps == 3 and summary.core_iterations == 3 * summary.tokens
-    assert summary.kv_cache_bytes > 0 and summary.tokens_per_s > 0 and summary.seed == 5
-    assert summary.settings["num_steps"] == 3
+    prompt = tok.apply_chat_template(HELLO, add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert summary.prompt_tokens == len(prompt) == 31
+    assert (summary.tokens, summary.stop_reason, summary.steps) == (12, "max_tokens", [3] * 12)
+    assert (summary.mean_steps, summary.min_steps, summary.max_steps, summary.core_iterations) == (3.0, 3, 3, 36)
+    # 1 prelude + 1 coda + 2 core layers x 3 steps = 8 slots; k and v; 4 heads x 16 dims x 4 bytes; the prompt and
+    # 11 fed-back tokens (the last token is never run through the model)
+    assert summary.kv_cache_bytes == 8 * 2 * 4 * 16 * 4 * (31 + 11) == 172_032
+    assert summary.seed == 5 and summary.settings["num_steps"] == 3 and summary.settings["temperature"] == 0.7
+    assert summary.tokens_per_s == pytest.approx(12 / summary.elapsed_s)
 
 
 def test_seeded_sampling_is_reproducible(tiny):
@@ -92,10 +145,12 @@ def test_adaptive_exit_reports_steps_per_token(tiny):
     settings = GenerationSettings(num_steps=24, criterion="latent-diff", exit_threshold=0.2, max_new_tokens=10,
                                   seed=0, init_scale=0.0)
     events = list(engine.stream(model, tok, HELLO, settings))
-    summary = events[-1]
-    assert all(1 <= s <= 24 for s in summary.steps)
-    assert summary.core_iterations == sum(summary.steps)
-    assert all(e.exit_value is not None for e in events[:-1] if e.token_id >= 0)
+    summary, tokens = events[-1], [e for e in events[:-1] if e.token_id >= 0]
+    assert [e.steps for e in tokens] == summary.steps and summary.core_iterations == sum(summary.steps)
+    exited = [e for e in tokens if e.steps < 24]
+    assert len(exited) >= 2  # real early exits
+    assert all(e.exit_value < 0.2 for e in exited)  # each exited at its first check under the threshold
+    assert all(e.exit_value >= 0.2 for e in tokens if e.steps == 24)
 
 
 def test_cancel_returns_within_one_core_step(tiny):
@@ -185,13 +240,49 @@ def test_a_prompt_that_cannot_fit_is_refused(tiny):
         list(engine.stream(model, tok, [{"role": "user", "content": "y" * 400}], GenerationSettings(num_steps=1)))
 
 
-def test_context_full_is_reported(tiny):
-    model, tok = tiny
+@pytest.fixture(scope="module")
+def constant(tiny_dir):
+    """The tiny checkpoint with the adapter zeroed: every state is 0 whatever the depth, every logit 0, so greedy
+    decoding always picks token 0 and never a stop token."""
+    model, tok = engine.load(str(tiny_dir))
+    with torch.no_grad():
+        model.transformer.adapter.weight.zero_()
+    return model, tok
+
+
+def test_context_full_is_reported(constant):
+    model, tok = constant
     messages = [{"role": "user", "content": "z" * 200}]
     summary = list(engine.stream(model, tok, messages, GenerationSettings(num_steps=1, max_new_tokens=500,
                                                                          seed=0)))[-1]
-    assert summary.prompt_tokens + summary.tokens <= model.config.block_size
-    assert summary.stop_reason in ("context_full", "end_of_turn")
+    assert summary.stop_reason == "context_full"
+    assert summary.prompt_tokens + summary.tokens == model.config.block_size
+    assert summary.text == tok.decode([0] * summary.tokens)
+
+
+def test_end_of_turn_is_reported(constant, monkeypatch):
+    model, tok = constant
+    monkeypatch.setattr(model.generation_config, "eos_token_id", 0)
+    events = list(engine.stream(model, tok, HELLO, GenerationSettings(num_steps=2, max_new_tokens=50, seed=0)))
+    summary = events[-1]
+    assert (summary.stop_reason, summary.tokens, summary.text) == ("end_of_turn", 1, "")
+    assert [e.token_id for e in events[:-1]] == [0]
+
+
+def test_max_tokens_is_reported(constant):
+    model, tok = constant
+    summary = list(engine.stream(model, tok, HELLO, GenerationSettings(num_steps=2, max_new_tokens=7, seed=0)))[-1]
+    assert (summary.stop_reason, summary.tokens) == ("max_tokens", 7)
+
+
+def test_speculation_acceptance_counts_every_drafted_token(constant):
+    """On a model whose output does not depend on depth, every draft is accepted: 19 tokens after the first, drafted
+    3, 3, 3, 3, 3, 3 and 1 at a time."""
+    model, tok = constant
+    settings = GenerationSettings(num_steps=8, max_new_tokens=20, seed=0, draft_steps=2, lookahead=3)
+    summary = list(engine.stream(model, tok, HELLO, settings))[-1]
+    assert (summary.tokens, summary.acceptance, summary.stop_reason) == (20, 1.0, "max_tokens")
+    assert summary.text == tok.decode([0] * 20)
 
 
 @pytest.mark.parametrize("messages,match", [
@@ -244,8 +335,8 @@ def test_speculative_decoding_reproduces_plain_greedy(tiny, init_scale):
     plain = list(engine.stream(model, tok, HELLO, plain_settings))[-1]
     events = list(engine.stream(model, tok, HELLO, plain_settings.replace(draft_steps=2, lookahead=3)))
     spec = events[-1]
-    assert spec.text == plain.text and spec.tokens == plain.tokens
-    assert 0.0 <= spec.acceptance <= 1.0 and plain.acceptance is None
+    assert spec.text == plain.text and spec.tokens == plain.tokens == 20
+    assert spec.acceptance < 1.0 and plain.acceptance is None  # some drafts were wrong, and still the same output
     assert spec.steps == [8] * spec.tokens
 
 
@@ -354,3 +445,49 @@ def test_generate_stop_strings_match_the_whole_string(tiny):
     stop = tok.decode(new[j:j + 3])
     cut = model.generate(prompt, GenerationConfig(max_new_tokens=30, do_sample=False, stop_strings=[stop]), **kwargs)
     assert cut[0, prompt.shape[1]:].tolist() == new[:j + 3]
+
+
+class _CountingTokenizer:
+    """The test tokenizer, counting how often the chat template is rendered."""
+
+    def __init__(self, tok):
+        self.tok, self.renders = tok, 0
+
+    def apply_chat_template(self, *args, **kwargs):
+        self.renders += 1
+        return self.tok.apply_chat_template(*args, **kwargs)
+
+    def __call__(self, *args, **kwargs):
+        return self.tok(*args, **kwargs)
+
+
+def test_a_long_history_of_empty_messages_is_trimmed_in_few_renders(tiny):
+    """2,000 empty messages used to be re-rendered once per dropped message (quadratic: 50 s)."""
+    from engine.generate import build_prompt
+
+    _, tok = tiny
+    history = [{"role": ("user", "assistant")[i % 2], "content": ""} for i in range(2_000)]
+    messages = [{"role": "system", "content": "Be brief."}] + history + [{"role": "user", "content": "last"}]
+    counting = _CountingTokenizer(tok)
+    ids, dropped = build_prompt(counting, messages, context=256, reserve=16)
+    assert counting.renders <= 2 + 11  # the whole history, the last message alone, then a bisection of 1,000
+    assert len(ids) + 16 <= 256
+    kept = len(messages) - 1 - dropped
+    expected = tok.apply_chat_template([messages[0]] + messages[len(messages) - kept:], add_generation_prompt=True,
+                                       tokenize=True, return_dict=False)
+    assert ids == expected
+    one_more = tok.apply_chat_template([messages[0]] + messages[len(messages) - kept - 1:], add_generation_prompt=True,
+                                       tokenize=True, return_dict=False)
+    assert len(one_more) + 16 > 256  # the fewest messages were dropped
+    assert dropped >= 2_000 - engine.MAX_HISTORY_MESSAGES
+
+
+def test_history_beyond_the_cap_is_dropped_even_when_it_would_fit(tiny):
+    from engine.generate import build_prompt
+
+    _, tok = tiny
+    empty, last = {"role": "user", "content": ""}, {"role": "user", "content": "x"}
+    messages = [empty] * (engine.MAX_HISTORY_MESSAGES + 5) + [last]
+    ids, dropped = build_prompt(tok, messages, context=10**7, reserve=16)
+    assert dropped == 6
+    assert ids == tok.apply_chat_template(messages[6:], add_generation_prompt=True, tokenize=True, return_dict=False)

@@ -1,13 +1,17 @@
 """engine.load: local checkpoints, bitsandbytes int8 / nf4 on the CPU, and clear errors for bad input."""
 
+import gc
 import json
+import logging
 
 import pytest
 import torch
+from safetensors import safe_open
 
 import engine
 from engine import LoadError
-from engine.load import choose_quantization, weight_bytes
+from engine.load import _is_out_of_memory, resolve_auto_model
+from engine.plan import HOST_RESERVE_BYTES, plan_memory, weight_bytes
 
 from .conftest import make_checkpoint
 
@@ -103,10 +107,111 @@ def test_offline_hub_id_says_what_to_do(monkeypatch):
     assert "--model" in str(err.value)
 
 
-def test_auto_quantization_follows_free_memory(official_dir):
-    config = engine.HuginnConfig.from_pretrained(official_dir)
-    gib = 1024**3
-    assert 7.0e9 < weight_bytes(config, "none") < 7.3e9  # bf16, the tied embedding counted once
-    assert choose_quantization(config, 24 * gib) == "none"
-    assert choose_quantization(config, 8 * gib) == "int8"
-    assert choose_quantization(config, 5 * gib) == "nf4"
+# ---- memory plan, memory maps, fallbacks ------------------------------------------------------------------------
+
+def _mapped(folder) -> list[str]:
+    """Lines of /proc/self/maps that map a .safetensors file of ``folder``."""
+    root = str(folder.resolve())
+    return [line for line in open("/proc/self/maps") if root in line and ".safetensors" in line]
+
+
+def test_transformers_alone_keeps_the_checkpoint_mapped(wide_dir):
+    """The probe of the next test sees the problem it guards against: a plain CPU load keeps views of the file."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(wide_dir, dtype=torch.float32, device_map={"": "cpu"})
+    assert _mapped(wide_dir)
+    del model
+    gc.collect()
+
+
+@pytest.mark.parametrize("fmt", ["fp32", "bf16", "int8", "nf4"])
+def test_nothing_stays_mapped_from_the_checkpoint(wide_dir, fmt):
+    model, _ = engine.load(str(wide_dir), quantization=fmt)
+    gc.collect()
+    assert _mapped(wide_dir) == []
+    with safe_open(str(wide_dir / "model.safetensors"), "pt") as f:
+        saved = f.get_tensor("freqs_cis")
+    assert torch.equal(model.freqs_cis.float(), saved.to(model.freqs_cis.dtype).float())
+    info = engine.model_info(model)
+    assert info.quantization == fmt and info.plan.startswith(fmt + ",")
+
+
+@pytest.mark.parametrize("fmt", ["fp32", "bf16", "int8", "nf4"])
+def test_plan_weight_bytes_match_the_loaded_model(wide_dir, fmt):
+    model, _ = engine.load(str(wide_dir), quantization=fmt)
+    planned = weight_bytes(model.config, fmt, "cpu")
+    measured = engine.model_info(model).memory_bytes
+    assert abs(planned - measured) <= 0.01 * measured, (planned, measured)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "nf4"])
+def test_quantized_parameter_count_equals_the_unquantized_one(wide_dir, fmt):
+    full, _ = engine.load(str(wide_dir), quantization="fp32")
+    quant, _ = engine.load(str(wide_dir), quantization=fmt)
+    assert engine.model_info(quant).parameters == engine.model_info(full).parameters
+    assert engine.model_info(full).parameters == sum(p.numel() for p in full.parameters())
+
+
+def _cap(folder, smaller: tuple[str, str], larger: tuple[str, str]) -> int:
+    """A memory cap between what ``smaller`` needs and what ``larger`` needs at the least (with the shared KV
+    cache, which the plan counts when the full one does not fit)."""
+    config = engine.HuginnConfig.from_pretrained(folder)
+    roomy = plan_memory(config, "cpu", 10**12)
+    assert roomy.format == "fp32"
+    shared = plan_memory(config, "cpu", 10**12,
+                         cache_strategy=f"latest-m4-compress-s{config.n_layers_in_recurrent_block}")
+    low = getattr(roomy.cost(smaller[0]), smaller[1])
+    high = min(getattr(plan.cost(larger[0]), larger[1]) for plan in (roomy, shared))
+    assert low < high
+    return HOST_RESERVE_BYTES + (low + high) // 2
+
+
+def test_auto_plans_a_smaller_format_when_memory_is_short(wide_dir):
+    model, _ = engine.load(str(wide_dir), max_memory=_cap(wide_dir, ("bf16", "total"), ("fp32", "total")))
+    assert model.transformer.wte.weight.dtype == torch.bfloat16
+    info = engine.model_info(model)
+    assert info.quantization == "bf16" and "fp32 needs" in model.memory_plan.reason
+
+
+def test_explicit_format_that_cannot_fit_names_the_need_and_the_next_format(wide_dir):
+    with pytest.raises(LoadError, match=r"not enough host memory: fp32 needs .* for its weights .* bf16 fits "
+                                        r".*--quantization bf16"):
+        engine.load(str(wide_dir), quantization="fp32",
+                    max_memory=_cap(wide_dir, ("bf16", "weights"), ("fp32", "weights")))
+    with pytest.raises(LoadError, match="no smaller format fits"):
+        engine.load(str(wide_dir), quantization="nf4", max_memory="1 KB")
+    with pytest.raises(LoadError, match="cannot read the memory size"):
+        engine.load(str(wide_dir), max_memory="lots")
+
+
+def test_bitsandbytes_warnings_at_most_once(wide_dir, caplog):
+    model, tok = engine.load(str(wide_dir), quantization="int8")
+    with caplog.at_level(logging.WARNING):
+        list(engine.stream(model, tok, [{"role": "user", "content": "hi"}],
+                           engine.GenerationSettings(num_steps=4, max_new_tokens=4, seed=0)))
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("bitsandbytes")]
+    assert len(messages) == len(set(messages))
+
+
+def test_a_real_allocation_failure_counts_as_out_of_memory():
+    """The errors load() turns into a fallback (auto) or a LoadError naming the next format: torch's CPU allocator
+    refusing a request, as loading does when the host runs out."""
+    with pytest.raises(RuntimeError) as err:
+        torch.empty(1 << 60, dtype=torch.uint8)
+    assert _is_out_of_memory(err.value)
+    assert not _is_out_of_memory(RuntimeError("size mismatch for transformer.wte.weight"))
+
+
+def test_auto_model_offline_says_so(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    # huggingface_hub reads its environment at import time: set both, and an empty cache.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    name, note = resolve_auto_model(gpu_free_bytes=8 * 1024**3)
+    assert name == str(engine.DEMO_MODEL)
+    assert "not reachable" in note and "HF_HUB_OFFLINE" in note and "hf download" in note
+    name, note = resolve_auto_model(gpu_free_bytes=3 * 1024**3)
+    assert name == str(engine.DEMO_MODEL) and "needs" in note

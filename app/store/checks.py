@@ -14,11 +14,12 @@ from .records import (
     MAX_OWNER_CHARS,
     MAX_TITLE_CHARS,
     InvalidData,
+    shown,
 )
 
 
 def check_owner(owner: str) -> str:
-    if not isinstance(owner, str) or not owner or len(owner) > MAX_OWNER_CHARS:
+    if not isinstance(owner, str) or not owner or len(owner) > MAX_OWNER_CHARS or owner[0] == "\x00":
         raise InvalidData(f"owner must be a non-empty string of at most {MAX_OWNER_CHARS} characters")
     return owner
 
@@ -43,7 +44,7 @@ def check_optional_text(value: Any, field: str) -> str | None:
 
 def check_choice(value: Any, field: str, choices: Sequence[str]) -> str:
     if value not in choices:
-        raise InvalidData(f"{field} must be one of {', '.join(choices)}; got {value!r}")
+        raise InvalidData(f"{field} must be one of {', '.join(choices)}; got {shown(value)}")
     return value
 
 
@@ -57,18 +58,16 @@ def _json_default(value: Any) -> Any:
 
 def check_depth(value: Any, field: str, limit: int = MAX_JSON_DEPTH) -> Any:
     """Refuse lists and objects nested more than ``limit`` deep (walked without recursion)."""
+    if not isinstance(value, (dict, list, tuple)):
+        return value
     stack = [(value, 1)]
     while stack:
         node, depth = stack.pop()
-        if isinstance(node, dict):
-            children: Any = node.values()
-        elif isinstance(node, (list, tuple)):
-            children = node
-        else:
-            continue
         if depth > limit:
             raise InvalidData(f"{field} is nested more than {limit} levels deep")
-        stack.extend((child, depth + 1) for child in children)
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, (dict, list, tuple)):
+                stack.append((child, depth + 1))
     return value
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +26,8 @@ _SQLITE_HEADER = b"SQLite format 3\x00"
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_CORRUPT, _SQLITE_NOTADB = 5, 6, 11, 26
 
 T = TypeVar("T")
+# How long one step of long work may hold the write lock (the rest of a transaction is quick).
+STEP_SECONDS = 0.2
 
 
 def _is_locked(exc: sqlite3.Error) -> bool:
@@ -38,6 +42,34 @@ def _is_corrupt(exc: sqlite3.Error) -> bool:
     if code is not None:
         return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
     return "malformed" in str(exc) or "not a database" in str(exc)
+
+
+class _Turns:
+    """First come, first served turns at writing for the threads of one process.
+
+    SQLite's write lock has no queue: a long import committing batch after batch would win it again
+    and again while another visitor's message waits. Queued here, that message writes right after
+    the batch in progress.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._queue: deque[object] = deque()
+
+    def wait(self, timeout: float) -> bool:
+        me = object()
+        with self._cond:
+            self._queue.append(me)
+            if self._cond.wait_for(lambda: self._queue[0] is me, max(timeout, 0.0)):
+                return True
+            self._queue.remove(me)
+            self._cond.notify_all()
+            return False
+
+    def done(self) -> None:
+        with self._cond:
+            self._queue.popleft()
+            self._cond.notify_all()
 
 
 class StoreFile:
@@ -55,16 +87,24 @@ class StoreFile:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        self._turns = _Turns()
+        self.longest_write_s = 0.0
+        """The longest this file's connections held the write lock in one transaction, in seconds."""
         self._closed = False
         self._check_location()
         reason = self._corruption_reason()
         if reason is not None:
             self._move_aside(reason)
+        self._make_private()
         try:
             # Refuse foreign or newer files before anything (even the WAL switch) writes to them.
             self.read(self._check_schema)
             self.db().enable_wal()
+            # A migration may rebuild a table, which must run with foreign keys off (dropping the old
+            # table would otherwise cascade); _migrate checks the keys before it commits.
+            self.db().execute("PRAGMA foreign_keys = OFF")
             self.write(self._migrate)
+            self.db().execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as exc:
             self.close()
             raise self._location_error(exc) from None
@@ -106,33 +146,62 @@ class StoreFile:
     def transaction(self, fn: Callable[[Database], T], *, write: bool) -> T:
         """Run ``fn`` in one transaction, retrying while another connection holds the lock.
 
-        ``fn`` must only touch the database: on a retry it runs again from the start.
+        Writers of this process take turns in the order they came (``_Turns``). A read ``fn`` may
+        run again from the start after a lock, so it must only touch the database.
         """
         deadline = time.monotonic() + self.lock_timeout
+        if write and not self._turns.wait(self.lock_timeout):
+            raise self._busy()
+        try:
+            return self._attempts(fn, write, deadline)
+        finally:
+            if write:
+                self._turns.done()
+
+    def _attempts(self, fn: Callable[[Database], T], write: bool, deadline: float) -> T:
         delay = 0.005
         while True:
             db = self.db()
+            began = False
             try:
                 db.conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                began, start = write, time.monotonic()
                 try:
                     result = fn(db)
                     db.conn.execute("COMMIT")
+                    if write:  # only one writer holds the lock at a time: no race on the maximum
+                        self.longest_write_s = max(self.longest_write_s, time.monotonic() - start)
                     return result
                 except BaseException:
                     if db.conn.in_transaction:
                         db.conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
-                if not _is_locked(exc):
+                # A write holds the lock from BEGIN IMMEDIATE on, so only BEGIN can meet a lock;
+                # ``fn`` never runs twice (work in steps keeps state between transactions).
+                if began or not _is_locked(exc):
                     raise self._db_error(exc) from None
                 if time.monotonic() >= deadline:
-                    raise StoreBusy(
-                        f"The conversation database stayed locked by another program for "
-                        f"{self.lock_timeout:g} s. Close other copies of Huginn Studio using it, "
-                        "or start this one with a different --db."
-                    ) from None
+                    raise self._busy() from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.1)
+
+    def _busy(self) -> StoreBusy:
+        return StoreBusy(
+            f"The conversation database stayed locked by another program for "
+            f"{self.lock_timeout:g} s. Close other copies of Huginn Studio using it, "
+            "or start this one with a different --db."
+        )
+
+    def write_in_steps(self, step: Callable[[Database, float], bool], pause: float = 0.002) -> None:
+        """Call ``step(db, deadline)`` in one write transaction after another until it returns True.
+
+        Long work (an import, deleting a long conversation) holds the write lock for one short
+        transaction at a time, so other writers get their turn in between. ``step`` stops once
+        ``time.monotonic()`` passes ``deadline`` and must leave consistent rows at each commit.
+        """
+        while not self.write(lambda db: step(db, time.monotonic() + STEP_SECONDS)):
+            time.sleep(pause)  # a chance for writers in other processes, which do not queue here
 
     def read(self, fn: Callable[[Database], T]) -> T:
         return self.transaction(fn, write=False)
@@ -176,6 +245,18 @@ class StoreFile:
             if self.path.exists():
                 with open(self.path, "r+b"):
                     pass
+        except OSError as exc:
+            raise self._location_error(exc.strerror or exc) from None
+
+    def _make_private(self) -> None:
+        # Conversations are private wherever the app runs, so the file is 0600 always, not only
+        # when hosted. SQLite gives the -wal and -shm files the mode of the database file.
+        try:
+            if not self.path.exists():
+                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            for name in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
+                if name.exists() and name.stat().st_mode & 0o077:
+                    name.chmod(0o600)
         except OSError as exc:
             raise self._location_error(exc.strerror or exc) from None
 
@@ -246,4 +327,10 @@ class StoreFile:
         for v in range(version, SCHEMA_VERSION):
             MIGRATIONS[v](db)
             db.execute(f"PRAGMA user_version = {v + 1}")
+        broken = db.execute("PRAGMA foreign_key_check").fetchall() if version < SCHEMA_VERSION else []
+        if broken:
+            raise StoreLocationError(
+                f"{self.path} has {len(broken)} broken links between rows ({broken[0]}); it was left "
+                "as it was. Use another --db."
+            )
         db["meta"].upsert({"key": "last_opened", "value": now_iso()}, pk="key")

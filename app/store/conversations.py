@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from sqlite_utils import Database
 
-from .records import DEFAULT_TITLE, Conversation, NotFound, now_iso
+from .records import DEFAULT_TITLE, HIDDEN_OWNER, Conversation, NotFound, now_iso
 
 
 def conversation_from_row(row: Mapping[str, Any]) -> Conversation:
@@ -71,21 +72,35 @@ def rename(db: Database, owner: str, conversation_id: int, title: str) -> Conver
     return get(db, owner, conversation_id)
 
 
-def delete(db: Database, owner: str, conversation_id: int) -> None:
+def hide(db: Database, owner: str, conversation_id: int) -> None:
+    """Take a conversation from its owner at once; ``delete_step`` then removes it in short steps."""
     conversation_row(db, owner, conversation_id)
-    delete_rows(db, conversation_id)
+    db.execute(
+        "UPDATE conversations SET owner = ?, current_leaf = NULL WHERE id = ?", [HIDDEN_OWNER, conversation_id]
+    )
 
 
-def delete_rows(db: Database, conversation_id: int) -> None:
-    """Delete a conversation and its messages without recursive triggers.
+def delete_step(db: Database, conversation_ids: list[int], deadline: float) -> bool:
+    """Delete hidden conversations and their messages until ``deadline``; True once all are gone.
 
-    Deleting a parent cascades to its children, one trigger level per generation, and SQLite stops
-    at 1,000 levels (about 500 chat turns). Deleting children first, one row per statement, keeps
-    every cascade empty: a message's id is always higher than its parent's.
+    No recursive triggers: deleting a parent cascades to its children, one trigger level per
+    generation, and SQLite stops at 1,000 levels (about 500 chat turns). Children go first, one row
+    per statement, so every cascade is empty: a message's id is always higher than its parent's.
     """
-    db.execute("UPDATE conversations SET current_leaf = NULL WHERE id = ?", [conversation_id])
-    ids = db.execute(
-        "SELECT id FROM messages WHERE conversation_id = ? ORDER BY id DESC", [conversation_id]
-    ).fetchall()
-    db.conn.executemany("DELETE FROM messages WHERE id = ?", ids)
-    db.execute("DELETE FROM conversations WHERE id = ?", [conversation_id])
+    for cid in conversation_ids:
+        while True:
+            ids = db.execute(
+                "SELECT id FROM messages WHERE conversation_id = ? ORDER BY id DESC LIMIT 256", [cid]
+            ).fetchall()
+            if not ids:
+                db.execute("DELETE FROM conversations WHERE id = ? AND owner = ?", [cid, HIDDEN_OWNER])
+                break
+            for (mid,) in ids:
+                db.execute("DELETE FROM messages WHERE id = ?", [mid])
+                if time.monotonic() > deadline:
+                    return False
+    return True
+
+
+def hidden_ids(db: Database) -> list[int]:
+    return [r[0] for r in db.execute("SELECT id FROM conversations WHERE owner = ?", [HIDDEN_OWNER])]

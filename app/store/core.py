@@ -7,6 +7,7 @@ touches (conversations, tree, search, transfer) inside one transaction of the ``
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import time
@@ -23,6 +24,7 @@ from .fields import message_row
 from .connection import StoreFile
 from .records import (
     ENV_VAR,
+    HIDDEN_OWNER,
     LEAF,
     MAX_TITLE_CHARS,
     Conversation,
@@ -31,8 +33,12 @@ from .records import (
     Role,
     SearchHit,
     Status,
+    StoreError,
 )
-from .writer import AnswerWriter
+from .writer import AnswerWriter, mark_interrupted, process_identity
+
+
+log = logging.getLogger("app.store")
 
 
 def default_db_path() -> Path:
@@ -66,6 +72,14 @@ class Store:
         self.limits = limits
         """What every write and (unless ``import_json`` gets its own) every import is checked against."""
         self.file = StoreFile(self.path, lock_timeout=lock_timeout, busy_timeout=busy_timeout)
+        try:
+            # How many answers left "partial" by a process that died were marked "interrupted".
+            self.interrupted: int = self.file.write(mark_interrupted)
+            hidden = self.file.read(conversations.hidden_ids)  # left by a killed import or delete
+            self.file.write_in_steps(lambda db, deadline: conversations.delete_step(db, hidden, deadline))
+        except BaseException:
+            self.file.close()
+            raise
 
     @property
     def recovered_from(self) -> Path | None:
@@ -118,8 +132,12 @@ class Store:
         return self._write(owner, lambda db: conversations.rename(db, owner, conversation_id, title))
 
     def delete_conversation(self, owner: str, conversation_id: int) -> None:
-        """Delete a conversation and all its messages (and their search index entries)."""
-        self._write(owner, lambda db: conversations.delete(db, owner, conversation_id))
+        """Delete a conversation and all its messages (and their search index entries).
+
+        It disappears at once; a long one is then deleted in short transactions.
+        """
+        self._write(owner, lambda db: conversations.hide(db, owner, conversation_id))
+        self.file.write_in_steps(lambda db, deadline: conversations.delete_step(db, [conversation_id], deadline))
 
     # ----------------------------------------------------------------------------- messages
     def add_message(
@@ -173,11 +191,13 @@ class Store:
         Feed tokens to the returned writer and end it with one of its ending methods, or use it as
         a context manager. ``clock`` times the flushes (tests pass a fake one).
         """
-        message = self.add_message(
-            owner, conversation_id, "assistant", "", parent_id=parent_id, kind=kind,
-            status="partial", model_id=model_id, model_revision=model_revision,
-            quantization=quantization, settings=settings, tokens=[], extra=extra,
+        row = message_row(
+            role="assistant", content="", kind=kind, status="partial", model_id=model_id,
+            model_revision=model_revision, quantization=quantization, settings=settings, tokens=[],
+            extra=extra, limits=self.limits,
         )  # fmt: skip
+        row["writer"] = process_identity()
+        message = self._write(owner, lambda db: tree.insert(db, owner, conversation_id, parent_id, row))
         return AnswerWriter(self.file, owner, message, flush_interval, clock, self.limits)
 
     def get_message(self, owner: str, message_id: int) -> Message:
@@ -276,10 +296,30 @@ class Store:
         """Import an export (text, bytes or parsed dict) as new conversations of ``owner``.
 
         The whole file is checked first, every field against ``limits`` (default: the store's);
-        any problem raises ``ImportInvalid`` naming the field, and nothing is written.
+        any problem raises ``ImportInvalid`` naming the field, and nothing is written. The rows are
+        then written in short transactions, hidden until all are in, with new ids.
         """
         check_owner(owner)
-        plans = transfer.plan_import(transfer.parse(data), limits or self.limits)
-        return self.file.write(
-            lambda db: [transfer.write_conversation(db, owner, plan) for plan in plans]
-        )
+        importer = transfer.ImportWriter(transfer.plan_import(transfer.parse(data), limits or self.limits))
+        try:
+            self.file.write_in_steps(importer.write_step)
+            self.file.write_in_steps(importer.hand_over_step(owner))
+        except BaseException:
+            self._forget(importer.conversation_ids)
+            raise
+        ids = importer.conversation_ids
+        return self.file.read(lambda db: [conversations.get(db, owner, cid) for cid in ids])
+
+    def _forget(self, conversation_ids: list[int]) -> None:
+        """Delete what a failed import wrote, handed over or not (best effort: the next open
+        deletes what is still hidden)."""
+        def hide_all(db: Database) -> None:
+            for cid in conversation_ids:
+                db.execute("UPDATE conversations SET owner = ?, current_leaf = NULL WHERE id = ?",
+                           [HIDDEN_OWNER, cid])  # fmt: skip
+
+        try:
+            self.file.write(hide_all)
+            self.file.write_in_steps(lambda db, deadline: conversations.delete_step(db, conversation_ids, deadline))
+        except StoreError:
+            log.warning("could not delete %d conversations of a failed import", len(conversation_ids))

@@ -14,7 +14,7 @@ from .checks import (
     check_text,
     dump_json,
 )
-from .records import MAX_CONTENT_BYTES, ROLES, STATUSES, InvalidData, RecordLimits
+from .records import MAX_CONTENT_BYTES, ROLES, STATUSES, InvalidData, RecordLimits, shown
 from .traces import check_trace
 
 _INT_BOUND = 2**63  # SQLite's integers; also keeps formatting of any value cheap
@@ -73,6 +73,12 @@ def check_number(
     return value
 
 
+def _no_unknown(obj: dict[str, Any], known: set[str], field: str) -> None:
+    unknown = sorted(map(str, set(obj) - known))
+    if unknown:
+        raise InvalidData(f"{field} has unknown fields: {', '.join(shown(k) for k in unknown[:5])}")
+
+
 def _bound(high: float | str | None, limits: RecordLimits) -> float | None:
     return getattr(limits, high) if isinstance(high, str) else high
 
@@ -101,9 +107,7 @@ def check_tokens(tokens: Any, field: str, limits: RecordLimits) -> list[dict[str
         where = f"{field}[{i}]"
         if not isinstance(tok, dict):
             raise InvalidData(f"{where} must be an object")
-        unknown = sorted(map(str, set(tok) - _TOKEN_KEYS))
-        if unknown:
-            raise InvalidData(f"{where} has unknown fields: {', '.join(unknown)}")
+        _no_unknown(tok, _TOKEN_KEYS, where)
         if not isinstance(tok.get("text"), str):
             raise InvalidData(f"{where}.text must be a string")
         steps = tok.get("steps")
@@ -126,7 +130,8 @@ def _check_typed(
     for key, value in obj.items():
         if not isinstance(key, str):
             raise InvalidData(f"{field} has a key that is not a string")
-        where = f"{field}.{key}"
+        check_text(key, f"{field} key {shown(key)}", _SHORT * 4)
+        where = f"{field}.{key if len(key) <= 40 and key.isprintable() else shown(key)}"
         if key in spec:
             integer, low, high = spec[key]
             out[key] = check_number(value, where, low, _bound(high, limits), integer=integer)
@@ -164,7 +169,7 @@ def check_settings(settings: Any, field: str, limits: RecordLimits) -> dict[str,
         try:
             limits.settings_validator(dict(out))
         except Exception as exc:  # noqa: BLE001 - any refusal of the app's validator is a bad value
-            raise InvalidData(f"{field}: {exc}") from None
+            raise InvalidData(f"{field}: {str(exc)[:300]}") from None
     return {k: out[k] for k in settings}
 
 
@@ -187,9 +192,7 @@ def check_extra(extra: Any, field: str, limits: RecordLimits) -> dict[str, Any] 
 def _check_column(column: Any, field: str, limits: RecordLimits) -> dict[str, Any]:
     if not isinstance(column, dict):
         raise InvalidData(f"{field} must be an object")
-    unknown = sorted(map(str, set(column) - _COLUMN_KEYS))
-    if unknown:
-        raise InvalidData(f"{field} has unknown fields: {', '.join(unknown)}")
+    _no_unknown(column, _COLUMN_KEYS, field)
     out = dict(column)
     if column.get("label") is not None:
         out["label"] = check_text(column["label"], f"{field}.label", _SHORT * 4)

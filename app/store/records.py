@@ -12,12 +12,16 @@ EXPORT_VERSION = 1
 ENV_VAR = "HUGINN_STUDIO_DB"
 LOCAL_OWNER = "local"
 DEFAULT_TITLE = "New conversation"
+# Owner of rows being imported or deleted, invisible to everyone (no owner key may start with NUL);
+# rows a killed process left under it are deleted at the next open.
+HIDDEN_OWNER = "\x00hidden"
 LEAF = "leaf"  # parent_id value meaning "the conversation's current leaf"
 
 ROLES = ("system", "user", "assistant")
-STATUSES = ("complete", "cancelled", "failed", "partial")
+# "partial": being written; "interrupted": was being written by a process that died (set at open).
+STATUSES = ("complete", "cancelled", "failed", "partial", "interrupted")
 Role = Literal["system", "user", "assistant"]
-Status = Literal["complete", "cancelled", "failed", "partial"]
+Status = Literal["complete", "cancelled", "failed", "partial", "interrupted"]
 
 MAX_CONTENT_BYTES = 10 * 1024 * 1024
 MAX_JSON_BYTES = 64 * 1024 * 1024
@@ -50,7 +54,28 @@ class RecordLimits:
 
 # --------------------------------------------------------------------------------------- errors
 class StoreError(Exception):
-    """Any failure of the store; the message is meant to be shown to the user as is."""
+    """Any failure of the store; the message is meant to be shown to the user as is.
+
+    Messages are plain text: angle brackets (which could only come from user data, such as a field
+    name in an imported file) are shown as ‹ ›, so no message carries HTML markup, and a lone
+    surrogate as its escape, so every message encodes. Messages of
+    errors raised after open never name the database's path (hosted visitors see them); only
+    ``StoreLocationError`` at open does, for the person starting the app.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        # A lone surrogate from user data would break whoever encodes the message: show its escape.
+        plain = message.translate(_PLAIN).encode("utf-8", "backslashreplace").decode("utf-8")
+        super().__init__(plain)
+
+
+_PLAIN = str.maketrans({"<": "‹", ">": "›"})
+
+
+def shown(value: object, limit: int = 40) -> str:
+    """A value from user data as an error message quotes it: its repr, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class StoreLocationError(StoreError):

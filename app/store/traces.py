@@ -157,6 +157,11 @@ def decode(data: bytes) -> dict[str, Any] | None:
 def save(db: Database, owner: str, message_id: int, trace: dict[str, Any]) -> None:
     """Keep a prepared trace with ``owner``'s message (replacing one it had)."""
     tree.get(db, owner, message_id)  # NotFound for another owner's message
+    insert(db, message_id, trace)
+
+
+def insert(db: Database, message_id: int, trace: dict[str, Any]) -> None:
+    """Keep a prepared trace with a message the caller has just checked or written."""
     db.execute("INSERT OR REPLACE INTO traces (message_id, data) VALUES (?, ?)", [message_id, encode(trace)])
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
@@ -17,15 +18,16 @@ from .fields import message_row
 from .records import (
     EXPORT_FORMAT,
     EXPORT_VERSION,
+    HIDDEN_OWNER,
     MAX_IMPORT_BYTES,
     MAX_JSON_DEPTH,
     MAX_TITLE_CHARS,
-    Conversation,
     ImportInvalid,
     InvalidData,
     Message,
     RecordLimits,
     now_iso,
+    shown,
 )
 
 # An exported conversation and its (message, row) pairs, parents first.
@@ -113,22 +115,23 @@ def parse(data: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
             ) from None
         except RecursionError:
             raise ImportInvalid(f"the file is nested more than {MAX_JSON_DEPTH} levels deep") from None
-    try:
-        check_depth(data, "the file")
-    except InvalidData as exc:
-        raise ImportInvalid(str(exc)) from None
+        except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+            raise ImportInvalid(f"the file is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(data, Mapping):
         raise ImportInvalid("the file must hold a JSON object exported by Huginn Studio")
     if data.get("format") != EXPORT_FORMAT:
         raise ImportInvalid(
-            f"not a Huginn Studio export: format is {data.get('format')!r}, "
+            f"not a Huginn Studio export: format is {shown(data.get('format'))}, "
             f"expected {EXPORT_FORMAT!r}"
         )
     version = data.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= EXPORT_VERSION:
         raise ImportInvalid(
-            f"unsupported export version {version!r}; this Huginn Studio reads 1 to {EXPORT_VERSION}"
+            f"unsupported export version {shown(version)}; this Huginn Studio reads 1 to {EXPORT_VERSION}"
         )
+    _check_keys(data, {"format", "version", "exported", "conversations"}, "the file")
+    if "exported" in data:
+        _timestamp(data, "exported", "the file")
     if not isinstance(data.get("conversations"), list):
         raise ImportInvalid("conversations must be a list")
     return dict(data)
@@ -152,7 +155,7 @@ def _field(obj: Mapping[str, Any], key: str, where: str, kind: type, *, optional
 def _check_keys(obj: Mapping[str, Any], allowed: set[str], where: str) -> None:
     unknown = sorted(set(obj) - allowed)
     if unknown:
-        raise ImportInvalid(f"{where} has unknown fields: {', '.join(map(str, unknown))}")
+        raise ImportInvalid(f"{where} has unknown fields: {', '.join(shown(str(k)) for k in unknown[:5])}")
 
 
 def _timestamp(obj: Mapping[str, Any], key: str, where: str) -> str:
@@ -175,6 +178,8 @@ def _plan_message(m: Any, where: str, limits: RecordLimits) -> tuple[dict[str, A
     for key in ("created", "updated"):
         _timestamp(m, key, where)
     values = {k: m.get(k, d) for k, d in _MESSAGE_FIELDS.items()}
+    if values["status"] == "partial":
+        values["status"] = "interrupted"  # no process here is writing it
     try:
         row = message_row(**values, limits=limits, field=f"{where}.")
         trace = traces.prepare(m.get("trace"), f"{where}.trace")
@@ -248,40 +253,81 @@ def plan_import(doc: Mapping[str, Any], limits: RecordLimits) -> list[Plan]:
         raise ImportInvalid(
             f"the file holds {total:,} messages; one import may hold at most {limits.max_messages:,}"
         )
+    try:
+        check_depth(convs, "the file", MAX_JSON_DEPTH - 1)
+    except InvalidData as exc:
+        raise ImportInvalid(str(exc).replace(f"{MAX_JSON_DEPTH - 1} levels", f"{MAX_JSON_DEPTH} levels")) from None
     return [plan_conversation(c, f"conversations[{i}]", limits) for i, c in enumerate(convs)]
 
 
-def write_conversation(db: Database, owner: str, plan: Plan) -> Conversation:
-    """Insert one checked conversation (``plan_conversation``) with new ids."""
-    conv, ordered = plan
-    table = db["conversations"]
-    table.insert(
-        {
-            "owner": owner,
-            "title": conv["title"],
-            "auto_title": 0,
-            "created": conv["created"],
-            "updated": conv["updated"],
-            "current_leaf": None,
-            "extra": dump_json(conv.get("extra"), "extra"),
-        }
-    )
-    cid = table.last_rowid
-    new_ids: dict[int, int] = {}
-    messages = db["messages"]
-    for m, row in ordered:
+class ImportWriter:
+    """Writes checked conversations (``plan_import``) in short transactions (``write_in_steps``).
+
+    Everything is written under ``HIDDEN_OWNER`` first and handed to the owner at the end, one
+    short transaction per group of conversations, so nobody sees a conversation half-imported and
+    a failure (or a kill: the next open deletes hidden rows) leaves what was saved as it was.
+    """
+
+    def __init__(self, plans: list[Plan]) -> None:
+        self.plans = plans
+        self.conversation_ids: list[int] = []  # new ids, in file order
+        self._conversation = 0  # next conversation to start
+        self._message = 0  # next message of the conversation in progress (-1: none in progress)
+        self._ids: dict[int, int] = {}  # file id -> new id, for the conversation in progress
+        self._handed = 0  # conversations handed to the owner
+
+    def write_step(self, db: Database, deadline: float) -> bool:
+        """Insert rows until ``deadline``; True when every conversation is in."""
+        while self._conversation < len(self.plans):
+            if time.monotonic() > deadline:
+                return False
+            conv, ordered = self.plans[self._conversation]
+            if self._message == 0:
+                self._start(db, conv)
+            while self._message < len(ordered):
+                self._insert(db, *ordered[self._message])
+                self._message += 1
+                if time.monotonic() > deadline and self._message < len(ordered):
+                    return False
+            db.execute(
+                "UPDATE conversations SET current_leaf = ? WHERE id = ?",
+                [self._ids.get(conv["current_leaf"]), self.conversation_ids[-1]],
+            )
+            self._conversation, self._message, self._ids = self._conversation + 1, 0, {}
+        return True
+
+    def _start(self, db: Database, conv: dict[str, Any]) -> None:
+        cur = db.execute(
+            "INSERT INTO conversations (owner, title, auto_title, created, updated, extra) "
+            "VALUES (?, ?, 0, ?, ?, ?)",
+            [HIDDEN_OWNER, conv["title"], conv["created"], conv["updated"],
+             dump_json(conv.get("extra"), "extra")],
+        )  # fmt: skip
+        self.conversation_ids.append(cur.lastrowid)
+
+    def _insert(self, db: Database, m: dict[str, Any], row: dict[str, Any]) -> None:
         parent = m["parent_id"]
-        messages.insert(
-            {
-                "conversation_id": cid,
-                "parent_id": new_ids[parent] if parent is not None else None,
-                "created": m["created"],
-                "updated": m["updated"],
-                **row,
-            }
-        )
-        new_ids[m["id"]] = messages.last_rowid
+        cur = db.execute(
+            f"INSERT INTO messages (conversation_id, parent_id, created, updated, {', '.join(row)}) "
+            f"VALUES ({', '.join('?' * (len(row) + 4))})",
+            [self.conversation_ids[-1], self._ids[parent] if parent is not None else None,
+             m["created"], m["updated"], *row.values()],
+        )  # fmt: skip
+        self._ids[m["id"]] = cur.lastrowid
         if m["trace"] is not None:
-            traces.save(db, owner, new_ids[m["id"]], m["trace"])
-    table.update(cid, {"current_leaf": new_ids.get(conv["current_leaf"])})
-    return conversations.get(db, owner, cid)
+            traces.insert(db, cur.lastrowid, m["trace"])
+
+    def hand_over_step(self, owner: str) -> Callable[[Database, float], bool]:
+        def step(db: Database, deadline: float) -> bool:
+            while self._handed < len(self.conversation_ids):
+                if time.monotonic() > deadline:
+                    return False
+                group = self.conversation_ids[self._handed : self._handed + 64]
+                db.execute(
+                    f"UPDATE conversations SET owner = ? WHERE owner = ? AND id IN ({', '.join('?' * len(group))})",
+                    [owner, HIDDEN_OWNER, *group],
+                )
+                self._handed += len(group)
+            return True
+
+        return step

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
+from functools import cache
 from typing import Any
+
+import psutil
 
 from sqlite_utils import Database
 
@@ -13,6 +19,50 @@ from .checks import check_choice, check_text, dump_json
 from .connection import StoreFile
 from .fields import check_stats, check_tokens
 from .records import STATUSES, Message, NotFound, RecordLimits, Status, StoreError, now_iso
+
+
+# A partial answer on another machine (a database on a shared drive) whose writer cannot be asked
+# is taken as interrupted once it has not been written for this long.
+STALE_AFTER_S = 600.0
+
+
+def process_identity() -> str:
+    """This process, as a partial answer records its writer: host, pid and the pid's start time
+    (so a later process that reuses the pid is not taken for it)."""
+    return _identity(os.getpid())  # keyed by pid: a forked child is another writer
+
+
+@cache
+def _identity(pid: int) -> str:
+    return f"{socket.gethostname()} {pid} {psutil.Process(pid).create_time():.3f}"
+
+
+def _writer_alive(identity: str | None, updated: str) -> bool:
+    if not identity:
+        return False
+    host, pid, started = identity.rsplit(" ", 2)
+    if host != socket.gethostname():
+        age = datetime.now(timezone.utc) - datetime.fromisoformat(updated)
+        return age.total_seconds() < STALE_AFTER_S
+    try:
+        return abs(psutil.Process(int(pid)).create_time() - float(started)) < 0.01
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:  # AccessDenied: it exists, under another user
+        return True
+
+
+def mark_interrupted(db: Database) -> int:
+    """Mark "interrupted" every partial answer whose writing process is gone; returns how many.
+
+    A false mark heals itself: a live writer sets "partial" again at its next flush.
+    """
+    rows = db.execute("SELECT id, writer, updated FROM messages WHERE status = 'partial'").fetchall()
+    dead = [(now_iso(), mid) for mid, writer, updated in rows if not _writer_alive(writer, updated)]
+    db.conn.executemany(
+        "UPDATE messages SET status = 'interrupted', writer = NULL, updated = ? WHERE id = ?", dead
+    )
+    return len(dead)
 
 
 class AnswerWriter:
@@ -119,6 +169,7 @@ class AnswerWriter:
             "content": check_text("".join(t["text"] for t in tokens), "content"),
             "tokens": dump_json(tokens, "tokens"),
             "status": status,
+            "writer": process_identity() if status == "partial" else None,
             **values,
         }
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import gradio as gr
 
-from .. import render
+from .. import markdown_view, render
 from ..handlers import Studio
 from ..session import Session
 from .api import add_endpoints
@@ -97,5 +97,6 @@ def page_js() -> str:
 def launch(demo: gr.Blocks, **kwargs: Any) -> tuple[Any, str, str]:
     """``demo.launch`` with the stylesheets, the keyboard shortcuts and the depth lens, which Gradio 6 takes at
     launch."""
-    return demo.launch(css=asset("style.css") + asset("lens.css"), js=page_js(), footer_links=["api", "settings"],
+    css = asset("style.css") + asset("markdown.css") + markdown_view.code_css() + asset("lens.css")
+    return demo.launch(css=css, js=page_js(), footer_links=["api", "settings"],
                        **kwargs)

@@ -12,13 +12,13 @@ import gradio as gr
 
 import engine
 
-from .. import render
+from .. import render, resources
 from ..config import UserError
 from ..handlers import Studio, settings_from_form
 from ..session import Session
 from ..store import StoreError
 
-ASSETS = Path(__file__).resolve().parent.parent.parent / "assets"
+ASSETS = resources.ASSETS  # assets/ in a checkout, package data in a wheel
 GEN = "model"  # the concurrency id shared by every event that runs the model: one queue per loaded model
 USER_ERRORS = (UserError, StoreError, engine.SettingsError, engine.PromptError, engine.LoadError)
 PRIVATE = dict(api_visibility="private")  # page events: reachable by the page's own client, not listed as API

@@ -20,7 +20,7 @@ class ModelPanel:
         with gr.Group(visible=config.allow_model_loading):
             self.source = gr.Textbox(label="Load another model: local folder or hub id",
                                      placeholder=f"{engine.OFFICIAL_MODEL} or /path/to/model")
-            self.quantization = gr.Dropdown(list(engine.QUANTIZATIONS), value="none", label="Quantization")
+            self.quantization = gr.Dropdown(list(engine.QUANTIZATIONS), value="auto", label="Quantization")
             self.load_btn = gr.Button("Load model", variant="primary")
         self.status = gr.HTML("")
         queue = f" (at most {config.queue_size})" if config.queue_size else ""

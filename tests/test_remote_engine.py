@@ -1,0 +1,163 @@
+"""``--engine-url``: a page whose model runs on another server. Real processes: ``run.py`` serving the API on the
+demo model, a second ``run.py`` page using it as its engine, and a stand-in OpenAI server (a few lines of FastAPI,
+run here) that sends no per-token steps."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from typing import Any, Iterator
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
+from gradio_client import Client
+
+import engine
+from app.handlers import AppConfig, Studio
+from app.remote import RemoteEngine, api_base
+from app.store import Store
+from tests.test_app_hosted import free_port, run_py
+
+pytestmark = pytest.mark.slow
+QUESTION = "What is 12 + 30?"
+
+
+@pytest.fixture(scope="module")
+def engine_server(tmp_path_factory) -> Iterator[str]:
+    with run_py(["--db", str(tmp_path_factory.mktemp("engine") / "c.db")], {}) as (_, url):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def page(engine_server, tmp_path_factory) -> Iterator[tuple[str, str]]:
+    args = ["--engine-url", f"{engine_server}v1", "--db", str(tmp_path_factory.mktemp("page") / "c.db")]
+    with run_py(args, {}) as (out, url):
+        yield out, url
+
+
+def direct(engine_server: str, **body: Any) -> dict[str, Any]:
+    request = {"messages": [{"role": "user", "content": QUESTION}], **body}
+    return httpx.post(f"{engine_server}v1/chat/completions", json=request, timeout=120).json()
+
+
+def test_the_page_shows_the_servers_per_token_steps(engine_server, page):
+    out, url = page
+    assert "remote engine" in out and "demo-model" in out and "no per-token depth" not in out
+    client = Client(url, verbose=False)
+    settings = {"num_steps": 8, "criterion": "kl", "exit_threshold": 1e-3, "max_new_tokens": 10, "seed": 7}
+    answer = client.predict(QUESTION, settings, api_name="/chat")
+    reference = direct(engine_server, max_tokens=10, seed=7, num_steps=8, criterion="kl", exit_threshold=1e-3)
+    assert answer["text"] == reference["choices"][0]["message"]["content"] and answer["text"]
+    steps = [t["steps"] for t in answer["tokens"] if t["steps"]]
+    assert steps == reference["huginn"]["summary"]["steps"] and all(1 <= s <= 8 for s in steps)
+    assert answer["stats"]["mean_steps"] == pytest.approx(sum(steps) / len(steps))
+    assert answer["stats"]["materialized_parameters"] > 0 and not answer["stats"]["notice"]
+    # one default depth: the remote model's own
+    assert client.predict(QUESTION, {"max_new_tokens": 2}, api_name="/chat")["settings"]["num_steps"] == 12
+
+
+def test_the_arena_runs_on_the_remote_engine(page):
+    _, url = page
+    columns = Client(url, verbose=False).predict(
+        QUESTION, [{"num_steps": 2, "max_new_tokens": 8}, {"num_steps": 16, "max_new_tokens": 8}],
+        api_name="/compare")
+    assert [c["label"] for c in columns] == ["r=2", "r=16"]
+    for column, depth in zip(columns, (2, 16)):
+        assert {t["steps"] for t in column["tokens"] if t["steps"]} == {depth}
+        assert column["stats"]["mean_steps"] == depth
+    assert columns[1]["stats"]["agreement"] == 1.0 and 0 <= columns[0]["stats"]["agreement"] <= 1
+
+
+def test_the_remote_page_serves_the_api_too_and_keeps_the_servers_limits(page):
+    _, url = page
+    models = httpx.get(f"{url}v1/models", timeout=30).json()["data"]
+    assert models[0]["id"] == "demo-model" and models[0]["huginn"]["num_steps_default"] == 12
+    config = json.dumps(httpx.get(f"{url}config", timeout=30).json())
+    assert "remote engine" in config
+
+
+def test_chat_turns_are_stored_with_the_remote_steps(engine_server, tmp_path):
+    remote = RemoteEngine(engine_server)
+    with Store(tmp_path / "s.db") as store:
+        studio = Studio(remote, store, remote.app_config(AppConfig()), gpu=remote)
+        session = studio.new_session()
+        settings = engine.GenerationSettings(num_steps=4, max_new_tokens=6, seed=1)
+        for session, _ in studio.send(session, QUESTION, "", settings):
+            pass
+        answer = store.thread(session.owner, session.conversation_id)[-1]
+        assert answer.status == "complete" and answer.content and answer.model_id == "demo-model"
+        assert {t["steps"] for t in answer.tokens if t["steps"]} == {4}
+        assert answer.stats["mean_steps"] == 4
+
+
+# ---- a server without per-token depth ---------------------------------------------------------------------------
+
+WORDS = ["The", " answer", " is", " 42", "."]
+
+
+@contextlib.contextmanager
+def stand_in_server() -> Iterator[tuple[str, list[dict]]]:
+    """A minimal OpenAI-compatible server (think vLLM or llama.cpp): a fixed answer, no steps, no extensions."""
+    app, seen = FastAPI(), []
+
+    @app.get("/v1/models")
+    def models():
+        return {"object": "list", "data": [{"id": "plain-llm", "object": "model", "created": 0, "owned_by": "x"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        seen.append(await request.json())
+
+        def chunks():
+            for i, word in enumerate(WORDS + [None]):
+                choice = {"index": 0, "delta": {"content": word} if word else {},
+                          "finish_reason": None if word else "stop"}
+                chunk = {"id": "c", "object": "chat.completion.chunk", "created": i, "model": "plain-llm",
+                         "choices": [choice]}
+                yield f"data: {json.dumps(chunk)}\n\n"
+            yield "data: [DONE]\n\n"
+        return StreamingResponse(chunks(), media_type="text/event-stream")
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}", seen
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_a_server_without_steps_shows_the_fixed_depth_asked_for_and_says_so(tmp_path):
+    with stand_in_server() as (base, seen):
+        with run_py(["--engine-url", base, "--db", str(tmp_path / "c.db")], {}) as (out, url):
+            assert "plain-llm" in out and "no per-token depth" in out
+            answer = Client(url, verbose=False).predict(QUESTION, {"num_steps": 6, "max_new_tokens": 16},
+                                                        api_name="/chat")
+    assert answer["text"] == "".join(WORDS)
+    assert [t["steps"] for t in answer["tokens"]] == [6] * len(WORDS)
+    assert "no per-token depth" in answer["stats"]["notice"] and "r=6" in answer["stats"]["notice"]
+    assert answer["stats"]["mean_steps"] == 6 and answer["stats"]["stop_reason"] == "end_of_turn"
+    assert seen[-1]["num_steps"] == 6 and seen[-1]["max_tokens"] == 16 and seen[-1]["model"] == "plain-llm"
+    assert "criterion" not in seen[-1]  # a plain server gets only the standard fields and the depth asked for
+
+
+def test_unreachable_or_wrong_engines_are_clear_errors():
+    with pytest.raises(engine.LoadError, match="did not list its models"):
+        RemoteEngine(f"http://127.0.0.1:{free_port()}")
+    for bad in ("ftp://host/v1", "not a url", ""):
+        with pytest.raises(engine.LoadError, match="http"):
+            api_base(bad)
+    assert api_base("http://h:1") == api_base("http://h:1/v1/") == "http://h:1/v1"
+    with stand_in_server() as (base, _):
+        with pytest.raises(engine.LoadError, match="plain-llm"):
+            RemoteEngine(base, model="other-model")
