@@ -75,7 +75,8 @@ def main() -> None:
     print(f"demo model, r=32, {len(answers['off'])} tokens, {args.rounds * args.reps} runs each (medians, s):")
     print(f"  before ({args.before}) {medians['before']:.3f}   trace off {medians['off']:.3f}   "
           f"trace on {medians['on']:.3f}")
-    print(f"  off / before = {medians['off'] / medians['before']:.3f}   on / off = {medians['on'] / medians['off']:.3f}")
+    off, on = medians["off"] / medians["before"], medians["on"] / medians["off"]
+    print(f"  off / before = {off:.3f}   on / off = {on:.3f}")
 
 
 if __name__ == "__main__":

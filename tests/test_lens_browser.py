@@ -8,42 +8,16 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import engine
-from app.handlers import AppConfig, ModelSlot, Studio, describe_source
 from app.store import Store
-from tests.test_app_browser import CHROMIUM_ARGS, PAYLOAD, chromium_path, demo_model_ready, set_number
+from tests.test_app_browser import PAYLOAD, browser, serving, set_number  # noqa: F401 - browser: fixture
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    from app.ui import build_demo, launch
-
-    if demo_model_ready():
-        model, tokenizer = engine.load("auto", device="cpu")
-    else:
-        from tests.conftest import make_checkpoint
-
-        model, tokenizer = engine.load(str(make_checkpoint(tmp_path_factory.mktemp("tiny") / "model")))
-    store = Store(tmp_path_factory.mktemp("db") / "studio.db")
-    slot = ModelSlot(model, tokenizer, describe_source("auto", engine.model_info(model).name))
-    demo = build_demo(Studio(slot, store, AppConfig()))
-    _, url, _ = launch(demo, prevent_thread_lock=True, quiet=True, server_port=None)
-    yield url, store
-    demo.close()
-    store.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    executable = chromium_path()
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+    with serving(tmp_path_factory) as (url, store):
+        yield url, store
 
 
 def hostile_conversation(store: Store) -> None:
