@@ -233,7 +233,10 @@ def api_token(event: engine.TokenEvent) -> dict[str, Any]:
 def api_summary(studio: Studio, summary: engine.Summary) -> dict[str, Any]:
     """What a client needs to draw the heatmap and the stats line: the page's stats, the settings used, the steps."""
     stats = summary_stats(summary, studio.slot.materialized(summary.mean_steps))
-    return {**stats, "settings": summary.settings, "steps": list(summary.steps), "acceptance": summary.acceptance}
+    out = {**stats, "settings": summary.settings, "steps": list(summary.steps), "acceptance": summary.acceptance}
+    if summary.trace is not None:  # the depth lens, asked for with "trace": true in the body
+        out["trace"] = summary.trace
+    return out
 
 
 def usage(summary: engine.Summary) -> dict[str, int]:

@@ -27,6 +27,11 @@ Schema (version ``SCHEMA_VERSION``, kept in ``PRAGMA user_version``)
     the process writing a partial answer). The JSON records are checked on every write and import
     against one definition (``fields.py``) and a ``RecordLimits``.
 
+``traces``
+    ``message_id`` INTEGER PRIMARY KEY -> messages.id (ON DELETE CASCADE), ``data`` BLOB: an answer's
+    depth-lens trace as zlib-compressed JSON (format and the ``MAX_TRACE_BYTES`` cap in ``traces.py``).
+    Exported and imported as the message's ``trace`` field.
+
 ``messages_fts`` / ``conversations_fts``
     FTS5 external-content indexes on ``messages.content`` and ``conversations.title``, kept current
     by sqlite-utils' triggers. Ids are INTEGER PRIMARY KEYs because external-content FTS keys on
@@ -83,6 +88,8 @@ from .records import (
     StoreLocationError,
 )
 from .schema import SCHEMA_VERSION
+from .traces import MAX_TRACE_BYTES, check_trace
+from .traces import prepare as prepare_trace
 from .writer import AnswerWriter
 
 __all__ = [
@@ -93,6 +100,7 @@ __all__ = [
     "LEAF",
     "LOCAL_OWNER",
     "MAX_CONTENT_BYTES",
+    "MAX_TRACE_BYTES",
     "ROLES",
     "SCHEMA_VERSION",
     "STATUSES",
@@ -108,6 +116,8 @@ __all__ = [
     "StoreBusy",
     "StoreError",
     "StoreLocationError",
+    "check_trace",
     "default_db_path",
     "new_owner_key",
+    "prepare_trace",
 ]
