@@ -188,7 +188,7 @@ def column(title: str, tokens: Sequence[dict[str, Any]], content: str, stats: di
     """One depth-arena column: heading, heatmap, stats, agreement. No tokens/s: batched columns share one clock."""
     shown = {k: v for k, v in (stats or {}).items() if k != "tokens_per_s"}
     agree = (stats or {}).get("agreement")
-    agree_html = (f'<div class="stats agreement">{esc(f"{agree:.0%}")} of tokens as in the deepest answer</div>'
+    agree_html = (f'<div class="agreement">{esc(f"{agree:.0%}")} of tokens as in the deepest answer</div>'
                   if isinstance(agree, (int, float)) else "")
     return (f'<div class="col"><div class="col-title">{esc(title)}</div>'
             f'<div class="msg-text">{answer_body(tokens, content, scale)}</div>{stats_line(shown)}{agree_html}</div>')
