@@ -334,7 +334,7 @@ class QueueCall:
 
 def form(num_steps: int = 4, max_new_tokens: int = 8) -> list[Any]:
     """The depth panel's values in the order the page sends them."""
-    return [num_steps, False, "kl", "", 0, False, 0.0, 1.0, 0, 0.0, 1.0, 0, max_new_tokens]
+    return [num_steps, False, "kl", "", 0, False, 0.0, 1.0, 0, 0.0, 1.0, 0, max_new_tokens, False]
 
 
 def open_tab(hosted, token: Any, name: str) -> tuple[QueueCall, dict[str, Any]]:

@@ -38,6 +38,9 @@ def lens_shows(page, token, steps: int) -> None:
     if page.locator("#lens-panel .lens-close").count():  # the open panel closes (and uncovers the page)
         page.locator("#lens-panel .lens-close").click()
         assert page.locator("#lens-panel").evaluate("p => p.childElementCount") == 0
+    if token.evaluate("t => !t.offsetParent"):  # a finished answer shows Markdown; its Depth button shows the heatmap
+        token.locator("xpath=ancestor::*[contains(concat(' ', @class, ' '), ' msg ')][1]").locator(
+            ".depth-toggle").first.click()
     token.click()
     page.wait_for_selector("#lens-panel .lens-chart")
     panel = page.locator("#lens-panel")
@@ -58,7 +61,7 @@ def test_a_hostile_token_text_is_shown_as_text_and_never_runs(served, browser):
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     page.goto(url)
     first = page.locator("#transcript .msg.assistant .tok[data-i='0']")
-    first.wait_for()
+    first.wait_for(state="attached")
     lens_shows(page, first, 3)
     head = page.locator("#lens-panel .lens-token").inner_text()
     assert "<script>window.__pwned = 1</script>" in head and "{{this}}" in head
@@ -107,7 +110,7 @@ def test_click_a_token_of_a_real_answer_and_see_it_converge(served, browser, tmp
     page.reload()
     token = page.locator("#transcript .msg.assistant.complete > .lens-src").last.locator(
         "xpath=..").locator(".tok[data-i]").first
-    token.wait_for()
+    token.wait_for(state="attached")
     lens_shows(page, token, int(token.get_attribute("data-steps")))
 
     page.close()

@@ -117,6 +117,10 @@ def parse(data: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
             raise ImportInvalid(f"the file is nested more than {MAX_JSON_DEPTH} levels deep") from None
         except ValueError as exc:  # e.g. an integer of more than 4,300 digits
             raise ImportInvalid(f"the file is not valid JSON: {str(exc)[:200]}") from None
+    try:  # whether the decoder hit Python's recursion limit depends on the stack it ran on: check the depth itself
+        check_depth(data, "the file", MAX_JSON_DEPTH)
+    except InvalidData as exc:
+        raise ImportInvalid(str(exc)) from None
     if not isinstance(data, Mapping):
         raise ImportInvalid("the file must hold a JSON object exported by Huginn Studio")
     if data.get("format") != EXPORT_FORMAT:
