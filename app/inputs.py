@@ -194,6 +194,16 @@ def _as_float(name: str, value: Any) -> float:
     return number
 
 
+def arena_presets(suggested: Sequence[int], max_num_steps: int) -> tuple[list[str], list[str]]:
+    """The arena's choices and default columns for a model: the standard depths plus the model's suggested ones
+    (``engine.ModelInfo.suggested_depths``), and by default those suggested depths with adaptive exit, or
+    ``ARENA_DEFAULT`` when the model suggests none. Depths over the app's limit are left out."""
+    depths = sorted({int(p) for p in ARENA_PRESETS if p != "adaptive"} | {int(d) for d in suggested})
+    choices = [str(d) for d in depths if d <= max_num_steps] + ["adaptive"]
+    default = [str(d) for d in sorted(set(suggested))] + ["adaptive"] if suggested else list(ARENA_DEFAULT)
+    return choices, [p for p in default if p in choices]
+
+
 def arena_settings(base: engine.GenerationSettings, presets: Sequence[str], limits: Limits
                    ) -> list[engine.GenerationSettings]:
     """One settings entry per chosen preset: fixed depths, and 'adaptive' with the panel's criterion."""

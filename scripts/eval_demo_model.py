@@ -10,7 +10,7 @@ success fraction. `--baseline` adds a model of the same layers trained and run a
 
     python scripts/eval_demo_model.py --baseline DIR   # the model card's table, 200 problems per tier
     python scripts/eval_demo_model.py --json           # the same as JSON
-    python scripts/eval_demo_model.py --quick          # 24 problems per tier, 1 seed, r = 1, 4, 32
+    python scripts/eval_demo_model.py --quick          # 24 problems, tiers 4 and 12, 1 seed, r = 1, 4, 32
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import demo_tasks  # noqa: E402
 DEPTHS = (1, 2, 4, 8, 16, 32, 64)
 QUICK_DEPTHS = (1, 4, 32)
 QUICK_PER_TIER = 24
+QUICK_TIERS = (4, demo_tasks.TRAIN_MAX_SWAPS)  # the easiest tier and the hardest trained one
 # Initial-state seeds: the latent state starts from noise, so every figure is averaged over these.
 SEEDS = (0, 1, 2)
 ADAPTIVE_CRITERION = "kl"
@@ -124,17 +125,20 @@ def _cell(per_seed: list[list[bool]]) -> dict[str, Any]:
 
 def evaluate(
     model, tok, tasks: Sequence[str], per_tier: int, depths: Sequence[int] = DEPTHS, adaptive: bool = True,
-    seeds: Sequence[int] = SEEDS, baseline: Any = None,
+    seeds: Sequence[int] = SEEDS, baseline: Any = None, tiers: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Accuracy per task, tier and depth, each over every initial-state seed in `seeds`.
 
     `baseline`, a model trained at a fixed depth of 1, is run at that depth on the same problems.
+    `tiers` restricts the tiers (default: all of each task's).
     """
     adaptive_cap = _adaptive_cap()
     results: dict[str, Any] = {}
     for task in tasks:
         results[task] = {}
         for tier in demo_tasks.TIERS[task]:
+            if tiers is not None and tier not in tiers:
+                continue
             problems = demo_tasks.eval_problems(task, tier, per_tier)
             questions = [p.question for p in problems]
             answers = [p.answer for p in problems]
@@ -187,7 +191,8 @@ def main() -> None:
                     help="a model trained at depth 1 (train_demo_model.py --fixed-depth 1), run at its depth")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
     ap.add_argument("--quick", action="store_true",
-                    help=f"{QUICK_PER_TIER} problems per tier, one seed, depths {', '.join(map(str, QUICK_DEPTHS))}")
+                    help=f"{QUICK_PER_TIER} problems of tiers {QUICK_TIERS}, one seed, depths "
+                         f"{', '.join(map(str, QUICK_DEPTHS))}, no adaptive run")
     ap.add_argument("--per-tier", type=int, default=None, help="problems per tier (default 200)")
     ap.add_argument("--seeds", type=int, default=len(SEEDS), help="initial-state seeds (default 3)")
     ap.add_argument("--tasks", default=",".join(demo_tasks.TASKS),
@@ -210,7 +215,8 @@ def main() -> None:
         "depths": list(depths),
         "adaptive": {"criterion": ADAPTIVE_CRITERION, "threshold": _default_threshold(),
                      "max_steps": _adaptive_cap(), "cache_strategy": ADAPTIVE_CACHE},
-        "results": evaluate(model, tok, args.tasks.split(","), per_tier, depths, not args.quick, seeds, baseline),
+        "results": evaluate(model, tok, args.tasks.split(","), per_tier, depths, not args.quick, seeds, baseline,
+                            QUICK_TIERS if args.quick else None),
     }
     report["seconds"] = round(time.time() - t0, 1)
     print(json.dumps(report, indent=2) if args.json else markdown_table(report))
