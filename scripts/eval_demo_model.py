@@ -184,6 +184,20 @@ def markdown_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One report from several over disjoint tiers of the same model and settings, tiers in order."""
+    merged = dict(reports[0], results={})
+    for report in reports:
+        if report["depths"] != merged["depths"] or report["seeds"] != merged["seeds"]:
+            raise SystemExit("--merge: the reports were run with different depths or seeds")
+        for task, tiers in report["results"].items():
+            merged["results"].setdefault(task, {}).update(tiers)
+    for task, tiers in merged["results"].items():
+        merged["results"][task] = dict(sorted(tiers.items(), key=lambda kv: int(kv[0])))
+    merged["seconds"] = sum(r.get("seconds", 0) for r in reports)
+    return merged
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
@@ -197,8 +211,15 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=len(SEEDS), help="initial-state seeds (default 3)")
     ap.add_argument("--tasks", default=",".join(demo_tasks.TASKS),
                     help="comma-separated, from: " + ",".join(demo_tasks.TASKS))
+    ap.add_argument("--tiers", default=None, help="comma-separated tiers (default: all; --quick: "
+                    + ",".join(map(str, QUICK_TIERS)) + ")")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None,
+                    help="print the table of these --json reports (e.g. one per tier, run side by side) and exit")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
+    if args.merge:
+        print(markdown_table(merge_reports([json.loads(p.read_text()) for p in args.merge])))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     per_tier = args.per_tier or (QUICK_PER_TIER if args.quick else 200)
@@ -216,6 +237,7 @@ def main() -> None:
         "adaptive": {"criterion": ADAPTIVE_CRITERION, "threshold": _default_threshold(),
                      "max_steps": _adaptive_cap(), "cache_strategy": ADAPTIVE_CACHE},
         "results": evaluate(model, tok, args.tasks.split(","), per_tier, depths, not args.quick, seeds, baseline,
+                            [int(t) for t in args.tiers.split(",")] if args.tiers else
                             QUICK_TIERS if args.quick else None),
     }
     report["seconds"] = round(time.time() - t0, 1)

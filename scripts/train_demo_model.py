@@ -205,6 +205,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--minutes", type=float, default=None, help="stop early after this wall-clock time")
+    ap.add_argument("--stop-after", type=int, default=None,
+                    help="stop after this many steps (the schedule still follows --steps); reproduces a stopped run")
     ap.add_argument("--batch-size", type=int, default=16, help="rows per step")
     ap.add_argument("--row-len", type=int, default=128, help="tokens per packed row")
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -274,6 +276,8 @@ def main() -> None:
     step, loss_sum, loss_n = 0, 0.0, 0
     while step < args.steps:
         if args.minutes is not None and time.time() - t0 > 60 * args.minutes:
+            break
+        if args.stop_after is not None and step >= args.stop_after:
             break
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
