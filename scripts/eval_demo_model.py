@@ -170,7 +170,9 @@ def _fmt(cell: dict[str, Any]) -> str:
 
 def markdown_table(report: dict[str, Any]) -> str:
     depths = report["depths"]
-    extra = ["adaptive kl", "mean steps"] + (["no recurrence (r=1 trained)"] if report.get("baseline") else [])
+    rows = [row for tiers in report["results"].values() for row in tiers.values()]
+    extra = (["adaptive kl", "mean steps"] if any("adaptive" in row for row in rows) else []) + (
+        ["no recurrence (r=1 trained)"] if report.get("baseline") else [])
     head = "| task | tier | n | " + " | ".join([f"r={r}" for r in depths] + extra) + " |"
     lines = [head, "|" + "---|" * (len(depths) + len(extra) + 3)]
     for task, tiers in report["results"].items():

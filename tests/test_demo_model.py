@@ -18,9 +18,9 @@ import demo_tasks  # noqa: E402
 import eval_demo_model  # noqa: E402
 
 # What the depth-curve tests demand of the --quick sample (24 problems, one seed): the hardest trained
-# tier right at r=32 at least this often, and this many points above r=4 (the card's full run: see
-# assets/demo-model/README.md).
-CURVE = {"r32_min": 0.0, "gain_min": 0.0}
+# tier right at r=32 at least this often, and this many points above r=4. The card's full run measured
+# 100 % and 32.8 % there (assets/demo-model/README.md); a model without the curve fails.
+CURVE = {"r32_min": 0.85, "gain_min": 0.4}
 
 SPECIALS = ("<|begin_text|>", "<|end_text|>", "<|begin_header|>", "<|end_header|>", "<|end_turn|>", "<|pad|>")
 
