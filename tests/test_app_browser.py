@@ -185,6 +185,13 @@ def test_the_page_end_to_end(app_url, browser):
     page.wait_for_selector("#transcript .arena-grid .col", timeout=30_000)
     assert page.locator("#transcript .arena-grid .col").count() == 3
 
+    # The model card's accuracy-by-depth table is one click away in the model panel (the demo model's card has one).
+    if demo_model_ready():
+        page.get_by_role("tab", name="Model").click()
+        page.locator("#depth-table").get_by_text("Accuracy by depth").first.click()
+        page.wait_for_selector("#depth-table table", timeout=30_000)
+        assert "r=32" in page.locator("#depth-table table").inner_text()
+
     assert not outside, f"the page reached outside the app: {outside[:5]}"
     page.close()
 
