@@ -9,7 +9,7 @@ import engine
 
 from . import render
 from .slot import ModelSlot
-from .store import Store
+from .store import Store, prepare_trace
 from .views import summary_stats, token_record
 
 
@@ -21,8 +21,11 @@ def result(prompt: str, system: str, results: Sequence[engine.CompareResult], sl
     for r, token_ids in zip(results, ids):
         stats = summary_stats(r.summary, slot.materialized(r.summary.mean_steps))
         stats["agreement"] = render.agreement(token_ids, ids[reference])
-        columns.append({"label": r.settings.label(), "settings": r.summary.settings,
-                        "tokens": [token_record(e) for e in r.events], "content": r.summary.text, "stats": stats})
+        column = {"label": r.settings.label(), "settings": r.summary.settings,
+                  "tokens": [token_record(e) for e in r.events], "content": r.summary.text, "stats": stats}
+        if r.summary.trace is not None:  # kept with the column when saved, within the store's cap
+            column["trace"] = prepare_trace(r.summary.trace)
+        columns.append(column)
     return {"prompt": prompt, "system": system, "reference": reference, "columns": columns,
             "model": slot.info().name}
 

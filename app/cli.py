@@ -110,9 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if store.recovered_from:
         slot.note += f" The conversation database was damaged and moved aside to {store.recovered_from}."
     print(slot.note)
-    info = engine.model_info(model)
-    if info.plan:
-        print(f"Memory plan: {info.plan}")
+    plan = None if remote else engine.model_info(model).plan
+    if plan:
+        print(f"Memory plan: {plan}")
     config = hosted.hosted_config() if is_hosted else AppConfig()
     config = remote.app_config(config) if remote else config
     if is_hosted:

@@ -1,11 +1,13 @@
 """What a running app may do: the caps on one request (``Limits``) and the server's settings (``AppConfig``).
 
-Gradio-free and engine-free, so ``app.hosted`` and the handlers can both import it without importing each other.
+Gradio-free, so ``app.hosted`` and the handlers can both import it without importing each other.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from engine import MAX_HISTORY_MESSAGES
 
 from .store import LOCAL_OWNER
 
@@ -19,7 +21,7 @@ class Limits:
     max_new_tokens: int = 4096
     max_prompt_chars: int = 100_000  # one message, and an API call's system prompt + history + prompt together
     max_system_chars: int = 100_000
-    max_history_messages: int = 1000  # messages sent to the model with a question (older ones are left out)
+    max_history_messages: int = MAX_HISTORY_MESSAGES  # messages sent with a question (older ones are left out)
     max_prompt_tokens: int | None = None  # the prompt as the model sees it; None: the model's context decides
     max_stop_strings: int = 16
     max_stop_string_chars: int = 200

@@ -91,7 +91,7 @@ class Studio:
         with self._lock:
             streaming = frozenset(self._streaming)
         return message_views(self.store.sibling_ids(session.owner, cid), self.store.thread(session.owner, cid),
-                             streaming)
+                             streaming, self.store.traces(session.owner, cid))
 
     def conversation_choices(self, session: Session, query: Any = "") -> list[tuple[str, int]]:
         """(label, id) for the sidebar: all conversations newest first, or the search hits for ``query``."""
@@ -292,6 +292,8 @@ class Studio:
             return
         stats = summary_stats(summary, self.slot.materialized(summary.mean_steps))
         writer.finish_stream(summary.stop_reason, stats, content=summary.text)
+        if summary.trace is not None:
+            self.store.save_trace(writer.owner, writer.message_id, summary.trace)
 
     # -- depth arena --
     def compare(self, prompt: Any, system: Any, settings_list: Sequence[engine.GenerationSettings],
@@ -358,9 +360,12 @@ class Studio:
             else:
                 tokens.append(token_record(event))
         assert summary is not None
-        return {"text": summary.text, "tokens": tokens,
-                "stats": summary_stats(summary, self.slot.materialized(summary.mean_steps)),
-                "settings": summary.settings}
+        out = {"text": summary.text, "tokens": tokens,
+               "stats": summary_stats(summary, self.slot.materialized(summary.mean_steps)),
+               "settings": summary.settings}
+        if summary.trace is not None:  # asked for with settings {"trace": true}; the engine's compact form
+            out["trace"] = summary.trace
+        return out
 
     def compare_api(self, prompt: Any, settings: Any, system_prompt: Any = "") -> list[dict[str, Any]]:
         if not isinstance(settings, list) or not settings:

@@ -128,7 +128,8 @@ def check_settings(limits: Limits, settings: engine.GenerationSettings) -> engin
 
 def settings_from_form(limits: Limits, num_steps: Any, adaptive: bool, criterion: str, threshold: Any,
                        min_steps: Any, warm_start: bool, temperature: Any, top_p: Any, top_k: Any, min_p: Any,
-                       repetition_penalty: Any, seed: Any, max_new_tokens: Any) -> engine.GenerationSettings:
+                       repetition_penalty: Any, seed: Any, max_new_tokens: Any, trace: Any = False
+                       ) -> engine.GenerationSettings:
     """Build validated settings from the widgets; raises engine.SettingsError naming the field."""
     num_steps = _as_int("num_steps", num_steps)
     seed = None if seed is None or seed == "" or _as_int("seed", seed) < 0 else _as_int("seed", seed)
@@ -142,7 +143,7 @@ def settings_from_form(limits: Limits, num_steps: Any, adaptive: bool, criterion
         max_new_tokens=_as_int("max_new_tokens", max_new_tokens),
         temperature=_as_float("temperature", temperature), top_p=_as_float("top_p", top_p),
         top_k=_as_int("top_k", top_k), min_p=_as_float("min_p", min_p),
-        repetition_penalty=_as_float("repetition_penalty", repetition_penalty), seed=seed,
+        repetition_penalty=_as_float("repetition_penalty", repetition_penalty), seed=seed, trace=bool(trace),
     )
     return check_settings(limits, settings)
 

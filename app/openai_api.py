@@ -233,7 +233,10 @@ def api_token(event: engine.TokenEvent) -> dict[str, Any]:
 def api_summary(studio: Studio, summary: engine.Summary) -> dict[str, Any]:
     """What a client needs to draw the heatmap and the stats line: the page's stats, the settings used, the steps."""
     stats = summary_stats(summary, studio.slot.materialized(summary.mean_steps))
-    return {**stats, "settings": summary.settings, "steps": list(summary.steps), "acceptance": summary.acceptance}
+    out = {**stats, "settings": summary.settings, "steps": list(summary.steps), "acceptance": summary.acceptance}
+    if summary.trace is not None:  # the depth lens, asked for with "trace": true in the body
+        out["trace"] = summary.trace
+    return out
 
 
 def usage(summary: engine.Summary) -> dict[str, int]:
@@ -374,11 +377,11 @@ def add_routes(app: FastAPI, studio: Studio, auth: Any = None) -> Gate:
     async def chat_completions(request: Request) -> Any:
         try:
             check_auth(request, auth)
-            if int(request.headers.get("content-length") or 0) > max_body:
-                raise ApiError(413, f"the request is over {max_body:,} bytes")
-            raw = await request.body()
-            if len(raw) > max_body:
-                raise ApiError(413, f"the request is over {max_body:,} bytes")
+            raw = bytearray()
+            async for part in request.stream():  # read no more than the cap, whatever Content-Length says
+                raw += part
+                if len(raw) > max_body:
+                    raise ApiError(413, f"the request is over {max_body:,} bytes")
             try:
                 body = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as err:

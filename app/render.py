@@ -7,10 +7,13 @@ Pure functions of plain values (no Gradio, no engine), so they are tested direct
 from __future__ import annotations
 
 import html
+import json
 import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
+
+from . import markdown_view
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +77,19 @@ def heatmap(tokens: Sequence[dict[str, Any]], scale: int) -> str:
             parts.append(f'<span class="tok tail" title="held-back text released at the end">{esc(text)}</span>')
             continue
         tip = f"token {i + 1}: {steps} steps, exit value {_exit_text(tok.get('exit_value'))}"
-        parts.append(f'<span class="tok d{bucket(steps, scale)}" data-steps="{steps}" title="{esc(tip)}">'
+        parts.append(f'<span class="tok d{bucket(steps, scale)}" data-i="{i}" data-steps="{steps}" title="{esc(tip)}">'
                      f"{esc(text)}</span>")
     return "".join(parts)
+
+
+def lens_holder(trace: dict[str, Any] | None) -> str:
+    """An answer's depth-lens trace for ``assets/lens.js``, which draws it when a token is clicked: the JSON in one
+    hidden element's attribute, escaped here; the script builds the panel with ``textContent`` and SVG attributes
+    only, so no token text is ever parsed as HTML. "" for an answer without a trace."""
+    if not trace:
+        return ""
+    data = json.dumps(trace, ensure_ascii=False, separators=(",", ":"))
+    return f'<div class="lens-src" data-lens="{esc(data)}"></div>'
 
 
 def bucket_range(b: int, scale: int) -> tuple[int, int] | None:
@@ -142,6 +155,7 @@ class MessageView:
     next_sibling: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     damaged: tuple[str, ...] = ()  # the stored fields that were malformed and are left out of the drawing
+    trace: dict[str, Any] | None = None  # the depth-lens trace (checked), drawn on click by assets/lens.js
 
 
 def scale_of(settings: dict[str, Any] | None, tokens: Sequence[dict[str, Any]] | None = None) -> int:
@@ -182,10 +196,16 @@ def answer_body(tokens: Sequence[dict[str, Any]] | None, content: str, scale: in
 
 
 def column(title: str, tokens: Sequence[dict[str, Any]], content: str, stats: dict[str, Any] | None,
-           scale: int) -> str:
-    """One depth-arena column: heading, heatmap, stats."""
+           scale: int, trace: dict[str, Any] | None = None) -> str:
+    """One depth-arena column: heading, heatmap, stats, agreement (and its depth-lens trace). No tokens/s: batched
+    columns share one clock."""
+    shown = {k: v for k, v in (stats or {}).items() if k != "tokens_per_s"}
+    agree = (stats or {}).get("agreement")
+    agree_html = (f'<div class="agreement">{esc(f"{agree:.0%}")} of tokens as in the deepest answer</div>'
+                  if isinstance(agree, (int, float)) else "")
     return (f'<div class="col"><div class="col-title">{esc(title)}</div>'
-            f'<div class="msg-text">{answer_body(tokens, content, scale)}</div>{stats_line(stats)}</div>')
+            f'<div class="msg-text">{answer_body(tokens, content, scale)}</div>{stats_line(shown)}{agree_html}'
+            f'{lens_holder(trace)}</div>')
 
 
 def columns(cols: Sequence[dict[str, Any]]) -> str:
@@ -194,7 +214,7 @@ def columns(cols: Sequence[dict[str, Any]]) -> str:
         return ""
     scale = max(scale_of(c.get("settings"), c.get("tokens")) for c in cols)
     body = "".join(column(c.get("label") or _settings_label(c.get("settings")), c.get("tokens") or [],
-                          c.get("content", ""), c.get("stats"), scale) for c in cols)
+                          c.get("content", ""), c.get("stats"), scale, c.get("trace")) for c in cols)
     return f'<div class="arena-grid" style="--cols:{len(cols)}">{body}</div>{legend(scale)}'
 
 
@@ -224,16 +244,20 @@ def message(m: MessageView) -> str:
         footer = ""
     else:
         scale = scale_of(m.settings, m.tokens)
-        body = f'<div class="msg-text">{answer_body(m.tokens, m.content, scale)}</div>'
-        footer = (stats_line(m.stats) + (legend(scale) if m.tokens else "")) if m.role == "assistant" else ""
+        live = m.status == "partial"
+        body = (markdown_view.answer(m.content, m.tokens, answer_body(m.tokens, m.content, scale), live)
+                if m.role == "assistant" else f'<div class="msg-text">{answer_body(m.tokens, m.content, scale)}</div>')
+        footer = (stats_line(m.stats) + (legend(scale) if m.tokens else "") + lens_holder(m.trace)
+                  if m.role == "assistant" else "")
     error = f'<div class="error">{esc(m.error)}</div>' if m.error else ""
     if m.status == "interrupted":
         error += ('<div class="error">The answer was cut off when the server stopped. '
                   f"{REGENERATE} makes a new one.</div>")
     copy = '<button class="copy" data-action="copy" title="copy the text">Copy</button>'
+    depth = markdown_view.depth_button(m.tokens, m.status == "partial") if m.role == "assistant" else ""
     ident = f' data-id="{m.id}"' if m.id is not None else ""
     return (f'<div class="msg {role_class} {esc(m.status)}"{ident}>'
-            f'<div class="msg-head"><span class="who">{who}</span>{meta_html}{_nav(m)}{copy}</div>'
+            f'<div class="msg-head"><span class="who">{who}</span>{meta_html}{_nav(m)}{copy}{depth}</div>'
             f"{body}{footer}{error}</div>")
 
 

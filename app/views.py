@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import engine
 
 from .render import MessageView, finite
-from .store import Message
+from .store import InvalidData, Message, check_trace
 
 STATS_KEYS = ("tokens", "prompt_tokens", "tokens_per_s", "mean_steps", "min_steps", "max_steps", "core_iterations",
               "kv_cache_bytes", "elapsed_s", "first_token_s", "stop_reason", "seed", "notice", "trimmed_messages")
@@ -104,12 +104,22 @@ def clean_columns(columns: Any, damaged: list[str]) -> list[dict[str, Any]] | No
         col = {"label": c.get("label") if isinstance(c.get("label"), str) else "",
                "tokens": clean_tokens(c.get("tokens"), damaged), "stats": clean_stats(c.get("stats"), damaged),
                "settings": clean_settings(c.get("settings"), damaged),
-               "content": c.get("content") if isinstance(c.get("content"), str) else ""}
+               "content": c.get("content") if isinstance(c.get("content"), str) else "",
+               "trace": clean_trace(c.get("trace"), damaged, "trace")}
         if len(damaged) > before:
             del damaged[before:]
             damaged.append(f"columns[{i}]")
         out.append(col)
     return out
+
+
+def clean_trace(trace: Any, damaged: list[str], name: str = "trace") -> dict[str, Any] | None:
+    """A stored depth-lens trace if well-formed; a damaged one is left out (the answer still shows)."""
+    try:
+        return check_trace(trace)
+    except InvalidData:
+        damaged.append(name)
+        return None
 
 
 def message_view(m: Message, siblings: Sequence[int], streaming: bool = False) -> MessageView:
@@ -140,6 +150,11 @@ def message_view(m: Message, siblings: Sequence[int], streaming: bool = False) -
 
 
 def message_views(siblings: dict[int | None, list[int]], thread: Sequence[Message],
-                  streaming: frozenset[int] = frozenset()) -> list[MessageView]:
-    """Views of a thread, each with its place among its siblings (``Store.sibling_ids``: ids by parent id)."""
-    return [message_view(m, siblings.get(m.parent_id, [m.id]), m.id in streaming) for m in thread]
+                  streaming: frozenset[int] = frozenset(), traces: dict[int, dict[str, Any]] | None = None
+                  ) -> list[MessageView]:
+    """Views of a thread, each with its place among its siblings (``Store.sibling_ids``: ids by parent id), and
+    the answers' depth-lens traces (``Store.traces``) when given."""
+    views = [message_view(m, siblings.get(m.parent_id, [m.id]), m.id in streaming) for m in thread]
+    for view in views:
+        view.trace = (traces or {}).get(view.id)
+    return views

@@ -41,12 +41,12 @@ GB = 1e9
 
 # ---- building the checkpoint --------------------------------------------------------------------------------------
 
-def _shapes() -> dict[str, tuple[int, ...]]:
+def _shapes(official: Path) -> dict[str, tuple[int, ...]]:
     import torch
 
     from engine import HuginnConfig, HuginnForCausalLM
 
-    config = HuginnConfig.from_pretrained(OFFICIAL)
+    config = HuginnConfig.from_pretrained(official)
     with torch.device("meta"):
         model = HuginnForCausalLM(config)
     return {name: tuple(t.shape) for name, t in model.state_dict(keep_vars=True).items()}
@@ -98,19 +98,19 @@ def _write_shard(path: Path, names: list[str], shapes: dict[str, tuple[int, ...]
     return offset
 
 
-def build_checkpoint(folder: Path) -> None:
+def build_checkpoint(folder: Path, official: Path = OFFICIAL) -> None:
     """Create (or complete) the random full-size checkpoint in ``folder``; existing shards are reused."""
     from engine import HuginnConfig
 
     folder.mkdir(parents=True, exist_ok=True)
-    index = json.loads((OFFICIAL / "model.safetensors.index.json").read_text())
-    shapes = _shapes()
+    index = json.loads((official / "model.safetensors.index.json").read_text())
+    shapes = _shapes(official)
     if set(shapes) != set(index["weight_map"]):
         raise SystemExit(f"the model's tensor names differ from the official index: "
                          f"{sorted(set(shapes) ^ set(index['weight_map']))}")
     for name in SIDE_FILES:
-        shutil.copyfile(OFFICIAL / name, folder / name)
-    config = HuginnConfig.from_pretrained(OFFICIAL)
+        shutil.copyfile(official / name, folder / name)
+    config = HuginnConfig.from_pretrained(official)
     shards: dict[str, list[str]] = {}
     for name, shard in index["weight_map"].items():
         shards.setdefault(shard, []).append(name)
@@ -174,6 +174,7 @@ def measure(folder: Path, fmt: str, device: str, tokens: int) -> dict:
     with PeakRss() as peak:
         model, tok = engine.load(str(folder), quantization=fmt, device=device)
     load_s = time.perf_counter() - started
+    gpu_peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
     anon, file = _rss()
     info = engine.model_info(model)
     settings = engine.GenerationSettings(num_steps=4, max_new_tokens=tokens, temperature=0.0, seed=0)
@@ -181,10 +182,30 @@ def measure(folder: Path, fmt: str, device: str, tokens: int) -> dict:
     summary = events[-1]
     times = [e.seconds for e in events[:-1] if getattr(e, "token_id", -1) >= 0]
     per_token = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else float("nan")
-    return {"format": fmt, "device": device, "load_s": load_s, "peak_anon": peak.anon - base_anon,
+    quantizer_s = _quantizer_seconds(model) if fmt == "nf4" and device == "cpu" else float("nan")
+    return {"format": fmt, "device": device, "load_s": load_s, "quantizer_s": quantizer_s, "peak_anon": peak.anon - base_anon,
             "peak_file": peak.file - base_file, "anon_after": anon - base_anon, "file_after": file - base_file,
             "footprint": info.memory_bytes, "parameters": info.parameters, "first_token_s": summary.first_token_s,
-            "s_per_token": per_token, "tokens": len(times), "plan": info.plan}
+            "s_per_token": per_token, "tokens": len(times), "plan": info.plan,
+            "gpu_peak_load": gpu_peak, "gpu_peak_chat": torch.cuda.max_memory_allocated() if gpu_peak else 0}
+
+
+def _quantizer_seconds(model) -> float:
+    """bitsandbytes' quantize_4bit alone over all of the model's 4-bit weights, timed on one 10560x5280 matrix
+    (the core blocks' fused qkv shape is 15840x5280) and scaled by the weight count: the part of the nf4 load that is
+    bitsandbytes' CPU quantizer."""
+    import math
+
+    import bitsandbytes.functional as F
+    import torch
+
+    from engine.plan import NF4_BLOCKSIZE
+
+    weights = sum(math.prod(p.quant_state.shape) for p in model.parameters() if hasattr(p, "quant_state"))
+    sample = torch.randn(10560, 5280)
+    started = time.perf_counter()
+    F.quantize_4bit(sample, blocksize=NF4_BLOCKSIZE, quant_type="nf4")
+    return (time.perf_counter() - started) * weights / sample.numel()
 
 
 def time_to_listen(folder: Path, fmt: str, device: str, port: int) -> tuple[float, float]:
@@ -222,12 +243,14 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=4, help="new tokens at r=4 for the latency figures")
     parser.add_argument("--no-listen", action="store_true", help="skip run.py's time to listen (a second load)")
     parser.add_argument("--port", type=int, default=7911)
+    parser.add_argument("--official", default=str(OFFICIAL),
+                        help="folder with the official config, tokenizer and weight index (default ../shared/huginn-0125)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return _child(args)
     folder = Path(args.dir).expanduser().resolve()
-    build_checkpoint(folder)
+    build_checkpoint(folder, Path(args.official))
     rows = []
     for fmt in [f.strip() for f in args.formats.split(",") if f.strip()]:
         if fmt not in FORMATS:
@@ -248,6 +271,10 @@ def main() -> None:
 
 
 def print_table(rows: list[dict]) -> None:
+    for r in rows:
+        if r.get("quantizer_s") == r.get("quantizer_s"):  # not NaN
+            print(f"{r['format']}: bitsandbytes' quantize_4bit alone would take {r['quantizer_s']:.0f} s of the "
+                  f"{r['load_s']:.0f} s load")
     print(f"\n{'format':<6} {'device':<6} {'load s':>7} {'peak anon GB':>12} {'peak file GB':>12} "
           f"{'RSS after GB':>12} {'footprint GB':>12} {'1st token s':>11} {'s/token r=4':>11} {'listen s':>8} "
           f"{'exit s':>6}")

@@ -7,6 +7,7 @@ consumer GPU, computed from its real shapes on the meta device (no weights neede
    with the ``full``, ``latest-m4`` and ``compress-s4`` caches; the table gives the bytes each cache holds.
 2. Huginn-0125 in nf4 chatting at r=32 with a 4,096-token conversation: weights + KV cache + activations, for the
    full cache and for the shared-slot cache the engine falls back to when the full one does not fit.
+3. The memory plan ``engine.load`` makes for Huginn-0125 on 6, 8, 12 and 24 GB cards and a 16 GB CPU machine.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine import HuginnConfig, HuginnForCausalLM  # noqa: E402
 from engine.cache import kv_cache_bytes  # noqa: E402
-from engine.load import weight_bytes  # noqa: E402
+from engine.plan import activation_bytes, plan_memory, weight_bytes  # noqa: E402
 
 OFFICIAL_CONFIG = Path(__file__).resolve().parent.parent.parent / "shared" / "huginn-0125" / "config.json"
 STRATEGIES = ("full", "latest-m4", "compress-s4", "latest-m4-compress-s4")
@@ -42,14 +43,6 @@ def measured_cache_bytes(tokens: int = 1000, steps: int = 32) -> dict[str, int]:
     return out
 
 
-def activation_bytes(config: HuginnConfig, chunk: int) -> int:
-    """Peak working memory of one layer on a ``chunk``-token slice in bf16: the fused qkv and MLP projections plus the
-    next-token logits in fp32; attention itself runs in SDPA's memory-efficient kernels on a GPU."""
-    h, i = config.n_embd, config.intermediate_size
-    per_token = 2 * (3 * h + 2 * i + 4 * h)
-    return chunk * per_token + 4 * config.padded_vocab_size
-
-
 def main() -> None:
     gb = 1e9
     print("## KV cache over a 1,000-token conversation at r=32 (measured, hidden 128, fp32)")
@@ -64,7 +57,7 @@ def main() -> None:
         params = sum(p.numel() for p in HuginnForCausalLM(config).parameters())
     tokens, steps = 4096, 32
     weights = weight_bytes(config, "nf4")
-    activations = activation_bytes(config, chunk=tokens)
+    activations = activation_bytes(config, tokens, 2)
     print(f"\n## Huginn-0125 ({params:,} parameters) in nf4, r={steps}, {tokens:,}-token conversation, bf16 KV")
     print(f"{'cache':<24} {'weights GB':>10} {'KV GB':>8} {'activations GB':>15} {'total GB':>9} {'fits 8 GB':>9}")
     totals = {}
@@ -78,6 +71,13 @@ def main() -> None:
           f"{measured['compress-s4'] / 1e6:.1f} MB with compress-s4 ({full / measured['compress-s4']:.1f}x less); "
           f"Huginn-0125 nf4 at 4,096 tokens needs {totals['full'] / gb:.1f} GB with the full cache and "
           f"{totals['latest-m4-compress-s4'] / gb:.2f} GB with the shared cache the engine falls back to")
+
+    print("\n## The memory plan engine.load makes for Huginn-0125 (free = card size - 0.5 GiB; CPU: RAM available)")
+    print(f"{'memory':<22} {'plan'}")
+    for label, device, free in [(f"{g} GB card", "cuda", g * 1024**3 - 1024**3 // 2) for g in (6, 8, 12, 24)] + [
+            ("CPU 16 GB, bf16 CPU", "cpu", 16 * 10**9), ("CPU 16 GB, no bf16", "cpu", 16 * 10**9)]:
+        plan = plan_memory(config, device, free, cpu_bf16="no bf16" not in label)
+        print(f"{label:<22} {plan.summary()}")
 
 
 if __name__ == "__main__":

@@ -15,14 +15,16 @@ from .generate import MAX_HISTORY_MESSAGES, CompareResult, PromptError, Summary,
 from .load import DEMO_MODEL, OFFICIAL_MODEL, QUANTIZATIONS, LoadError, ModelInfo, load, model_info
 from .model import HuginnForCausalLM, HuginnOutput
 from .settings import MAX_NUM_STEPS, GenerationSettings, SettingsError
+from .trace import MAX_TRACE_TOP_K, TRACE_VERSION, AnswerTrace, StepTrace, TokenTrace
 
 attach_generate(HuginnForCausalLM)  # model.py does not import the generation stack; its generate comes from here
 AutoConfig.register(MODEL_TYPE, HuginnConfig, exist_ok=True)
 AutoModelForCausalLM.register(HuginnConfig, HuginnForCausalLM, exist_ok=True)
 
 __all__ = [
-    "CRITERIA", "DEFAULT_THRESHOLDS", "DEMO_MODEL", "MAX_HISTORY_MESSAGES", "MAX_NUM_STEPS", "OFFICIAL_MODEL",
-    "QUANTIZATIONS", "CacheStrategy", "CompareResult", "GenerationSettings", "HuginnConfig", "HuginnForCausalLM", "HuginnOutput",
-    "LoadError", "ModelInfo", "PromptError", "RecurrentCache", "SettingsError", "Summary", "TokenEvent",
+    "CRITERIA", "DEFAULT_THRESHOLDS", "DEMO_MODEL", "MAX_HISTORY_MESSAGES", "MAX_NUM_STEPS", "MAX_TRACE_TOP_K",
+    "OFFICIAL_MODEL", "QUANTIZATIONS", "TRACE_VERSION", "AnswerTrace", "CacheStrategy", "CompareResult",
+    "GenerationSettings", "HuginnConfig", "HuginnForCausalLM", "HuginnOutput", "LoadError", "ModelInfo", "PromptError",
+    "RecurrentCache", "SettingsError", "StepTrace", "Summary", "TokenEvent", "TokenTrace",
     "compare", "load", "model_info", "stream",
 ]

@@ -32,6 +32,7 @@ class DecodeStep:
     core_iterations: int
     cancelled: bool = False
     finished: tuple[bool, ...] = field(default_factory=tuple)
+    traces: list | None = None  # per row, with traced plans: (steps, states) from engine.trace.StepRecorder
 
 
 class RowStops:
@@ -110,7 +111,8 @@ def decode(
             return
         carried = block.carry(plans)
         tokens = chooser.choose(block, finished)
-        yield DecodeStep(tokens, block.steps, block.exit_values, block.core_iterations, finished=tuple(finished))
+        yield DecodeStep(tokens, block.steps, block.exit_values, block.core_iterations, finished=tuple(finished),
+                         traces=block.traces)
         if stops is not None:
             finished = [f or r in stops for r, f in enumerate(finished)]
         x = torch.tensor([[t if t >= 0 else config.pad_token_id or 0] for t in tokens], device=input_ids.device)

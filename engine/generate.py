@@ -1,6 +1,6 @@
 """The app-facing generation API: ``stream`` (one answer, token by token) and ``compare`` (one prompt, several depth
-settings). Both are thin layers over ``engine.decode.decode`` (and ``engine.speculative``); the chat, the depth arena, the HTTP API and the CLI
-all go through ``stream`` / ``compare``.
+settings). Both are thin layers over ``engine.decode.decode`` and ``engine.speculative``; the chat, the depth arena,
+the HTTP API and the CLI all go through ``stream`` / ``compare``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import random
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -18,6 +18,7 @@ from .decode import RowPlan, RowStops, decode
 from .speculative import SpeculationStats, speculative_decode
 from .settings import GenerationSettings
 from .stops import StopStrings
+from .trace import AnswerTraceBuilder, TokenTrace
 
 ROLES = ("system", "user", "assistant")
 STOP_TOKENS = ("<|end_turn|>", "<|end_text|>", "<|begin_text|>")
@@ -40,6 +41,7 @@ class TokenEvent:
     steps: int
     exit_value: float | None
     seconds: float  # since the start of generation
+    trace: TokenTrace | None = None  # its steps through the depth lens, with settings.trace (xy comes in Summary)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,6 +67,7 @@ class Summary:
     notice: str | None = None
     steps: list[int] = field(default_factory=list)
     acceptance: float | None = None  # share of drafted tokens kept, with speculative decoding
+    trace: dict[str, Any] | None = None  # with settings.trace: the answer's AnswerTrace in compact form
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -218,6 +221,7 @@ def _plan(settings: GenerationSettings, seed: int, max_new_tokens: int) -> RowPl
         sampling=settings.sampling,
         max_new_tokens=max_new_tokens,
         seed=seed,
+        trace_top_k=settings.trace_top_k if settings.trace else None,
     )
 
 
@@ -250,6 +254,8 @@ def _run_rows(model, tokenizer, prompt_ids: list[int], settings_list: Sequence[G
     notice = "; ".join(part for part in notices if part) or None
 
     done_at: list[float | None] = [None] * n
+    lens = [AnswerTraceBuilder(s.trace_top_k) if s.trace else None for s in settings_list]
+    text_of = _token_texts(tokenizer)
     row_stops = RowStops()
     if settings_list[0].draft_steps:
         speculation = SpeculationStats()
@@ -271,13 +277,17 @@ def _run_rows(model, tokenizer, prompt_ids: list[int], settings_list: Sequence[G
             if not first_token[r]:
                 first_token[r] = now
             exit_value = out.exit_values[r][-1] if out.exit_values[r] else None
+            index = len(steps[r]) - 1
+            trace = None
+            if lens[r] is not None and out.traces and out.traces[r] is not None:
+                trace = lens[r].add(index, token, out.steps[r], *out.traces[r], text_of)
             if token in stops:
                 reasons[r] = "end_of_turn"
-                yield r, TokenEvent(len(steps[r]) - 1, token, "", out.steps[r], exit_value, now)
+                yield r, TokenEvent(index, token, "", out.steps[r], exit_value, now, trace)
                 continue
             piece = stop_filters[r].feed(decoders[r].add(token))
             texts[r] += piece
-            yield r, TokenEvent(len(steps[r]) - 1, token, piece, out.steps[r], exit_value, now)
+            yield r, TokenEvent(index, token, piece, out.steps[r], exit_value, now, trace)
             if stop_filters[r].hit:
                 reasons[r] = "stop_string"
                 row_stops.stop(r)
@@ -307,7 +317,19 @@ def _run_rows(model, tokenizer, prompt_ids: list[int], settings_list: Sequence[G
             first_token_s=first_token[r], stop_reason=reasons[r], seed=seeds[r],
             settings=settings_list[r].replace(seed=seeds[r]).to_dict(), trimmed_messages=trimmed, notice=notice,
             steps=list(steps[r]), acceptance=speculation.acceptance if speculation else None,
+            trace=lens[r].finish().to_dict() if lens[r] is not None else None,
         )
+
+
+def _token_texts(tokenizer) -> Callable[[int], str]:
+    """Each token id's own text (the depth lens names the candidates at every step), decoded once per id."""
+    cache: dict[int, str] = {}
+
+    def text_of(token_id: int) -> str:
+        if token_id not in cache:
+            cache[token_id] = tokenizer.decode([token_id])
+        return cache[token_id]
+    return text_of
 
 
 def stream(model, tokenizer, messages: Any, settings: GenerationSettings | None = None,

@@ -192,9 +192,14 @@ def plan_memory(config, device: str, free_bytes: int, requested: str = "auto", c
     """Weights + KV cache + activations of every format for ``context`` tokens at ``num_steps`` recurrences (the
     config's context and mean recurrence by default), and the format to load: ``requested`` when it is one, else the
     first in the device's preference order that fits, else the smallest whose weights fit, else the smallest."""
+    if requested not in ("auto", None, *FORMATS):
+        raise ValueError(f"unknown format {requested!r}; choose auto or one of {', '.join(FORMATS)}")
     device = "cpu" if device == "cpu" else "cuda"
     context = int(context or config.block_size)
     num_steps = int(num_steps or config.mean_recurrence)
+    if context < 1 or num_steps < 1:
+        raise ValueError(f"context ({context}) and num_steps ({num_steps}) must be at least 1")
+    free_bytes = max(0, int(free_bytes))
     usable = int(free_bytes * GPU_USABLE_FRACTION) if device == "cuda" else max(0, free_bytes - HOST_RESERVE_BYTES)
     costs = tuple(_cost(config, fmt, device, usable, cache_strategy, context, num_steps) for fmt in FORMATS)
     fp32 = costs[FORMATS.index("fp32")].weights

@@ -9,10 +9,11 @@ from typing import Any
 from .cache import CacheStrategy
 from .exits import CRITERIA, resolve_threshold
 from .sampling import SamplingParams
+from .trace import MAX_TRACE_TOP_K
 
 MAX_NUM_STEPS = 256
 MAX_NEW_TOKENS = 32_768
-MAX_STOP_STRINGS = 8
+MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_CHARS = 200
 MIN_TEMPERATURE = 1e-3  # below it sampling is greedy in all but name, and 1e-40 overflows fp32 logits
 
@@ -45,6 +46,8 @@ class GenerationSettings:
     stop_strings: tuple[str, ...] = ()
     draft_steps: int = 0  # > 0: self-speculative decoding, drafting at this depth (greedy, fixed depth only)
     lookahead: int = 4  # tokens drafted per verification pass
+    trace: bool = False  # the depth lens (engine.trace): record every token's steps; off costs nothing
+    trace_top_k: int = 5  # tokens kept per step in a trace
 
     def __post_init__(self) -> None:
         if self.cache_strategy is None:
@@ -85,6 +88,11 @@ class GenerationSettings:
                                  or self.cache_strategy != "full"):
             raise SettingsError("draft_steps", "speculative decoding needs greedy sampling (temperature 0), fixed "
                                 "depth (criterion none), no warm start and the full cache")
+        if not isinstance(self.trace, bool):
+            raise SettingsError("trace", f"must be true or false, got {self.trace!r}")
+        _int_range("trace_top_k", self.trace_top_k, 1, MAX_TRACE_TOP_K)
+        if self.trace and self.draft_steps:
+            raise SettingsError("trace", "tracing needs plain decoding; set draft_steps to 0")
         if not isinstance(self.stop_strings, tuple) or not all(isinstance(s, str) and s for s in self.stop_strings):
             raise SettingsError("stop_strings", "must be a tuple of non-empty strings")
         if len(self.stop_strings) > MAX_STOP_STRINGS:

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from .exits import ExitTracker
 from .sampling import SamplingParams
+from .trace import StepRecorder, StepTrace
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class RowPlan:
     max_new_tokens: int = 256
     seed: int | None = 0
     exit_in_prefill: bool = True  # False: the prompt always runs all steps (the reference's do_not_exit_in_prefill)
+    trace_top_k: int | None = None  # the depth lens (engine.trace): tokens kept per step; None = not traced
 
 
 class Cancelled(Exception):
@@ -55,6 +57,7 @@ class BlockResult:
     steps: list[int]
     exit_values: list[list[float]]
     core_iterations: int
+    traces: list[tuple[list[StepTrace], Tensor] | None] | None = None  # per row, for traced plans (StepRecorder)
 
     def carry(self, plans: list[RowPlan]) -> Tensor:
         """Each row's warm-start state for the next token (see ``RowPlan``)."""
@@ -175,6 +178,13 @@ class _Recurrence:
         self.core_iterations = 0
         self.logits: list[Tensor | None] = [None] * batch
         self.latent: list[Tensor | None] = [None] * batch
+        self.whole: tuple[Tensor, Tensor] | None = None  # set when every row stopped at one head run (forward)
+        self.traced = [p.trace_top_k is not None and a for p, a in zip(plans, active)]
+        self.recorder = None  # no tracing, no extra work
+        if any(self.traced):
+            self.recorder = StepRecorder([p.trace_top_k if t else None for p, t in zip(plans, self.traced)],
+                                         state.shape[-1], state.device)
+            self.recorder.begin(state)
 
     def run(self, embedded: Tensor, cache, pos0: int, rope: Tensor, cancel: threading.Event | None,
             grad_steps: int, last_only: bool) -> BlockResult:
@@ -198,9 +208,13 @@ class _Recurrence:
         ending = [it and step + 1 >= p.num_steps for p, it in zip(self.plans, self.iterating)]
         checking = self.exits.checking(step, self.iterating)
         wants = [e or (c and self.exits.needs_logits(r)) for r, (c, e) in enumerate(zip(checking, ending))]
+        if self.recorder is not None:  # the lens runs the coda and head at every step of a traced row
+            wants = [w or (t and it) for w, t, it in zip(wants, self.traced, self.iterating)]
         logits = latent = None
         if any(wants):
             logits, latent = self._head(wants, cache, pos0, rope, last_only)
+        if self.recorder is not None and logits is not None:  # None: no traced row is iterating any more
+            self.recorder.observe(self.state, logits, self.iterating)
         exiting = self.exits.check(self.state, logits, checking) if any(checking) else [False] * len(checking)
         # The hard part: a row that exits on a latent criterion (latent-diff, cosine) had no head run at this step.
         # It gets one now, alone, so that its logits and its coda cache entries come from its final state. Rows
@@ -210,6 +224,8 @@ class _Recurrence:
         late_logits = late_latent = None
         if any(late):
             late_logits, late_latent = self._head(late, cache, pos0, rope, last_only)
+        if all(e or x for e, x in zip(ending, exiting)) and not any(late):
+            self.whole = (logits, latent)  # every row stops here, from one head run: no per-row assembly needed
         for r in range(len(self.plans)):
             if exiting[r] or ending[r]:
                 source_logits, source_latent = (late_logits, late_latent) if late[r] else (logits, latent)
@@ -222,6 +238,10 @@ class _Recurrence:
                                   head_rows=[r for r, w in enumerate(rows) if w])
 
     def _result(self, embedded: Tensor, last_only: bool) -> BlockResult:
+        traces = self.recorder.end() if self.recorder is not None else None
+        if self.whole is not None:
+            logits, latent = self.whole
+            return BlockResult(logits, latent, self.state, self.steps, self.exits.values, self.core_iterations, traces)
         done = [r for r, lg in enumerate(self.logits) if lg is not None]
         if len(done) == len(self.plans):
             logits, latent = torch.cat(self.logits), torch.cat(self.latent)
@@ -231,4 +251,4 @@ class _Recurrence:
             latent = self.model.transformer.ln_f(self.state).clone()
             for r in done:
                 logits[r:r + 1], latent[r:r + 1] = self.logits[r], self.latent[r]
-        return BlockResult(logits, latent, self.state, self.steps, self.exits.values, self.core_iterations)
+        return BlockResult(logits, latent, self.state, self.steps, self.exits.values, self.core_iterations, traces)

@@ -7,9 +7,11 @@ machinery). Screenshots of the main views go to test-artifacts/.
 from __future__ import annotations
 
 import json
+import contextlib
 import os
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -40,8 +42,9 @@ def demo_model_ready() -> bool:
     return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
 
 
-@pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
+@contextlib.contextmanager
+def serving(tmp_path_factory) -> Iterator[tuple[str, Store]]:
+    """The page on the demo model (or a tiny checkpoint) with a fresh store: (url, store)."""
     from app.ui import build_demo, launch
 
     if demo_model_ready():
@@ -54,9 +57,17 @@ def app_url(tmp_path_factory):
     slot = ModelSlot(model, tokenizer, describe_source("auto", engine.model_info(model).name))
     demo = build_demo(Studio(slot, store, AppConfig()))
     _, url, _ = launch(demo, prevent_thread_lock=True, quiet=True, server_port=None)
-    yield url
-    demo.close()
-    store.close()
+    try:
+        yield url, store
+    finally:
+        demo.close()
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    with serving(tmp_path_factory) as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +164,7 @@ def test_the_page_end_to_end(app_url, browser):
 
     # Reload: the conversations are listed and the latest is open, heatmap and all, from the store.
     page.reload()
-    page.wait_for_selector("#transcript .msg.assistant .tok", timeout=30_000)
+    page.wait_for_selector("#transcript .msg.assistant .tok", state="attached", timeout=30_000)  # behind Depth
     assert page.locator("#conv-list label").count() == 2
     page.locator("#conv-list label", has_text="What is 2 + 3?").click()
     page.wait_for_function("document.querySelectorAll('#transcript .msg.assistant').length === 3", timeout=30_000)

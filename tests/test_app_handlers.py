@@ -447,3 +447,42 @@ def test_page_values_from_a_script_are_checked(capped):
         handlers.arena_settings(fixed(), ["4", "<b>"], HOSTED_LIKE)
     with pytest.raises(engine.SettingsError, match="temperature: must be a number"):
         form(temperature="hot")
+
+
+# ---- the hostile-import corpus through the page's handler (issue 16) ----------------------------------------------
+
+@pytest.mark.slow
+def test_each_hostile_import_gets_a_clear_message_and_the_app_keeps_serving(studio, tmp_path):
+    import html as html_lib
+    import re
+
+    import gradio as gr
+
+    from app.ui import Page, on_load
+    from app.ui.common import friendly
+    from tests.hostile_corpus import cases
+
+    session = run(studio.send(studio.new_session(), "Before the files", "", fixed()))[-1][0]
+    saved = studio.store.export_data(session.owner)["conversations"]
+    on_import = friendly(studio.import_file)
+    corpus = list(cases())
+    for i, case in enumerate(corpus):
+        path = tmp_path / f"case-{i}.json"
+        path.write_bytes(case.data)
+        if case.error is None:  # hostile text that is valid data: imported, drawn escaped
+            imported, html, count = on_import(session, str(path))
+            assert count >= 1 and "<script" not in html and "<img" not in html, case.name
+            studio.delete(imported)
+        else:
+            with pytest.raises(gr.Error) as err:
+                on_import(session, str(path))
+            message = html_lib.unescape(err.value.message)
+            assert re.search(case.error, message), (case.name, message)
+            assert "<" not in err.value.message and "Traceback" not in message, case.name
+        assert studio.store.export_data(session.owner)["conversations"] == saved, case.name
+        fresh, html, listing, _, _ = on_load(Page(studio, None), None, None)
+        assert fresh.conversation_id == session.conversation_id and "could not be shown" not in html, case.name
+        assert "Before the files" in html and [cid for _, cid in listing["choices"]] == [session.conversation_id]
+    after = run(studio.send(studio.new_session(), "Still serving?", "", fixed()))[-1][0]
+    assert studio.store.thread(after.owner, after.conversation_id)[-1].status == "complete"
+    assert len(corpus) > 100

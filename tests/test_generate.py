@@ -486,7 +486,8 @@ def test_history_beyond_the_cap_is_dropped_even_when_it_would_fit(tiny):
     from engine.generate import build_prompt
 
     _, tok = tiny
-    messages = [{"role": "user", "content": ""}] * (engine.MAX_HISTORY_MESSAGES + 5) + [{"role": "user", "content": "x"}]
+    empty, last = {"role": "user", "content": ""}, {"role": "user", "content": "x"}
+    messages = [empty] * (engine.MAX_HISTORY_MESSAGES + 5) + [last]
     ids, dropped = build_prompt(tok, messages, context=10**7, reserve=16)
     assert dropped == 6
     assert ids == tok.apply_chat_template(messages[6:], add_generation_prompt=True, tokenize=True, return_dict=False)

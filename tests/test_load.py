@@ -153,12 +153,16 @@ def test_quantized_parameter_count_equals_the_unquantized_one(wide_dir, fmt):
     assert engine.model_info(full).parameters == sum(p.numel() for p in full.parameters())
 
 
-def _cap(folder, smaller: str, larger: str) -> int:
-    """A memory cap between what ``smaller`` needs and what ``larger`` needs (costs of the plan with no limit)."""
+def _cap(folder, smaller: tuple[str, str], larger: tuple[str, str]) -> int:
+    """A memory cap between what ``smaller`` needs and what ``larger`` needs at the least (with the shared KV
+    cache, which the plan counts when the full one does not fit)."""
     config = engine.HuginnConfig.from_pretrained(folder)
     roomy = plan_memory(config, "cpu", 10**12)
     assert roomy.format == "fp32"
-    low, high = (getattr(roomy.cost(fmt), part) for fmt, part in ((smaller[0], smaller[1]), (larger[0], larger[1])))
+    shared = plan_memory(config, "cpu", 10**12,
+                         cache_strategy=f"latest-m4-compress-s{config.n_layers_in_recurrent_block}")
+    low = getattr(roomy.cost(smaller[0]), smaller[1])
+    high = min(getattr(plan.cost(larger[0]), larger[1]) for plan in (roomy, shared))
     assert low < high
     return HOST_RESERVE_BYTES + (low + high) // 2
 

@@ -124,3 +124,11 @@ def test_other_layouts(layout):
     assert deeper.cost().kv_cache > cost.kv_cache
     shared = plan_memory(config, "cuda", GIB, context=100, num_steps=32, cache_strategy="compress-s4")
     assert shared.cost().kv_cache < deeper.cost().kv_cache
+
+
+def test_bad_input_is_named(official):
+    with pytest.raises(ValueError, match="unknown format 'int3'"):
+        plan_memory(official, "cuda", card(8), requested="int3")
+    with pytest.raises(ValueError, match="must be at least 1"):
+        plan_memory(official, "cuda", card(8), context=-5)
+    assert not plan_memory(official, "cpu", -1).weights_fit()

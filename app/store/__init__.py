@@ -18,11 +18,19 @@ Schema (version ``SCHEMA_VERSION``, kept in ``PRAGMA user_version``)
     ``parent_id`` -> messages.id (NULL for a root; several roots are allowed, so editing the first
     message makes a sibling root), ``role`` (system | user | assistant), ``kind`` (free text,
     "message" by default; e.g. "comparison" for a saved depth-arena run), ``content`` TEXT,
-    ``created`` / ``updated`` TEXT, ``status`` (complete | cancelled | failed | partial), ``error``
+    ``created`` / ``updated`` TEXT, ``status`` (complete | cancelled | failed | partial |
+    interrupted: its writing process died, found at open), ``error``
     TEXT, and for answers: ``model_id``, ``model_revision``, ``quantization`` TEXT, ``settings``
     (JSON object as given: num_steps, criterion, exit_threshold, ...), ``tokens`` (JSON list of
     ``{"text": str, "steps": int, "exit_value": float | null}``), ``stats`` (JSON object: tokens,
-    tokens_per_s, mean_steps, ...), ``extra`` (JSON object).
+    tokens_per_s, mean_steps, ...), ``extra`` (JSON object), ``writer`` (host, pid and start time of
+    the process writing a partial answer). The JSON records are checked on every write and import
+    against one definition (``fields.py``) and a ``RecordLimits``.
+
+``traces``
+    ``message_id`` INTEGER PRIMARY KEY -> messages.id (ON DELETE CASCADE), ``data`` BLOB: an answer's
+    depth-lens trace as zlib-compressed JSON (format and the ``MAX_TRACE_BYTES`` cap in ``traces.py``).
+    Exported and imported as the message's ``trace`` field.
 
 ``messages_fts`` / ``conversations_fts``
     FTS5 external-content indexes on ``messages.content`` and ``conversations.title``, kept current
@@ -41,7 +49,7 @@ Safety
 WAL journal, ``synchronous=FULL``, foreign keys on, a busy timeout and a retry loop around every
 transaction (so "database is locked" never reaches the user; after ``lock_timeout`` seconds it
 becomes a ``StoreBusy`` with a clear message). Every public write is one ``BEGIN IMMEDIATE``
-transaction. A file that is not a valid SQLite database or fails ``PRAGMA integrity_check`` is
+transaction; imports and deletes are split into short ones. A file that is not a valid SQLite database or fails ``PRAGMA integrity_check`` is
 renamed to ``<name>.corrupt-<timestamp>`` (never overwritten) and ``Store.recovered_from`` says
 where it went. An unwritable location raises ``StoreLocationError`` in ``Store()``.
 
@@ -51,7 +59,7 @@ are refused with ``InvalidData``, as is content over ``MAX_CONTENT_BYTES``.
 """
 
 # The package is split by what each module holds: records.py (constants, errors, record types),
-# checks.py (argument validation), schema.py (schema version and migrations), connection.py (the
+# checks.py (checks of plain values), fields.py (the records a message holds), schema.py (schema version and migrations), connection.py (the
 # SQLite file: opening, recovery, transactions), conversations.py, tree.py (messages and their tree),
 # search.py, transfer.py (export documents, import checks and writes), markdown.py (the Markdown
 # export), writer.py (AnswerWriter) and core.py (the Store facade).
@@ -80,6 +88,8 @@ from .records import (
     StoreLocationError,
 )
 from .schema import SCHEMA_VERSION
+from .traces import MAX_TRACE_BYTES, check_trace
+from .traces import prepare as prepare_trace
 from .writer import AnswerWriter
 
 __all__ = [
@@ -90,6 +100,7 @@ __all__ = [
     "LEAF",
     "LOCAL_OWNER",
     "MAX_CONTENT_BYTES",
+    "MAX_TRACE_BYTES",
     "ROLES",
     "SCHEMA_VERSION",
     "STATUSES",
@@ -105,6 +116,8 @@ __all__ = [
     "StoreBusy",
     "StoreError",
     "StoreLocationError",
+    "check_trace",
     "default_db_path",
     "new_owner_key",
+    "prepare_trace",
 ]

@@ -58,18 +58,16 @@ def _json_default(value: Any) -> Any:
 
 def check_depth(value: Any, field: str, limit: int = MAX_JSON_DEPTH) -> Any:
     """Refuse lists and objects nested more than ``limit`` deep (walked without recursion)."""
+    if not isinstance(value, (dict, list, tuple)):
+        return value
     stack = [(value, 1)]
     while stack:
         node, depth = stack.pop()
-        if isinstance(node, dict):
-            children: Any = node.values()
-        elif isinstance(node, (list, tuple)):
-            children = node
-        else:
-            continue
         if depth > limit:
             raise InvalidData(f"{field} is nested more than {limit} levels deep")
-        stack.extend((child, depth + 1) for child in children)
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, (dict, list, tuple)):
+                stack.append((child, depth + 1))
     return value
 
 

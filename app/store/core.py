@@ -18,7 +18,7 @@ from typing import Any, Literal
 import platformdirs
 from sqlite_utils import Database
 
-from . import conversations, markdown, search, transfer, tree
+from . import conversations, markdown, search, traces, transfer, tree
 from .checks import check_object, check_owner, check_text, dump_json
 from .fields import message_row
 from .connection import StoreFile
@@ -73,13 +73,13 @@ class Store:
         """What every write and (unless ``import_json`` gets its own) every import is checked against."""
         self.file = StoreFile(self.path, lock_timeout=lock_timeout, busy_timeout=busy_timeout)
         try:
+            # How many answers left "partial" by a process that died were marked "interrupted".
             self.interrupted: int = self.file.write(mark_interrupted)
             hidden = self.file.read(conversations.hidden_ids)  # left by a killed import or delete
             self.file.write_in_steps(lambda db, deadline: conversations.delete_step(db, hidden, deadline))
         except BaseException:
             self.file.close()
             raise
-        """How many answers left "partial" by a process that died were marked "interrupted" at open."""
 
     @property
     def recovered_from(self) -> Path | None:
@@ -240,6 +240,21 @@ class Store:
         return self._write(
             owner, lambda db: tree.set_current_leaf(db, owner, conversation_id, message_id, descend)
         )
+
+    # ------------------------------------------------------------------------------- traces
+    def save_trace(self, owner: str, message_id: int, trace: dict[str, Any]) -> dict[str, Any]:
+        """Keep an answer's depth-lens trace (``app.store.traces``): checked, cut to ``MAX_TRACE_BYTES`` (then
+        marked ``cut``), compressed. Returns what was kept."""
+        kept = traces.prepare(trace)
+        self._write(owner, lambda db: traces.save(db, owner, message_id, kept))
+        return kept
+
+    def trace(self, owner: str, message_id: int) -> dict[str, Any] | None:
+        return self._read(owner, lambda db: traces.get(db, owner, message_id))
+
+    def traces(self, owner: str, conversation_id: int) -> dict[int, dict[str, Any]]:
+        """The traces of a conversation's answers, by message id."""
+        return self._read(owner, lambda db: traces.for_conversation(db, owner, conversation_id))
 
     # ------------------------------------------------------------------------------- search
     def search(

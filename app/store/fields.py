@@ -15,6 +15,7 @@ from .checks import (
     dump_json,
 )
 from .records import MAX_CONTENT_BYTES, ROLES, STATUSES, InvalidData, RecordLimits, shown
+from .traces import check_trace
 
 _INT_BOUND = 2**63  # SQLite's integers; also keeps formatting of any value cheap
 MAX_COLUMNS = 16  # columns of one saved comparison
@@ -47,7 +48,7 @@ _SETTINGS: dict[str, tuple[bool, float, float | str | None]] = {
     "max_new_tokens": (True, 1, "max_tokens"),
 }
 _TOKEN_KEYS = {"text", "steps", "exit_value"}
-_COLUMN_KEYS = {"label", "settings", "tokens", "content", "stats"}
+_COLUMN_KEYS = {"label", "settings", "tokens", "content", "stats", "trace"}
 
 
 def _plain(value: Any) -> Any:
@@ -129,6 +130,7 @@ def _check_typed(
     for key, value in obj.items():
         if not isinstance(key, str):
             raise InvalidData(f"{field} has a key that is not a string")
+        check_text(key, f"{field} key {shown(key)}", _SHORT * 4)
         where = f"{field}.{key if len(key) <= 40 and key.isprintable() else shown(key)}"
         if key in spec:
             integer, low, high = spec[key]
@@ -199,6 +201,8 @@ def _check_column(column: Any, field: str, limits: RecordLimits) -> dict[str, An
     for key, check in (("settings", check_settings), ("tokens", check_tokens), ("stats", check_stats)):
         if key in column:
             out[key] = check(column[key], f"{field}.{key}", limits)
+    if "trace" in column:  # the column's depth-lens trace (app.store.traces)
+        out["trace"] = check_trace(column["trace"], f"{field}.trace")
     return out
 
 

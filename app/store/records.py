@@ -57,13 +57,16 @@ class StoreError(Exception):
     """Any failure of the store; the message is meant to be shown to the user as is.
 
     Messages are plain text: angle brackets (which could only come from user data, such as a field
-    name in an imported file) are shown as ‹ ›, so no message carries HTML markup. Messages of
+    name in an imported file) are shown as ‹ ›, so no message carries HTML markup, and a lone
+    surrogate as its escape, so every message encodes. Messages of
     errors raised after open never name the database's path (hosted visitors see them); only
     ``StoreLocationError`` at open does, for the person starting the app.
     """
 
     def __init__(self, message: str = "") -> None:
-        super().__init__(message.translate(_PLAIN))
+        # A lone surrogate from user data would break whoever encodes the message: show its escape.
+        plain = message.translate(_PLAIN).encode("utf-8", "backslashreplace").decode("utf-8")
+        super().__init__(plain)
 
 
 _PLAIN = str.maketrans({"<": "‹", ">": "›"})

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from sqlite_utils import Database
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _migrate_0_to_1(db: Database) -> None:
@@ -103,6 +103,18 @@ def _migrate_1_to_2(db: Database) -> None:
         db.execute(sql)
 
 
+def _migrate_2_to_3(db: Database) -> None:
+    # Depth-lens traces (app.store.traces): zlib-compressed JSON, one row per answer, read only on demand.
+    db.executescript(
+        """
+        CREATE TABLE traces (
+            message_id INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+            data BLOB NOT NULL
+        );
+        """
+    )
+
+
 # MIGRATIONS[v] upgrades a database from user_version v to v + 1. Append, never edit.
-MIGRATIONS: list[Callable[[Database], None]] = [_migrate_0_to_1, _migrate_1_to_2]
+MIGRATIONS: list[Callable[[Database], None]] = [_migrate_0_to_1, _migrate_1_to_2, _migrate_2_to_3]
 assert len(MIGRATIONS) == SCHEMA_VERSION

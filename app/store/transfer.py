@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from . import conversations, tree
+from . import conversations, traces, tree
 from .checks import check_depth, check_object, check_text, dump_json
 from .conversations import conversation_from_row
 from .fields import message_row
@@ -35,11 +35,13 @@ Plan = tuple[dict[str, Any], list[tuple[dict[str, Any], dict[str, Any]]]]
 
 
 # ---------------------------------------------------------------------------------------- export
-def _export_message(m: Message, local: Mapping[int, int]) -> dict[str, Any]:
+def _export_message(m: Message, local: Mapping[int, int], trace: dict[str, Any] | None) -> dict[str, Any]:
     out = asdict(m)
     del out["conversation_id"]
     out["id"] = local[m.id]
     out["parent_id"] = local[m.parent_id] if m.parent_id is not None else None
+    if trace is not None:
+        out["trace"] = trace
     return out
 
 
@@ -61,6 +63,7 @@ def export_data(db: Database, owner: str, conversation_ids: list[int] | None) ->
         # true for imported trees whose timestamps came from elsewhere.
         msgs.sort(key=lambda m: m.id)
         local = {m.id: i + 1 for i, m in enumerate(msgs)}
+        kept = traces.for_conversation(db, owner, conv.id)
         out.append(
             {
                 "title": conv.title,
@@ -68,7 +71,7 @@ def export_data(db: Database, owner: str, conversation_ids: list[int] | None) ->
                 "updated": conv.updated,
                 "current_leaf": local.get(conv.current_leaf) if conv.current_leaf is not None else None,
                 "extra": conv.extra,
-                "messages": [_export_message(m, local) for m in msgs],
+                "messages": [_export_message(m, local, kept.get(m.id)) for m in msgs],
             }
         )
     return {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "exported": now_iso(), "conversations": out}
@@ -92,7 +95,7 @@ _MESSAGE_FIELDS: dict[str, Any] = {
     "stats": None,
     "extra": None,
 }
-_MESSAGE_KEYS = {"id", "parent_id", "created", "updated", *_MESSAGE_FIELDS}
+_MESSAGE_KEYS = {"id", "parent_id", "created", "updated", "trace", *_MESSAGE_FIELDS}
 
 
 def parse(data: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
@@ -112,10 +115,8 @@ def parse(data: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
             ) from None
         except RecursionError:
             raise ImportInvalid(f"the file is nested more than {MAX_JSON_DEPTH} levels deep") from None
-    try:
-        check_depth(data, "the file")
-    except InvalidData as exc:
-        raise ImportInvalid(str(exc)) from None
+        except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+            raise ImportInvalid(f"the file is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(data, Mapping):
         raise ImportInvalid("the file must hold a JSON object exported by Huginn Studio")
     if data.get("format") != EXPORT_FORMAT:
@@ -128,6 +129,9 @@ def parse(data: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
         raise ImportInvalid(
             f"unsupported export version {shown(version)}; this Huginn Studio reads 1 to {EXPORT_VERSION}"
         )
+    _check_keys(data, {"format", "version", "exported", "conversations"}, "the file")
+    if "exported" in data:
+        _timestamp(data, "exported", "the file")
     if not isinstance(data.get("conversations"), list):
         raise ImportInvalid("conversations must be a list")
     return dict(data)
@@ -178,9 +182,10 @@ def _plan_message(m: Any, where: str, limits: RecordLimits) -> tuple[dict[str, A
         values["status"] = "interrupted"  # no process here is writing it
     try:
         row = message_row(**values, limits=limits, field=f"{where}.")
+        trace = traces.prepare(m.get("trace"), f"{where}.trace")
     except InvalidData as exc:
         raise ImportInvalid(str(exc)) from None
-    return dict(m), row
+    return {**m, "trace": trace}, row
 
 
 def plan_conversation(conv: Any, where: str, limits: RecordLimits = RecordLimits()) -> Plan:
@@ -248,6 +253,10 @@ def plan_import(doc: Mapping[str, Any], limits: RecordLimits) -> list[Plan]:
         raise ImportInvalid(
             f"the file holds {total:,} messages; one import may hold at most {limits.max_messages:,}"
         )
+    try:
+        check_depth(convs, "the file", MAX_JSON_DEPTH - 1)
+    except InvalidData as exc:
+        raise ImportInvalid(str(exc).replace(f"{MAX_JSON_DEPTH - 1} levels", f"{MAX_JSON_DEPTH} levels")) from None
     return [plan_conversation(c, f"conversations[{i}]", limits) for i, c in enumerate(convs)]
 
 
@@ -305,6 +314,8 @@ class ImportWriter:
              m["created"], m["updated"], *row.values()],
         )  # fmt: skip
         self._ids[m["id"]] = cur.lastrowid
+        if m["trace"] is not None:
+            traces.insert(db, cur.lastrowid, m["trace"])
 
     def hand_over_step(self, owner: str) -> Callable[[Database, float], bool]:
         def step(db: Database, deadline: float) -> bool:

@@ -26,11 +26,15 @@ from .records import STATUSES, Message, NotFound, RecordLimits, Status, StoreErr
 STALE_AFTER_S = 600.0
 
 
-@cache
 def process_identity() -> str:
     """This process, as a partial answer records its writer: host, pid and the pid's start time
     (so a later process that reuses the pid is not taken for it)."""
-    return f"{socket.gethostname()} {os.getpid()} {psutil.Process().create_time():.3f}"
+    return _identity(os.getpid())  # keyed by pid: a forked child is another writer
+
+
+@cache
+def _identity(pid: int) -> str:
+    return f"{socket.gethostname()} {pid} {psutil.Process(pid).create_time():.3f}"
 
 
 def _writer_alive(identity: str | None, updated: str) -> bool:

@@ -8,7 +8,7 @@ from typing import Any
 
 import gradio as gr
 
-from .. import render
+from .. import markdown_view, render
 from ..handlers import Studio
 from ..session import Session
 from .api import add_endpoints
@@ -89,7 +89,14 @@ def _choices(studio: Studio, sess: Session) -> list[tuple[str, int]]:
         return []
 
 
+def page_js() -> str:
+    """The page's scripts (each a ``() => {...}`` function) as the one function Gradio runs at load."""
+    return "() => {\n" + "".join(f"({asset(name).strip()})();\n" for name in ("shortcuts.js", "lens.js")) + "}"
+
+
 def launch(demo: gr.Blocks, **kwargs: Any) -> tuple[Any, str, str]:
-    """``demo.launch`` with the stylesheet and keyboard shortcuts, which Gradio 6 takes at launch."""
-    return demo.launch(css=asset("style.css"), js=asset("shortcuts.js"), footer_links=["api", "settings"],
+    """``demo.launch`` with the stylesheets, the keyboard shortcuts and the depth lens, which Gradio 6 takes at
+    launch."""
+    css = asset("style.css") + asset("markdown.css") + markdown_view.code_css() + asset("lens.css")
+    return demo.launch(css=css, js=page_js(), footer_links=["api", "settings"],
                        **kwargs)

@@ -12,8 +12,9 @@ from ..inputs import arena_presets, arena_settings
 from ..session import Session
 from .common import PRIVATE, Page, friendly, info
 
-PLOTS = (("mean_steps", "Mean steps per token", None), ("tokens_per_s", "Tokens/s", None),
-         ("agreement", "Agreement with the deepest answer", [0, 1]))
+# What differs per column. Not tokens/s: batched columns share one wall clock, so that chart could say nothing.
+PLOTS = (("mean_steps", "Mean steps per token", [0, None]), ("tokens", "Answer length", [0, None]),
+         ("agreement", "Agreement with deepest", [0, 1]))
 
 
 def plot_frame(result: dict[str, Any] | None, key: str) -> pd.DataFrame:

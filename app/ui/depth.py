@@ -24,6 +24,8 @@ class DepthPanel:
                                      label="Exit threshold", elem_id="threshold")
         min_steps = gr.Slider(0, limits.max_num_steps, value=0, step=1, label="Min steps")
         warm_start = gr.Checkbox(label="Warm start (continue from the previous token's state)", value=False)
+        trace = gr.Checkbox(label="Depth lens (trace every step; click a token to see it converge)", value=False,
+                            elem_id="trace")
         page.system = gr.Textbox(label="System prompt", lines=2, placeholder="Optional", elem_id="system",
                                  max_length=limits.max_system_chars)
         with gr.Accordion("Advanced", open=False):
@@ -38,7 +40,7 @@ class DepthPanel:
                                        label="Max new tokens", elem_id="max-new-tokens")
         # The order settings_from_form takes them in.
         page.form = [self.num_steps, adaptive, self.criterion, self.threshold, min_steps, warm_start, temperature,
-                     top_p, top_k, min_p, repetition_penalty, seed, max_new_tokens]
+                     top_p, top_k, min_p, repetition_penalty, seed, max_new_tokens, trace]
 
     def wire(self) -> None:
         self.criterion.change(on_criterion, [self.criterion], [self.threshold], **PRIVATE)

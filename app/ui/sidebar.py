@@ -10,7 +10,6 @@ import gradio as gr
 from ..session import Session
 from .common import PRIVATE, Page, friendly, info
 
-Skip3 = tuple[Any, Any, Any]
 
 
 class SidebarPanel:
@@ -70,13 +69,13 @@ class SidebarPanel:
         self.page.studio.rename(sess, title)
         return self.page.listing(sess), ""
 
-    def on_delete(self, sess: Session, ok: bool) -> Skip3 | tuple:
+    def on_delete(self, sess: Session, ok: bool) -> tuple:
         if ok is not True:
             return gr.skip(), gr.skip(), gr.skip()
         sess, html = self.page.studio.delete(sess)
         return sess, html, self.page.listing(sess)
 
-    def on_delete_all(self, sess: Session, ok: bool) -> Skip3 | tuple:
+    def on_delete_all(self, sess: Session, ok: bool) -> tuple:
         if ok is not True:
             return gr.skip(), gr.skip(), gr.skip()
         sess, html, count = self.page.studio.delete_all(sess)
