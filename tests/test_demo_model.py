@@ -143,13 +143,16 @@ def test_short_lists_need_less_depth_than_long_ones(quick_report) -> None:
 
 def test_the_app_gets_the_depths_and_the_table_from_the_model_folder(model) -> None:
     import engine
+    from app.config import Limits
     from app.inputs import arena_presets
 
     info = engine.model_info(model)
     suggested = json.loads((DEMO / "generation_config.json").read_text())["suggested_depths"]
     assert info.suggested_depths == tuple(suggested) and info.suggested_depths[0] == 1
-    choices, default = arena_presets(info.suggested_depths, max_num_steps=64)
+    choices, default = arena_presets(info.suggested_depths, Limits(max_num_steps=64))
     assert default == [str(d) for d in suggested if d <= 64] + ["adaptive"]
     assert set(default) <= set(choices)
+    _, narrow = arena_presets(info.suggested_depths, Limits(max_num_steps=64, max_compare_settings=3))
+    assert narrow == ["1", "2", "adaptive"]
     card = (DEMO / "README.md").read_text()
     assert info.depth_table and info.depth_table in card and "| r=32 |" in info.depth_table

@@ -33,7 +33,7 @@ class ArenaPanel:
     def __init__(self, page: Page) -> None:
         self.page = page
         limits = page.studio.limits
-        presets, default = arena_presets(page.studio.slot.info().suggested_depths, limits.max_num_steps)
+        presets, default = arena_presets(page.studio.slot.info().suggested_depths, limits)
         self.result = gr.State(None)
         gr.Markdown("One prompt at several depths, side by side. Sampling, warm start and the adaptive criterion "
                     "come from the panel on the right.")

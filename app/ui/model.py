@@ -52,7 +52,7 @@ class ModelPanel:
             loaded = studio.load_model(source, quant)
         except engine.LoadError as err:
             return gr.skip(), gr.skip(), render.error_box(str(err)), *(gr.skip(),) * 4
-        choices, default = arena_presets(loaded.suggested_depths, studio.limits.max_num_steps)
+        choices, default = arena_presets(loaded.suggested_depths, studio.limits)
         return (studio.model_summary(), render.banner(studio.slot.note), render.banner(f"Loaded {loaded.name}."),
                 gr.update(value=min(loaded.num_steps_default, studio.limits.max_num_steps)),
                 gr.update(choices=preset_choices(choices), value=default), gr.update(visible=bool(loaded.depth_table)),
