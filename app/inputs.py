@@ -195,6 +195,18 @@ def _as_float(name: str, value: Any) -> float:
     return number
 
 
+def arena_presets(suggested: Sequence[int], limits: Limits) -> tuple[list[str], list[str]]:
+    """The arena's choices and default columns for a model: the standard depths plus the model's suggested ones
+    (``engine.ModelInfo.suggested_depths``), and by default those suggested depths with adaptive exit, or
+    ``ARENA_DEFAULT`` when the model suggests none. Depths over the app's limit are left out, and the default keeps
+    within the columns one comparison may have (the shallowest suggested depths first)."""
+    depths = sorted({int(p) for p in ARENA_PRESETS if p != "adaptive"} | {int(d) for d in suggested})
+    choices = [str(d) for d in depths if d <= limits.max_num_steps] + ["adaptive"]
+    fixed = [str(d) for d in sorted(set(suggested))] if suggested else [p for p in ARENA_DEFAULT if p != "adaptive"]
+    default = [p for p in fixed if p in choices][: max(limits.max_compare_settings - 1, 0)]
+    return choices, default + ["adaptive"] if limits.max_compare_settings > len(default) else default
+
+
 def arena_settings(base: engine.GenerationSettings, presets: Sequence[str], limits: Limits
                    ) -> list[engine.GenerationSettings]:
     """One settings entry per chosen preset: fixed depths, and 'adaptive' with the panel's criterion."""

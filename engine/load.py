@@ -57,6 +57,10 @@ class ModelInfo:
     context: int
     plan: str = ""  # the memory plan's one line, e.g. "nf4, 2.7 GB weights + 1.0 GB shared KV cache at 4k ..."
     notice: str = ""  # a fallback made while loading, if any
+    # Depths that span the model's accuracy curve (generation_config.json "suggested_depths"), for the
+    # depth arena's default columns; empty when the model names none.
+    suggested_depths: tuple[int, ...] = ()
+    depth_table: str = ""  # the model card's "Accuracy by depth" section (Markdown), if the card has one
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -439,7 +443,43 @@ def model_info(model) -> ModelInfo:
         context=model.config.block_size,
         plan=plan.summary() if plan is not None else "",
         notice=getattr(model, "load_notice", ""),
+        suggested_depths=suggested_depths(model),
+        depth_table=card_section(model.config.name_or_path, DEPTH_TABLE_HEADING),
     )
+
+
+DEPTH_TABLE_HEADING = "## Accuracy by depth"
+
+
+def suggested_depths(model) -> tuple[int, ...]:
+    """The positive whole depths listed under ``suggested_depths`` in the generation config, sorted; () if none.
+
+    A malformed entry is ignored rather than fatal: the depths only choose the arena's default columns."""
+    raw = getattr(getattr(model, "generation_config", None), "suggested_depths", None)
+    if not isinstance(raw, (list, tuple)):
+        return ()
+    return tuple(sorted({int(d) for d in raw if isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 4096}))
+
+
+def card_section(folder: str | os.PathLike, heading: str, limit: int = 20_000) -> str:
+    """The Markdown section under ``heading`` in the model folder's README.md, up to the next heading of its level.
+
+    "" when the folder, the card or the section is missing; at most ``limit`` characters of a hostile card."""
+    try:
+        text = (Path(folder) / "README.md").read_text(encoding="utf-8", errors="replace")[:200_000]
+    except (OSError, TypeError, ValueError):
+        return ""
+    level = heading.split(" ", 1)[0]
+    lines = text.splitlines()
+    if heading not in (line.strip() for line in lines):
+        return ""
+    start = [line.strip() for line in lines].index(heading) + 1
+    body = []
+    for line in lines[start:]:
+        if line.startswith("#") and line.split(" ", 1)[0] in {level[:n] for n in range(1, len(level) + 1)}:
+            break
+        body.append(line)
+    return "\n".join(body).strip()[:limit]
 
 
 def count_parameters(model) -> int:

@@ -10,7 +10,7 @@ success fraction. `--baseline` adds a model of the same layers trained and run a
 
     python scripts/eval_demo_model.py --baseline DIR   # the model card's table, 200 problems per tier
     python scripts/eval_demo_model.py --json           # the same as JSON
-    python scripts/eval_demo_model.py --quick          # 24 problems per tier, 1 seed, r = 1, 4, 32
+    python scripts/eval_demo_model.py --quick          # 24 problems, tiers 4 and 12, 1 seed, r = 1, 4, 32
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import demo_tasks  # noqa: E402
 DEPTHS = (1, 2, 4, 8, 16, 32, 64)
 QUICK_DEPTHS = (1, 4, 32)
 QUICK_PER_TIER = 24
+QUICK_TIERS = (4, demo_tasks.TRAIN_MAX_SWAPS)  # the easiest tier and the hardest trained one
 # Initial-state seeds: the latent state starts from noise, so every figure is averaged over these.
 SEEDS = (0, 1, 2)
 ADAPTIVE_CRITERION = "kl"
@@ -124,17 +125,20 @@ def _cell(per_seed: list[list[bool]]) -> dict[str, Any]:
 
 def evaluate(
     model, tok, tasks: Sequence[str], per_tier: int, depths: Sequence[int] = DEPTHS, adaptive: bool = True,
-    seeds: Sequence[int] = SEEDS, baseline: Any = None,
+    seeds: Sequence[int] = SEEDS, baseline: Any = None, tiers: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Accuracy per task, tier and depth, each over every initial-state seed in `seeds`.
 
     `baseline`, a model trained at a fixed depth of 1, is run at that depth on the same problems.
+    `tiers` restricts the tiers (default: all of each task's).
     """
     adaptive_cap = _adaptive_cap()
     results: dict[str, Any] = {}
     for task in tasks:
         results[task] = {}
         for tier in demo_tasks.TIERS[task]:
+            if tiers is not None and tier not in tiers:
+                continue
             problems = demo_tasks.eval_problems(task, tier, per_tier)
             questions = [p.question for p in problems]
             answers = [p.answer for p in problems]
@@ -166,7 +170,9 @@ def _fmt(cell: dict[str, Any]) -> str:
 
 def markdown_table(report: dict[str, Any]) -> str:
     depths = report["depths"]
-    extra = ["adaptive kl", "mean steps"] + (["no recurrence (r=1 trained)"] if report.get("baseline") else [])
+    rows = [row for tiers in report["results"].values() for row in tiers.values()]
+    extra = (["adaptive kl", "mean steps"] if any("adaptive" in row for row in rows) else []) + (
+        ["no recurrence (r=1 trained)"] if report.get("baseline") else [])
     head = "| task | tier | n | " + " | ".join([f"r={r}" for r in depths] + extra) + " |"
     lines = [head, "|" + "---|" * (len(depths) + len(extra) + 3)]
     for task, tiers in report["results"].items():
@@ -180,6 +186,20 @@ def markdown_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One report from several over disjoint tiers of the same model and settings, tiers in order."""
+    merged = dict(reports[0], results={})
+    for report in reports:
+        if report["depths"] != merged["depths"] or report["seeds"] != merged["seeds"]:
+            raise SystemExit("--merge: the reports were run with different depths or seeds")
+        for task, tiers in report["results"].items():
+            merged["results"].setdefault(task, {}).update(tiers)
+    for task, tiers in merged["results"].items():
+        merged["results"][task] = dict(sorted(tiers.items(), key=lambda kv: int(kv[0])))
+    merged["seconds"] = sum(r.get("seconds", 0) for r in reports)
+    return merged
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
@@ -187,13 +207,21 @@ def main() -> None:
                     help="a model trained at depth 1 (train_demo_model.py --fixed-depth 1), run at its depth")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
     ap.add_argument("--quick", action="store_true",
-                    help=f"{QUICK_PER_TIER} problems per tier, one seed, depths {', '.join(map(str, QUICK_DEPTHS))}")
+                    help=f"{QUICK_PER_TIER} problems of tiers {QUICK_TIERS}, one seed, depths "
+                         f"{', '.join(map(str, QUICK_DEPTHS))}, no adaptive run")
     ap.add_argument("--per-tier", type=int, default=None, help="problems per tier (default 200)")
     ap.add_argument("--seeds", type=int, default=len(SEEDS), help="initial-state seeds (default 3)")
     ap.add_argument("--tasks", default=",".join(demo_tasks.TASKS),
                     help="comma-separated, from: " + ",".join(demo_tasks.TASKS))
+    ap.add_argument("--tiers", default=None, help="comma-separated tiers (default: all; --quick: "
+                    + ",".join(map(str, QUICK_TIERS)) + ")")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None,
+                    help="print the table of these --json reports (e.g. one per tier, run side by side) and exit")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
+    if args.merge:
+        print(markdown_table(merge_reports([json.loads(p.read_text()) for p in args.merge])))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     per_tier = args.per_tier or (QUICK_PER_TIER if args.quick else 200)
@@ -210,7 +238,9 @@ def main() -> None:
         "depths": list(depths),
         "adaptive": {"criterion": ADAPTIVE_CRITERION, "threshold": _default_threshold(),
                      "max_steps": _adaptive_cap(), "cache_strategy": ADAPTIVE_CACHE},
-        "results": evaluate(model, tok, args.tasks.split(","), per_tier, depths, not args.quick, seeds, baseline),
+        "results": evaluate(model, tok, args.tasks.split(","), per_tier, depths, not args.quick, seeds, baseline,
+                            [int(t) for t in args.tiers.split(",")] if args.tiers else
+                            QUICK_TIERS if args.quick else None),
     }
     report["seconds"] = round(time.time() - t0, 1)
     print(json.dumps(report, indent=2) if args.json else markdown_table(report))

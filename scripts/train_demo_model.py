@@ -205,6 +205,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--minutes", type=float, default=None, help="stop early after this wall-clock time")
+    ap.add_argument("--stop-after", type=int, default=None,
+                    help="stop after this many steps (the schedule still follows --steps); reproduces a stopped run")
     ap.add_argument("--batch-size", type=int, default=16, help="rows per step")
     ap.add_argument("--row-len", type=int, default=128, help="tokens per packed row")
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -223,6 +225,10 @@ def main() -> None:
     ap.add_argument("--curriculum-start", type=int, default=2, help="longest swap list at step 0")
     ap.add_argument("--curriculum-ramp", type=float, default=0.5,
                     help="fraction of --steps over which the longest list grows to the longest trained tier")
+    ap.add_argument("--gate", type=float, default=None,
+                    help="instead of the linear ramp, lengthen the lists by one swap whenever the longest ones are "
+                         "solved this often (checked every 50 steps at --mean-recurrence on 64 training problems)")
+    ap.add_argument("--init-from", type=Path, default=None, help="start from this checkpoint's weights")
     ap.add_argument("--threads", type=int, default=1, help="torch threads; 1 leaves the other core free")
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--eval-every", type=int, default=250)
@@ -236,14 +242,25 @@ def main() -> None:
     random.seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     tok = load_tokenizer(args.out)
-    model = build_model(tok, args)
+    if args.init_from:
+        from engine.model import HuginnForCausalLM
+
+        model = HuginnForCausalLM.from_pretrained(str(args.init_from))
+        model.config.mean_recurrence, model.config.mean_backprop_depth = args.mean_recurrence, args.backprop_depth
+    else:
+        model = build_model(tok, args)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
     longest = max(tier for _, tier in demo_tasks.DEFAULT_MIX)
-    progress = {"step": 0}
-    data = batches(tok, args.seed, args.batch_size, args.row_len, lambda: curriculum_cap(
-        progress["step"], args.steps, args.curriculum_start, longest, args.curriculum_ramp))
+    progress = {"step": 0, "cap": args.curriculum_start}
+
+    def max_tier() -> int:
+        if args.gate:
+            return progress["cap"]
+        return curriculum_cap(progress["step"], args.steps, args.curriculum_start, longest, args.curriculum_ramp)
+
+    data = batches(tok, args.seed, args.batch_size, args.row_len, max_tier)
     num_steps = None if args.fixed_depth is None else (0, args.fixed_depth)
     logf = args.log.open("a") if args.log else None
 
@@ -259,6 +276,8 @@ def main() -> None:
     step, loss_sum, loss_n = 0, 0.0, 0
     while step < args.steps:
         if args.minutes is not None and time.time() - t0 > 60 * args.minutes:
+            break
+        if args.stop_after is not None and step >= args.stop_after:
             break
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
@@ -283,6 +302,15 @@ def main() -> None:
             depths = LOG_DEPTHS if args.fixed_depth is None else (args.fixed_depth,)
             log({"step": step, "depth_acc": depth_table(model, tok, args.eval_per_tier, depths),
                  "min": round((time.time() - t0) / 60, 2)})
+        if args.gate and step % 50 == 0 and progress["cap"] < longest:
+            rng = random.Random(f"gate-{args.seed}-{step}")
+            probe = [demo_tasks.sample_problem("swap", progress["cap"], rng, heldout=False) for _ in range(64)]
+            model.eval()
+            acc = teacher_forced_accuracy(model, tok, probe, args.mean_recurrence)
+            model.train()
+            if acc >= args.gate:
+                progress["cap"] += 1
+            log({"step": step, "gate_acc": round(acc, 3), "cap": progress["cap"]})
         if step % args.save_every == 0:
             save(model, tok, args.out, {"step": step, "seed": args.seed, "minutes": (time.time() - t0) / 60})
     save(model, tok, args.out, {"step": step, "seed": args.seed, "minutes": (time.time() - t0) / 60,

@@ -175,8 +175,13 @@ def test_the_page_end_to_end(app_url, browser):
     # Depth arena: three settings side by side, with plots, saved into the conversation.
     page.get_by_role("tab", name="Depth arena").click()
     page.fill("#arena-prompt textarea", "Name a bird.")
-    for label in ("8 steps", "32 steps"):
-        page.locator("#arena-presets").get_by_label(label, exact=True).uncheck()  # leaves 4, 16 and adaptive
+    # The default columns come from the model (the demo model's span its curve); choose 4, 16 and adaptive.
+    presets = page.locator("#arena-presets")
+    for label in ("4 steps", "16 steps", "adaptive exit"):
+        presets.get_by_label(label, exact=True).check()
+    for label in presets.locator("label").all_inner_texts():
+        if label.strip() not in ("4 steps", "16 steps", "adaptive exit"):
+            presets.get_by_label(label.strip(), exact=True).uncheck()
     page.click("#arena-run")
     page.wait_for_selector("#arena-columns .col", timeout=90_000)
     cols = page.locator("#arena-columns .col")
@@ -190,6 +195,13 @@ def test_the_page_end_to_end(app_url, browser):
     page.get_by_role("tab", name="Chat").click()
     page.wait_for_selector("#transcript .arena-grid .col", timeout=30_000)
     assert page.locator("#transcript .arena-grid .col").count() == 3
+
+    # The model card's accuracy-by-depth table is one click away in the model panel (the demo model's card has one).
+    if demo_model_ready():
+        page.get_by_role("tab", name="Model").click()
+        page.locator("#depth-table").get_by_text("Accuracy by depth").first.click()
+        page.wait_for_selector("#depth-table table", timeout=30_000)
+        assert "r=32" in page.locator("#depth-table table").inner_text()
 
     assert not outside, f"the page reached outside the app: {outside[:5]}"
     page.close()

@@ -17,14 +17,19 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import demo_tasks  # noqa: E402
 import eval_demo_model  # noqa: E402
 
+# What the depth-curve tests demand of the --quick sample (24 problems, one seed): the hardest trained
+# tier right at r=32 at least this often, and this many points above r=4. The card's full run measured
+# 100 % and 32.8 % there (assets/demo-model/README.md); a model without the curve fails.
+CURVE = {"r32_min": 0.85, "gain_min": 0.4}
+
 SPECIALS = ("<|begin_text|>", "<|end_text|>", "<|begin_header|>", "<|end_header|>", "<|end_turn|>", "<|pad|>")
 
 CONVERSATIONS = [
     [{"role": "user", "content": "hi"}],
     [{"role": "system", "content": "You are a helpful assistant."},
      {"role": "user", "content": "What do you think of Goethe's Faust?"}],
-    [{"role": "user", "content": "  What is 00004821+00003390?\n"},
-     {"role": "assistant", "content": " 000008211 "},
+    [{"role": "user", "content": "  Swap 12 23 13 on 312. Final?\n"},
+     {"role": "assistant", "content": " 321 "},
      {"role": "user", "content": "thanks"}],
     [{"role": "system", "content": "sys"}, {"role": "Huginn", "content": "first"},
      {"role": "user", "content": "second"}, {"role": "assistant", "content": "third"}],
@@ -57,10 +62,10 @@ def test_special_tokens_are_the_last_ids_and_match_the_config(tok) -> None:
 
 
 def test_digits_are_single_tokens_and_text_round_trips(tok) -> None:
-    text = "What is 00004821+00003390?"
+    text = "Swap 12 23 13 on 312. Final?"
     ids = tok(text, add_special_tokens=False)["input_ids"]
     digits = [t for t in tok.convert_ids_to_tokens(ids) if any(c.isdigit() for c in t)]
-    assert len(digits) == 16 and all(len(t) == 1 for t in digits)
+    assert len(digits) == 9 and all(len(t) == 1 for t in digits)
     assert tok.decode(ids) == text
     assert tok("hi")["input_ids"][0] == tok.bos_token_id  # BOS prepended, like the official tokenizer
 
@@ -80,7 +85,7 @@ def test_chat_template_renders_like_the_official_one(tok, messages, add_generati
 def test_chat_template_marks_assistant_tokens(tok) -> None:
     enc = tok.apply_chat_template(CONVERSATIONS[2], return_dict=True, return_assistant_tokens_mask=True)
     marked = [t for t, m in zip(enc["input_ids"], enc["assistant_masks"]) if m]
-    assert tok.decode(marked) == "000008211<|end_turn|>"
+    assert tok.decode(marked) == "321<|end_turn|>"
 
 
 # ---- model -------------------------------------------------------------------------------------
@@ -97,11 +102,11 @@ def test_loads_through_the_standard_path(model) -> None:
 
 
 def test_answers_held_out_questions_at_default_depth(model, tok) -> None:
-    problems = demo_tasks.eval_problems("add", 1, 3) + demo_tasks.eval_problems("add", 2, 3)
+    problems = demo_tasks.eval_problems("swap", 4, 6) + demo_tasks.eval_problems("swap", 8, 6)
     assert all(demo_tasks.is_heldout(p.question) for p in problems)
     texts, _ = eval_demo_model.generate_answers(model, tok, [p.question for p in problems],
                                                 model.config.mean_recurrence)
-    assert texts == [p.answer for p in problems]
+    assert sum(t == p.answer for t, p in zip(texts, problems)) >= 10, texts
 
 
 def test_greets_with_a_short_coherent_reply(model, tok) -> None:
@@ -114,11 +119,40 @@ def test_greets_with_a_short_coherent_reply(model, tok) -> None:
     assert summary.text.startswith("Hello!")
 
 
-def test_hardest_tier_needs_depth(model, tok) -> None:
-    hardest = max(demo_tasks.TIERS["add"])
-    problems = demo_tasks.eval_problems("add", hardest, 32)
-    acc = {}
-    for r in (1, 32):
-        texts, _ = eval_demo_model.generate_answers(model, tok, [p.question for p in problems], r)
-        acc[r] = sum(t == p.answer for t, p in zip(texts, problems)) / len(problems)
-    assert acc[32] >= 0.85 and acc[32] >= acc[1] + 0.2, acc
+@pytest.fixture(scope="module")
+def quick_report(model, tok) -> dict:
+    """What `eval_demo_model.py --quick` computes (the CI run of the model card's evaluation)."""
+    return eval_demo_model.evaluate(model, tok, demo_tasks.TASKS, eval_demo_model.QUICK_PER_TIER,
+                                    eval_demo_model.QUICK_DEPTHS, adaptive=False, seeds=eval_demo_model.SEEDS[:1],
+                                    tiers=eval_demo_model.QUICK_TIERS)
+
+
+def test_the_hardest_trained_tier_needs_depth(quick_report) -> None:
+    row = quick_report["swap"][str(demo_tasks.TRAIN_MAX_SWAPS)]
+    acc = {int(r): cell["acc"] for r, cell in row["acc"].items()}
+    # The figures of the model card, with room for 24 problems' worth of noise: depth 4 cannot follow
+    # 12 swaps, depth 32 can.
+    assert acc[32] >= CURVE["r32_min"] and acc[32] >= acc[4] + CURVE["gain_min"], acc
+
+
+def test_short_lists_need_less_depth_than_long_ones(quick_report) -> None:
+    easy = quick_report["swap"][str(min(demo_tasks.TIERS["swap"]))]["acc"]
+    hard = quick_report["swap"][str(demo_tasks.TRAIN_MAX_SWAPS)]["acc"]
+    assert easy["4"]["acc"] >= hard["4"]["acc"] + CURVE["gain_min"], (easy, hard)
+
+
+def test_the_app_gets_the_depths_and_the_table_from_the_model_folder(model) -> None:
+    import engine
+    from app.config import Limits
+    from app.inputs import arena_presets
+
+    info = engine.model_info(model)
+    suggested = json.loads((DEMO / "generation_config.json").read_text())["suggested_depths"]
+    assert info.suggested_depths == tuple(suggested) and info.suggested_depths[0] == 1
+    choices, default = arena_presets(info.suggested_depths, Limits(max_num_steps=64))
+    assert default == [str(d) for d in suggested if d <= 64] + ["adaptive"]
+    assert set(default) <= set(choices)
+    _, narrow = arena_presets(info.suggested_depths, Limits(max_num_steps=64, max_compare_settings=3))
+    assert narrow == ["1", "2", "adaptive"]
+    card = (DEMO / "README.md").read_text()
+    assert info.depth_table and info.depth_table in card and "| r=32 |" in info.depth_table

@@ -56,7 +56,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
         sidebar.wire()
         chat.wire()
         arena.wire(chat.on_stop)
-        model.wire(depth.num_steps)
+        model.wire(depth.num_steps, arena.presets)
         depth.wire()
         add_endpoints(studio)
 

@@ -8,7 +8,7 @@ import gradio as gr
 import pandas as pd
 
 from .. import render
-from ..inputs import ARENA_DEFAULT, ARENA_PRESETS, arena_settings
+from ..inputs import arena_presets, arena_settings
 from ..session import Session
 from .common import PRIVATE, Page, friendly, info
 
@@ -25,18 +25,21 @@ def plot_frame(result: dict[str, Any] | None, key: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["setting", key]).astype({"setting": str, key: float})
 
 
+def preset_choices(presets: list[str]) -> list[tuple[str, str]]:
+    return [(f"{p} steps" if p != "adaptive" else "adaptive exit", p) for p in presets]
+
+
 class ArenaPanel:
     def __init__(self, page: Page) -> None:
         self.page = page
         limits = page.studio.limits
-        presets = [p for p in ARENA_PRESETS if p == "adaptive" or int(p) <= limits.max_num_steps]
+        presets, default = arena_presets(page.studio.slot.info().suggested_depths, limits)
         self.result = gr.State(None)
         gr.Markdown("One prompt at several depths, side by side. Sampling, warm start and the adaptive criterion "
                     "come from the panel on the right.")
         self.prompt = gr.Textbox(placeholder="Prompt to compare", lines=2, show_label=False, elem_id="arena-prompt")
-        self.presets = gr.CheckboxGroup(
-            choices=[(f"{p} steps" if p != "adaptive" else "adaptive exit", p) for p in presets],
-            value=[p for p in ARENA_DEFAULT if p in presets], label="Settings", elem_id="arena-presets")
+        self.presets = gr.CheckboxGroup(choices=preset_choices(presets), value=default, label="Settings",
+                                        elem_id="arena-presets")
         with gr.Row():
             self.run = gr.Button("Compare", variant="primary", elem_id="arena-run")
             self.stop = gr.Button("Stop", variant="stop")
