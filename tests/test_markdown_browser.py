@@ -119,12 +119,13 @@ def test_arena_shows_what_differs_per_column_and_all_five_fit_at_1400px(app_url,
     set_number(page, "max-new-tokens", 6)
     page.get_by_role("tab", name="Depth arena").click()
     page.fill("#arena-prompt textarea", "Name a bird.")
-    page.click("#arena-run")  # the five default settings: 4, 8, 16, 32 steps and adaptive exit
+    page.click("#arena-run")  # the model's default columns (the demo model: 1, 2, 4, 8, 16, 32 steps and adaptive)
     page.wait_for_selector("#arena-columns .col", timeout=120_000)
     cols = page.locator("#arena-columns .col")
-    assert cols.count() == 5
+    count = cols.count()
+    assert count >= 5
     box = page.locator("#arena-columns").bounding_box()
-    for i in range(5):
+    for i in range(count):
         col = cols.nth(i).bounding_box()
         assert col["x"] >= box["x"] - 1 and col["x"] + col["width"] <= box["x"] + box["width"] + 1, (i, col, box)
         assert cols.nth(i).locator(".stats").first.is_visible()
