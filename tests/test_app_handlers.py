@@ -378,7 +378,7 @@ def test_api_history_is_capped_by_messages_and_by_tokens(capped):
     with pytest.raises(UserError, match=r"tokens; the limit here is 600"):
         capped.chat_api("hi", {"num_steps": 2}, "", long_turns)
     out = capped.chat_api("hi", {"num_steps": 2, "max_new_tokens": 3}, "", long_turns[:1])
-    assert out["stats"]["tokens"] == 3
+    assert 1 <= out["stats"]["tokens"] <= 3  # within the caps it answers (the model may end its turn early)
 
 
 def test_a_long_stored_history_is_trimmed_to_the_caps_in_few_token_counts(capped, monkeypatch):

@@ -38,9 +38,14 @@ def lens_shows(page, token, steps: int) -> None:
     if page.locator("#lens-panel .lens-close").count():  # the open panel closes (and uncovers the page)
         page.locator("#lens-panel .lens-close").click()
         assert page.locator("#lens-panel").evaluate("p => p.childElementCount") == 0
-    if token.evaluate("t => !t.offsetParent"):  # a finished answer shows Markdown; its Depth button shows the heatmap
-        token.locator("xpath=ancestor::*[contains(concat(' ', @class, ' '), ' msg ')][1]").locator(
-            ".depth-toggle").first.click()
+    for _ in range(5):  # a finished answer shows Markdown; its Depth button shows the heatmap (a redraw may race it)
+        if token.is_visible():
+            break
+        toggle = token.locator("xpath=ancestor::*[contains(concat(' ', @class, ' '), ' msg ')][1]").locator(
+            ".depth-toggle").first
+        if toggle.count() and toggle.get_attribute("aria-pressed") != "true":
+            toggle.click()
+        page.wait_for_timeout(500)
     token.click()
     page.wait_for_selector("#lens-panel .lens-chart")
     panel = page.locator("#lens-panel")

@@ -23,6 +23,8 @@ from app.remote import RemoteEngine, api_base
 from app.store import Store
 from tests.test_app_hosted import free_port, run_py
 
+DEMO_DEPTH = engine.HuginnConfig.from_pretrained(engine.DEMO_MODEL).mean_recurrence  # the page's and API's default
+
 pytestmark = pytest.mark.slow
 QUESTION = "What is 12 + 30?"
 
@@ -58,7 +60,7 @@ def test_the_page_shows_the_servers_per_token_steps(engine_server, page):
     assert answer["stats"]["mean_steps"] == pytest.approx(sum(steps) / len(steps))
     assert answer["stats"]["materialized_parameters"] > 0 and not answer["stats"]["notice"]
     # one default depth: the remote model's own
-    assert client.predict(QUESTION, {"max_new_tokens": 2}, api_name="/chat")["settings"]["num_steps"] == 12
+    assert client.predict(QUESTION, {"max_new_tokens": 2}, api_name="/chat")["settings"]["num_steps"] == DEMO_DEPTH
 
 
 def test_the_arena_runs_on_the_remote_engine(page):
@@ -76,7 +78,7 @@ def test_the_arena_runs_on_the_remote_engine(page):
 def test_the_remote_page_serves_the_api_too_and_keeps_the_servers_limits(page):
     _, url = page
     models = httpx.get(f"{url}v1/models", timeout=30).json()["data"]
-    assert models[0]["id"] == "demo-model" and models[0]["huginn"]["num_steps_default"] == 12
+    assert models[0]["id"] == "demo-model" and models[0]["huginn"]["num_steps_default"] == DEMO_DEPTH
     config = json.dumps(httpx.get(f"{url}config", timeout=30).json())
     assert "remote engine" in config
 
