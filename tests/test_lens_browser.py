@@ -81,6 +81,8 @@ def test_click_a_token_of_a_real_answer_and_see_it_converge(served, browser, tmp
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(url)
     page.wait_for_selector("#prompt textarea")
+    page.click("#new-conv")  # a conversation of its own, not the hostile one another test stored
+    page.wait_for_function("() => !document.querySelector('#transcript .msg.assistant')")
     page.locator("button:has-text('Advanced')").first.click()
     set_number(page, "max-new-tokens", 10)
     set_number(page, "num-steps", 8)
