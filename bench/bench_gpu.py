@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from engine import HuginnConfig, HuginnForCausalLM  # noqa: E402
 from engine.compile import compile_model  # noqa: E402
 from engine.decode import RowPlan, decode  # noqa: E402
-from engine.load import bytes_per_weight, load_weights  # noqa: E402
+from engine.load import load_weights  # noqa: E402
+from engine.plan import bytes_per_weight  # noqa: E402
 
 DATASHEET_GBPS = {"H200": 4800, "H100": 3350, "A100": 2039, "L40S": 864, "RTX 4090": 1008, "RTX 6000 Ada": 960,
                   "A6000": 768, "RTX 3090": 936}

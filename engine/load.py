@@ -28,7 +28,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from .config import MODEL_TYPE, HuginnConfig
 from .plan import NF4_BLOCKSIZE, MemoryPlan, compute_dtype, cpu_has_fast_bf16, plan_memory, size
-from .plan import bytes_per_weight, weight_bytes  # noqa: F401 - the benchmarks' interface
 
 OFFICIAL_MODEL = "tomg-group-umd/huginn-0125"
 # assets/ is package data of engine.assets in an installed wheel (pyproject.toml maps it), beside engine/ in a checkout.
