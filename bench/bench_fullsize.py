@@ -59,7 +59,7 @@ def _fill(name: str, shape: tuple[int, ...], config, out) -> None:
     from engine.model import rope_table
 
     if name == "freqs_cis":
-        table = torch.view_as_real(rope_table(config.head_dim, config.block_size, config.rope_base))
+        table = rope_table(config.head_dim, config.block_size, config.rope_base)
         out.write(table.reshape(shape).contiguous().numpy().tobytes())
         return
     if len(shape) == 1:

@@ -45,19 +45,24 @@ def _trunc_normal(tensor: Tensor, std: float) -> None:
 
 
 def rope_table(head_dim: int, length: int, base: float, device: torch.device | None = None) -> Tensor:
-    """Rotations e^(i * p * theta_j) as a complex64 (length, head_dim // 2) table, always computed in fp32."""
+    """Rotations by angle p * theta_j as a real fp32 (length, head_dim // 2, 2) table of (cos, sin).
+
+    Real-valued on purpose: complex tensors make torch.compile fall back to eager, and this layout is also the
+    official checkpoint's ``freqs_cis`` (without its two broadcast axes)."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
     angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
-    return torch.polar(torch.ones_like(angles), angles)
+    return torch.stack((torch.cos(angles), torch.sin(angles)), dim=-1)
 
 
 def apply_rope(x: Tensor, rotations: Tensor) -> Tensor:
-    """Rotate interleaved pairs (x[2i], x[2i+1]) of x (B, S, ..., d) by (S, d/2) complex rotations, in fp32.
+    """Rotate interleaved pairs (x[2i], x[2i+1]) of x (B, S, ..., d) by (S, d/2, 2) (cos, sin) rotations, in fp32.
 
-    Interleaved pairs, as the official checkpoint was trained: not Llama's rotate_half layout."""
-    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    Interleaved pairs, as the official checkpoint was trained: not Llama's rotate_half layout. The arithmetic is the
+    complex product (a + ib)(cos + i sin) written out in real numbers."""
+    a, b = x.float().unflatten(-1, (-1, 2)).unbind(-1)
     shape = (1, rotations.shape[0]) + (1,) * (x.dim() - 3) + (rotations.shape[1],)
-    return torch.view_as_real(pairs * rotations.view(shape)).flatten(-2).to(x.dtype)
+    cos, sin = rotations[..., 0].reshape(shape), rotations[..., 1].reshape(shape)
+    return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2).to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -240,8 +245,7 @@ class HuginnForCausalLM(PreTrainedModel, GenerationMixin):
 
     def _freqs_cis_buffer(self) -> Tensor:
         """The official checkpoint's (1, block_size, 1, head_dim / 2, 2) layout of (cos, sin)."""
-        table = rope_table(self.config.head_dim, self.config.block_size, self.config.rope_base)
-        return torch.view_as_real(table)[None, :, None]
+        return rope_table(self.config.head_dim, self.config.block_size, self.config.rope_base)[None, :, None]
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.transformer.wte
@@ -253,7 +257,8 @@ class HuginnForCausalLM(PreTrainedModel, GenerationMixin):
         return self.lm_head
 
     def rotations(self, positions: Tensor | slice) -> Tensor:
-        """The fp32 RoPE rotations of ``positions`` (a slice or a tensor of indices), from a table kept per device."""
+        """The fp32 RoPE rotations of ``positions`` (a slice or a tensor of indices), from a table kept per device:
+        a (S, head_dim / 2, 2) tensor of (cos, sin) that every layer of the block receives as it is."""
         device = self.transformer.wte.weight.device
         if self._rope_cache is None or self._rope_cache.device != device:
             self._rope_cache = rope_table(self.config.head_dim, self.config.block_size, self.config.rope_base, device)
