@@ -1,31 +1,50 @@
-"""Optional torch.compile of the recurrence: each layer's cache-free halves (norms, projections, RoPE, MLP) become
-fused kernels, with CUDA graphs on a GPU. Attention and the KV cache stay eager, because their shapes grow with
-every token. If compilation is unavailable (no C++ compiler, an unsupported backend), the first call falls back to
-the eager code with a warning, so the model always runs; ``model.compile_report`` records which halves fell back
-and why, and how many calls ran compiled code.
+"""Optional torch.compile of the decode path (``--compile``), after gpt-fast.
+
+* **The core step, whole.** A compiled model's ``new_cache`` makes static caches (fixed capacity, stacked core
+  slots at fixed addresses; see ``engine.cache``), and one recurrence of one decoded position (the adapter and every
+  core layer, attention and cache writes included) is ``model.static_core_step``, compiled with ``fullgraph=True``:
+  mode "reduce-overhead" (one CUDA graph, replayed at every recurrence of every token) on a GPU, the default mode on
+  the CPU. Which slots, which position and which rows are device tensors, so neither depth nor position recompiles.
+* **Each layer's cache-free halves** (norms, projections, RoPE, MLP) in the default mode, for everything else: the
+  prelude, the coda and head, and blocks of several positions (prefill, speculative verification), whose attention
+  and cache stay eager.
+
+If compilation is unavailable (no C++ compiler, an unsupported backend) or a graph breaks, the first call falls back
+to the eager code with a warning, so the model always runs. ``model.compile_report`` records what ran compiled, what
+ran eagerly and why.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 log = logging.getLogger(__name__)
+CORE_STEP = "core step"
 
 
 @dataclass
 class CompileReport:
-    mode: str
-    compiled_calls: int = 0  # calls that returned from compiled code
-    fallbacks: dict[str, str] = field(default_factory=dict)  # layer half -> why it runs eagerly
+    mode: str  # the core step's: "reduce-overhead" (CUDA graphs) or "default"
+    layer_mode: str = "default"  # the per-layer halves'
+    compiled_calls: int = 0  # calls that returned from compiled code (layer halves and whole core steps)
+    core_step_calls: int = 0  # core steps that ran as one compiled graph
+    eager_core_steps: Counter = field(default_factory=Counter)  # core steps run layer by layer, counted per reason
+    fallbacks: dict[str, str] = field(default_factory=dict)  # what fell back to eager for good -> why
 
     @property
     def compiled(self) -> bool:
         """True once compiled code has run and nothing fell back to eager."""
         return self.compiled_calls > 0 and not self.fallbacks
+
+    @property
+    def captured(self) -> bool:
+        """True once a whole core step ran compiled and the core step never fell back."""
+        return self.core_step_calls > 0 and CORE_STEP not in self.fallbacks
 
 
 def _with_fallback(eager: Callable, compiled: Callable, name: str, report: CompileReport) -> Callable:
@@ -48,9 +67,51 @@ def _with_fallback(eager: Callable, compiled: Callable, name: str, report: Compi
     return call
 
 
+def _eager_reason(cache, state: torch.Tensor) -> str | None:
+    """Why a core step cannot run as the captured graph (None: it can)."""
+    if cache is None:
+        return "no cache"
+    if not getattr(cache, "static", False):
+        return "dynamic cache"
+    if state.shape[1] != 1:
+        return "several positions"
+    if torch.is_grad_enabled() and state.requires_grad:
+        return "gradients"
+    return None
+
+
+def _captured_core_step(model, eager: Callable, report: CompileReport, mode: str) -> Callable:
+    """``core_step`` that runs a decoded position's recurrence as the compiled ``static_core_step`` when it can."""
+    graph = torch.compile(model.static_core_step, mode=mode, fullgraph=True, dynamic=False)
+    graph = _with_fallback(model.static_core_step, graph, CORE_STEP, report)
+    cuda_graphs = mode == "reduce-overhead"
+
+    def core_step(state, embedded, step, cache=None, pos0=0, rows=None, rope=None):
+        reason = _eager_reason(cache, state) if CORE_STEP not in report.fallbacks else "fell back"
+        if reason is not None:
+            report.eager_core_steps[reason] += 1
+            return eager(state, embedded, step, cache, pos0, rows, rope)
+        rope = model.rotations(slice(pos0, pos0 + 1)) if rope is None else rope
+        inputs = cache.static_step_inputs(step, pos0, rows)
+        if cuda_graphs:  # each replay is its own generation: the previous step's outputs were cloned below
+            torch.compiler.cudagraph_mark_step_begin()
+        calls = report.compiled_calls
+        out = graph(state, embedded, rope, *inputs)
+        cache.static_step_done(step, pos0, rows)
+        if report.compiled_calls == calls:  # it fell back just now and ran eagerly
+            report.eager_core_steps["fell back"] += 1
+            return out
+        report.core_step_calls += 1
+        return out.clone() if cuda_graphs else out  # the graph's output buffer is overwritten by the next replay
+
+    return core_step
+
+
 def compile_model(model, mode: str | None = None) -> CompileReport:
-    """Compile every layer's ``begin`` / ``end`` halves in place. ``mode`` defaults to "reduce-overhead" (CUDA
-    graphs) on a GPU and to the default mode on the CPU. Returns the report also kept as ``model.compile_report``."""
+    """Compile the model in place for decoding (see the module docstring). ``mode`` is the core step's and defaults
+    to "reduce-overhead" (CUDA graphs) on a GPU and to the default mode on the CPU; the layer halves always use the
+    default mode, whose outputs stay valid however long they are kept. Returns the report also kept as
+    ``model.compile_report``."""
     device = model.transformer.wte.weight.device
     mode = mode or ("reduce-overhead" if device.type == "cuda" else "default")
     report = CompileReport(mode)
@@ -58,7 +119,9 @@ def compile_model(model, mode: str | None = None) -> CompileReport:
     for i, block in enumerate(blocks):
         for half in ("begin", "end"):
             eager = getattr(block, half)
-            setattr(block, half, _with_fallback(eager, torch.compile(eager, mode=mode), f"layer {i} {half}", report))
+            compiled = torch.compile(eager, mode=report.layer_mode)
+            setattr(block, half, _with_fallback(eager, compiled, f"layer {i} {half}", report))
+    model.core_step = _captured_core_step(model, model.core_step, report, mode)
     model.compiled = mode
     model.compile_report = report
     return report

@@ -87,20 +87,23 @@ class Attention(nn.Module):
     def attend(q: Tensor, k: Tensor, v: Tensor, slot: tuple[str, int] | None, cache: RecurrentCache | None,
                pos0: int, rows: Tensor | None) -> Tensor:
         """Store this step's keys and values, attend causally, return (B, S, H * d) before the out-projection."""
-        B, _, S, _ = q.shape
+        S = q.shape[2]
         mask = None
         if cache is not None and slot is not None:
             k, v, mask = cache.update(slot[0], slot[1], k, v, pos0, rows)
         T = k.shape[2]
         if mask is None and S == T:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        elif mask is None and S == 1:
-            y = F.scaled_dot_product_attention(q, k, v)
-        else:
-            causal = torch.ones(S, T, dtype=torch.bool, device=q.device).tril(T - S)
-            mask = causal if mask is None else mask & causal
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return y.transpose(1, 2).reshape(B, S, -1)
+            return Attention.merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=True))
+        if mask is None and S == 1:
+            return Attention.merge_heads(F.scaled_dot_product_attention(q, k, v))
+        causal = torch.ones(S, T, dtype=torch.bool, device=q.device).tril(T - S)
+        mask = causal if mask is None else mask & causal
+        return Attention.merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+
+    @staticmethod
+    def merge_heads(y: Tensor) -> Tensor:
+        """(B, H, S, d) attention output -> (B, S, H * d), the out-projection's input."""
+        return y.transpose(1, 2).flatten(2)
 
 
 class GatedMLP(nn.Module):
@@ -298,6 +301,20 @@ class HuginnForCausalLM(PreTrainedModel, GenerationMixin):
             x = layer(x, rope, ("core", n_core * step + l), cache, pos0, rows)
         return x
 
+    def static_core_step(self, state: Tensor, embedded: Tensor, rope: Tensor, slots: Tensor, pos: Tensor,
+                         rows: Tensor, *kv: Tensor | None) -> Tensor:
+        """``core_step`` for one position (S = 1) on a static cache, as tensor code with fixed shapes that
+        ``engine.compile`` captures whole (one CUDA graph, replayed at every recurrence). ``slots``, ``pos``, ``rows`` and ``kv``
+        come from ``RecurrentCache.static_step_inputs``. The layers' own ``begin`` / ``end`` are called through the
+        class, so that the per-layer compiled halves of ``engine.compile`` are not nested in this graph."""
+        x = self.transformer.adapter(torch.cat((state, embedded), dim=-1))
+        for l, layer in enumerate(self.transformer.core_block):
+            q, k, v = SandwichBlock.begin(layer, x, rope)
+            keys, values, mask = RecurrentCache.attend_static(l, slots[l:l + 1], pos, rows, k, v, *kv)
+            y = Attention.merge_heads(F.scaled_dot_product_attention(q, keys, values, attn_mask=mask))
+            x = SandwichBlock.end(layer, x, y)
+        return x
+
     def predict(self, state: Tensor, cache: RecurrentCache | None = None, pos0: int = 0,
                 rows: Tensor | None = None, rope: Tensor | None = None,
                 last_only: bool = False, head_rows: list[int] | None = None) -> tuple[Tensor, Tensor]:
@@ -319,10 +336,16 @@ class HuginnForCausalLM(PreTrainedModel, GenerationMixin):
         logits = self.lm_head(self.transformer.ln_f(x[index])).float()
         return logits.new_zeros(x.shape[0], *logits.shape[1:]).index_copy_(0, index, logits), latent
 
-    def new_cache(self, batch_size: int, strategy: str = "full", capacity: int = 64) -> RecurrentCache:
+    def new_cache(self, batch_size: int, strategy: str = "full", capacity: int = 64,
+                  static: bool | None = None) -> RecurrentCache:
+        """A cache for ``capacity`` positions (it grows when needed). ``static`` (default: when the model was
+        compiled with ``engine.compile``) makes the fixed-shape cache that the captured core step needs."""
         weight = self.transformer.wte.weight
         dtype = weight.dtype if weight.dtype.is_floating_point else torch.bfloat16
-        return RecurrentCache.for_model(self.config, batch_size, strategy, dtype, weight.device, capacity)
+        static = getattr(self, "compile_report", None) is not None if static is None else static
+        pool = self.__dict__.setdefault("_static_kv_pool", {}) if static else None
+        return RecurrentCache.for_model(self.config, batch_size, strategy, dtype, weight.device, capacity,
+                                        static=static, pool=pool)
 
     def forward(
         self,
