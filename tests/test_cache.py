@@ -21,8 +21,8 @@ def _model(**overrides):
     return model
 
 
-def _prefill_then_decode(model, ids, steps, strategy, prefill_len):
-    cache = model.new_cache(ids.shape[0], strategy)
+def _prefill_then_decode(model, ids, steps, strategy, prefill_len, static=False):
+    cache = model.new_cache(ids.shape[0], strategy, static=static)
     with torch.no_grad():
         logits = [model(ids[:, :prefill_len], num_steps=steps, init_scale=0.0, past_key_values=cache).logits]
         for t in range(prefill_len, ids.shape[1]):
@@ -32,13 +32,14 @@ def _prefill_then_decode(model, ids, steps, strategy, prefill_len):
 
 @pytest.mark.parametrize("layout", [(1, 2, 1), (2, 4, 2), (2, 3, 1), (0, 1, 0)])
 @pytest.mark.parametrize("strategy", ["full", "latest-m4", "skip"])
-def test_cached_decoding_equals_full_forward(layout, strategy):
+@pytest.mark.parametrize("static", [False, True])
+def test_cached_decoding_equals_full_forward(layout, strategy, static):
     prelude, core, coda = layout
     model = _model(n_layers_in_prelude=prelude, n_layers_in_recurrent_block=core, n_layers_in_coda=coda)
     ids = torch.randint(0, 256, (2, 12))
     with torch.no_grad():
         full = model(ids, num_steps=3, init_scale=0.0).logits
-    cached, cache = _prefill_then_decode(model, ids, 3, strategy, prefill_len=5)
+    cached, cache = _prefill_then_decode(model, ids, 3, strategy, prefill_len=5, static=static)
     assert (cached - full).abs().max().item() < EXACT
     assert cache.seq_len == 12
     assert cache.num_slots == prelude + coda + core * 3
@@ -95,10 +96,11 @@ def test_latest_reads_the_deepest_entry_a_token_reached():
     assert mask[0, 0, 0].tolist() == [False, False, False, True]
 
 
-def test_crop_forgets_positions():
+@pytest.mark.parametrize("static", [False, True])
+def test_crop_forgets_positions(static):
     model = _model()
     ids = torch.randint(0, 256, (1, 8))
-    _, cache = _prefill_then_decode(model, ids, 2, "full", prefill_len=8)
+    _, cache = _prefill_then_decode(model, ids, 2, "full", prefill_len=8, static=static)
     cache.crop(5)
     assert cache.seq_len == 5
     with torch.no_grad():
@@ -121,3 +123,40 @@ def test_strategy_parsing(text, read, share, k):
 def test_bad_strategies_are_named(bad):
     with pytest.raises(ValueError, match="cache s"):
         CacheStrategy.parse(bad)
+
+
+def test_static_cache_has_fixed_shapes_and_grows_only_when_it_must():
+    model = _model(n_layers_in_recurrent_block=2)
+    cache = model.new_cache(1, "full", capacity=300, static=True)
+    assert cache.static and cache.capacity == 512  # a power of two, so that few shapes are ever compiled
+    slots, pos, rows, k, v, valid, latest_k, latest_v = cache.static_step_inputs(3, 0, None)
+    assert slots.tolist() == [6, 7] and pos.tolist() == [0] and rows.tolist() == [True]
+    assert k.shape == (8 * 2, 1, 4, 512, 16) and valid.shape == (16, 1, 512) and latest_k is None  # mean_recurrence 8
+    ids = torch.randint(0, 256, (1, 10))
+    with torch.no_grad():
+        full = model(ids, num_steps=12, init_scale=0.0).logits  # deeper than the 8 steps allocated: the store grows
+        cached = torch.cat([model(ids[:, :6], num_steps=12, init_scale=0.0, past_key_values=cache).logits]
+                           + [model(ids[:, t:t + 1], num_steps=12, init_scale=0.0, past_key_values=cache).logits
+                              for t in range(6, 10)], dim=1)
+    assert (cached - full).abs().max().item() < EXACT
+    assert cache.static_step_inputs(11, 10, None)[3].shape[0] == 32 and cache.capacity == 512
+    cache.reserve(600)
+    assert cache.capacity == 1024 and cache.static_step_inputs(0, 10, None)[3].shape[3] == 1024
+
+
+def test_static_caches_reuse_the_stacked_slots_only_when_the_last_owner_is_gone():
+    model = _model()
+    ids = torch.randint(0, 256, (1, 9))
+    with torch.no_grad():
+        full = model(ids, num_steps=3, init_scale=0.0).logits
+    first, first_cache = _prefill_then_decode(model, ids, 3, "full", prefill_len=5, static=True)
+    address = first_cache.static_step_inputs(0, 0, None)[3].data_ptr()
+    other_ids = torch.randint(0, 256, (1, 9))
+    _, live = _prefill_then_decode(model, other_ids, 3, "full", prefill_len=5, static=True)
+    live_address = live.static_step_inputs(0, 0, None)[3].data_ptr()
+    assert live_address != address  # the first cache still holds its slots
+    del first_cache, live
+    again, cache = _prefill_then_decode(model, ids, 3, "full", prefill_len=3, static=True)
+    assert cache.static_step_inputs(0, 0, None)[3].data_ptr() == live_address  # the last one, handed on
+    # the entries of the earlier owners are not read: a reused store gives the same logits as a fresh cache
+    assert (again - full).abs().max().item() < EXACT and (first - full).abs().max().item() < EXACT
