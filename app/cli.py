@@ -36,6 +36,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-memory", default=None, metavar="SIZE",
                    help="memory the model may use (e.g. 6GB); default: what is free on the GPU, or host RAM")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--compile", action="store_true",
+                   help="compile decoding with torch.compile: static KV caches and each recurrence as one CUDA graph "
+                        "on a GPU (the first answer waits for the compiler); falls back to eager if it fails")
     p.add_argument("--db", default=None,
                    help=f"conversation database (default: {default_db_path()}, or {hosted.DB_FILE} in --data-dir)")
     p.add_argument("--data-dir", default=None,
@@ -93,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             remote = RemoteEngine(args.engine_url, args.engine_key, args.model)
         else:
             model, tokenizer = engine.load(args.model, quantization=args.quantization, device=args.device,
-                                           max_memory=args.max_memory)
+                                           max_memory=args.max_memory, compile=args.compile)
     except engine.LoadError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -106,13 +109,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StoreError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    slot = remote or ModelSlot(model, tokenizer, describe_source(args.model, engine.model_info(model).name))
+    slot = remote or ModelSlot(model, tokenizer, describe_source(args.model, engine.model_info(model).name),
+                               compile=args.compile)
     if store.recovered_from:
         slot.note += f" The conversation database was damaged and moved aside to {store.recovered_from}."
     print(slot.note)
     plan = None if remote else engine.model_info(model).plan
     if plan:
         print(f"Memory plan: {plan}")
+    if args.compile and not remote:
+        print(f"Compiled decoding (torch.compile, mode {model.compile_report.mode}): the first answer waits for the "
+              "compiler.")
     config = hosted.hosted_config() if is_hosted else AppConfig()
     config = remote.app_config(config) if remote else config
     if is_hosted:

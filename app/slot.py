@@ -12,9 +12,10 @@ import engine
 class ModelSlot:
     """The model every session generates with. Swapping keeps running generations on the model they started with."""
 
-    def __init__(self, model: Any, tokenizer: Any, note: str = "") -> None:
+    def __init__(self, model: Any, tokenizer: Any, note: str = "", compile: bool = False) -> None:
         self._pair = (model, tokenizer)
         self.note = note
+        self.compile = compile  # models loaded from the panel are compiled as the first one was (--compile)
         self.lock = threading.Lock()
 
     @property
@@ -30,7 +31,8 @@ class ModelSlot:
     def load(self, source: str, quantization: str, tqdm_class: Any = None) -> engine.ModelInfo:
         """Load another model and make it current; raises engine.LoadError with a user-facing message."""
         with self.lock:
-            model, tokenizer = engine.load(source or "auto", quantization=quantization, tqdm_class=tqdm_class)
+            model, tokenizer = engine.load(source or "auto", quantization=quantization, tqdm_class=tqdm_class,
+                                           compile=self.compile)
             self._pair = (model, tokenizer)
             self.note = describe_source(source or "auto", engine.model_info(model).name)
             return engine.model_info(model)

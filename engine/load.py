@@ -324,6 +324,7 @@ def load(
     tokenizer: str | os.PathLike | None = None,
     tqdm_class: Any = None,
     max_memory: int | str | None = None,
+    compile: bool = False,
 ):
     """Load a Huginn model and its tokenizer, ready to generate. Returns ``(model, tokenizer)``.
 
@@ -331,7 +332,9 @@ def load(
     "fp32", "int8", "nf4" (bitsandbytes, also on the CPU) or "none" (unquantized in ``dtype``). ``device``: "auto",
     "cpu", "cuda" or "cuda:N". ``dtype`` is the compute dtype (by default bf16 on a GPU, fp32 on the CPU for
     "none", int8 and nf4). ``max_memory`` ("6GB" or bytes) caps the memory the plan may use. The plan and any
-    fallback are on the model as ``memory_plan`` and ``load_notice``.
+    fallback are on the model as ``memory_plan`` and ``load_notice``. ``compile`` prepares the compiled decode path
+    (``engine.compile``: static KV caches, the core step as one CUDA graph on a GPU); the first answer compiles, and
+    ``model.compile_report`` says what ran compiled.
     """
     if quantization not in QUANTIZATIONS:
         raise LoadError(f"unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}")
@@ -374,6 +377,10 @@ def load(
     if notice:
         logger.warning(notice)
     logger.info("loaded %s: %s", name, loaded_plan.summary())
+    if compile:
+        from .compile import compile_model
+
+        logger.info("compiled decoding: core step in torch.compile mode %r", compile_model(loaded).mode)
 
     tok_source = Path(tokenizer) if tokenizer is not None else folder
     try:

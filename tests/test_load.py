@@ -215,3 +215,22 @@ def test_auto_model_offline_says_so(monkeypatch, tmp_path):
     assert "not reachable" in note and "HF_HUB_OFFLINE" in note and "hf download" in note
     name, note = resolve_auto_model(gpu_free_bytes=3 * 1024**3)
     assert name == str(engine.DEMO_MODEL) and "needs" in note
+
+
+@pytest.mark.slow  # compiles the layers and the core step: about 20 s on 2 cores
+def test_load_with_compile_answers_through_the_captured_core_step(tiny_dir):
+    from app.slot import ModelSlot
+
+    eager, tok = engine.load(str(tiny_dir), device="cpu")
+    compiled, _ = engine.load(str(tiny_dir), device="cpu", compile=True)
+    report = compiled.compile_report
+    assert report.mode == "default" and not hasattr(eager, "compile_report")  # the default mode on the CPU
+    messages = [{"role": "user", "content": "hello there"}]
+    settings = engine.GenerationSettings(num_steps=8, criterion="entropy-diff", max_new_tokens=6, seed=0)
+    a, b = (list(engine.stream(m, tok, messages, settings)) for m in (eager, compiled))
+    assert [e.token_id for e in a[:-1]] == [e.token_id for e in b[:-1]] and a[-1].text == b[-1].text
+    assert [e.steps for e in a[:-1]] == [e.steps for e in b[:-1]]
+    assert report.captured and report.fallbacks == {}  # the app's path (stream) decoded through the captured step
+    slot = ModelSlot(compiled, tok, compile=True)  # the model panel loads the next model the same way
+    slot.load(str(tiny_dir), "auto")
+    assert slot.pair[0].compile_report is not report and slot.pair[0].compile_report.mode == "default"
