@@ -3,6 +3,7 @@ weights in the same process.
 
     python bench/bench_decode.py                                   # ours only
     python bench/bench_decode.py --reference-dir ~/src/recurrent-pretraining   # plus the authors' generate_minimal
+    python bench/bench_decode.py --compile --steps 4,32              # eager and compiled (engine.compile) side by side
 
 Models: the demo model (assets/demo-model) and a random model of the official layout scaled down (2/4/2 layers,
 hidden 512, the official 65,536-token vocabulary and tokenizer). Decode speed is measured between the first and the
@@ -121,7 +122,7 @@ def main() -> None:
           f"{args.tokens} new tokens after a prompt of about {max(args.context, 20)} tokens")
     header = f"{'model':<20} {'r':>3} {'ours tok/s':>11} {'ms/step':>8}"
     if args.compile:
-        header += f" {'compiled':>9} {'ms/step':>8}"
+        header += f" {'compiled':>9} {'ms/step':>8} {'speedup':>7}"
     if module:
         header += f" {'ref tok/s':>10} {'ms/step':>8} {'ratio':>6}"
     print(header)
@@ -145,7 +146,7 @@ def main() -> None:
                 ours_decode_rate(compiled, tok, steps, 4)  # compiles on first use
                 fast = statistics.median(ours_decode_rate(compiled, tok, steps, args.tokens, args.context)[0]
                                          for _ in range(args.repeats))
-                line += f" {fast:>9.2f} {1000 / fast / steps:>8.3f}"
+                line += f" {fast:>9.2f} {1000 / fast / steps:>8.3f} {fast / ours:>7.2f}"
                 ours = max(ours, fast)
             if theirs is not None:
                 ref = statistics.median(reference_decode_rate(theirs, model, tok, steps, args.tokens, args.context)[0]
@@ -153,6 +154,10 @@ def main() -> None:
                 ratios[(name, steps)] = ours / ref
                 line += f" {ref:>10.2f} {1000 / ref / steps:>8.3f} {ours / ref:>6.2f}"
             print(line, flush=True)
+        if compiled is not None:
+            report = compiled.compile_report
+            print(f"# {name} compiled: {report.core_step_calls} core steps captured whole, layer by layer: "
+                  f"{dict(report.eager_core_steps)}, fell back: {sorted(report.fallbacks) or 'nothing'}", flush=True)
     if ratios:
         worst = min(ratios, key=ratios.get)
         print(f"summary: engine.stream{' (best of eager and compiled)' if args.compile else ''} is "

@@ -7,8 +7,10 @@ Batch 1 decoding at r=32 reads every weight of the core block 32 times per token
 table gives tokens/s, the bytes read per token (weights touched plus KV entries read) and the achieved fraction of
 the card's bandwidth. The ceiling is measured with a device-to-device copy, and the data-sheet figure is shown when
 the card is known. int8 and nf4 go through the real path: the random weights are saved as a checkpoint and loaded
-with ``engine.load(quantization=...)`` (bitsandbytes through transformers). Designed to finish within 5 minutes on one
-GPU; ``--budget`` skips what would not fit and says so.
+with ``engine.load(quantization=...)`` (bitsandbytes through transformers). "compiled" rows use ``engine.compile``
+(static KV cache, each recurrence of a decoded token one CUDA graph) and come right after the eager row of their
+format, with the speedup; a line after each says what ran captured and what fell back. bf16 eager and compiled run
+first. Designed to finish within 5 minutes on one GPU; ``--budget`` skips what would not fit and says so.
 """
 
 from __future__ import annotations
@@ -98,6 +100,18 @@ def decode_rate(model, steps: int, prompt: int, tokens: int, repeats: int) -> fl
     return statistics.median(rates[1:])  # the first run warms up (and compiles)
 
 
+def _cells(formats: list[str], compiled: bool) -> list[tuple[str, str]]:
+    """bf16 eager and compiled first (the path compiled decoding is built for), then the other formats."""
+    cells = [(fmt, mode) for fmt in formats for mode in ("eager",) + (("compiled",) if compiled else ())]
+    return sorted(cells, key=lambda cell: cell[0] != "bf16")
+
+
+def _print_report(report) -> None:
+    fell_back = "; ".join(f"{name}: {why.splitlines()[0][:160]}" for name, why in report.fallbacks.items())
+    print(f"#   compiled ({report.mode}): {report.core_step_calls} core steps captured whole, layer by layer: "
+          f"{dict(report.eager_core_steps)}, fell back: {fell_back or 'nothing'}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
@@ -120,7 +134,8 @@ def main() -> None:
     ceiling = measured_bandwidth(device)
     print(f"# {name}: copy bandwidth {ceiling:.0f} GB/s" + (f", data sheet {sheet} GB/s" if sheet else "")
           + f"; shape {args.shape}, r={args.steps}, batch 1, {args.tokens} tokens after a {args.prompt}-token prompt")
-    print(f"{'format':<6} {'mode':<9} {'tok/s':>8} {'GB/token':>9} {'GB/s':>8} {'of copy bw':>10} {'of sheet':>9}")
+    print(f"{'format':<6} {'mode':<9} {'tok/s':>8} {'GB/token':>9} {'GB/s':>8} {'of copy bw':>10} {'of sheet':>9} "
+          f"{'speedup':>7}")
 
     base = random_model(config, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
     per_param = {"bf16": bytes_per_weight(config, "none") if device.type == "cuda" else 4.0,  # fp32 on the CPU
@@ -128,33 +143,36 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
-        for fmt in args.formats.split(","):
-            for mode in ("eager",) + (() if args.no_compile else ("compiled",)):
-                if time.perf_counter() - started > args.budget:
-                    print(f"{fmt:<6} {mode:<9} skipped: past the {args.budget:.0f} s budget")
-                    continue
-                if fmt == "bf16":
-                    model = base if mode == "eager" else random_model(config, device, base.dtype)
-                    if mode == "compiled":
-                        model.load_state_dict(base.state_dict())
-                else:
-                    if checkpoint is None:
-                        checkpoint = Path(tmp) / "model"
-                        base.save_pretrained(checkpoint)
-                    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-                    model = load_weights(checkpoint, fmt, args.device, dtype)
+        for fmt, mode in _cells(args.formats.split(","), not args.no_compile):
+            if time.perf_counter() - started > args.budget:
+                print(f"{fmt:<6} {mode:<9} skipped: past the {args.budget:.0f} s budget")
+                continue
+            if fmt == "bf16":
+                model = base if mode == "eager" else random_model(config, device, base.dtype)
                 if mode == "compiled":
-                    compile_model(model)
-                rate = decode_rate(model, args.steps, args.prompt, args.tokens, args.repeats)
-                gb = bytes_per_token(model, args.steps, args.prompt + args.tokens // 2, per_param[fmt]) / 1e9
-                results[(fmt, mode)] = rate
-                label = fmt if fmt != "bf16" or device.type == "cuda" else "fp32"  # full precision on the CPU
-                print(f"{label:<6} {mode:<9} {rate:>8.2f} {gb:>9.2f} {rate * gb:>8.0f} {rate * gb / ceiling:>10.0%} "
-                      + (f"{rate * gb / sheet:>9.0%}" if sheet else f"{'n/a':>9}"), flush=True)
-                if model is not base:
-                    del model
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
+                    model.load_state_dict(base.state_dict())
+            else:
+                if checkpoint is None:
+                    checkpoint = Path(tmp) / "model"
+                    base.save_pretrained(checkpoint)
+                dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+                model = load_weights(checkpoint, fmt, args.device, dtype)
+            if mode == "compiled":
+                compile_model(model)
+            rate = decode_rate(model, args.steps, args.prompt, args.tokens, args.repeats)
+            gb = bytes_per_token(model, args.steps, args.prompt + args.tokens // 2, per_param[fmt]) / 1e9
+            results[(fmt, mode)] = rate
+            label = fmt if fmt != "bf16" or device.type == "cuda" else "fp32"  # full precision on the CPU
+            eager_rate = results.get((fmt, "eager"))
+            speedup = f"{rate / eager_rate:>7.2f}" if mode == "compiled" and eager_rate else f"{'':>7}"
+            print(f"{label:<6} {mode:<9} {rate:>8.2f} {gb:>9.2f} {rate * gb:>8.0f} {rate * gb / ceiling:>10.0%} "
+                  + (f"{rate * gb / sheet:>9.0%}" if sheet else f"{'n/a':>9}") + f" {speedup}", flush=True)
+            if mode == "compiled":
+                _print_report(model.compile_report)
+            if model is not base:
+                del model
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
     best = max(results, key=results.get) if results else None
     print(f"summary: best {best[0]} {best[1]} at {results[best]:.2f} tok/s (r={args.steps}) in "
           f"{time.perf_counter() - started:.0f} s" if best else "summary: nothing measured")
