@@ -109,7 +109,8 @@ def _cells(formats: list[str], compiled: bool) -> list[tuple[str, str]]:
 def _print_report(report) -> None:
     fell_back = "; ".join(f"{name}: {why.splitlines()[0][:160]}" for name, why in report.fallbacks.items())
     print(f"#   compiled ({report.mode}): {report.core_step_calls} core steps captured whole, layer by layer: "
-          f"{dict(report.eager_core_steps)}, fell back: {fell_back or 'nothing'}", flush=True)
+          f"{dict(report.eager_core_steps)}, fell back: {fell_back or 'nothing'}, graphs run without CUDA graphs: "
+          f"{report.cudagraph_skips}", flush=True)
 
 
 def main() -> None:

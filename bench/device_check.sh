@@ -27,9 +27,12 @@ FORMATS=bf16
 $PY -c "import bitsandbytes" 2>/dev/null && FORMATS=bf16,nf4,int8
 echo "formats: $FORMATS" | tee -a "$OUT/machine.txt"
 
-# 1. Decode speed against the bandwidth ceiling, random weights of the exact 3.5B shape (about 4 minutes).
-timeout 270 $PY bench/bench_gpu.py --device cuda --shape huginn-0125 --formats "$FORMATS" --budget 200 2>&1 \
-  | tee "$OUT/bench_gpu.txt"
+# 1. Decode speed against the bandwidth ceiling, random weights of the exact 3.5B shape (about 5 minutes): bf16
+#    eager, then bf16 compiled (--compile's path: static KV cache, each recurrence one CUDA graph; the first run
+#    compiles), side by side with the speedup and a line on what ran captured; then the other formats as the budget
+#    allows. perf_hints logs why inductor would skip CUDA graphs, if it does.
+TORCH_LOGS=perf_hints timeout 300 $PY bench/bench_gpu.py --device cuda --shape huginn-0125 --formats "$FORMATS" \
+  --budget 220 2>&1 | tee "$OUT/bench_gpu.txt"
 
 # 2. The full-size rehearsal: build the 15.6 GB checkpoint, then load each format onto the GPU and answer at r=4.
 #    run.py's time to listen is skipped: Gradio is not in the device image.

@@ -46,6 +46,13 @@ class CompileReport:
         """True once a whole core step ran compiled and the core step never fell back."""
         return self.core_step_calls > 0 and CORE_STEP not in self.fallbacks
 
+    @property
+    def cudagraph_skips(self) -> int:
+        """Compiled graphs that inductor ran without CUDA graphs, in this process (it logs why); 0 on the CPU."""
+        from torch._dynamo.utils import counters
+
+        return counters["inductor"]["cudagraph_skips"]
+
 
 def _with_fallback(eager: Callable, compiled: Callable, name: str, report: CompileReport) -> Callable:
     state = {"fn": compiled}
