@@ -36,6 +36,7 @@ so that successive answers replay the same CUDA graph instead of recording a new
 from __future__ import annotations
 
 import re
+import threading
 import weakref
 from dataclasses import dataclass
 
@@ -45,6 +46,7 @@ from torch import Tensor
 READ_RULES = ("full", "skip", "latest-m4", "available-m4")
 _ANCHOR_RECURRENCES = 8
 _MIN_STATIC_CAPACITY = 256
+_POOL_LOCK = threading.Lock()  # two answers starting at once must not both take the pooled core store
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,7 @@ class _CoreStore:
         for tensor in self.tensors():
             if tensor is not None:
                 torch._dynamo.mark_static_address(tensor)
-        self.owner: weakref.ref | None = None
+        self.owner: weakref.ref = lambda: None  # the cache using it; a dead reference once that cache is gone
 
     def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
         return self.k, self.v, self.valid, self.latest_k, self.latest_v
@@ -229,9 +231,9 @@ class RecurrentCache:
         new_cap = static_capacity(length) if self.static else max(length, self.capacity * 2)
         if self._core is not None:
             self._replace_core(self._core.resized(self._core.n_slots, new_cap))
-        for key, slot in self._slots.items():
-            if not self._in_core(key):
-                self._grow(slot, new_cap)
+        own = [slot for key, slot in self._slots.items() if not self._in_core(key)]
+        for slot in own + ([] if self.static else list(self._latest.values())):
+            self._grow(slot, new_cap)
         self.capacity = new_cap
 
     def _grow(self, slot: _Slot, new_cap: int) -> None:
@@ -290,17 +292,18 @@ class RecurrentCache:
             n_latest = self.n_core if self.strategy.read == "latest-m4" else 0
             geometry = (n_latest, self.batch_size, self.n_heads, self.capacity, self.head_dim, self.dtype,
                         self.device, torch.is_inference_mode_enabled())
-            pooled = (self._pool or {}).get("core")
-            if (pooled is not None and (pooled.owner is None or pooled.owner() is None)
-                    and pooled.geometry() == geometry and pooled.n_slots >= n_slots):
-                pooled.valid.zero_()  # the entries of the previous owner are not ours
-                self._core = pooled
-            else:
-                self._core = _CoreStore(max(hinted, n_slots), n_latest, self.batch_size, self.n_heads, self.capacity,
-                                        self.head_dim, self.dtype, self.device)
-            self._core.owner = weakref.ref(self)
-            if self._pool is not None:
-                self._pool["core"] = self._core
+            with _POOL_LOCK:
+                pooled = (self._pool or {}).get("core")
+                if (pooled is not None and pooled.owner() is None and pooled.geometry() == geometry
+                        and pooled.n_slots >= n_slots):
+                    pooled.valid.zero_()  # the entries of the previous owner are not ours
+                    self._core = pooled
+                else:
+                    self._core = _CoreStore(max(hinted, n_slots), n_latest, self.batch_size, self.n_heads,
+                                            self.capacity, self.head_dim, self.dtype, self.device)
+                self._core.owner = weakref.ref(self)
+                if self._pool is not None:
+                    self._pool["core"] = self._core
         elif n_slots > self._core.n_slots:
             self._replace_core(self._core.resized(max(n_slots, 2 * self._core.n_slots), self.capacity))
         return self._core
