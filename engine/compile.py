@@ -114,15 +114,15 @@ def _captured_core_step(model, eager: Callable, report: CompileReport, mode: str
     return core_step
 
 
-def compile_model(model, mode: str | None = None) -> CompileReport:
+def compile_model(model, mode: str | None = None, layers: bool = True) -> CompileReport:
     """Compile the model in place for decoding (see the module docstring). ``mode`` is the core step's and defaults
     to "reduce-overhead" (CUDA graphs) on a GPU and to the default mode on the CPU; the layer halves always use the
-    default mode, whose outputs stay valid however long they are kept. Returns the report also kept as
-    ``model.compile_report``."""
+    default mode, whose outputs stay valid however long they are kept. ``layers=False`` compiles the core step only
+    (everything else stays eager). Returns the report also kept as ``model.compile_report``."""
     device = model.transformer.wte.weight.device
     mode = mode or ("reduce-overhead" if device.type == "cuda" else "default")
     report = CompileReport(mode)
-    blocks = [*model.transformer.prelude, *model.transformer.core_block, *model.transformer.coda]
+    blocks = [*model.transformer.prelude, *model.transformer.core_block, *model.transformer.coda] if layers else []
     for i, block in enumerate(blocks):
         for half in ("begin", "end"):
             eager = getattr(block, half)

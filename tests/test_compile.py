@@ -45,6 +45,7 @@ def _no_break(report):
     assert dict(counters["graph_break"]) == {}, counters["graph_break"]
 
 
+@pytest.mark.slow  # runs first and compiles the core step and the layer halves: ~60 s on 2 cores with a cold cache
 def test_compiled_model_matches_eager(models):
     eager, compiled = models
     report = compiled.compile_report
@@ -107,7 +108,7 @@ def test_adaptive_exit_decoding_is_identical(models, strategy, criterion, thresh
     assert min(steps) < 8 and len(set(steps)) > 1  # tokens exited early, at different depths: missing entries
 
 
-@pytest.mark.slow  # compiles the batch-of-2 graphs: about 20 s on 2 cores
+@pytest.mark.slow  # compiles the batch-of-2 graphs: ~30 s on 2 cores with a cold cache
 def test_batched_rows_of_different_depths_are_identical(models):
     ids = torch.randint(0, 256, (1, 6))
     plans = [RowPlan(num_steps=3, max_new_tokens=5, seed=1),

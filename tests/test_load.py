@@ -217,7 +217,7 @@ def test_auto_model_offline_says_so(monkeypatch, tmp_path):
     assert name == str(engine.DEMO_MODEL) and "needs" in note
 
 
-@pytest.mark.slow  # compiles the layers and the core step: about 20 s on 2 cores
+@pytest.mark.slow  # compiles the layers and the core step: ~20 s on 2 cores with inductor's cache warm, ~60 s cold
 def test_load_with_compile_answers_through_the_captured_core_step(tiny_dir):
     from app.slot import ModelSlot
 
