@@ -152,3 +152,11 @@ def test_a_failing_compiler_falls_back_to_eager(monkeypatch, caplog):
     assert report.fallbacks["layer 0 begin"] == "RuntimeError: no C++ compiler"
     assert report.fallbacks[CORE_STEP] == "RuntimeError: no C++ compiler"
     assert report.eager_core_steps == {"several positions": 2, "fell back": 2}
+
+
+def test_core_step_only_leaves_the_layers_eager():
+    _, model = _pair()
+    report = compile_model(model, layers=False)
+    blocks = [*model.transformer.prelude, *model.transformer.core_block, *model.transformer.coda]
+    assert all("begin" not in vars(b) and "end" not in vars(b) for b in blocks)  # the class's own methods
+    assert "core_step" in vars(model) and model.compile_report is report
