@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -87,11 +88,39 @@ def _eager_reason(cache, state: torch.Tensor) -> str | None:
     return None
 
 
-def _captured_core_step(model, eager: Callable, report: CompileReport, mode: str) -> Callable:
+def _replayed(graph: Callable, cuda_graphs: bool, one_thread: bool) -> Callable:
+    """The compiled step as called. With CUDA graphs every replay starts a new generation and its output is cloned,
+    because the next replay overwrites it. With ``one_thread`` every call runs on one thread of its own, in the
+    caller's grad and inference mode: cudagraph trees are kept per thread, and the app iterates an answer on
+    whichever worker thread Gradio picks, which would record the graph (and its memory pool) once per thread."""
+
+    def run(*args):
+        if cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        out = graph(*args)
+        return out.clone() if cuda_graphs else out
+
+    if not one_thread:
+        return run
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="huginn-core-step")
+
+    def on_worker(*args):
+        inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+
+        def job():
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                return run(*args)
+
+        return worker.submit(job).result()
+
+    return on_worker
+
+
+def _captured_core_step(model, eager: Callable, report: CompileReport, mode: str, one_thread: bool) -> Callable:
     """``core_step`` that runs a decoded position's recurrence as the compiled ``static_core_step`` when it can."""
-    graph = torch.compile(model.static_core_step, mode=mode, fullgraph=True, dynamic=False)
-    graph = _with_fallback(model.static_core_step, graph, CORE_STEP, report)
-    cuda_graphs = mode == "reduce-overhead"
+    compiled = torch.compile(model.static_core_step, mode=mode, fullgraph=True, dynamic=False)
+    graph = _with_fallback(model.static_core_step, _replayed(compiled, mode == "reduce-overhead", one_thread),
+                           CORE_STEP, report)
 
     def core_step(state, embedded, step, cache=None, pos0=0, rows=None, rope=None):
         reason = _eager_reason(cache, state) if CORE_STEP not in report.fallbacks else "fell back"
@@ -100,25 +129,24 @@ def _captured_core_step(model, eager: Callable, report: CompileReport, mode: str
             return eager(state, embedded, step, cache, pos0, rows, rope)
         rope = model.rotations(slice(pos0, pos0 + 1)) if rope is None else rope
         inputs = cache.static_step_inputs(step, pos0, rows)
-        if cuda_graphs:  # each replay is its own generation: the previous step's outputs were cloned below
-            torch.compiler.cudagraph_mark_step_begin()
         calls = report.compiled_calls
         out = graph(state, embedded, rope, *inputs)
         cache.static_step_done(step, pos0, rows)
         if report.compiled_calls == calls:  # it fell back just now and ran eagerly
             report.eager_core_steps["fell back"] += 1
-            return out
-        report.core_step_calls += 1
-        return out.clone() if cuda_graphs else out  # the graph's output buffer is overwritten by the next replay
+        else:
+            report.core_step_calls += 1
+        return out
 
     return core_step
 
 
-def compile_model(model, mode: str | None = None, layers: bool = True) -> CompileReport:
+def compile_model(model, mode: str | None = None, layers: bool = True, one_thread: bool | None = None) -> CompileReport:
     """Compile the model in place for decoding (see the module docstring). ``mode`` is the core step's and defaults
     to "reduce-overhead" (CUDA graphs) on a GPU and to the default mode on the CPU; the layer halves always use the
     default mode, whose outputs stay valid however long they are kept. ``layers=False`` compiles the core step only
-    (everything else stays eager). Returns the report also kept as ``model.compile_report``."""
+    (everything else stays eager). ``one_thread`` (default: with CUDA graphs) runs the captured step on one thread
+    of its own. Returns the report also kept as ``model.compile_report``."""
     device = model.transformer.wte.weight.device
     mode = mode or ("reduce-overhead" if device.type == "cuda" else "default")
     report = CompileReport(mode)
@@ -128,7 +156,8 @@ def compile_model(model, mode: str | None = None, layers: bool = True) -> Compil
             eager = getattr(block, half)
             compiled = torch.compile(eager, mode=report.layer_mode)
             setattr(block, half, _with_fallback(eager, compiled, f"layer {i} {half}", report))
-    model.core_step = _captured_core_step(model, model.core_step, report, mode)
+    one_thread = mode == "reduce-overhead" if one_thread is None else one_thread
+    model.core_step = _captured_core_step(model, model.core_step, report, mode, one_thread)
     model.compiled = mode
     model.compile_report = report
     return report

@@ -3,6 +3,7 @@ on a static cache (no graph break, no eager fallback, no recompile per depth or 
 falls back to eager, visibly."""
 
 import logging
+import threading
 
 import pytest
 import torch
@@ -29,9 +30,10 @@ def _pair():
 
 @pytest.fixture(scope="module")
 def models():
-    """One compiled model for the module: each graph compiles once, later tests replay it."""
+    """One compiled model for the module: each graph compiles once, later tests replay it. Its captured step runs on a
+    thread of its own, as it does with CUDA graphs (the CPU default calls it directly: tests/test_load.py)."""
     eager, compiled = _pair()
-    compile_model(compiled)
+    compile_model(compiled, one_thread=True)
     return eager, compiled
 
 
@@ -103,7 +105,11 @@ def test_fixed_depth_decoding_is_identical(models):
 def test_adaptive_exit_decoding_is_identical(models, strategy, criterion, threshold):
     ids = torch.randint(0, 256, (1, 6))
     plan = RowPlan(num_steps=8, criterion=criterion, threshold=threshold, max_new_tokens=8, seed=1)
-    out = _decode_both(models, ids, [plan], strategy)
+    out = []  # decoded on another thread than the others, as the app's worker threads do
+    worker = threading.Thread(target=lambda: out.extend(_decode_both(models, ids, [plan], strategy)))
+    worker.start()
+    worker.join()
+    assert out, "decoding on a worker thread failed (see the thread's exception above)"
     steps = [s.steps[0] for s in out[1:]]
     assert min(steps) < 8 and len(set(steps)) > 1  # tokens exited early, at different depths: missing entries
 
