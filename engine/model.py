@@ -304,9 +304,10 @@ class HuginnForCausalLM(PreTrainedModel, GenerationMixin):
     def static_core_step(self, state: Tensor, embedded: Tensor, rope: Tensor, slots: Tensor, pos: Tensor,
                          rows: Tensor, *kv: Tensor | None) -> Tensor:
         """``core_step`` for one position (S = 1) on a static cache, as tensor code with fixed shapes that
-        ``engine.compile`` captures whole (one CUDA graph, replayed at every recurrence). ``slots``, ``pos``, ``rows`` and ``kv``
-        come from ``RecurrentCache.static_step_inputs``. The layers' own ``begin`` / ``end`` are called through the
-        class, so that the per-layer compiled halves of ``engine.compile`` are not nested in this graph."""
+        ``engine.compile`` captures whole (one CUDA graph, replayed at every recurrence). ``slots``, ``pos``,
+        ``rows`` and ``kv`` come from ``RecurrentCache.static_step_inputs``. The layers' own ``begin`` / ``end`` are
+        called through the class, so that the per-layer compiled halves of ``engine.compile`` are not nested in
+        this graph."""
         x = self.transformer.adapter(torch.cat((state, embedded), dim=-1))
         for l, layer in enumerate(self.transformer.core_block):
             q, k, v = SandwichBlock.begin(layer, x, rope)
