@@ -120,7 +120,7 @@ class PromptCache:
                 return cache, shared
             self._entries.remove(best)
             self._entries.append(best)  # the branch it holds stays, as the most recently used
-        return best.cache.copy_prefix(shared, capacity), shared
+            return best.cache.copy_prefix(shared, capacity), shared  # under the lock: no one takes it over meanwhile
 
     @torch.inference_mode()
     def put(self, model, key: ReuseKey, ids: list[int], cache: RecurrentCache) -> None:
@@ -134,8 +134,7 @@ class PromptCache:
             self._bind(model)
             self._entries = [e for e in self._entries if not (e.key == key and e.ids == ids[:length])]
             self._entries.append(_Entry(key, list(ids[:length]), cache))
-            while self._entries and (len(self._entries) > self.max_entries
-                                     or self.nbytes() > limit):
+            while self._entries and (len(self._entries) > self.max_entries or self.nbytes() > limit):
                 self._entries.pop(0)
 
     def _bind(self, model) -> None:
