@@ -17,6 +17,7 @@ class ModelSlot:
         self.note = note
         self.compile = compile  # models loaded from the panel are compiled as the first one was (--compile)
         self.lock = threading.Lock()
+        self.prompt_cache = engine.PromptCache()  # conversations' KV caches, so a turn runs only its new tokens
 
     @property
     def pair(self) -> tuple[Any, Any]:
@@ -34,6 +35,7 @@ class ModelSlot:
             model, tokenizer = engine.load(source or "auto", quantization=quantization, tqdm_class=tqdm_class,
                                            compile=self.compile)
             self._pair = (model, tokenizer)
+            self.prompt_cache.clear()  # the caches belong to the previous model
             self.note = describe_source(source or "auto", engine.model_info(model).name)
             return engine.model_info(model)
 
