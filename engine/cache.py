@@ -351,14 +351,15 @@ class RecurrentCache:
         this cache is left as it is (a prompt cache entry shared by two branches of a conversation)."""
         length = min(length, self.seq_len)
         out = RecurrentCache(self.n_prelude, self.n_core, self.n_coda, self.batch_size, self.n_heads,
-                             self.head_dim, self.strategy, self.dtype, self.device, max(capacity, length, 1))
-        for table, copied in ((self._slots, out._slots), (self._latest, out._latest)):
-            for key, slot in table.items():
-                twin = copied[key] = out._new_slot()
-                twin.k[:, :, :length] = slot.k[:, :, :length]
-                twin.v[:, :, :length] = slot.v[:, :, :length]
-                twin.valid[:, :length] = slot.valid[:, :length]
-                twin.dense_upto = min(slot.dense_upto, length)
+                             self.head_dim, self.strategy, self.dtype, self.device, max(capacity, length, 1),
+                             static=self.static, steps_hint=self._steps_hint, pool=self._pool)
+        pairs = [(slot, out._slot(key)) for key, slot in self._slots.items()]
+        pairs += [(slot, out._latest_slot(layer)) for layer, slot in self._latest.items()]
+        for slot, twin in pairs:
+            twin.k[:, :, :length] = slot.k[:, :, :length]
+            twin.v[:, :, :length] = slot.v[:, :, :length]
+            twin.valid[:, :length] = slot.valid[:, :length]
+            twin.dense_upto = min(slot.dense_upto, length)
         out.seq_len = length
         return out
 

@@ -160,3 +160,18 @@ def test_static_caches_reuse_the_stacked_slots_only_when_the_last_owner_is_gone(
     assert cache.static_step_inputs(0, 0, None)[3].data_ptr() == live_address  # the last one, handed on
     # the entries of the earlier owners are not read: a reused store gives the same logits as a fresh cache
     assert (again - full).abs().max().item() < EXACT and (first - full).abs().max().item() < EXACT
+
+
+def test_copy_prefix_of_a_static_cache_is_static_and_exact():
+    model = _model()
+    ids = torch.randint(0, 256, (1, 10))
+    with torch.no_grad():
+        full = model(ids, num_steps=3, init_scale=0.0).logits
+    _, cache = _prefill_then_decode(model, ids[:, :8], 3, "latest-m4", prefill_len=8, static=True)
+    twin = cache.copy_prefix(6, 16)
+    assert twin.static and twin.seq_len == 6 and cache.seq_len == 8
+    assert twin.static_step_inputs(0, 6, None)[3].data_ptr() != cache.static_step_inputs(0, 8, None)[3].data_ptr()
+    with torch.no_grad():
+        again = torch.cat([model(ids[:, t:t + 1], num_steps=3, init_scale=0.0, past_key_values=twin).logits
+                           for t in range(6, 10)], dim=1)
+    assert (again - full[:, 6:]).abs().max().item() < EXACT

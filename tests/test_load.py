@@ -225,12 +225,18 @@ def test_load_with_compile_answers_through_the_captured_core_step(tiny_dir):
     compiled, _ = engine.load(str(tiny_dir), device="cpu", compile=True)
     report = compiled.compile_report
     assert report.mode == "default" and not hasattr(eager, "compile_report")  # the default mode on the CPU
-    messages = [{"role": "user", "content": "hello there"}]
     settings = engine.GenerationSettings(num_steps=8, criterion="entropy-diff", max_new_tokens=6, seed=0)
-    a, b = (list(engine.stream(m, tok, messages, settings)) for m in (eager, compiled))
-    assert [e.token_id for e in a[:-1]] == [e.token_id for e in b[:-1]] and a[-1].text == b[-1].text
-    assert [e.steps for e in a[:-1]] == [e.steps for e in b[:-1]]
+    pool, messages = engine.PromptCache(), []
+    for question in ("hello there", "and then?"):  # the second turn reuses the first's static cache (prompt cache)
+        messages = messages + [{"role": "user", "content": question}]
+        a = list(engine.stream(eager, tok, messages, settings))
+        b = list(engine.stream(compiled, tok, messages, settings, prompt_cache=pool))
+        assert [e.token_id for e in a[:-1]] == [e.token_id for e in b[:-1]] and a[-1].text == b[-1].text
+        assert [e.steps for e in a[:-1]] == [e.steps for e in b[:-1]]
+        messages = messages + [{"role": "assistant", "content": a[-1].text}]
+    assert b[-1].reused_tokens > 0
     assert report.captured and report.fallbacks == {}  # the app's path (stream) decoded through the captured step
+    assert report.eager_core_steps["dynamic cache"] == 0  # every cache it used, reused ones included, was static
     slot = ModelSlot(compiled, tok, compile=True)  # the model panel loads the next model the same way
     slot.load(str(tiny_dir), "auto")
     assert slot.pair[0].compile_report is not report and slot.pair[0].compile_report.mode == "default"
