@@ -36,6 +36,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-memory", default=None, metavar="SIZE",
                    help="memory the model may use (e.g. 6GB); default: what is free on the GPU, or host RAM")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--quantized-cache", default=None, metavar="DIR",
+                   help="folder that keeps int8 / nf4 weights after their first quantization, so later starts skip "
+                        f"it (default: ${engine.QUANTIZED_CACHE_ENV}, else your user cache folder)")
+    p.add_argument("--no-quantized-cache", action="store_true",
+                   help="quantize int8 / nf4 weights on every load and keep nothing on disk")
     p.add_argument("--db", default=None,
                    help=f"conversation database (default: {default_db_path()}, or {hosted.DB_FILE} in --data-dir)")
     p.add_argument("--data-dir", default=None,
@@ -68,6 +73,18 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
     return user, password
 
 
+def quantized_cache_setting(args: argparse.Namespace) -> bool | str:
+    """engine.load's ``quantized_cache`` from the flags; models loaded later from the model panel follow it too
+    (through the environment variable engine.load reads by default)."""
+    if args.no_quantized_cache:
+        os.environ[engine.QUANTIZED_CACHE_ENV] = "off"
+        return False
+    if args.quantized_cache:
+        os.environ[engine.QUANTIZED_CACHE_ENV] = str(Path(args.quantized_cache).expanduser())
+        return args.quantized_cache
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -92,8 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.engine_url:  # the model runs on another server (app.remote)
             remote = RemoteEngine(args.engine_url, args.engine_key, args.model)
         else:
+            cache = quantized_cache_setting(args)
             model, tokenizer = engine.load(args.model, quantization=args.quantization, device=args.device,
-                                           max_memory=args.max_memory)
+                                           max_memory=args.max_memory, quantized_cache=cache)
     except engine.LoadError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -113,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = None if remote else engine.model_info(model).plan
     if plan:
         print(f"Memory plan: {plan}")
+    weights_cache = None if remote else engine.model_info(model).weights_cache
+    if weights_cache:
+        print(f"Quantized weights: {weights_cache} (--no-quantized-cache turns this off)")
     config = hosted.hosted_config() if is_hosted else AppConfig()
     config = remote.app_config(config) if remote else config
     if is_hosted:
