@@ -247,9 +247,7 @@ def load_weights(folder: Path, quantization: str, device: str, dtype: torch.dtyp
     if quantization in ("int8", "nf4"):
         _library_warnings_once()
     started = time.perf_counter()
-    entry = (cache.entry(folder, quantization, dtype, device, NF4_BLOCKSIZE)
-             if cache is not None and quantization in ("int8", "nf4") else None)
-    cached = cache.find(entry) if entry is not None else None
+    entry, cached = _cache_entry(cache, folder, quantization, dtype, device)
     loaded, note = None, ""
     if cached is not None:
         try:
@@ -258,7 +256,9 @@ def load_weights(folder: Path, quantization: str, device: str, dtype: torch.dtyp
             loaded = _from_pretrained(cached, {"dtype": dtype, "device_map": {"": device}})
             loaded.config.name_or_path = loaded.name_or_path = str(folder)  # the model card, generation config
             note = f"quantized weights read from the cache {cached}"
-        except LoadError as err:
+        except _OutOfMemory:
+            raise
+        except Exception as err:  # noqa: BLE001 - whatever is wrong with a cache entry, quantizing again fixes it
             logger.warning("the cached quantized weights in %s did not load (%s); quantizing again", cached, err)
             cache.discard(cached)
     if loaded is None:
@@ -270,6 +270,18 @@ def load_weights(folder: Path, quantization: str, device: str, dtype: torch.dtyp
     loaded.quantization = quantization
     loaded.weights_cache = note
     return loaded
+
+
+def _cache_entry(cache: QuantizedCache | None, folder: Path, quantization: str, dtype: torch.dtype, device: str):
+    """(the cache entry for this load or None, its folder when it is complete or None)."""
+    if cache is None or quantization not in ("int8", "nf4"):
+        return None, None
+    try:
+        entry = cache.entry(folder, quantization, dtype, device, NF4_BLOCKSIZE)
+        return entry, cache.find(entry)
+    except OSError as err:
+        logger.warning("the quantized-weights cache is not used for %s (%s)", folder, err)
+        return None, None
 
 
 def _format_kwargs(quantization: str, dtype: torch.dtype, device: str):
@@ -362,7 +374,7 @@ def _own_memory(model, folder: Path) -> None:
         for holder, attr in holders:
             tensor = getattr(holder, attr, None) if holder is not None else None
             if mapped(tensor):
-                setattr(holder, attr, copies.get(tensor.data_ptr()) if tensor.data_ptr() in copies else tensor.clone())
+                setattr(holder, attr, copies[tensor.data_ptr()] if tensor.data_ptr() in copies else tensor.clone())
     gc.collect()
 
 
