@@ -38,6 +38,7 @@ MARKER = "huginn-quantized-cache.json"
 CACHE_FORMAT = 1  # bump when what an entry holds changes
 STALE_PARTIAL_S = 24 * 3600  # a temporary folder this old is left from a crash, whoever wrote it
 DISK_MARGIN_BYTES = 1024**3
+_COPIED_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")
 _HEADER_LIMIT = 100 * 1024**2  # safetensors headers are far smaller; a larger one is a hostile or broken file
 logger = logging.getLogger(__name__)
 
@@ -74,20 +75,20 @@ def _safetensors_header(path: Path) -> bytes:
 
 
 def checkpoint_identity(folder: Path) -> dict[str, Any]:
-    """What identifies a checkpoint's contents cheaply: per weight and config file its name, size, modification
-    time and the name of the file a link resolves to (a hub snapshot links to blobs named by their hash); per
-    safetensors file the hash of its header (tensor names, dtypes, shapes, offsets)."""
+    """What identifies a checkpoint's contents cheaply. Per safetensors file: its size, modification time, the name
+    of the file a link resolves to (a hub snapshot links to blobs named by their hash) and the hash of its header
+    (tensor names, dtypes, shapes, offsets). The small JSON files an entry copies (config, generation config, index)
+    by their contents, so that an edited config is never answered with the old one."""
     folder = Path(folder).resolve()
-    files = {}
+    files: dict[str, dict[str, Any]] = {}
     for path in sorted(folder.iterdir()):
-        if not (path.suffix == ".safetensors" or path.name in ("config.json", "model.safetensors.index.json")):
-            continue
-        target = path.resolve()
-        stat = target.stat()
-        entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "target": target.name}
         if path.suffix == ".safetensors":
-            entry["header_sha256"] = hashlib.sha256(_safetensors_header(target)).hexdigest()
-        files[path.name] = entry
+            target = path.resolve()
+            stat = target.stat()
+            files[path.name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "target": target.name,
+                                "header_sha256": hashlib.sha256(_safetensors_header(target)).hexdigest()}
+        elif path.name in _COPIED_FILES:
+            files[path.name] = {"sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     return {"folder": str(folder), "files": files}
 
 

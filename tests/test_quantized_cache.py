@@ -81,8 +81,26 @@ def test_key_changes_with_the_checkpoint_format_and_block_size(checkpoint, tmp_p
     assert key != cache.entry(checkpoint, "nf4", torch.float32, "cpu", 64).key
     assert key != cache.entry(checkpoint, "int8", torch.float32, "cpu", 32).key
     assert key != cache.entry(checkpoint, "nf4", torch.bfloat16, "cpu", 32).key
+    text = (checkpoint / "config.json").read_text()
+    config = json.loads(text)
+    (checkpoint / "config.json").write_text(text)  # rewritten with the same contents: the same entry
+    assert key == cache.entry(checkpoint, "nf4", torch.float32, "cpu", 32).key
+    (checkpoint / "config.json").write_text(json.dumps({**config, "mean_recurrence": 5}))  # an entry copies it
+    edited = cache.entry(checkpoint, "nf4", torch.float32, "cpu", 32).key
+    assert edited != key
     make_checkpoint(checkpoint, seed=1, weight_std=None)  # same names and shapes, new weights
-    assert key != cache.entry(checkpoint, "nf4", torch.float32, "cpu", 32).key
+    assert cache.entry(checkpoint, "nf4", torch.float32, "cpu", 32).key not in (key, edited)
+
+
+def test_an_edited_config_is_not_answered_from_the_cache(checkpoint, tmp_path):
+    cache = tmp_path / "cache"
+    engine.load(str(checkpoint), quantization="nf4", quantized_cache=cache)
+    config = json.loads((checkpoint / "config.json").read_text())
+    (checkpoint / "config.json").write_text(json.dumps({**config, "mean_recurrence": 5}))
+    model, _ = engine.load(str(checkpoint), quantization="nf4", quantized_cache=cache)
+    assert model.weights_cache.startswith("quantized weights saved to") and model.config.mean_recurrence == 5
+    again, _ = engine.load(str(checkpoint), quantization="nf4", quantized_cache=cache)
+    assert again.weights_cache.startswith("quantized weights read") and again.config.mean_recurrence == 5
 
 
 def test_a_changed_checkpoint_is_quantized_again_and_replaces_its_entry(checkpoint, tmp_path):
