@@ -149,7 +149,7 @@ class QuantizedCache:
             if free < nbytes + DISK_MARGIN_BYTES:
                 return (f"quantized weights not cached: {free / 1e9:.1f} GB free on disk in {self.root}, "
                         f"{(nbytes + DISK_MARGIN_BYTES) / 1e9:.1f} GB needed")
-            tmp = self.root / f".partial-{entry.path.name}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            tmp = self.root / f".partial-{entry.path.name}-{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             try:
                 model.save_pretrained(tmp)
                 files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
@@ -173,15 +173,14 @@ class QuantizedCache:
 
     def _remove_stale_partials(self) -> None:
         """Temporary folders left by a crashed writer: this host's whose process is gone, or any older than a day."""
-        host = socket.gethostname()
+        mine = re.compile(rf"-{re.escape(_host())}-(\d+)-[0-9a-f]{{8}}$")
         for path in self.root.glob(".partial-*"):
-            match = re.search(r"-([^-]+)-(\d+)-[0-9a-f]{8}$", path.name)
             try:
                 old = time.time() - path.stat().st_mtime > STALE_PARTIAL_S
             except OSError:
                 continue
-            dead = match is not None and match.group(1) == host and not _pid_alive(int(match.group(2)))
-            if old or dead:
+            match = mine.search(path.name)
+            if old or (match is not None and not _pid_alive(int(match.group(1)))):
                 self.discard(path)
 
     def _remove_replaced(self, entry: CacheEntry) -> None:
@@ -234,6 +233,10 @@ def _sync_folder(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _host() -> str:
+    return _slug(socket.gethostname())
 
 
 def _pid_alive(pid: int) -> bool:
