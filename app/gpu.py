@@ -45,7 +45,7 @@ def gpu_seconds(token_steps: float) -> int:
     return int(min(GPU_MAX_SECONDS, math.ceil(GPU_BASE_SECONDS + GPU_SECONDS_PER_TOKEN_STEP * token_steps)))
 
 
-def stream_duration(messages: Any, settings: engine.GenerationSettings, cancel: Any = None) -> int:
+def stream_duration(messages: Any, settings: engine.GenerationSettings, cancel: Any = None, owner: str = "") -> int:
     return gpu_seconds(settings.num_steps * settings.max_new_tokens)
 
 
@@ -73,9 +73,11 @@ class GpuWork:
         self._compare = gpu(self._compare_on_gpu, compare_duration)
 
     def _stream_on_gpu(self, messages: list[dict[str, str]], settings: engine.GenerationSettings,
-                       cancel: Any = None) -> Iterator[Any]:
+                       cancel: Any = None, owner: str = "") -> Iterator[Any]:
         model, tokenizer = self.slot.pair
-        yield from engine.stream(model, tokenizer, messages, settings, cancel)
+        # Under ZeroGPU each call runs in a fresh worker process, so a cache kept there would never be seen again.
+        prompt_cache = None if self.zero_gpu else self.slot.prompt_cache
+        yield from engine.stream(model, tokenizer, messages, settings, cancel, prompt_cache, owner)
 
     def _compare_on_gpu(self, messages: list[dict[str, str]], settings_list: list[engine.GenerationSettings],
                         cancel: Any = None) -> list[engine.CompareResult]:
@@ -83,13 +85,14 @@ class GpuWork:
         return engine.compare(model, tokenizer, messages, settings_list, cancel)
 
     def stream(self, messages: list[dict[str, str]], settings: engine.GenerationSettings,
-               cancel: Any = None) -> Iterator[Any]:
-        """engine.stream's events. Stop: the engine checks ``cancel`` itself; under ZeroGPU a threading.Event
-        cannot reach the worker process, so the stream is cut here instead and ends without a Summary."""
+               cancel: Any = None, owner: str = "") -> Iterator[Any]:
+        """engine.stream's events. ``owner`` keeps each visitor's conversation caches to themselves. Stop: the
+        engine checks ``cancel`` itself; under ZeroGPU a threading.Event cannot reach the worker process, so the
+        stream is cut here instead and ends without a Summary."""
         if not self.zero_gpu:
-            yield from self._stream(messages, settings, cancel)
+            yield from self._stream(messages, settings, cancel, owner)
             return
-        events = self._stream(messages, settings, None)
+        events = self._stream(messages, settings, None, owner)
         try:
             for event in events:
                 yield event

@@ -271,7 +271,7 @@ class Studio:
         last = time.perf_counter()
         summary = None
         try:
-            for event in self.gpu.stream(messages, settings, cancel):
+            for event in self.gpu.stream(messages, settings, cancel, writer.owner):
                 if isinstance(event, engine.Summary):
                     summary = event
                     break

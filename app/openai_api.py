@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 OWNER = "huginn-studio"
 EXTENSION = "huginn"  # the extension field on chunks, answers and model entries
+API_CACHE_OWNER = "openai-api"  # API clients share one set of conversation caches, apart from the page's visitors
 DEFAULT_MAX_TOKENS = 256  # the page's default for max new tokens
 MAX_STOPS = 4
 # Standard fields taken and ignored: they change nothing here.
@@ -108,10 +109,10 @@ class GatedWork:
         self.work, self.gate = work, gate
 
     def stream(self, messages: list[dict[str, str]], settings: engine.GenerationSettings,
-               cancel: threading.Event | None = None) -> Iterator[Any]:
+               cancel: threading.Event | None = None, owner: str = "") -> Iterator[Any]:
         with self.gate.hold(cancel) as got:
             if got:
-                yield from self.work.stream(messages, settings, cancel)
+                yield from self.work.stream(messages, settings, cancel, owner)
 
     def compare(self, messages: list[dict[str, str]], settings_list: list[engine.GenerationSettings],
                 cancel: threading.Event | None = None) -> list[engine.CompareResult]:
@@ -253,7 +254,7 @@ class Completion:
         self.created = int(time.time())
         self.model = model_id(studio)
         self.cancel = threading.Event()
-        self.events = studio.gpu.stream(messages, settings, self.cancel)
+        self.events = studio.gpu.stream(messages, settings, self.cancel, owner=API_CACHE_OWNER)
 
     def first(self) -> Any:
         """The first event, so a prompt the model cannot take is a 400 before any chunk is sent."""

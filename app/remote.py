@@ -121,9 +121,9 @@ class RemoteEngine:
                     extra_body=extra, **body)
 
     def stream(self, messages: list[dict[str, str]], settings: engine.GenerationSettings,
-               cancel: threading.Event | None = None) -> Iterator[engine.TokenEvent | engine.Summary]:
+               cancel: threading.Event | None = None, owner: str = "") -> Iterator[engine.TokenEvent | engine.Summary]:
         """The remote answer as engine events; a refused request raises engine.PromptError with the server's
-        message."""
+        message. ``owner`` is not sent: the remote server keeps its own prompt caches."""
         start = time.perf_counter()
         try:
             chunks = self.client.chat.completions.create(**self._request(messages, settings))

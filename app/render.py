@@ -118,7 +118,7 @@ def legend(scale: int) -> str:
 
 
 def stats_line(stats: dict[str, Any] | None) -> str:
-    """tokens · tokens/s · mean and max steps · materialized size · why it stopped."""
+    """tokens · tokens/s · mean and max steps · materialized size · prompt tokens reused · why it stopped."""
     if not stats:
         return ""
     parts = [f"{stats.get('tokens', 0)} tokens"]
@@ -128,6 +128,8 @@ def stats_line(stats: dict[str, Any] | None) -> str:
         parts.append(f"steps mean {stats['mean_steps']:.1f}, max {stats.get('max_steps', 0)}")
     if stats.get("materialized_parameters"):
         parts.append(f"materialized {human_count(stats['materialized_parameters'])} params")
+    if stats.get("reused_tokens"):
+        parts.append(f"{stats['reused_tokens']} of {stats.get('prompt_tokens', '?')} prompt tokens from the cache")
     reason = stats.get("stop_reason")
     if reason:
         parts.append(STOP_REASONS.get(reason, reason))

@@ -16,6 +16,7 @@ class ModelSlot:
         self._pair = (model, tokenizer)
         self.note = note
         self.lock = threading.Lock()
+        self.prompt_cache = engine.PromptCache()  # conversations' KV caches, so a turn runs only its new tokens
 
     @property
     def pair(self) -> tuple[Any, Any]:
@@ -32,6 +33,7 @@ class ModelSlot:
         with self.lock:
             model, tokenizer = engine.load(source or "auto", quantization=quantization, tqdm_class=tqdm_class)
             self._pair = (model, tokenizer)
+            self.prompt_cache.clear()  # the caches belong to the previous model
             self.note = describe_source(source or "auto", engine.model_info(model).name)
             return engine.model_info(model)
 

@@ -17,7 +17,8 @@ from .render import MessageView, finite
 from .store import InvalidData, Message, check_trace
 
 STATS_KEYS = ("tokens", "prompt_tokens", "tokens_per_s", "mean_steps", "min_steps", "max_steps", "core_iterations",
-              "kv_cache_bytes", "elapsed_s", "first_token_s", "stop_reason", "seed", "notice", "trimmed_messages")
+              "kv_cache_bytes", "elapsed_s", "first_token_s", "stop_reason", "seed", "notice", "trimmed_messages",
+              "reused_tokens")
 TEXT_STATS = ("stop_reason", "notice")
 STATUSES = ("complete", "cancelled", "failed", "partial", "interrupted")
 ROLES = ("user", "assistant", "system")

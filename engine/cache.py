@@ -31,6 +31,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import psutil
 import torch
 from torch import Tensor
 
@@ -90,6 +91,14 @@ def kv_cache_bytes(config, strategy: str | CacheStrategy, length: int, num_steps
         slots += n_core
     per_position = 2 * batch_size * config.num_key_value_heads * config.head_dim * element_size
     return slots * per_position * length
+
+
+def memory_budget(device: torch.device) -> int:
+    """Bytes the KV cache may take: most of the free GPU memory, or half of the available RAM."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.8)
+    return psutil.virtual_memory().available // 2
 
 
 class _Slot:
@@ -183,13 +192,30 @@ class RecurrentCache:
         return (kind, index)
 
     def crop(self, length: int) -> None:
-        """Forget every entry at positions >= ``length`` (rejected speculative tokens)."""
-        if length >= self.seq_len:
+        """Forget every entry at positions >= ``length`` (rejected speculative tokens, the part of a prompt cache
+        entry that a new turn does not share). ``length == seq_len`` clears what a cancelled block left beyond."""
+        if length > self.seq_len:
             return
         for slot in list(self._slots.values()) + list(self._latest.values()):
             slot.valid[:, length:] = False
             slot.dense_upto = min(slot.dense_upto, length)
         self.seq_len = length
+
+    def copy_prefix(self, length: int, capacity: int) -> "RecurrentCache":
+        """A new cache with this one's entries at positions below ``length`` and room for ``capacity`` positions;
+        this cache is left as it is (a prompt cache entry shared by two branches of a conversation)."""
+        length = min(length, self.seq_len)
+        out = RecurrentCache(self.n_prelude, self.n_core, self.n_coda, self.batch_size, self.n_heads,
+                             self.head_dim, self.strategy, self.dtype, self.device, max(capacity, length, 1))
+        for table, copied in ((self._slots, out._slots), (self._latest, out._latest)):
+            for key, slot in table.items():
+                twin = copied[key] = out._new_slot()
+                twin.k[:, :, :length] = slot.k[:, :, :length]
+                twin.v[:, :, :length] = slot.v[:, :, :length]
+                twin.valid[:, :length] = slot.valid[:, :length]
+                twin.dense_upto = min(slot.dense_upto, length)
+        out.seq_len = length
+        return out
 
     def reset(self) -> None:
         self._slots.clear()

@@ -9,7 +9,7 @@ row's output is the one it would have alone. The consumer ends rows early (stop 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import torch
@@ -83,12 +83,17 @@ def decode(
     cancel: threading.Event | None = None,
     cache=None,
     stops: RowStops | None = None,
+    split_prompt: bool = False,
 ) -> Iterator[DecodeStep]:
     """Yield one ``DecodeStep`` per generated position until every row stopped (stop token, its token budget, the
     context, or ``stops``).
 
-    ``input_ids`` is (1, S) (shared by all rows) or (B, S). A set ``cancel`` event ends the loop before the next
-    recurrence step, with a final ``DecodeStep`` marked ``cancelled``.
+    ``input_ids`` is (1, S) (shared by all rows) or (B, S). A ``cache`` that already holds the first positions of
+    the prompt (``engine.prompt_cache``) is continued: the prefill runs only the tokens after ``cache.seq_len``.
+    ``split_prompt`` runs the prompt but its last token as one block at full depth, then the last token alone
+    like a decoded one: the prompt's positions then never depend on where the prompt ends, and the first answer
+    token exits like the others. A set ``cancel`` event ends the loop before the next recurrence step, with a
+    final ``DecodeStep`` marked ``cancelled``.
     """
     batch = len(plans)
     if input_ids.shape[0] == 1 and batch > 1:
@@ -100,22 +105,24 @@ def decode(
     chooser = _TokenChooser(plans, input_ids, stop_ids)
     finished = [False] * batch
     carried: Tensor | None = None
-    x = input_ids
-    while not all(finished):
-        try:
+    x = input_ids[:, cache.seq_len:]
+    try:
+        if split_prompt and x.shape[1] > 1:
+            body = [replace(p, exit_in_prefill=False, trace_top_k=None) for p in plans]
+            run_block(model, x[:, :-1], body, cache, cancel=cancel)
+            x = x[:, -1:]
+        while not all(finished):
             block = run_block(model, x, plans, cache, carried=carried, active=[not f for f in finished],
-                              prefill=carried is None, cancel=cancel)
-        except Cancelled:
-            yield DecodeStep([-1] * batch, [0] * batch, [[] for _ in plans], 0, cancelled=True,
-                             finished=tuple(finished))
-            return
-        carried = block.carry(plans)
-        tokens = chooser.choose(block, finished)
-        yield DecodeStep(tokens, block.steps, block.exit_values, block.core_iterations, finished=tuple(finished),
-                         traces=block.traces)
-        if stops is not None:
-            finished = [f or r in stops for r, f in enumerate(finished)]
-        x = torch.tensor([[t if t >= 0 else config.pad_token_id or 0] for t in tokens], device=input_ids.device)
-        chooser.append(x)
-        if cache.seq_len + 1 > config.block_size:
-            break
+                              prefill=carried is None and not split_prompt, cancel=cancel)
+            carried = block.carry(plans)
+            tokens = chooser.choose(block, finished)
+            yield DecodeStep(tokens, block.steps, block.exit_values, block.core_iterations,
+                             finished=tuple(finished), traces=block.traces)
+            if stops is not None:
+                finished = [f or r in stops for r, f in enumerate(finished)]
+            x = torch.tensor([[t if t >= 0 else config.pad_token_id or 0] for t in tokens], device=input_ids.device)
+            chooser.append(x)
+            if cache.seq_len + 1 > config.block_size:
+                break
+    except Cancelled:
+        yield DecodeStep([-1] * batch, [0] * batch, [[] for _ in plans], 0, cancelled=True, finished=tuple(finished))

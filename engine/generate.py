@@ -13,8 +13,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from .cache import kv_cache_bytes
+from .cache import kv_cache_bytes, memory_budget
 from .decode import RowPlan, RowStops, decode
+from .prompt_cache import PromptCache, TurnCache
 from .speculative import SpeculationStats, speculative_decode
 from .settings import GenerationSettings
 from .stops import StopStrings
@@ -68,6 +69,7 @@ class Summary:
     steps: list[int] = field(default_factory=list)
     acceptance: float | None = None  # share of drafted tokens kept, with speculative decoding
     trace: dict[str, Any] | None = None  # with settings.trace: the answer's AnswerTrace in compact form
+    reused_tokens: int = 0  # prompt tokens whose KV came from an earlier turn (engine.prompt_cache), not rerun
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -185,16 +187,6 @@ class IncrementalDecoder:
 
 # ---- generation -------------------------------------------------------------------------------------------------
 
-def memory_budget(device: torch.device) -> int:
-    """Bytes the KV cache may take: most of the free GPU memory, or half of the available RAM."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * 0.8)
-    import psutil
-
-    return psutil.virtual_memory().available // 2
-
-
 def fit_cache_strategy(model, settings: GenerationSettings, length: int, rows: int = 1) -> tuple[str, str | None]:
     """Keep the asked-for cache when it fits; a full per-step cache that does not fit becomes one KV slot per core
     layer ("latest-m4-compress-s<L>", the vLLM port's layout; the paper found no loss on MT-Bench), with a notice."""
@@ -221,104 +213,129 @@ def _plan(settings: GenerationSettings, seed: int, max_new_tokens: int) -> RowPl
         sampling=settings.sampling,
         max_new_tokens=max_new_tokens,
         seed=seed,
+        state_seed=settings.state_seed,
         trace_top_k=settings.trace_top_k if settings.trace else None,
     )
 
 
+class _Row:
+    """One row's answer as it grows: its text (decoded and stop-string filtered), tokens, steps, reason, trace."""
+
+    def __init__(self, tokenizer, settings: GenerationSettings, plan: RowPlan) -> None:
+        self.settings, self.plan = settings, plan
+        self.decoder = IncrementalDecoder(tokenizer)
+        self.stop_filter = StopStrings(settings.stop_strings)
+        self.lens = AnswerTraceBuilder(settings.trace_top_k) if settings.trace else None
+        self.text = ""
+        self.tokens: list[int] = []
+        self.steps: list[int] = []
+        self.reason: str | None = None  # set when the row is done
+        self.first_token = 0.0
+        self.done_at: float | None = None
+
+    def add(self, token: int, steps: int, exit_values: list[float], traced, now: float, stop_ids: set[int],
+            text_of: Callable[[int], str]) -> TokenEvent:
+        self.tokens.append(token)
+        self.steps.append(steps)
+        self.first_token = self.first_token or now
+        index = len(self.steps) - 1
+        exit_value = exit_values[-1] if exit_values else None
+        trace = self.lens.add(index, token, steps, *traced, text_of) if self.lens and traced is not None else None
+        if token in stop_ids:
+            self.reason = "end_of_turn"
+            return TokenEvent(index, token, "", steps, exit_value, now, trace)
+        piece = self.stop_filter.feed(self.decoder.add(token))
+        self.text += piece
+        if self.stop_filter.hit:
+            self.reason = "stop_string"
+        elif len(self.steps) >= self.plan.max_new_tokens:
+            self.reason = "max_tokens" if self.plan.max_new_tokens == self.settings.max_new_tokens else "context_full"
+        return TokenEvent(index, token, piece, steps, exit_value, now, trace)
+
+    def finish(self, elapsed: float) -> TokenEvent | None:
+        """End the row; the text still held back (an unfinished character, a possible stop string's start)."""
+        self.reason = self.reason or "context_full"
+        if self.reason == "stop_string":
+            return None
+        tail = self.stop_filter.feed(self.decoder.flush())
+        tail += "" if self.stop_filter.hit else self.stop_filter.flush()
+        self.text += tail
+        return TokenEvent(len(self.steps), -1, tail, 0, None, elapsed) if tail else None
+
+    def summary(self, elapsed: float, **shared: Any) -> Summary:
+        steps = self.steps or [0]
+        row_elapsed = self.done_at or elapsed  # rows of a batch finish at different times
+        return Summary(
+            text=self.text, tokens=len(self.steps),
+            tokens_per_s=len(self.steps) / row_elapsed if row_elapsed > 0 else 0.0,
+            mean_steps=sum(steps) / len(steps), min_steps=min(steps), max_steps=max(steps),
+            core_iterations=sum(self.steps), elapsed_s=row_elapsed, first_token_s=self.first_token,
+            stop_reason=self.reason, seed=self.plan.seed,
+            settings=self.settings.replace(seed=self.plan.seed).to_dict(),
+            steps=list(self.steps), trace=self.lens.finish().to_dict() if self.lens is not None else None, **shared)
+
+
 def _run_rows(model, tokenizer, prompt_ids: list[int], settings_list: Sequence[GenerationSettings],
-              cancel: threading.Event | None, trimmed: int) -> Iterator[tuple[int, TokenEvent | Summary]]:
-    """Generate for several settings of one cache strategy in one batch; yield (row, event) and per-row summaries."""
+              cancel: threading.Event | None, trimmed: int,
+              turn: TurnCache | None = None) -> Iterator[tuple[int, TokenEvent | Summary]]:
+    """Generate for several settings of one cache strategy in one batch; yield (row, event) and per-row summaries.
+    With ``turn`` (one row), the prefill starts after the prefix an earlier turn left in the prompt cache."""
     context = model.config.block_size
     room = context - len(prompt_ids)
     seeds = [s.seed if s.seed is not None else random.SystemRandom().randrange(2**31) for s in settings_list]
     budgets = [min(s.max_new_tokens, room) for s in settings_list]
     plans = [_plan(s, seed, b) for s, seed, b in zip(settings_list, seeds, budgets)]
-    stops = stop_token_ids(model, tokenizer)
-    device = model.transformer.wte.weight.device
-    input_ids = torch.tensor([prompt_ids], device=device)
-    n = len(plans)
-    decoders = [IncrementalDecoder(tokenizer) for _ in range(n)]
-    stop_filters = [StopStrings(s.stop_strings) for s in settings_list]
-    texts = [""] * n
-    steps: list[list[int]] = [[] for _ in range(n)]
-    reasons: list[str | None] = [None] * n
-    first_token = [0.0] * n
+    stop_ids = stop_token_ids(model, tokenizer)
+    capacity = len(prompt_ids) + max(budgets)
     deepest = max(settings_list, key=lambda s: s.num_steps)
-    strategy, cache_notice = fit_cache_strategy(model, deepest, len(prompt_ids) + max(budgets), n)
+    strategy, cache_notice = fit_cache_strategy(model, deepest, capacity, len(plans))
     if cache_notice:
         settings_list = [s.replace(cache_strategy=strategy) for s in settings_list]
-    cache = model.new_cache(n, strategy, capacity=len(prompt_ids) + max(budgets))
-    start = time.perf_counter()
+    rows = [_Row(tokenizer, s, p) for s, p in zip(settings_list, plans)]
+    cache, reused = turn.open(prompt_ids, strategy, capacity) if turn is not None else (None, 0)
+    cache = cache or model.new_cache(len(plans), strategy, capacity=capacity)
     notices = [f"{trimmed} earlier message(s) were left out to fit the model's context of {context} tokens"
                if trimmed else None, cache_notice]
-    notice = "; ".join(part for part in notices if part) or None
-
-    done_at: list[float | None] = [None] * n
-    lens = [AnswerTraceBuilder(s.trace_top_k) if s.trace else None for s in settings_list]
     text_of = _token_texts(tokenizer)
     row_stops = RowStops()
-    if settings_list[0].draft_steps:
-        speculation = SpeculationStats()
+    speculation = SpeculationStats() if settings_list[0].draft_steps else None
+    input_ids = torch.tensor([prompt_ids], device=cache.device)
+    if speculation is not None:
         steps_iter = speculative_decode(model, input_ids, plans[0], settings_list[0].draft_steps,
-                                        settings_list[0].lookahead, stops, cancel, cache, speculation, row_stops)
+                                        settings_list[0].lookahead, stop_ids, cancel, cache, speculation, row_stops)
     else:
-        speculation = None
-        steps_iter = decode(model, input_ids, plans, strategy, stops, cancel, cache, row_stops)
-    for out in steps_iter:
-        now = time.perf_counter() - start
-        if out.cancelled:
-            for r in range(n):
-                reasons[r] = reasons[r] or "cancelled"
-            break
-        for r, token in enumerate(out.tokens):
-            if token < 0 or reasons[r] is not None:
-                continue
-            steps[r].append(out.steps[r])
-            if not first_token[r]:
-                first_token[r] = now
-            exit_value = out.exit_values[r][-1] if out.exit_values[r] else None
-            index = len(steps[r]) - 1
-            trace = None
-            if lens[r] is not None and out.traces and out.traces[r] is not None:
-                trace = lens[r].add(index, token, out.steps[r], *out.traces[r], text_of)
-            if token in stops:
-                reasons[r] = "end_of_turn"
-                yield r, TokenEvent(index, token, "", out.steps[r], exit_value, now, trace)
-                continue
-            piece = stop_filters[r].feed(decoders[r].add(token))
-            texts[r] += piece
-            yield r, TokenEvent(index, token, piece, out.steps[r], exit_value, now, trace)
-            if stop_filters[r].hit:
-                reasons[r] = "stop_string"
-                row_stops.stop(r)
-            elif len(steps[r]) >= plans[r].max_new_tokens:
-                reasons[r] = "max_tokens" if budgets[r] == settings_list[r].max_new_tokens else "context_full"
-        for r in range(n):
-            if reasons[r] is not None and done_at[r] is None:
-                done_at[r] = now
-
+        steps_iter = decode(model, input_ids, plans, strategy, stop_ids, cancel, cache, row_stops, split_prompt=True)
+    start = time.perf_counter()
+    try:
+        for out in steps_iter:
+            now = time.perf_counter() - start
+            if out.cancelled:
+                for row in rows:
+                    row.reason = row.reason or "cancelled"
+                break
+            for r, token in enumerate(out.tokens):
+                if token >= 0 and rows[r].reason is None:
+                    traced = out.traces[r] if out.traces else None
+                    yield r, rows[r].add(token, out.steps[r], out.exit_values[r], traced, now, stop_ids, text_of)
+                    if rows[r].reason == "stop_string":
+                        row_stops.stop(r)
+            for row in rows:
+                row.done_at = row.done_at or (now if row.reason is not None else None)
+    except Exception:
+        turn = None  # an error mid-answer (out of memory, ...): the cache is not worth its memory
+        raise
+    finally:  # also when the consumer stops listening: the positions below cache.seq_len are complete
+        if turn is not None:
+            turn.keep(cache, prompt_ids, rows[0].tokens)
     elapsed = time.perf_counter() - start
-    for r in range(n):
-        if reasons[r] is None:
-            reasons[r] = "context_full"
-        if reasons[r] != "stop_string":
-            tail = stop_filters[r].feed(decoders[r].flush())
-            tail += "" if stop_filters[r].hit else stop_filters[r].flush()
-            texts[r] += tail
-            if tail:
-                yield r, TokenEvent(len(steps[r]), -1, tail, 0, None, elapsed)
-        row_steps = steps[r] or [0]
-        row_elapsed = done_at[r] or elapsed  # rows of a batch finish at different times
-        yield r, Summary(
-            text=texts[r], tokens=len(steps[r]), prompt_tokens=len(prompt_ids),
-            tokens_per_s=len(steps[r]) / row_elapsed if row_elapsed > 0 else 0.0,
-            mean_steps=sum(row_steps) / len(row_steps), min_steps=min(row_steps), max_steps=max(row_steps),
-            core_iterations=sum(steps[r]), kv_cache_bytes=cache.nbytes() // n, elapsed_s=row_elapsed,
-            first_token_s=first_token[r], stop_reason=reasons[r], seed=seeds[r],
-            settings=settings_list[r].replace(seed=seeds[r]).to_dict(), trimmed_messages=trimmed, notice=notice,
-            steps=list(steps[r]), acceptance=speculation.acceptance if speculation else None,
-            trace=lens[r].finish().to_dict() if lens[r] is not None else None,
-        )
+    for r, row in enumerate(rows):
+        tail = row.finish(elapsed)
+        if tail is not None:
+            yield r, tail
+        yield r, row.summary(
+            elapsed, prompt_tokens=len(prompt_ids), kv_cache_bytes=cache.nbytes() // len(rows),
+            trimmed_messages=trimmed, notice="; ".join(part for part in notices if part) or None,
+            acceptance=speculation.acceptance if speculation else None, reused_tokens=reused)
 
 
 def _token_texts(tokenizer) -> Callable[[int], str]:
@@ -333,15 +350,19 @@ def _token_texts(tokenizer) -> Callable[[int], str]:
 
 
 def stream(model, tokenizer, messages: Any, settings: GenerationSettings | None = None,
-           cancel: threading.Event | None = None) -> Iterator[TokenEvent | Summary]:
+           cancel: threading.Event | None = None, prompt_cache: PromptCache | None = None,
+           cache_owner: str = "") -> Iterator[TokenEvent | Summary]:
     """Answer a chat: yield a ``TokenEvent`` per token, then one ``Summary``.
 
     ``messages`` are ``{"role", "content"}`` dicts rendered with the tokenizer's chat template. Setting ``cancel``
     stops within one recurrence step; the summary then keeps the partial text with ``stop_reason="cancelled"``.
+    With a ``prompt_cache``, the prompt's prefix that an earlier turn of ``cache_owner`` computed is not run again
+    (``Summary.reused_tokens``); the output is the same as without it.
     """
     settings = settings or GenerationSettings(num_steps=model.config.mean_recurrence)
     prompt_ids, trimmed = build_prompt(tokenizer, messages, model.config.block_size, min(settings.max_new_tokens, 16))
-    for _, event in _run_rows(model, tokenizer, prompt_ids, [settings], cancel, trimmed):
+    turn = TurnCache(prompt_cache, model, settings, cache_owner) if prompt_cache is not None else None
+    for _, event in _run_rows(model, tokenizer, prompt_ids, [settings], cancel, trimmed, turn):
         yield event
 
 

@@ -42,7 +42,10 @@ class GenerationSettings:
     top_p: float = 1.0
     min_p: float = 0.0
     repetition_penalty: float = 1.0
-    seed: int | None = None
+    seed: int | None = None  # sampling; None = a fresh random seed per answer
+    # The key of every position's random initial state (prompt and answer alike): the same conversation text gets
+    # the same latent noise, so a later turn can reuse the conversation's KV cache (engine.prompt_cache).
+    state_seed: int = 0
     stop_strings: tuple[str, ...] = ()
     draft_steps: int = 0  # > 0: self-speculative decoding, drafting at this depth (greedy, fixed depth only)
     lookahead: int = 4  # tokens drafted per verification pass
@@ -82,6 +85,7 @@ class GenerationSettings:
         _float_range("repetition_penalty", self.repetition_penalty, 0.0, 10.0, low_open=True)
         if self.seed is not None:
             _int_range("seed", self.seed, 0, 2**63 - 1)
+        _int_range("state_seed", self.state_seed, 0, 2**63 - 1)
         _int_range("draft_steps", self.draft_steps, 0, max(self.num_steps - 1, 0))
         _int_range("lookahead", self.lookahead, 1, 32)
         if self.draft_steps and (self.adaptive or self.warm_start or self.temperature > 0

@@ -50,8 +50,9 @@ class _Speculator:
         return sample_token(logits, self.plan.sampling, None, seen)
 
     def first(self, input_ids: Tensor) -> int:
-        return self.choose(run_block(self.model, input_ids, [self.plan], self.cache, cancel=self.cancel).logits[0, -1],
-                           [])
+        """The first token, after prefilling the prompt positions the cache does not hold yet."""
+        rest = input_ids[:, self.cache.seq_len:]
+        return self.choose(run_block(self.model, rest, [self.plan], self.cache, cancel=self.cancel).logits[0, -1], [])
 
     def draft(self, room: int, stop_ids: set[int] | frozenset[int]) -> list[int]:
         drafts: list[int] = []

@@ -26,8 +26,9 @@ from .trace import StepRecorder, StepTrace
 class RowPlan:
     """How one batch row thinks and samples. ``criterion=None`` is the fixed-depth path (the reference's
     ``generate_minimal``): warm start then carries the ln_f-normalised latent. Any criterion, "none" included, is
-    the adaptive path, which carries the raw core output, as the reference does. ``seed=None`` draws initial states
-    from torch's global generator (``forward``); a seed keys each position's state by (seed, position)."""
+    the adaptive path, which carries the raw core output, as the reference does. ``seed`` drives sampling.
+    ``state_seed`` keys each position's random initial state by (state_seed, position); ``None`` means "the same as
+    ``seed``", and with both ``None`` the states come from torch's global generator (``forward``)."""
 
     num_steps: int
     criterion: str | None = None
@@ -39,6 +40,7 @@ class RowPlan:
     sampling: SamplingParams = SamplingParams()
     max_new_tokens: int = 256
     seed: int | None = 0
+    state_seed: int | None = None
     exit_in_prefill: bool = True  # False: the prompt always runs all steps (the reference's do_not_exit_in_prefill)
     trace_top_k: int | None = None  # the depth lens (engine.trace): tokens kept per step; None = not traced
 
@@ -107,17 +109,22 @@ def run_block(model, input_ids: Tensor | None, plans: list[RowPlan], cache=None,
     return result
 
 
+def _state_key(plan: RowPlan) -> int | None:
+    return plan.seed if plan.state_seed is None else plan.state_seed
+
+
 def _initial_states(model, embedded: Tensor, plans: list[RowPlan], carried: Tensor | None, pos0: int) -> Tensor:
-    if all(p.seed is None and not p.warm_start for p in plans) and len({p.init_scale for p in plans}) == 1:
+    if all(_state_key(p) is None and not p.warm_start for p in plans) and len({p.init_scale for p in plans}) == 1:
         return model.initial_state(embedded, plans[0].init_scale)  # one draw for the batch, as the reference
     rows = []
     for r, p in enumerate(plans):
+        key = _state_key(p)
         if p.warm_start and carried is not None:
             rows.append(carried[r:r + 1])
-        elif p.seed is None:
+        elif key is None:
             rows.append(model.initial_state(embedded[r:r + 1], p.init_scale))
         else:
-            rows.append(seeded_initial_states(model, embedded[r:r + 1], p.init_scale, p.seed, pos0))
+            rows.append(seeded_initial_states(model, embedded[r:r + 1], p.init_scale, key, pos0))
     return torch.cat(rows)
 
 

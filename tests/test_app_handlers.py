@@ -116,6 +116,21 @@ def test_send_streams_and_stores_the_answer_with_its_steps(studio):
     assert html == updates[-1][1]
 
 
+def test_a_second_turn_reuses_the_first_and_says_so(studio):
+    """The slot's prompt cache: the second turn's answer equals the same turn in a fresh app without the cache."""
+    session = run(studio.send(studio.new_session(), "Hello", "", fixed(steps=4, tokens=6)))[-1][0]
+    session, html = run(studio.send(session, "And more?", "", fixed(steps=4, tokens=6)))[-1]
+    answer = studio.store.thread(session.owner, session.conversation_id)[-1]
+    reused = answer.stats["reused_tokens"]
+    assert 0 < reused < answer.stats["prompt_tokens"]
+    assert f"{reused} of {answer.stats['prompt_tokens']} prompt tokens from the cache" in html
+    model, tok = studio.slot.pair
+    messages = [{"role": m.role, "content": m.content}
+                for m in studio.store.thread(session.owner, session.conversation_id)[:-1]]
+    alone = list(engine.stream(model, tok, messages, fixed(steps=4, tokens=6)))[-1]
+    assert alone.reused_tokens == 0 and alone.text == answer.content
+
+
 def test_stop_keeps_the_partial_answer(studio):
     session = studio.new_session()
     gen = studio.send(session, "Tell me everything", "", fixed(steps=8, tokens=200))

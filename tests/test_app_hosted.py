@@ -276,13 +276,13 @@ class RecordingGpu(GpuWork):
         self.peak = 0
         self.runs: list[tuple[float, float]] = []  # (start, end) of each generation, time.monotonic()
 
-    def stream(self, messages, settings, cancel=None):
+    def stream(self, messages, settings, cancel=None, owner=""):
         with self.lock:
             self.running += 1
             self.peak = max(self.peak, self.running)
         start = time.monotonic()
         try:
-            yield from super().stream(messages, settings, cancel)
+            yield from super().stream(messages, settings, cancel, owner)
         finally:
             with self.lock:
                 self.running -= 1

@@ -26,7 +26,9 @@ def run(model, tokenizer, prompt: str, **settings):
 
 
 @pytest.mark.parametrize("init_scale", [1.0, 0.0])
-def test_the_leader_at_step_s_is_the_greedy_token_of_a_run_at_depth_s(tiny, init_scale):
+def test_the_leader_at_step_s_is_the_greedy_token_of_a_run_that_exits_at_step_s(tiny, init_scale):
+    """The context (the prompt) runs at depth k in both runs; only the token's own recurrence stops at step s,
+    forced by a criterion that exits at its first check (min_steps = s - 1, a threshold no value reaches)."""
     model, tokenizer = tiny
     k = 6
     flips = 0
@@ -36,7 +38,9 @@ def test_the_leader_at_step_s_is_the_greedy_token_of_a_run_at_depth_s(tiny, init
         assert trace is not None and trace.exit_step == k and [s.step for s in trace.steps] == list(range(1, k + 1))
         leaders = trace.leaders()
         for s in range(1, k + 1):
-            (solo,), _ = run(model, tokenizer, prompt, num_steps=s, max_new_tokens=1, init_scale=init_scale)
+            (solo,), _ = run(model, tokenizer, prompt, num_steps=k, criterion="kl", exit_threshold=1e6,
+                             min_steps=s - 1, cache_strategy="full", max_new_tokens=1, init_scale=init_scale)
+            assert solo.steps == s
             assert leaders[s - 1] == solo.token_id, f"{prompt!r}: step {s}"
         flips += len(set(leaders))
     assert flips > len(PROMPTS), "the leaders never changed with depth: the test would not notice a wrong step"

@@ -35,6 +35,7 @@ _STATS: dict[str, tuple[bool, float, float | str | None]] = {
     "first_token_s": (False, 0, None),
     "seed": (True, -_INT_BOUND, None),
     "trimmed_messages": (True, 0, None),
+    "reused_tokens": (True, 0, None),
     "materialized_parameters": (True, 0, None),
     "agreement": (False, 0, 1),
     "acceptance": (False, 0, 1),
