@@ -260,7 +260,8 @@ def main() -> None:
     parser.add_argument("--no-cached", action="store_true", help="skip the second, cached int8 / nf4 loads")
     parser.add_argument("--no-quantizer", action="store_true", help="skip timing bitsandbytes' quantizer alone")
     parser.add_argument("--cache-dir", default=None,
-                        help="quantized-weights cache for the bench, emptied at the start (default DIR/quantized-cache)")
+                        help="quantized-weights cache for the bench, emptied at the start "
+                             "(default DIR/quantized-cache)")
     parser.add_argument("--port", type=int, default=7911)
     parser.add_argument("--official", default=str(OFFICIAL),
                         help="folder with the official config, tokenizer and weight index (default ../shared/huginn-0125)")
