@@ -27,6 +27,7 @@ __all__ = [
     "CRITERIA", "DEFAULT_THRESHOLDS", "DEMO_MODEL", "MAX_HISTORY_MESSAGES", "MAX_NUM_STEPS", "MAX_TRACE_TOP_K",
     "OFFICIAL_MODEL", "QUANTIZATIONS", "QUANTIZED_CACHE_ENV", "TRACE_VERSION", "AnswerTrace", "CacheStrategy",
     "CompareResult", "GenerationSettings", "HuginnConfig", "HuginnForCausalLM", "HuginnOutput", "LoadError",
-    "ModelInfo", "PromptCache", "PromptError", "RecurrentCache", "SettingsError", "StepTrace", "Summary", "TokenEvent", "TokenTrace",
+    "ModelInfo", "PromptCache", "PromptError", "RecurrentCache", "SettingsError", "StepTrace", "Summary", "TokenEvent",
+    "TokenTrace",
     "compare", "load", "model_info", "stream",
 ]
