@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Memory plan: {plan}")
     weights_cache = None if remote else engine.model_info(model).weights_cache
     if weights_cache:
-        print(f"Quantized weights: {weights_cache} (--no-quantized-cache turns this off)")
+        print(f"{weights_cache[:1].upper()}{weights_cache[1:]} (--no-quantized-cache turns this off)")
     config = hosted.hosted_config() if is_hosted else AppConfig()
     config = remote.app_config(config) if remote else config
     if is_hosted:
