@@ -39,6 +39,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true",
                    help="compile decoding with torch.compile: static KV caches and each recurrence as one CUDA graph "
                         "on a GPU (the first answer waits for the compiler); falls back to eager if it fails")
+    p.add_argument("--quantized-cache", default=None, metavar="DIR",
+                   help="folder that keeps int8 / nf4 weights after their first quantization, so later starts skip "
+                        f"it (default: ${engine.QUANTIZED_CACHE_ENV}, else your user cache folder)")
+    p.add_argument("--no-quantized-cache", action="store_true",
+                   help="quantize int8 / nf4 weights on every load and keep nothing on disk")
     p.add_argument("--db", default=None,
                    help=f"conversation database (default: {default_db_path()}, or {hosted.DB_FILE} in --data-dir)")
     p.add_argument("--data-dir", default=None,
@@ -71,6 +76,18 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
     return user, password
 
 
+def quantized_cache_setting(args: argparse.Namespace) -> bool | str:
+    """engine.load's ``quantized_cache`` from the flags; models loaded later from the model panel follow it too
+    (through the environment variable engine.load reads by default)."""
+    if args.no_quantized_cache:
+        os.environ[engine.QUANTIZED_CACHE_ENV] = "off"
+        return False
+    if args.quantized_cache:
+        os.environ[engine.QUANTIZED_CACHE_ENV] = str(Path(args.quantized_cache).expanduser())
+        return args.quantized_cache
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -95,8 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.engine_url:  # the model runs on another server (app.remote)
             remote = RemoteEngine(args.engine_url, args.engine_key, args.model)
         else:
+            cache = quantized_cache_setting(args)
             model, tokenizer = engine.load(args.model, quantization=args.quantization, device=args.device,
-                                           max_memory=args.max_memory, compile=args.compile)
+                                           max_memory=args.max_memory, compile=args.compile,
+                                           quantized_cache=cache)
     except engine.LoadError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -120,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.compile and not remote:
         print(f"Compiled decoding (torch.compile, mode {model.compile_report.mode}): the first answer waits for the "
               "compiler.")
+    weights_cache = None if remote else engine.model_info(model).weights_cache
+    if weights_cache:
+        print(f"{weights_cache[:1].upper()}{weights_cache[1:]} (--no-quantized-cache turns this off)")
     config = hosted.hosted_config() if is_hosted else AppConfig()
     config = remote.app_config(config) if remote else config
     if is_hosted:

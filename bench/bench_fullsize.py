@@ -1,6 +1,7 @@
 """Full-size rehearsal: Huginn-0125's exact checkpoint layout with random weights, loaded as a new user would.
 
     python bench/bench_fullsize.py --dir /path/outside/the/repo            # build once (15.6 GB), then nf4, int8, bf16
+    python bench/bench_fullsize.py --dir DIR --formats nf4 --no-cached     # first nf4 load only
     python bench/bench_fullsize.py --dir DIR --formats bf16 --no-listen    # one format, without run.py's start-up
     python bench/bench_fullsize.py --dir DIR --device cuda --tokens 4     # the same on a GPU
 
@@ -11,6 +12,11 @@ little memory. Each format is measured in its own process, one after the other: 
 into anonymous and file-backed memory (sampled every 20 ms), RSS after loading, the model's footprint, the time to
 the first token and seconds per token at r=4, and then ``run.py``'s time from start to listening (and to exit after
 Ctrl-C).
+
+int8 and nf4 are loaded twice: first with an empty quantized-weights cache (``--cache-dir``, by default
+``DIR/quantized-cache``, emptied at the start), which quantizes and writes the cache, then again from the cache
+(row "nf4 cached"); ``run.py``'s start-up is timed once per format, after the last load (so from the cache). The
+first load's child also times bitsandbytes' quantizer alone over the model's layer shapes (``bench_quantizer.py``).
 """
 
 from __future__ import annotations
@@ -163,7 +169,7 @@ class PeakRss:
         self._thread.join()
 
 
-def measure(folder: Path, fmt: str, device: str, tokens: int) -> dict:
+def measure(folder: Path, fmt: str, device: str, tokens: int, cache_dir: Path | None, quantizer: bool) -> dict:
     import torch
 
     import engine
@@ -172,7 +178,8 @@ def measure(folder: Path, fmt: str, device: str, tokens: int) -> dict:
     base_anon, base_file = _rss()
     started = time.perf_counter()
     with PeakRss() as peak:
-        model, tok = engine.load(str(folder), quantization=fmt, device=device)
+        model, tok = engine.load(str(folder), quantization=fmt, device=device,
+                                 quantized_cache=cache_dir if cache_dir is not None else False)
     load_s = time.perf_counter() - started
     gpu_peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
     anon, file = _rss()
@@ -182,37 +189,32 @@ def measure(folder: Path, fmt: str, device: str, tokens: int) -> dict:
     summary = events[-1]
     times = [e.seconds for e in events[:-1] if getattr(e, "token_id", -1) >= 0]
     per_token = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else float("nan")
-    quantizer_s = _quantizer_seconds(model) if fmt == "nf4" and device == "cpu" else float("nan")
-    return {"format": fmt, "device": device, "load_s": load_s, "quantizer_s": quantizer_s, "peak_anon": peak.anon - base_anon,
+    del model
+    quantizer_s = _quantizer_seconds(folder, fmt) if quantizer else float("nan")
+    return {"format": fmt, "device": device, "load_s": load_s, "quantizer_s": quantizer_s,
+            "weights_cache": info.weights_cache, "peak_anon": peak.anon - base_anon,
             "peak_file": peak.file - base_file, "anon_after": anon - base_anon, "file_after": file - base_file,
             "footprint": info.memory_bytes, "parameters": info.parameters, "first_token_s": summary.first_token_s,
             "s_per_token": per_token, "tokens": len(times), "plan": info.plan,
             "gpu_peak_load": gpu_peak, "gpu_peak_chat": torch.cuda.max_memory_allocated() if gpu_peak else 0}
 
 
-def _quantizer_seconds(model) -> float:
-    """bitsandbytes' quantize_4bit alone over all of the model's 4-bit weights, timed on one 10560x5280 matrix
-    (the core blocks' fused qkv shape is 15840x5280) and scaled by the weight count: the part of the nf4 load that is
-    bitsandbytes' CPU quantizer."""
-    import math
+def _quantizer_seconds(folder: Path, fmt: str) -> float:
+    """bitsandbytes' quantizer alone over the model's quantized layer shapes, on this machine and in this process
+    (bench_quantizer.py): the part of a first load that is quantizing."""
+    from bench_quantizer import model_seconds, quantizer_seconds
 
-    import bitsandbytes.functional as F
-    import torch
+    from engine import HuginnConfig
 
-    from engine.plan import NF4_BLOCKSIZE
-
-    weights = sum(math.prod(p.quant_state.shape) for p in model.parameters() if hasattr(p, "quant_state"))
-    sample = torch.randn(10560, 5280)
-    started = time.perf_counter()
-    F.quantize_4bit(sample, blocksize=NF4_BLOCKSIZE, quant_type="nf4")
-    return (time.perf_counter() - started) * weights / sample.numel()
+    config = HuginnConfig.from_pretrained(folder)
+    return model_seconds(config, quantizer_seconds(config, formats=(fmt,))[fmt])
 
 
-def time_to_listen(folder: Path, fmt: str, device: str, port: int) -> tuple[float, float]:
+def time_to_listen(folder: Path, fmt: str, device: str, port: int, cache_dir: Path) -> tuple[float, float]:
     """Seconds from starting ``run.py`` to "is running at", and from Ctrl-C (SIGINT) to its exit."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = [sys.executable, str(ROOT / "run.py"), "--model", str(folder), "--quantization", fmt, "--device", device,
-           "--port", str(port), "--db", str(folder / "bench.db")]
+           "--port", str(port), "--db", str(folder / "bench.db"), "--quantized-cache", str(cache_dir)]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     listen = float("nan")
@@ -231,8 +233,21 @@ def time_to_listen(folder: Path, fmt: str, device: str, port: int) -> tuple[floa
 
 
 def _child(args: argparse.Namespace) -> None:
-    result = measure(Path(args.dir), args.child, args.device, args.tokens)
+    result = measure(Path(args.dir), args.child, args.device, args.tokens, Path(args.cache_dir), args.quantizer)
     print("RESULT " + json.dumps(result), flush=True)
+
+
+def _runs(formats: list[str], cached: bool) -> list[tuple[str, str]]:
+    """(format, label) in order: int8 and nf4 first with an empty cache (quantizing), then from the cache."""
+    runs = []
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise SystemExit(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+        quantized = fmt in ("nf4", "int8")
+        runs.append((fmt, f"{fmt} first" if quantized else fmt))
+        if quantized and cached:
+            runs.append((fmt, f"{fmt} cached"))
+    return runs
 
 
 def main() -> None:
@@ -241,31 +256,42 @@ def main() -> None:
     parser.add_argument("--formats", default=",".join(FORMATS), help="comma-separated, from nf4, int8, bf16")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--tokens", type=int, default=4, help="new tokens at r=4 for the latency figures")
-    parser.add_argument("--no-listen", action="store_true", help="skip run.py's time to listen (a second load)")
+    parser.add_argument("--no-listen", action="store_true", help="skip run.py's time to listen (another load)")
+    parser.add_argument("--no-cached", action="store_true", help="skip the second, cached int8 / nf4 loads")
+    parser.add_argument("--no-quantizer", action="store_true", help="skip timing bitsandbytes' quantizer alone")
+    parser.add_argument("--cache-dir", default=None,
+                        help="quantized-weights cache for the bench, emptied at the start "
+                             "(default DIR/quantized-cache)")
     parser.add_argument("--port", type=int, default=7911)
     parser.add_argument("--official", default=str(OFFICIAL),
                         help="folder with the official config, tokenizer and weight index (default ../shared/huginn-0125)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--quantizer", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return _child(args)
     folder = Path(args.dir).expanduser().resolve()
     build_checkpoint(folder, Path(args.official))
+    cache_dir = Path(args.cache_dir).expanduser().resolve() if args.cache_dir else folder / "quantized-cache"
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    runs = _runs([f.strip() for f in args.formats.split(",") if f.strip()], not args.no_cached)
     rows = []
-    for fmt in [f.strip() for f in args.formats.split(",") if f.strip()]:
-        if fmt not in FORMATS:
-            raise SystemExit(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
-        # One format per process, one after the other: peak memory is then this format's alone.
+    for i, (fmt, label) in enumerate(runs):
+        # One load per process, one after the other: peak memory is then this load's alone.
+        quantizer = label.endswith("first") and args.device != "cuda" and not args.no_quantizer
         out = subprocess.run([sys.executable, __file__, "--dir", str(folder), "--child", fmt, "--device", args.device,
-                              "--tokens", str(args.tokens)], capture_output=True, text=True)
+                              "--tokens", str(args.tokens), "--cache-dir", str(cache_dir)]
+                             + (["--quantizer"] if quantizer else []), capture_output=True, text=True)
         lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
         if out.returncode or not lines:
-            print(f"{fmt}: failed (exit {out.returncode})\n{out.stderr[-3000:]}", flush=True)
+            print(f"{label}: failed (exit {out.returncode})\n{out.stderr[-3000:]}", flush=True)
             continue
         row = json.loads(lines[-1][len("RESULT "):])
-        row["listen_s"], row["exit_s"] = ((float("nan"),) * 2 if args.no_listen
-                                          else time_to_listen(folder, fmt, args.device, args.port))
-        print(f"{fmt}: {json.dumps(row)}", flush=True)
+        row["label"] = label
+        last_of_format = i + 1 == len(runs) or runs[i + 1][0] != fmt
+        row["listen_s"], row["exit_s"] = (time_to_listen(folder, fmt, args.device, args.port, cache_dir)
+                                          if last_of_format and not args.no_listen else (float("nan"),) * 2)
+        print(f"{label}: {json.dumps(row)}", flush=True)
         rows.append(row)
     print_table(rows)
 
@@ -273,21 +299,25 @@ def main() -> None:
 def print_table(rows: list[dict]) -> None:
     for r in rows:
         if r.get("quantizer_s") == r.get("quantizer_s"):  # not NaN
-            print(f"{r['format']}: bitsandbytes' quantize_4bit alone would take {r['quantizer_s']:.0f} s of the "
-                  f"{r['load_s']:.0f} s load")
-    print(f"\n{'format':<6} {'device':<6} {'load s':>7} {'peak anon GB':>12} {'peak file GB':>12} "
+            print(f"{r['label']}: bitsandbytes' quantizer alone over the model's layers takes {r['quantizer_s']:.0f} s "
+                  f"(this process, after loading) of the {r['load_s']:.0f} s load")
+    print(f"\n{'load':<12} {'device':<6} {'load s':>7} {'peak anon GB':>12} {'peak file GB':>12} "
           f"{'RSS after GB':>12} {'footprint GB':>12} {'1st token s':>11} {'s/token r=4':>11} {'listen s':>8} "
           f"{'exit s':>6}")
     for r in rows:
-        print(f"{r['format']:<6} {r['device']:<6} {r['load_s']:>7.1f} {r['peak_anon'] / GB:>12.2f} "
+        print(f"{r['label']:<12} {r['device']:<6} {r['load_s']:>7.1f} {r['peak_anon'] / GB:>12.2f} "
               f"{r['peak_file'] / GB:>12.2f} {(r['anon_after'] + r['file_after']) / GB:>12.2f} "
               f"{r['footprint'] / GB:>12.2f} {r['first_token_s']:>11.2f} {r['s_per_token']:>11.2f} "
               f"{r['listen_s']:>8.1f} {r['exit_s']:>6.2f}")
-    by = {r["format"]: r for r in rows}
-    if "nf4" in by and "int8" in by:
-        print(f"summary: nf4 load {by['nf4']['load_s'] / by['int8']['load_s']:.2f}x the int8 load; peak anonymous "
-              f"while loading / footprint: " + ", ".join(f"{f} {r['peak_anon'] / r['footprint']:.2f}"
-                                                        for f, r in by.items()))
+    by = {r["label"]: r for r in rows}
+    if "int8 first" in by:
+        base = by["int8 first"]["load_s"]
+        print("summary: load time / the first int8 load: " + ", ".join(
+            f"{label} {r['load_s'] / base:.2f}" for label, r in by.items() if label.startswith("nf4")))
+    print("peak anonymous while loading / footprint: " + ", ".join(
+        f"{label} {r['peak_anon'] / r['footprint']:.2f}" for label, r in by.items()))
+    print("RSS after loading - footprint (GB): " + ", ".join(
+        f"{label} {(r['anon_after'] + r['file_after'] - r['footprint']) / GB:+.2f}" for label, r in by.items()))
 
 
 if __name__ == "__main__":

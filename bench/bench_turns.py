@@ -67,6 +67,7 @@ def conversation(model, tok, turns: int, words: int, answer_tokens: int, steps: 
                              f"({token_before} without, {token_after} with)")
         rows.append({"turn": turn + 1, "prompt": summary.prompt_tokens, "reused": summary.reused_tokens,
                      "answer": summary.tokens, "before": before, "after": after})
+        print(f"# {rows[-1]}", file=sys.stderr, flush=True)  # progress; the table comes at the end
         messages = messages + [{"role": "assistant", "content": summary.text}]
     return rows
 

@@ -39,5 +39,5 @@ TORCH_LOGS=perf_hints timeout 300 $PY bench/bench_gpu.py --device cuda --shape h
 left=$(( 570 - ($(date +%s) - started) ))
 echo "bench_fullsize: ${left} s left" | tee "$OUT/bench_fullsize.txt"
 timeout "$left" $PY bench/bench_fullsize.py --dir "$CKPT" --official "$OFFICIAL" --device cuda --formats "$FORMATS" \
-  --tokens 8 --no-listen 2>&1 | tee -a "$OUT/bench_fullsize.txt"
+  --tokens 8 --no-listen --no-cached 2>&1 | tee -a "$OUT/bench_fullsize.txt"
 echo "device_check done in $(( $(date +%s) - started )) s" | tee -a "$OUT/bench_fullsize.txt"

@@ -15,6 +15,7 @@ from .generate import MAX_HISTORY_MESSAGES, CompareResult, PromptError, Summary,
 from .load import DEMO_MODEL, OFFICIAL_MODEL, QUANTIZATIONS, LoadError, ModelInfo, load, model_info
 from .model import HuginnForCausalLM, HuginnOutput
 from .prompt_cache import PromptCache
+from .quantized_cache import CACHE_ENV as QUANTIZED_CACHE_ENV
 from .settings import MAX_NUM_STEPS, GenerationSettings, SettingsError
 from .trace import MAX_TRACE_TOP_K, TRACE_VERSION, AnswerTrace, StepTrace, TokenTrace
 
@@ -24,8 +25,9 @@ AutoModelForCausalLM.register(HuginnConfig, HuginnForCausalLM, exist_ok=True)
 
 __all__ = [
     "CRITERIA", "DEFAULT_THRESHOLDS", "DEMO_MODEL", "MAX_HISTORY_MESSAGES", "MAX_NUM_STEPS", "MAX_TRACE_TOP_K",
-    "OFFICIAL_MODEL", "QUANTIZATIONS", "TRACE_VERSION", "AnswerTrace", "CacheStrategy", "CompareResult",
-    "GenerationSettings", "HuginnConfig", "HuginnForCausalLM", "HuginnOutput", "LoadError", "ModelInfo", "PromptCache",
-    "PromptError", "RecurrentCache", "SettingsError", "StepTrace", "Summary", "TokenEvent", "TokenTrace",
+    "OFFICIAL_MODEL", "QUANTIZATIONS", "QUANTIZED_CACHE_ENV", "TRACE_VERSION", "AnswerTrace", "CacheStrategy",
+    "CompareResult", "GenerationSettings", "HuginnConfig", "HuginnForCausalLM", "HuginnOutput", "LoadError",
+    "ModelInfo", "PromptCache", "PromptError", "RecurrentCache", "SettingsError", "StepTrace", "Summary", "TokenEvent",
+    "TokenTrace",
     "compare", "load", "model_info", "stream",
 ]

@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from .config import MODEL_TYPE, HuginnConfig
 from .plan import NF4_BLOCKSIZE, MemoryPlan, compute_dtype, cpu_has_fast_bf16, plan_memory, size
+from .quantized_cache import QuantizedCache, resolve_cache
 
 OFFICIAL_MODEL = "tomg-group-umd/huginn-0125"
 # assets/ is package data of engine.assets in an installed wheel (pyproject.toml maps it), beside engine/ in a checkout.
@@ -60,6 +62,7 @@ class ModelInfo:
     # depth arena's default columns; empty when the model names none.
     suggested_depths: tuple[int, ...] = ()
     depth_table: str = ""  # the model card's "Accuracy by depth" section (Markdown), if the card has one
+    weights_cache: str = ""  # int8 / nf4: read from or saved to the quantized-weights cache, or why not
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -232,12 +235,57 @@ class _OutOfMemory(Exception):
     pass
 
 
-def load_weights(folder: Path, quantization: str, device: str, dtype: torch.dtype | None = None):
+def load_weights(folder: Path, quantization: str, device: str, dtype: torch.dtype | None = None,
+                 cache: QuantizedCache | None = None):
     """The model of a checkpoint folder in full precision ("bf16", "fp32", or "none" in ``dtype``) or through
     bitsandbytes ("int8", "nf4"), in eval mode, placed on ``device`` as it is read (a device_map for every format)
-    and holding no memory mapped from the checkpoint files."""
+    and holding no memory mapped from the checkpoint files. With a ``cache``, int8 / nf4 weights are read from its
+    entry for this checkpoint when there is one, and saved into it after quantizing when there is not
+    (``model.weights_cache`` says which)."""
     fmt_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(quantization)
     dtype = dtype or fmt_dtype or compute_dtype(quantization, "cpu" if device == "cpu" else "cuda")
+    if quantization in ("int8", "nf4"):
+        _library_warnings_once()
+    started = time.perf_counter()
+    entry, cached = _cache_entry(cache, folder, quantization, dtype, device)
+    loaded, note = None, ""
+    if cached is not None:
+        try:
+            # The entry's config.json carries the quantization_config; from_pretrained restores each layer's
+            # quant state (the nf4 block size included) from the saved tensors.
+            loaded = _from_pretrained(cached, {"dtype": dtype, "device_map": {"": device}})
+            loaded.config.name_or_path = loaded.name_or_path = str(folder)  # the model card, generation config
+            note = f"quantized weights read from the cache {cached}"
+        except _OutOfMemory:
+            raise
+        except Exception as err:  # noqa: BLE001 - whatever is wrong with a cache entry, quantizing again fixes it
+            logger.warning("the cached quantized weights in %s did not load (%s); quantizing again", cached, err)
+            cache.discard(cached)
+    if loaded is None:
+        loaded = _from_pretrained(folder, *_format_kwargs(quantization, dtype, device))
+        if entry is not None:
+            note = cache.save(loaded, entry, memory_bytes(loaded))
+    loaded.eval()
+    loaded.load_seconds = time.perf_counter() - started
+    loaded.quantization = quantization
+    loaded.weights_cache = note
+    return loaded
+
+
+def _cache_entry(cache: QuantizedCache | None, folder: Path, quantization: str, dtype: torch.dtype, device: str):
+    """(the cache entry for this load or None, its folder when it is complete or None)."""
+    if cache is None or quantization not in ("int8", "nf4"):
+        return None, None
+    try:
+        entry = cache.entry(folder, quantization, dtype, device, NF4_BLOCKSIZE)
+        return entry, cache.find(entry)
+    except OSError as err:
+        logger.warning("the quantized-weights cache is not used for %s (%s)", folder, err)
+        return None, None
+
+
+def _format_kwargs(quantization: str, dtype: torch.dtype, device: str):
+    """from_pretrained's arguments for a format, and the context that sets the nf4 block size while it runs."""
     kwargs: dict[str, Any] = {"dtype": dtype, "device_map": {"": device}}
     blocksize = contextlib.nullcontext()
     if quantization == "int8":
@@ -247,16 +295,19 @@ def load_weights(folder: Path, quantization: str, device: str, dtype: torch.dtyp
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
             llm_int8_skip_modules=["lm_head"])
         blocksize = _nf4_blocksize(NF4_BLOCKSIZE)
-    if quantization in ("int8", "nf4"):
-        _library_warnings_once()
-    started = time.perf_counter()
+    return kwargs, blocksize
+
+
+def _from_pretrained(folder: Path, kwargs: dict[str, Any], context: Any = None):
+    """from_pretrained with a fresh rotary table and nothing left mapped from ``folder``; a LoadError for a broken
+    checkpoint, _OutOfMemory when memory ran out."""
     loaded, out_of_memory = None, None
     try:
-        with blocksize:
+        with context or contextlib.nullcontext():
             loaded = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
         _recompute_rope_buffer(loaded)
         _own_memory(loaded, folder)
-    except (OSError, ValueError, RuntimeError, MemoryError) as err:
+    except (OSError, ValueError, RuntimeError, MemoryError, SafetensorError) as err:
         if not _is_out_of_memory(err):
             raise LoadError(f"cannot load the weights in {folder}: {str(err).splitlines()[0][:300]}") from None
         out_of_memory = str(err).splitlines()[0][:300]
@@ -267,9 +318,6 @@ def load_weights(folder: Path, quantization: str, device: str, dtype: torch.dtyp
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         raise _OutOfMemory(out_of_memory)
-    loaded.eval()
-    loaded.load_seconds = time.perf_counter() - started
-    loaded.quantization = quantization
     return loaded
 
 
@@ -297,21 +345,36 @@ def _mapped_ranges(folder: Path) -> list[tuple[int, int]] | None:
 
 def _own_memory(model, folder: Path) -> None:
     """Copy every CPU tensor that is still a view into the checkpoint's memory map into memory of its own, so the
-    files' pages are not kept resident (safetensors loads same-dtype CPU tensors zero-copy)."""
+    files' pages are not kept resident (safetensors loads same-dtype CPU tensors zero-copy). That includes the
+    tensors bitsandbytes keeps beside a weight read pre-quantized (int8 ``CB`` / ``SCB``, a 4-bit quant state's
+    scales and code)."""
     ranges = _mapped_ranges(folder)
     if ranges == []:
         return
+
+    def mapped(tensor) -> bool:
+        return (isinstance(tensor, torch.Tensor) and tensor.device.type == "cpu"
+                and (ranges is None or any(start <= tensor.data_ptr() < end for start, end in ranges)))
+
+    copies: dict[int, torch.Tensor] = {}  # old data pointer -> the copy, so that aliases stay aliases
     for module in model.modules():
         for table in (module._parameters, module._buffers):
             for name, tensor in table.items():
-                if tensor is None or tensor.device.type != "cpu":
-                    continue
-                ptr = tensor.data_ptr()
-                if ranges is None or any(start <= ptr < end for start, end in ranges):
+                if mapped(tensor):
+                    old = tensor.data_ptr()
                     if isinstance(tensor, nn.Parameter):
                         tensor.data = tensor.data.clone()
                     else:
                         table[name] = tensor.clone()
+                    copies[old] = table[name].data
+    for param in model.parameters():
+        state = getattr(param, "quant_state", None)
+        holders = [(param, "CB"), (param, "SCB"), (state, "absmax"), (state, "code"), (state, "offset"),
+                   (getattr(state, "state2", None), "absmax"), (getattr(state, "state2", None), "code")]
+        for holder, attr in holders:
+            tensor = getattr(holder, attr, None) if holder is not None else None
+            if mapped(tensor):
+                setattr(holder, attr, copies[tensor.data_ptr()] if tensor.data_ptr() in copies else tensor.clone())
     gc.collect()
 
 
@@ -325,6 +388,7 @@ def load(
     tqdm_class: Any = None,
     max_memory: int | str | None = None,
     compile: bool = False,
+    quantized_cache: bool | str | os.PathLike | None = None,
 ):
     """Load a Huginn model and its tokenizer, ready to generate. Returns ``(model, tokenizer)``.
 
@@ -335,6 +399,10 @@ def load(
     fallback are on the model as ``memory_plan`` and ``load_notice``. ``compile`` prepares the compiled decode path
     (``engine.compile``: static KV caches, the core step as one CUDA graph on a GPU); the first answer compiles, and
     ``model.compile_report`` says what ran compiled.
+
+    ``quantized_cache``: where int8 / nf4 weights are kept after their first quantization, so later loads skip it
+    (``engine.quantized_cache``): None or True for the default folder (``$HUGINN_STUDIO_QUANTIZED_CACHE``, else the
+    user's cache folder), a path for another, False for no cache. ``model.weights_cache`` says what happened.
     """
     if quantization not in QUANTIZATIONS:
         raise LoadError(f"unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}")
@@ -349,6 +417,7 @@ def load(
             raise LoadError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
         dtype = getattr(torch, dtype)
     cap = parse_bytes(max_memory)
+    cache = resolve_cache(quantized_cache)
 
     name, auto_note = str(model), ""
     if name == "auto":
@@ -368,7 +437,7 @@ def load(
                        cpu_bf16=device != "cpu" or cpu_has_fast_bf16())
     logger.info(plan.table())
     loaded, notice = _load_planned(folder, plan, quantization == "auto", device,
-                                   dtype if quantization in ("none", "int8", "nf4") else None)
+                                   dtype if quantization in ("none", "int8", "nf4") else None, cache)
     loaded.source = name
     loaded.memory_plan = loaded_plan = plan if loaded.quantization == plan.format else \
         plan_memory(config, plan.device, free, loaded.quantization, cpu_bf16=device != "cpu" or cpu_has_fast_bf16())
@@ -376,7 +445,8 @@ def load(
     loaded.auto_note = auto_note
     if notice:
         logger.warning(notice)
-    logger.info("loaded %s: %s", name, loaded_plan.summary())
+    logger.info("loaded %s in %.1f s: %s%s", name, loaded.load_seconds, loaded_plan.summary(),
+                f"; {loaded.weights_cache}" if loaded.weights_cache else "")
     if compile:
         from .compile import compile_model
 
@@ -401,7 +471,8 @@ def _requested_format(quantization: str, device: str, dtype: torch.dtype | None)
     return quantization
 
 
-def _load_planned(folder: Path, plan: MemoryPlan, auto: bool, device: str, dtype: torch.dtype | None):
+def _load_planned(folder: Path, plan: MemoryPlan, auto: bool, device: str, dtype: torch.dtype | None,
+                  cache: QuantizedCache | None = None):
     """Load in the plan's format; when the weights cannot fit, or loading runs out of memory, use the next smaller
     format that fits in auto mode, and otherwise raise a LoadError that names the need and that format."""
     fmt, notes = plan.format, []
@@ -412,7 +483,7 @@ def _load_planned(folder: Path, plan: MemoryPlan, auto: bool, device: str, dtype
                        f"{size(plan.usable_bytes)} is usable ({size(plan.free_bytes)} free)")
         else:
             try:
-                return load_weights(folder, fmt, device, dtype), " ".join(notes)
+                return load_weights(folder, fmt, device, dtype, cache), " ".join(notes)
             except _OutOfMemory as err:
                 problem = (f"loading in {fmt} ran out of memory ({err}); it needs about "
                            f"{size(plan.cost(fmt).total)} with its KV cache and "
@@ -451,6 +522,7 @@ def model_info(model) -> ModelInfo:
         notice=getattr(model, "load_notice", ""),
         suggested_depths=suggested_depths(model),
         depth_table=card_section(model.config.name_or_path, DEPTH_TABLE_HEADING),
+        weights_cache=getattr(model, "weights_cache", ""),
     )
 
 

@@ -102,6 +102,8 @@ def tiny(tiny_dir):
 
 def pytest_configure(config) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # No test writes quantized weights into the user's cache folder; tests of the cache pass their own folder.
+    os.environ.setdefault(engine.QUANTIZED_CACHE_ENV, "off")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

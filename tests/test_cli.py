@@ -8,6 +8,8 @@ import sys
 import threading
 import time
 
+from engine import DEMO_MODEL
+
 from .conftest import ROOT
 
 STOP_WITHIN_S = 2.0
@@ -20,10 +22,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_run_prints_the_plan_and_stops_on_ctrl_c(tmp_path):
+def _run_and_stop(tmp_path, *args: str) -> tuple[str, float, int]:
+    """Start run.py, wait until it listens, send Ctrl-C: (its output, seconds it took to stop, exit code)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
-    cmd = [sys.executable, str(ROOT / "run.py"), "--model", "auto", "--device", "cpu", "--port", str(_free_port()),
-           "--db", str(tmp_path / "conversations.db")]
+    cmd = [sys.executable, str(ROOT / "run.py"), "--device", "cpu", "--port", str(_free_port()),
+           "--db", str(tmp_path / "conversations.db"), *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
     lines: list[str] = []
     listening = threading.Event()
@@ -47,8 +50,22 @@ def test_run_prints_the_plan_and_stops_on_ctrl_c(tmp_path):
             proc.kill()
             proc.wait()
     reader.join(5)
-    output = "".join(lines)
+    return "".join(lines), stopped_after, proc.returncode
+
+
+def test_run_prints_the_plan_and_stops_on_ctrl_c(tmp_path):
+    output, stopped_after, returncode = _run_and_stop(tmp_path, "--model", "auto")
     assert stopped_after < STOP_WITHIN_S, (stopped_after, output[-3000:])
-    assert proc.returncode == 0, output[-3000:]
+    assert returncode == 0, output[-3000:]
     assert "Memory plan: fp32, " in output and "free" in output  # the demo model is small: fp32 on the CPU
     assert "Traceback" not in output
+
+
+def test_run_says_where_quantized_weights_are_cached(tmp_path):
+    cache = tmp_path / "quantized"
+    output, _, returncode = _run_and_stop(tmp_path, "--model", str(DEMO_MODEL), "--quantization", "nf4",
+                                          "--quantized-cache", str(cache))
+    assert returncode == 0, output[-3000:]
+    entries = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    assert len(entries) == 1 and entries[0].name.startswith("demo-model-nf4-")
+    assert f"Quantized weights saved to {entries[0]}" in output and "--no-quantized-cache" in output
