@@ -34,14 +34,23 @@ def summary_stats(summary: engine.Summary, materialized: int) -> dict[str, Any]:
 
 
 def token_record(event: engine.TokenEvent) -> dict[str, Any]:
-    return {"text": event.text, "steps": event.steps, "exit_value": finite(event.exit_value)}
+    record = {"text": event.text, "steps": event.steps, "exit_value": finite(event.exit_value)}
+    if event.token_id >= 0:  # the last event may be held-back text, not a token
+        record["id"] = event.token_id
+    return record
 
 
-def model_messages(thread: Sequence[Message], system: str) -> list[dict[str, str]]:
-    """The chat as the engine wants it: optional system prompt, then the branch's non-empty turns."""
-    out = [{"role": "system", "content": system}] if system.strip() else []
-    out += [{"role": m.role, "content": m.content} for m in thread
-            if m.role in ("user", "assistant") and isinstance(m.content, str) and m.content.strip()]
+def model_messages(thread: Sequence[Message], system: str) -> list[dict[str, Any]]:
+    """The chat as the engine wants it: optional system prompt, then the branch's non-empty turns. An answer goes
+    with the token ids it was generated as, so the next turn can reuse its cache positions (the engine uses them
+    only while they still spell the answer's text)."""
+    out: list[dict[str, Any]] = [{"role": "system", "content": system}] if system.strip() else []
+    for m in thread:
+        if m.role in ("user", "assistant") and isinstance(m.content, str) and m.content.strip():
+            out.append({"role": m.role, "content": m.content})
+            ids = [t["id"] for t in (m.tokens or []) if isinstance(t, dict) and "id" in t]
+            if m.role == "assistant" and ids:
+                out[-1]["token_ids"] = ids
     return out
 
 

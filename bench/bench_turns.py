@@ -7,11 +7,13 @@ Each turn adds a user message and the model's answer. For every turn both modes 
 messages: "before" runs the whole prompt (as every turn did before the prompt cache), "after" reuses what earlier
 turns of the conversation computed. Time to first token is the wall time from calling ``engine.stream`` to its first
 token event (templating, prefill and the first token's recurrence). Both modes must give the same first token; the
-"after" mode's answer becomes the conversation's next assistant message. Medians over rounds, each round a fresh
-conversation and a fresh pool.
+"after" mode's answer becomes the conversation's next assistant message, with the token ids it was generated as (as
+the app sends it; ``--text-only`` sends the text alone, as an OpenAI client does). Medians over rounds, each round a
+fresh conversation and a fresh pool.
 
-Models: a random model of the official layout at width 512 (2/4/2 layers, the official tokenizer; answers of
-``--answer-tokens`` tokens, so a turn is about 100 tokens) and the demo model (context 256, so turns of about 20).
+Models: a random model of the official layout at width 512 (2/4/2 layers, the official tokenizer; questions of about
+55 tokens and answers of 50, so a turn is about 105 tokens) and the demo model (context 256: turns of about 17
+tokens, so that ten fit without dropping old turns).
 Fixed depth r (``--steps``, default 32), greedy.
 """
 
@@ -40,19 +42,26 @@ def question(turn: int, words: int) -> str:
     return f"Turn {turn + 1}: " + " ".join((WORDS * 4)[start:start + words]) + "?"
 
 
-def first_token(model, tok, messages, settings, pool) -> tuple[float, int, Summary]:
-    """(seconds to the first token, that token, the summary) of one answer."""
+def first_token(model, tok, messages, settings, pool, whole: bool = True) -> tuple[float, list[int], Summary]:
+    """(seconds to the first token, the answer's token ids, the summary or None) of one answer; ``whole=False``
+    stops listening after the first token (the same prompt: trimming reserves room for ``max_new_tokens``)."""
     start = time.perf_counter()
-    seconds, token, summary = None, None, None
-    for event in engine.stream(model, tok, messages, settings, prompt_cache=pool):
+    seconds, ids, summary = None, [], None
+    events = engine.stream(model, tok, messages, settings, prompt_cache=pool)
+    for event in events:
         if isinstance(event, Summary):
             summary = event
-        elif seconds is None and event.token_id >= 0:
-            seconds, token = time.perf_counter() - start, event.token_id
-    return seconds, token, summary
+        elif event.token_id >= 0:
+            seconds = seconds or time.perf_counter() - start
+            ids.append(event.token_id)
+            if not whole:
+                events.close()
+                break
+    return seconds, ids, summary
 
 
-def conversation(model, tok, turns: int, words: int, answer_tokens: int, steps: int) -> list[dict]:
+def conversation(model, tok, turns: int, words: int, answer_tokens: int, steps: int,
+                 keep_ids: bool = True) -> list[dict]:
     """One conversation's rows: per turn the prompt length, tokens reused and both times to first token."""
     settings = GenerationSettings(num_steps=steps, max_new_tokens=answer_tokens, seed=0)
     pool = PromptCache()
@@ -60,15 +69,18 @@ def conversation(model, tok, turns: int, words: int, answer_tokens: int, steps: 
     rows = []
     for turn in range(turns):
         messages = messages + [{"role": "user", "content": question(turn, words)}]
-        before, token_before, plain = first_token(model, tok, messages, settings.replace(max_new_tokens=1), None)
-        after, token_after, summary = first_token(model, tok, messages, settings, pool)
-        if token_before != token_after:
+        before, first, _ = first_token(model, tok, messages, settings, None, whole=False)
+        after, ids, summary = first_token(model, tok, messages, settings, pool)
+        if first != ids[:1]:
             raise SystemExit(f"turn {turn + 1}: the first token differs with the prompt cache "
-                             f"({token_before} without, {token_after} with)")
+                             f"({first} without, {ids[:1]} with)")
         rows.append({"turn": turn + 1, "prompt": summary.prompt_tokens, "reused": summary.reused_tokens,
                      "answer": summary.tokens, "before": before, "after": after})
         print(f"# {rows[-1]}", file=sys.stderr, flush=True)  # progress; the table comes at the end
-        messages = messages + [{"role": "assistant", "content": summary.text}]
+        if keep_ids:  # as the app does: the answer goes back with the token ids it was generated as
+            messages = messages + [{"role": "assistant", "content": summary.text, "token_ids": ids}]
+        else:
+            messages = messages + [{"role": "assistant", "content": summary.text}]
     return rows
 
 
@@ -93,24 +105,29 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--text-only", action="store_true",
+                        help="earlier answers as text only (an OpenAI client): reused as far as they re-tokenize")
     args = parser.parse_args()
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"machine: {platform.processor() or platform.machine()}, {_cpu_name()}, torch threads "
-          f"{torch.get_num_threads()}; r={args.steps}, greedy, full cache")
+          f"{torch.get_num_threads()}; r={args.steps}, greedy, full cache; earlier answers "
+          f"{'as text' if args.text_only else 'with their token ids'}")
     for name in args.models.split(","):
         if name == "scaled":
             model, tok = scaled_official()
             label, words, answer_tokens = "official-layout-512", 40, 50
         elif name == "demo":
             model, tok = engine.load(str(engine.DEMO_MODEL), device="cpu")
-            label, words, answer_tokens = "demo", 4, 8
+            label, words, answer_tokens = "demo", 1, 4  # ten turns within its 256-token context
         else:
             raise SystemExit(f"unknown model {name!r}: use scaled or demo")
-        conversation(model, tok, 1, words, answer_tokens, args.steps)  # warm-up, not measured
-        rounds = [conversation(model, tok, args.turns, words, answer_tokens, args.steps) for _ in range(args.rounds)]
+        keep = not args.text_only
+        conversation(model, tok, 1, words, answer_tokens, args.steps, keep)  # warm-up, not measured
+        rounds = [conversation(model, tok, args.turns, words, answer_tokens, args.steps, keep)
+                  for _ in range(args.rounds)]
         report(label, rounds)
 
 

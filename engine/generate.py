@@ -6,6 +6,7 @@ the HTTP API and the CLI all go through ``stream`` / ``compare``.
 from __future__ import annotations
 
 import random
+import secrets
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,7 +18,7 @@ from .cache import kv_cache_bytes, memory_budget
 from .decode import RowPlan, RowStops, decode
 from .prompt_cache import PromptCache, TurnCache
 from .speculative import SpeculationStats, speculative_decode
-from .settings import GenerationSettings
+from .settings import MAX_NEW_TOKENS, GenerationSettings
 from .stops import StopStrings
 from .trace import AnswerTraceBuilder, TokenTrace
 
@@ -84,7 +85,7 @@ class CompareResult:
 
 # ---- prompts ----------------------------------------------------------------------------------------------------
 
-def validate_messages(messages: Any) -> list[dict[str, str]]:
+def validate_messages(messages: Any) -> list[dict[str, Any]]:
     if not isinstance(messages, (list, tuple)) or not messages:
         raise PromptError("messages must be a non-empty list of {'role', 'content'} dicts")
     clean = []
@@ -94,14 +95,49 @@ def validate_messages(messages: Any) -> list[dict[str, str]]:
         if len(msg["content"]) > MAX_MESSAGE_CHARS:
             raise PromptError(f"message {i} is {len(msg['content']):,} characters; the limit is {MAX_MESSAGE_CHARS:,}")
         clean.append({"role": msg["role"], "content": msg["content"]})
+        ids = msg.get("token_ids")
+        if ids is not None:
+            if msg["role"] != "assistant" or not isinstance(ids, (list, tuple)) or len(ids) > MAX_NEW_TOKENS or \
+                    not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+                raise PromptError(f"message {i} token_ids must be a list of at most {MAX_NEW_TOKENS:,} integer "
+                                  "token ids, on an assistant message")
+            clean[-1]["token_ids"] = list(ids)
     if not clean[-1]["content"].strip() and clean[-1]["role"] == "user":
         raise PromptError("the last message is empty")
     return clean
 
 
-def _render(tokenizer, messages: list[dict[str, str]]) -> list[int]:
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+def _render(tokenizer, messages: list[dict[str, Any]]) -> list[int]:
+    """The prompt's token ids. An assistant message that carries the ``token_ids`` it was generated as (and they
+    still spell its content) is kept as those ids instead of its text re-tokenized: a model's tokens seldom survive
+    the round trip (the chat template trims the answer; a tokenizer splits text its own way), and only the ids the
+    model produced let a later turn reuse the answer's cache positions (``engine.prompt_cache``)."""
+    spliced = {i: ids for i, m in enumerate(messages) if (ids := _answer_ids(tokenizer, m)) is not None}
+    nonce = secrets.token_hex(8)  # a marker no message can contain
+    marks = {i: f"\ue000{nonce}.{i}\ue000" for i in spliced}
+    shown = [{"role": m["role"], "content": marks.get(i, m["content"])} for i, m in enumerate(messages)]
+    text = tokenizer.apply_chat_template(shown, tokenize=False, add_generation_prompt=True)
+    ids: list[int] = []
+    for i, mark in marks.items():
+        before, found, after = text.partition(mark)
+        if not found:  # the template left the message out
+            continue
+        ids += tokenizer(before, add_special_tokens=False)["input_ids"] + spliced[i]
+        text = after
+    return ids + tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _answer_ids(tokenizer, message: dict[str, Any]) -> list[int] | None:
+    """An assistant message's own token ids without its end token, when they are valid and decode to its content."""
+    ids = message.get("token_ids")
+    if not ids:
+        return None
+    special = set(tokenizer.all_special_ids)
+    while ids and ids[-1] in special:
+        ids = ids[:-1]
+    if not ids or not all(0 <= t < len(tokenizer) for t in ids):
+        return None
+    return ids if tokenizer.decode(ids, skip_special_tokens=True).strip() == message["content"].strip() else None
 
 
 def build_prompt(tokenizer, messages: Any, context: int, reserve: int) -> tuple[list[int], int]:

@@ -9,6 +9,7 @@ import pytest
 import engine
 from app import handlers, render
 from app.handlers import AppConfig, Limits, ModelSlot, Studio, UserError, settings_from_form
+from app.views import model_messages
 from app.store import Store
 
 PAYLOAD = '<script>alert(1)</script><img src=x onerror="alert(2)"> ${value} {{this}}'
@@ -124,9 +125,11 @@ def test_a_second_turn_reuses_the_first_and_says_so(studio):
     reused = answer.stats["reused_tokens"]
     assert 0 < reused < answer.stats["prompt_tokens"]
     assert f"{reused} of {answer.stats['prompt_tokens']} prompt tokens from the cache" in html
+    first = studio.store.thread(session.owner, session.conversation_id)[1]
+    assert [t["id"] for t in first.tokens if "id" in t] and reused >= first.stats["prompt_tokens"] + 1
     model, tok = studio.slot.pair
-    messages = [{"role": m.role, "content": m.content}
-                for m in studio.store.thread(session.owner, session.conversation_id)[:-1]]
+    messages = model_messages(studio.store.thread(session.owner, session.conversation_id)[:-1], "")
+    assert messages[1]["token_ids"] == [t["id"] for t in first.tokens if "id" in t]
     alone = list(engine.stream(model, tok, messages, fixed(steps=4, tokens=6)))[-1]
     assert alone.reused_tokens == 0 and alone.text == answer.content
 

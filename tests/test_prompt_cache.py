@@ -228,3 +228,63 @@ def test_the_pool_evicts_the_least_recently_used(tiny):
     assert [e.ids[0] for e in small._entries] == [2]
     with pytest.raises(ValueError, match="max_entries"):
         PromptCache(max_entries=0)
+
+
+def test_an_answer_sent_back_with_its_token_ids_is_reused_whole(pair):
+    """As the app sends history: each answer with the ids it was generated as, even where its text would
+    re-tokenize differently (the chat template trims it)."""
+    model, tok = pair
+    settings = SETTINGS["fixed"]
+    pool = PromptCache()
+    first = [{"role": "user", "content": QUESTIONS[0]}]
+    ids, one = answer(pair, first, settings, pool)
+    second = first + [{"role": "assistant", "content": one.text, "token_ids": ids},
+                      {"role": "user", "content": QUESTIONS[1]}]
+    plain, cached = answer(pair, second, settings), answer(pair, second, settings, pool)
+    same(plain, cached)
+    assert cached[1].reused_tokens == one.prompt_tokens + len(ids) - 1  # all but the last token ran in turn one
+
+
+def test_token_ids_that_do_not_spell_the_answer_are_ignored_and_malformed_ones_refused(tiny):
+    model, tok = tiny
+    build = engine.generate.build_prompt
+    text = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "again"}]
+    plain, _ = build(tok, text, 256, 16)
+    hello = tok("hello", add_special_tokens=False)["input_ids"]
+    for ids in ([1, 2, 3], [10**9], [-1], hello + [tok.convert_tokens_to_ids("x")]):
+        hostile = [dict(m) for m in text]
+        hostile[1]["token_ids"] = ids
+        assert build(tok, hostile, 256, 16)[0] == plain, ids
+    spliced = [dict(m) for m in text]
+    spliced[1]["token_ids"] = hello + [tok.eos_token_id]  # the end token is the template's to add
+    assert build(tok, spliced, 256, 16)[0] == plain  # these ids are the text's own tokenization
+    for bad in ("12", [1.5], [True], list(range(40_000))):
+        broken = [dict(m) for m in text]
+        broken[1]["token_ids"] = bad
+        with pytest.raises(engine.PromptError, match="message 1 token_ids"):
+            build(tok, broken, 256, 16)
+    on_user = [dict(m) for m in text]
+    on_user[0]["token_ids"] = [1]
+    with pytest.raises(engine.PromptError, match="message 0 token_ids"):
+        build(tok, on_user, 256, 16)
+
+
+def test_the_official_template_trims_an_answer_and_its_token_ids_survive(official_dir):
+    """Huginn's chat template trims each message, so an answer that starts with a space token would come back as
+    other ids; sent with its ids it comes back exactly."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(official_dir)
+    ids = tok(" Beyond the cups", add_special_tokens=False)["input_ids"]
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " Beyond the cups"},
+                {"role": "user", "content": "more"}]
+    as_text, _ = engine.generate.build_prompt(tok, messages, 4096, 16)
+    messages[1]["token_ids"] = ids
+    with_ids, _ = engine.generate.build_prompt(tok, messages, 4096, 16)
+    assert not _contains(as_text, ids) and _contains(with_ids, ids)
+    assert tok.decode(with_ids).replace(" Beyond", "Beyond") == tok.decode(as_text)
+
+
+def _contains(seq: list[int], part: list[int]) -> bool:
+    return any(seq[i:i + len(part)] == part for i in range(len(seq) - len(part) + 1))

@@ -48,7 +48,8 @@ _SETTINGS: dict[str, tuple[bool, float, float | str | None]] = {
     "exit_threshold": (False, 0, None),
     "max_new_tokens": (True, 1, "max_tokens"),
 }
-_TOKEN_KEYS = {"text", "steps", "exit_value"}
+_TOKEN_KEYS = {"text", "steps", "exit_value", "id"}
+MAX_TOKEN_ID = 2**31 - 1
 _COLUMN_KEYS = {"label", "settings", "tokens", "content", "stats", "trace"}
 
 
@@ -120,6 +121,8 @@ def check_tokens(tokens: Any, field: str, limits: RecordLimits) -> list[dict[str
             "exit_value": check_number(tok.get("exit_value"), f"{where}.exit_value", -_INT_BOUND, None,
                                        integer=False),
         })  # fmt: skip
+        if tok.get("id") is not None:  # the token's id (older records have none)
+            out[-1]["id"] = check_number(tok["id"], f"{where}.id", 0, MAX_TOKEN_ID, integer=True)
     return out
 
 

@@ -105,11 +105,14 @@ class AnswerWriter:
     def content(self) -> str:
         return "".join(t["text"] for t in self.tokens)
 
-    def add_token(self, text: str, steps: int, exit_value: float | None = None) -> None:
-        """Record one generated token with the recurrent steps it took and its exit value."""
+    def add_token(self, text: str, steps: int, exit_value: float | None = None,
+                  id: int | None = None) -> None:  # noqa: A002 - the record's own key
+        """Record one generated token with the recurrent steps it took, its exit value and its token id (a later
+        turn sends the answer back as these ids, so the engine can reuse its cache positions)."""
         if self.finished:
             raise StoreError(f"answer {self.message_id} is already finished")
-        [record] = check_tokens([{"text": text, "steps": steps, "exit_value": exit_value}], "token", self._limits)
+        raw = {"text": text, "steps": steps, "exit_value": exit_value, **({"id": id} if id is not None else {})}
+        [record] = check_tokens([raw], "token", self._limits)
         check_text(text, "token text")
         self.tokens.append(record)
         if self._clock() - self._last_flush >= self.flush_interval:
