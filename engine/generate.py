@@ -108,13 +108,10 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
 
 
 def _render(tokenizer, messages: list[dict[str, Any]]) -> list[int]:
-    """The prompt's token ids. An assistant message that carries the ``token_ids`` it was generated as (and they
-    still spell its content) is kept as those ids instead of its text re-tokenized: a model's tokens seldom survive
-    the round trip (the chat template trims the answer; a tokenizer splits text its own way), and only the ids the
-    model produced let a later turn reuse the answer's cache positions (``engine.prompt_cache``)."""
-    spliced = {i: ids for i, m in enumerate(messages) if (ids := _answer_ids(tokenizer, m)) is not None}
+    """The prompt's token ids. An assistant message with ``token_ids`` (checked by ``_checked_answer_ids``) is kept
+    as those ids instead of its text re-tokenized; the template is rendered with a random marker in its place."""
     nonce = secrets.token_hex(8)  # a marker no message can contain
-    marks = {i: f"\ue000{nonce}.{i}\ue000" for i in spliced}
+    marks = {i: f"\ue000{nonce}.{i}\ue000" for i, m in enumerate(messages) if "token_ids" in m}
     shown = [{"role": m["role"], "content": marks.get(i, m["content"])} for i, m in enumerate(messages)]
     text = tokenizer.apply_chat_template(shown, tokenize=False, add_generation_prompt=True)
     ids: list[int] = []
@@ -122,22 +119,30 @@ def _render(tokenizer, messages: list[dict[str, Any]]) -> list[int]:
         before, found, after = text.partition(mark)
         if not found:  # the template left the message out
             continue
-        ids += tokenizer(before, add_special_tokens=False)["input_ids"] + spliced[i]
+        ids += tokenizer(before, add_special_tokens=False)["input_ids"] + messages[i]["token_ids"]
         text = after
     return ids + tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _answer_ids(tokenizer, message: dict[str, Any]) -> list[int] | None:
-    """An assistant message's own token ids without its end token, when they are valid and decode to its content."""
-    ids = message.get("token_ids")
-    if not ids:
-        return None
+def _checked_answer_ids(tokenizer, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keep an assistant message's ``token_ids`` (without its end token) only where they are in the vocabulary and
+    decode to its content. A model's tokens seldom survive a round trip through text (Huginn's chat template trims
+    the answer; a tokenizer splits text its own way), and only the ids the model produced let a later turn reuse the
+    answer's cache positions (``engine.prompt_cache``)."""
+    if not any("token_ids" in m for m in messages):
+        return messages
     special = set(tokenizer.all_special_ids)
-    while ids and ids[-1] in special:
-        ids = ids[:-1]
-    if not ids or not all(0 <= t < len(tokenizer) for t in ids):
-        return None
-    return ids if tokenizer.decode(ids, skip_special_tokens=True).strip() == message["content"].strip() else None
+    out = []
+    for m in messages:
+        ids = m.get("token_ids") or []
+        while ids and ids[-1] in special:
+            ids = ids[:-1]
+        m = {"role": m["role"], "content": m["content"]}
+        if ids and all(0 <= t < len(tokenizer) for t in ids) and \
+                tokenizer.decode(ids, skip_special_tokens=True).strip() == m["content"].strip():
+            m["token_ids"] = ids
+        out.append(m)
+    return out
 
 
 def build_prompt(tokenizer, messages: Any, context: int, reserve: int) -> tuple[list[int], int]:
@@ -150,7 +155,7 @@ def build_prompt(tokenizer, messages: Any, context: int, reserve: int) -> tuple[
     system = [m for m in messages[:1] if m["role"] == "system"]
     turns = messages[len(system):]
     capped = max(0, len(turns) - MAX_HISTORY_MESSAGES)
-    turns = turns[capped:]
+    turns = _checked_answer_ids(tokenizer, turns[capped:])  # once, not at every render of the bisection
 
     def render_if_fits(drop: int) -> list[int] | None:
         ids = _render(tokenizer, system + turns[drop:])

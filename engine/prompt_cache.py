@@ -46,8 +46,8 @@ class ReuseKey:
     owner: str = ""  # whose conversation: a shared server keeps visitors' prefixes apart
 
 
-def reuse_refusal(settings: GenerationSettings, cache_strategy: str) -> str | None:
-    """Why these settings cannot reuse a cache across turns, or None when they can."""
+def reuse_refusal(cache_strategy: str) -> str | None:
+    """Why a cache of this strategy cannot be reused across turns, or None when it can."""
     if CacheStrategy.parse(cache_strategy).share is not None:
         return (f"the {cache_strategy} cache shares slots across recurrences, so a reused prefix would be read at "
                 "other recurrences than in one prefill")
@@ -153,7 +153,7 @@ class TurnCache:
 
     def open(self, prompt_ids: list[int], cache_strategy: str, capacity: int) -> tuple[RecurrentCache | None, int]:
         """A cache already holding a prefix of the prompt and how many positions it holds, or (None, 0)."""
-        if reuse_refusal(self.settings, cache_strategy) is not None:
+        if reuse_refusal(cache_strategy) is not None:
             return None, 0
         s = self.settings
         self.key = ReuseKey(s.num_steps, float(s.init_scale), s.state_seed, cache_strategy, self.owner)

@@ -60,6 +60,19 @@ def answer(pair, messages, settings, prompt_cache=None, owner=""):
     return [e.token_id for e in events[:-1] if e.token_id >= 0], summary
 
 
+def first_turn(pair, settings, pool):
+    """A new conversation's first question, answered through ``pool``: (messages, answer tokens, summary)."""
+    first = [{"role": "user", "content": QUESTIONS[0]}]
+    tokens, summary = answer(pair, first, settings, pool)
+    return first, tokens, summary
+
+
+def follow_up(messages, summary, question: str = QUESTIONS[1], **answer_fields):
+    """The conversation with ``summary``'s answer (and any extra fields, e.g. token_ids) and a next question."""
+    return messages + [{"role": "assistant", "content": summary.text, **answer_fields},
+                       {"role": "user", "content": question}]
+
+
 def same(a, b) -> None:
     (tokens_a, sum_a), (tokens_b, sum_b) = a, b
     assert tokens_a == tokens_b
@@ -98,9 +111,8 @@ def test_a_fixed_depth_turn_reuses_the_previous_answer_too(pair, name):
     model, tok = pair
     settings = SETTINGS[name]
     pool = PromptCache()
-    first = [{"role": "user", "content": QUESTIONS[0]}]
-    tokens, summary = answer(pair, first, settings, pool)
-    second = first + [{"role": "assistant", "content": summary.text}, {"role": "user", "content": QUESTIONS[1]}]
+    first, tokens, summary = first_turn(pair, settings, pool)
+    second = follow_up(first, summary)
     prompt, _ = engine.generate.build_prompt(tok, second, model.config.block_size, 16)
     before, _ = engine.generate.build_prompt(tok, first, model.config.block_size, 16)
     _, again = answer(pair, second, settings, pool)
@@ -114,10 +126,8 @@ def test_an_adaptive_turn_reuses_the_prompt_but_not_the_answer(pair):
     model, tok = pair
     settings = SETTINGS["kl"]
     pool = PromptCache()
-    first = [{"role": "user", "content": QUESTIONS[0]}]
-    _, summary = answer(pair, first, settings, pool)
-    second = first + [{"role": "assistant", "content": summary.text}, {"role": "user", "content": QUESTIONS[1]}]
-    _, again = answer(pair, second, settings, pool)
+    first, _, summary = first_turn(pair, settings, pool)
+    _, again = answer(pair, follow_up(first, summary), settings, pool)
     assert again.reused_tokens == summary.prompt_tokens - 1  # the prompt's last token ran like an answer token
 
 
@@ -190,8 +200,7 @@ def test_reused_entries_equal_a_fresh_prefill(pair):
     model, tok = pair
     settings = SETTINGS["fixed"]
     pool = PromptCache()
-    first = [{"role": "user", "content": QUESTIONS[0]}]
-    _, one = answer(pair, first, settings, pool)
+    first_turn(pair, settings, pool)
     (entry,) = pool._entries
     fresh = model.new_cache(1, "full", capacity=len(entry.ids))
     plan = engine.generate._plan(settings, settings.seed, 1)
@@ -236,10 +245,8 @@ def test_an_answer_sent_back_with_its_token_ids_is_reused_whole(pair):
     model, tok = pair
     settings = SETTINGS["fixed"]
     pool = PromptCache()
-    first = [{"role": "user", "content": QUESTIONS[0]}]
-    ids, one = answer(pair, first, settings, pool)
-    second = first + [{"role": "assistant", "content": one.text, "token_ids": ids},
-                      {"role": "user", "content": QUESTIONS[1]}]
+    first, ids, one = first_turn(pair, settings, pool)
+    second = follow_up(first, one, token_ids=ids)
     plain, cached = answer(pair, second, settings), answer(pair, second, settings, pool)
     same(plain, cached)
     assert cached[1].reused_tokens == one.prompt_tokens + len(ids) - 1  # all but the last token ran in turn one
