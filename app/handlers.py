@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import engine
 
 from . import arena, inputs, render
+from . import context as context_policy
 from .config import AppConfig, Limits, UserError
 from .gpu import GpuWork
 from .inputs import (ARENA_DEFAULT, ARENA_PRESETS, arena_settings, parse_threshold, settings_from_dict,
@@ -230,6 +231,10 @@ class Studio:
         head = messages[:1] if system.strip() else []
         turns = messages[len(head):][-self.limits.max_history_messages:]
         turns, _ = inputs.fit_prompt(head, turns, self.limits.max_prompt_tokens, self.count_tokens)
+        context = self.slot.info().context
+        if context > context_policy.ANSWER_RESERVE:  # old turns leave in blocks: the prompt cache keeps its prefix
+            turns, _ = context_policy.keep_recent(head, turns, context - context_policy.ANSWER_RESERVE,
+                                                  self.count_tokens)
         return head + turns
 
     def count_tokens(self, messages: list[dict[str, str]]) -> int:

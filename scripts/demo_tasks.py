@@ -21,12 +21,14 @@ HELDOUT_MODULO = 10  # 1 in 10 questions of the trained lengths is held out for 
 # has to compose the swaps one after another, and every swap costs (at least) one more iteration.
 SWAP_CUPS = 3
 SWAP_PAIRS = tuple(f"{i}{j}" for i in range(1, SWAP_CUPS + 1) for j in range(i + 1, SWAP_CUPS + 1))
-TRAIN_MAX_SWAPS = 12  # training draws 1..12 swaps; longer lists are never trained on
+TRAIN_MAX_SWAPS = 16  # the shipped model trained on 1..16 swaps; longer lists are never trained on
+# Stages 1 and 2 of the shipped model trained on 1..12 swaps (train_demo_model.py --max-swaps).
+FIRST_STAGES_MAX_SWAPS = 12
 
 TASKS = ("swap",)
-# The tier is the number of swaps, i.e. the number of serial steps. 16 and 24 are longer than
-# anything in training.
-TIERS: dict[str, tuple[int, ...]] = {"swap": (4, 8, 12, 16, 24)}
+# The tier is the number of swaps, i.e. the number of serial steps. 24 (1.5 times the longest trained
+# list) and 32 are longer than anything in training.
+TIERS: dict[str, tuple[int, ...]] = {"swap": (4, 8, 12, 16, 24, 32)}
 TIER_NAMES: dict[str, dict[int, str]] = {
     "swap": {k: f"{k} swaps" + (" (longer than trained)" if k > TRAIN_MAX_SWAPS else "") for k in TIERS["swap"]}
 }
@@ -77,6 +79,11 @@ def swap_question(start: str, pairs: Sequence[str]) -> str:
     # distance from the one before it: every lookup the model needs is at a fixed relative
     # offset (which it learns quickly); only the number of swaps, the serial work, varies.
     return f"Swap {' '.join(pairs)} on {start}. Final?"
+
+
+def swap_start(question: str) -> str:
+    """The start order of a swap question (the trivial baseline answers it)."""
+    return question.rsplit(" on ", 1)[1].split(".", 1)[0]
 
 
 def make_swap(tier: int, rng: random.Random) -> Problem:
@@ -221,10 +228,36 @@ def chat_turn(rng: random.Random) -> tuple[str, str]:
 # ----------------------------------------------------------------------------------------------
 # training stream
 
-# Sampling weights per (task, tier) for training: every length from 1 to TRAIN_MAX_SWAPS alike.
-DEFAULT_MIX: dict[tuple[str, int], float] = {("swap", k): 1.0 for k in range(1, TRAIN_MAX_SWAPS + 1)}
+def swap_mix(max_swaps: int = TRAIN_MAX_SWAPS) -> dict[tuple[str, int], float]:
+    """Sampling weights per (task, tier) for training: every length from 1 to `max_swaps` alike."""
+    return {("swap", k): 1.0 for k in range(1, max_swaps + 1)}
+
+
+DEFAULT_MIX = swap_mix()
 CHAT_FRACTION = 0.08
 OTHER_FRACTION = 0.03
+SYSTEM_FRACTION = 0.1
+
+
+def _turn_maker(rng: random.Random, mix: dict[tuple[str, int], float], chat_fraction: float,
+                max_tier: Callable[[], int] | None) -> Callable[[], list[dict[str, str]]]:
+    """One (user, assistant) exchange at a time: a chat turn, a question in another format, or a problem."""
+
+    def turn() -> list[dict[str, str]]:
+        u = rng.random()
+        if u < chat_fraction:
+            q, a = chat_turn(rng)
+        elif u < chat_fraction + OTHER_FRACTION:
+            q, a = other_question_turn(rng)
+        else:
+            cap = max_tier() if max_tier else None
+            keys = [k for k in mix if cap is None or k[1] <= cap] or [min(mix, key=lambda k: k[1])]
+            task, tier = rng.choices(keys, [mix[k] for k in keys])[0]
+            p = sample_problem(task, tier, rng, heldout=False)
+            q, a = p.question, p.answer
+        return [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+
+    return turn
 
 
 def train_conversations(
@@ -238,27 +271,40 @@ def train_conversations(
     before every problem, is the curriculum: tiers above it are not drawn for now.
     """
     rng = random.Random(f"train-{seed}")
-    mix = mix or DEFAULT_MIX
-
-    def one_turn() -> tuple[str, str]:
-        u = rng.random()
-        if u < chat_fraction:
-            return chat_turn(rng)
-        if u < chat_fraction + OTHER_FRACTION:
-            return other_question_turn(rng)
-        cap = max_tier() if max_tier else None
-        keys = [k for k in mix if cap is None or k[1] <= cap] or [min(mix, key=lambda k: k[1])]
-        task, tier = rng.choices(keys, [mix[k] for k in keys])[0]
-        p = sample_problem(task, tier, rng, heldout=False)
-        return p.question, p.answer
-
+    turn = _turn_maker(rng, mix or DEFAULT_MIX, chat_fraction, max_tier)
     while True:
         msgs: list[dict[str, str]] = []
-        if rng.random() < 0.1:
+        if rng.random() < SYSTEM_FRACTION:
             msgs.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
         for _ in range(2 if rng.random() < 0.1 else 1):
-            q, a = one_turn()
-            msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+            msgs += turn()
+        yield msgs
+
+
+def train_chats(
+    seed: int, fits: Callable[[list[dict[str, str]]], bool], mix: dict[tuple[str, int], float] | None = None,
+    chat_fraction: float = CHAT_FRACTION, max_tier: Callable[[], int] | None = None,
+) -> Iterator[list[dict[str, str]]]:
+    """An endless, seeded stream of long chats: exchanges are added while `fits(messages)` holds.
+
+    `fits` is the context check (the trainer renders the chat template and counts tokens), so every
+    chat fills its row: problems and chat turns at every depth of the context, as a long chat in the
+    app has them. The exchange that no longer fits opens the next chat, so nothing drawn is lost. A
+    chat always has at least one exchange.
+    """
+    rng = random.Random(f"chats-{seed}")
+    turn = _turn_maker(rng, mix or DEFAULT_MIX, chat_fraction, max_tier)
+    pending = turn()
+    while True:
+        msgs: list[dict[str, str]] = []
+        if rng.random() < SYSTEM_FRACTION:
+            msgs.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
+        msgs += pending
+        while True:
+            pending = turn()
+            if not fits(msgs + pending):
+                break
+            msgs += pending
         yield msgs
 
 
@@ -273,7 +319,7 @@ def tokenizer_corpus(seed: int = 0, n: int = 20000) -> Iterator[str]:
         yield reply
     yield from SYSTEM_PROMPTS
     yield from ("assistant", "Huginn")
-    stream = train_conversations(seed)
+    stream = train_conversations(seed, swap_mix(FIRST_STAGES_MAX_SWAPS))  # the stream the tokenizer was built on
     for _ in range(n):
         for m in next(stream):
             yield "Huginn" if m["role"] == "assistant" else m["role"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import sys
 import time
 from collections.abc import Sequence
@@ -38,6 +39,19 @@ DEPTHS = (1, 2, 4, 8, 16, 32, 64)
 QUICK_DEPTHS = (1, 4, 32)
 QUICK_PER_TIER = 24
 QUICK_TIERS = (4, demo_tasks.TRAIN_MAX_SWAPS)  # the easiest tier and the hardest trained one
+# Prompt depth and answer depth apart: on the hardest trained tier and the first one beyond training.
+SPLIT_DEPTHS = (1, 2, 4, 8, 16, 32)
+SPLIT_TIERS = (demo_tasks.TRAIN_MAX_SWAPS, 24)
+# latest-m4: an answer step deeper than the prompt (or shallower) reads each prompt position's deepest entry.
+SPLIT_CACHE = "latest-m4"
+# Chats: ten questions each, at the depth of the targets; the new-token budget is engine.stream's reserve.
+MULTI_TURN_TIERS = (4, 8, 12, demo_tasks.TRAIN_MAX_SWAPS)
+MULTI_TURN_CHATS = 16
+MULTI_TURN_QUESTIONS = 10
+MULTI_TURN_DEPTH = 32
+MULTI_TURN_NEW_TOKENS = 16
+POLICIES = ("blocks", "minimal")
+QUICK_CHATS = (8, 2, 6)  # --quick: tier, chats, questions (long enough to overflow the context)
 # Initial-state seeds: the latent state starts from noise, so every figure is averaged over these.
 SEEDS = (0, 1, 2)
 ADAPTIVE_CRITERION = "kl"
@@ -60,16 +74,21 @@ def load(path: Path | str = DEFAULT_MODEL) -> tuple[Any, Any]:
 
 def generate_answers(
     model, tok, questions: Sequence[str], num_steps: int, criterion: str | None = None,
-    max_new_tokens: int = 16, seed: int = 0, cache_strategy: str = "full",
-) -> tuple[list[str], list[float]]:
-    """Greedy answers to single-turn questions, in batches of equal prompt length.
+    max_new_tokens: int = 16, seed: int = 0, cache_strategy: str = "full", prompt_steps: int | None = None,
+) -> tuple[list[str], list[float], list[list[int]]]:
+    """Greedy answers to single-turn questions, in batches of equal prompt length, prefilled as the app does.
 
-    Returns the answer texts and, per answer, the mean recurrence steps per answer token (the stop
-    token that ends the turn is not counted).
+    The prompt but its last token runs as one block with no exits (`decode(split_prompt=True)`, what
+    `engine.stream` does), at `num_steps`, or at `prompt_steps` when given (the prompt's depth P apart
+    from the answer's depth A; use a `latest-m4` cache then, so an answer step deeper or shallower than
+    the prompt reads the prompt's deepest entries). Returns the answer texts, per answer the mean
+    recurrence steps per answer token, and per answer the steps of each token (the stop token that ends
+    the turn is not counted).
     """
     from engine.decode import RowPlan, decode
     from engine.exits import resolve_threshold
     from engine.generate import build_prompt, stop_token_ids
+    from engine.step import run_block
 
     stops = stop_token_ids(model, tok)
     prompts = [build_prompt(tok, [{"role": "user", "content": q}], model.config.block_size, max_new_tokens)[0]
@@ -78,7 +97,7 @@ def generate_answers(
     for i, p in enumerate(prompts):
         by_len.setdefault(len(p), []).append(i)
     texts: list[str] = [""] * len(questions)
-    mean_steps: list[float] = [0.0] * len(questions)
+    token_steps: list[list[int]] = [[] for _ in questions]
     for idxs in by_len.values():
         plans = [
             RowPlan(
@@ -91,17 +110,33 @@ def generate_answers(
             for i in idxs
         ]
         ids = torch.tensor([prompts[i] for i in idxs])
+        cache = None
+        if prompt_steps is not None:
+            cache = model.new_cache(len(idxs), cache_strategy, capacity=ids.shape[1] + max_new_tokens)
+            body = [RowPlan(num_steps=prompt_steps, exit_in_prefill=False, seed=p.seed) for p in plans]
+            with torch.inference_mode():
+                run_block(model, ids[:, :-1], body, cache)
         out_tokens: list[list[int]] = [[] for _ in idxs]
-        out_steps: list[list[int]] = [[] for _ in idxs]
-        for step in decode(model, ids, plans, cache_strategy, stop_ids=stops):
+        for step in decode(model, ids, plans, cache_strategy, stop_ids=stops, cache=cache,
+                           split_prompt=prompt_steps is None):
             for r, token in enumerate(step.tokens):
                 if token >= 0 and token not in stops:
                     out_tokens[r].append(token)
-                    out_steps[r].append(step.steps[r])
+                    token_steps[idxs[r]].append(step.steps[r])
         for r, i in enumerate(idxs):
             texts[i] = tok.decode(out_tokens[r], skip_special_tokens=True).strip()
-            mean_steps[i] = sum(out_steps[r]) / max(len(out_steps[r]), 1)
-    return texts, mean_steps
+    mean_steps = [sum(st) / max(len(st), 1) for st in token_steps]
+    return texts, mean_steps, token_steps
+
+
+def trivial_baselines(problems: Sequence[demo_tasks.Problem]) -> dict[str, float]:
+    """What answering without following the swaps scores on these problems.
+
+    `parity`: a random order of the right parity (the parity of the number of swaps is all one needs to
+    know): right 1 time in 3 in expectation. `start`: always answering the start order.
+    """
+    start = [demo_tasks.swap_start(p.question) == p.answer for p in problems]
+    return {"parity": round(1 / 3, 4), "start": round(sum(start) / max(len(start), 1), 4)}
 
 
 def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -126,11 +161,14 @@ def _cell(per_seed: list[list[bool]]) -> dict[str, Any]:
 def evaluate(
     model, tok, tasks: Sequence[str], per_tier: int, depths: Sequence[int] = DEPTHS, adaptive: bool = True,
     seeds: Sequence[int] = SEEDS, baseline: Any = None, tiers: Sequence[int] | None = None,
+    split_tiers: Sequence[int] = (), split_depths: Sequence[int] = SPLIT_DEPTHS,
 ) -> dict[str, Any]:
     """Accuracy per task, tier and depth, each over every initial-state seed in `seeds`.
 
-    `baseline`, a model trained at a fixed depth of 1, is run at that depth on the same problems.
-    `tiers` restricts the tiers (default: all of each task's).
+    Every tier also gets the trivial baselines (`trivial_baselines`). `baseline`, a model trained at a
+    fixed depth of 1, is run at that depth on the same problems. `tiers` restricts the tiers (default:
+    all of each task's). On `split_tiers` the prompt's depth P and the answer's depth A are varied
+    apart: P over `split_depths` with A = 1, and A over them with P = 1.
     """
     adaptive_cap = _adaptive_cap()
     results: dict[str, Any] = {}
@@ -144,35 +182,114 @@ def evaluate(
             answers = [p.answer for p in problems]
             max_new = max(len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers) + 1
 
-            def run(m, r: int, **kw: Any) -> tuple[list[list[bool]], list[float]]:
+            def run(m, r: int, **kw: Any) -> tuple[list[list[bool]], list[list[int]]]:
                 hits, steps = [], []
                 for seed in seeds:
-                    texts, st = generate_answers(m, tok, questions, r, max_new_tokens=max_new, seed=seed, **kw)
+                    texts, _, st = generate_answers(m, tok, questions, r, max_new_tokens=max_new, seed=seed, **kw)
                     hits.append([t == a for t, a in zip(texts, answers)])
                     steps += st
                 return hits, steps
 
-            row: dict[str, Any] = {"name": demo_tasks.TIER_NAMES[task][tier], "n": len(problems), "acc": {}}
+            row: dict[str, Any] = {"name": demo_tasks.TIER_NAMES[task][tier], "n": len(problems), "acc": {},
+                                   "baselines": trivial_baselines(problems)}
             for r in depths:
                 row["acc"][str(r)] = _cell(run(model, r)[0])
             if adaptive:
                 hits, steps = run(model, adaptive_cap, criterion=ADAPTIVE_CRITERION, cache_strategy=ADAPTIVE_CACHE)
-                row["adaptive"] = {**_cell(hits), "mean_steps": round(sum(steps) / len(steps), 2)}
+                flat = [s for st in steps for s in st]
+                width = max(len(st) for st in steps)
+                by_position = [[st[i] for st in steps if len(st) > i] for i in range(width)]
+                row["adaptive"] = {**_cell(hits), "mean_steps": round(sum(flat) / max(len(flat), 1), 2),
+                                   "steps_by_position": [round(sum(c) / len(c), 2) for c in by_position]}
+            if tier in split_tiers:
+                row["prompt_depth"] = {str(d): _cell(run(model, 1, prompt_steps=d, cache_strategy=SPLIT_CACHE)[0])
+                                       for d in split_depths}
+                row["answer_depth"] = {str(d): _cell(run(model, d, prompt_steps=1, cache_strategy=SPLIT_CACHE)[0])
+                                       for d in split_depths}
             if baseline is not None:
                 row["baseline"] = _cell(run(baseline, baseline.config.mean_recurrence)[0])
             results[task][str(tier)] = row
     return results
 
 
+def conversation_problems(tier: int, chats: int, questions: int) -> list[list[demo_tasks.Problem]]:
+    """`chats` conversations of `questions` held-out problems of one tier. Where the tier has fewer
+    distinct held-out problems than needed (4 swaps: 13), each chat draws its own order of them."""
+    pool = demo_tasks.eval_problems("swap", tier, chats * questions)
+    if len(pool) >= chats * questions:
+        return [pool[c * questions:(c + 1) * questions] for c in range(chats)]
+    rng = random.Random(f"chats-{tier}")
+    return [[pool[i % len(pool)] for i in rng.sample(range(len(pool) * questions), questions)]
+            for _ in range(chats)]
+
+
+def multi_turn(model, tok, tier: int, chats: int, questions: int, num_steps: int = MULTI_TURN_DEPTH,
+               seeds: Sequence[int] = SEEDS, policy: str = "blocks") -> dict[str, Any]:
+    """Accuracy of the k-th question of a chat of `questions` swap problems, asked one after another.
+
+    Each turn goes through `engine.stream` as in the app: the chat template, the model's own earlier
+    answers with their token ids, the prompt cache, the split prefill. `policy` decides which old turns
+    go when the chat outgrows the context: "minimal" leaves out as few as fit (`engine.build_prompt`),
+    "blocks" leaves out a block of them at once (`app.context.keep_recent`). Also returns, per turn,
+    the mean prompt tokens and the mean of them reused from the prompt cache.
+    """
+    from app.context import keep_recent
+    from engine.generate import stream
+    from engine.prompt_cache import PromptCache
+    from engine.settings import GenerationSettings
+
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    reserve = MULTI_TURN_NEW_TOKENS  # what engine.stream keeps free for the answer
+    budget = model.config.block_size - reserve
+
+    def count(messages: list[dict[str, Any]]) -> int:
+        return len(tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False))
+
+    convs = conversation_problems(tier, chats, questions)
+    hits = [[[False] * chats for _ in range(questions)] for _ in seeds]
+    reused, prompt = [[] for _ in range(questions)], [[] for _ in range(questions)]
+    for s, seed in enumerate(seeds):
+        settings = GenerationSettings(num_steps=num_steps, seed=0, state_seed=seed,
+                                      max_new_tokens=MULTI_TURN_NEW_TOKENS)
+        for c, conv in enumerate(convs):
+            pool, messages = PromptCache(max_entries=1), []
+            for k, problem in enumerate(conv):
+                messages.append({"role": "user", "content": problem.question})
+                sent = keep_recent([], messages, budget, count)[0] if policy == "blocks" else messages
+                ids = []
+                for event in stream(model, tok, sent, settings, prompt_cache=pool):
+                    if hasattr(event, "token_id"):
+                        if event.token_id >= 0:
+                            ids.append(event.token_id)
+                    else:
+                        summary = event
+                hits[s][k][c] = summary.text.strip() == problem.answer
+                reused[k].append(summary.reused_tokens)
+                prompt[k].append(summary.prompt_tokens)
+                messages.append({"role": "assistant", "content": summary.text, "token_ids": ids})
+    flat = [p for conv in convs for p in conv]
+    return {"name": demo_tasks.TIER_NAMES["swap"][tier], "chats": chats, "questions": questions, "depth": num_steps,
+            "policy": policy, "baselines": trivial_baselines(flat),
+            "by_question": [_cell([hits[s][k] for s in range(len(seeds))]) for k in range(questions)],
+            "prompt_tokens": [round(sum(p) / len(p), 1) for p in prompt],
+            "reused_tokens": [round(sum(r) / len(r), 1) for r in reused]}
+
+
 def _fmt(cell: dict[str, Any]) -> str:
     return f"{100 * cell['acc']:.1f} [{100 * cell['lo']:.0f}–{100 * cell['hi']:.0f}]"
 
 
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
 def markdown_table(report: dict[str, Any]) -> str:
+    """The depth table: one row per tier, trivial baselines beside it."""
     depths = report["depths"]
     rows = [row for tiers in report["results"].values() for row in tiers.values()]
     extra = (["adaptive kl", "mean steps"] if any("adaptive" in row for row in rows) else []) + (
-        ["no recurrence (r=1 trained)"] if report.get("baseline") else [])
+        ["no recurrence (r=1 trained)"] if report.get("baseline") else []) + ["parity guess", "start order"]
     head = "| task | tier | n | " + " | ".join([f"r={r}" for r in depths] + extra) + " |"
     lines = [head, "|" + "---|" * (len(depths) + len(extra) + 3)]
     for task, tiers in report["results"].items():
@@ -182,22 +299,75 @@ def markdown_table(report: dict[str, Any]) -> str:
                 cells += [_fmt(row["adaptive"]), f"{row['adaptive']['mean_steps']:.1f}"]
             if "baseline" in row:
                 cells.append(_fmt(row["baseline"]))
+            cells += [_pct(row["baselines"]["parity"]), _pct(row["baselines"]["start"])]
             lines.append(f"| {task} | {row['name']} | {row['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def split_table(report: dict[str, Any]) -> str:
+    """Accuracy with the prompt's depth P and the answer's depth A apart (empty without split tiers)."""
+    rows = [(row, key) for tiers in report["results"].values() for row in tiers.values()
+            for key in ("prompt_depth", "answer_depth") if key in row]
+    if not rows:
+        return ""
+    depths = list(rows[0][0]["prompt_depth"])
+    label = {"prompt_depth": "prompt depth P (answer A = 1)", "answer_depth": "answer depth A (prompt P = 1)"}
+    lines = ["| tier | varied | " + " | ".join(depths) + " | parity guess | start order |",
+             "|" + "---|" * (len(depths) + 4)]
+    for row, key in rows:
+        cells = [_fmt(row[key][d]) for d in depths]
+        lines.append(f"| {row['name']} | {label[key]} | " + " | ".join(cells) + f" | {_pct(row['baselines']['parity'])}"
+                     f" | {_pct(row['baselines']['start'])} |")
+    return "\n".join(lines)
+
+
+def multi_turn_table(report: dict[str, Any]) -> str:
+    """Accuracy of the k-th question of a chat, and the prompt cache's reuse per turn (empty without chats)."""
+    chats = report.get("multi_turn") or []
+    if not chats:
+        return ""
+    k = chats[0]["questions"]
+    lines = ["| tier | chats | policy | " + " | ".join(f"q{i}" for i in range(1, k + 1)) + " | parity guess | start order |",
+             "|" + "---|" * (k + 5)]
+    for chat in chats:
+        cells = [_fmt(c) for c in chat["by_question"]]
+        lines.append(f"| {chat['name']} | {chat['chats']} | {chat['policy']} | " + " | ".join(cells) +
+                     f" | {_pct(chat['baselines']['parity'])} | {_pct(chat['baselines']['start'])} |")
+    lines += ["", "| tier | policy | per turn | " + " | ".join(f"q{i}" for i in range(1, k + 1)) + " |",
+              "|" + "---|" * (k + 3)]
+    for chat in chats:
+        for key, what in (("prompt_tokens", "prompt tokens"), ("reused_tokens", "reused from the cache")):
+            lines.append(f"| {chat['name']} | {chat['policy']} | {what} | " +
+                         " | ".join(f"{x:.0f}" for x in chat[key]) + " |")
+    return "\n".join(lines)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    return "\n\n".join(t for t in (markdown_table(report), split_table(report), multi_turn_table(report)) if t)
+
+
 def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """One report from several over disjoint tiers of the same model and settings, tiers in order."""
-    merged = dict(reports[0], results={})
+    """One report from several of the same model and seeds (other tiers or other sections, run side by side)."""
+    merged = dict(reports[0], results={}, multi_turn=[])
     for report in reports:
-        if report["depths"] != merged["depths"] or report["seeds"] != merged["seeds"]:
-            raise SystemExit("--merge: the reports were run with different depths or seeds")
+        if report["seeds"] != merged["seeds"]:
+            raise SystemExit("--merge: the reports were run with different seeds")
+        if report["results"] and merged["results"] and report["depths"] != merged["depths"]:
+            raise SystemExit("--merge: the reports were run with different depths")
+        if report["results"]:
+            merged["depths"] = report["depths"]
         for task, tiers in report["results"].items():
-            merged["results"].setdefault(task, {}).update(tiers)
+            for tier, row in tiers.items():
+                merged["results"].setdefault(task, {}).setdefault(tier, {}).update(row)
+        merged["multi_turn"] += report.get("multi_turn") or []
+        merged["baseline"] = merged.get("baseline") or report.get("baseline")
     for task, tiers in merged["results"].items():
         merged["results"][task] = dict(sorted(tiers.items(), key=lambda kv: int(kv[0])))
     merged["seconds"] = sum(r.get("seconds", 0) for r in reports)
     return merged
+
+
+SECTIONS = ("single", "split", "chats")
 
 
 def main() -> None:
@@ -205,31 +375,63 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--baseline", type=Path, default=None,
                     help="a model trained at depth 1 (train_demo_model.py --fixed-depth 1), run at its depth")
-    ap.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of Markdown tables")
     ap.add_argument("--quick", action="store_true",
                     help=f"{QUICK_PER_TIER} problems of tiers {QUICK_TIERS}, one seed, depths "
-                         f"{', '.join(map(str, QUICK_DEPTHS))}, no adaptive run")
+                         f"{', '.join(map(str, QUICK_DEPTHS))}, no adaptive run; {QUICK_CHATS[1]} chats of "
+                         f"{QUICK_CHATS[2]} questions of tier {QUICK_CHATS[0]}")
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    help="comma-separated, from: single (the depth table), split (prompt and answer depth apart), "
+                         "chats (the k-th question of a chat)")
     ap.add_argument("--per-tier", type=int, default=None, help="problems per tier (default 200)")
     ap.add_argument("--seeds", type=int, default=len(SEEDS), help="initial-state seeds (default 3)")
     ap.add_argument("--tasks", default=",".join(demo_tasks.TASKS),
                     help="comma-separated, from: " + ",".join(demo_tasks.TASKS))
-    ap.add_argument("--tiers", default=None, help="comma-separated tiers (default: all; --quick: "
+    ap.add_argument("--tiers", default=None, help="comma-separated tiers of the depth table (default: all; --quick: "
                     + ",".join(map(str, QUICK_TIERS)) + ")")
+    ap.add_argument("--split-tiers", default=",".join(map(str, SPLIT_TIERS)))
+    ap.add_argument("--chat-tiers", default=",".join(map(str, MULTI_TURN_TIERS)))
+    ap.add_argument("--chats", type=int, default=MULTI_TURN_CHATS, help="chats per tier")
+    ap.add_argument("--questions", type=int, default=MULTI_TURN_QUESTIONS, help="questions per chat")
+    ap.add_argument("--chat-depth", type=int, default=MULTI_TURN_DEPTH)
+    ap.add_argument("--policy", default="blocks", help="comma-separated, from: " + ",".join(POLICIES))
     ap.add_argument("--merge", type=Path, nargs="+", default=None,
-                    help="print the table of these --json reports (e.g. one per tier, run side by side) and exit")
+                    help="print the tables of these --json reports (run side by side) and exit")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     if args.merge:
-        print(markdown_table(merge_reports([json.loads(p.read_text()) for p in args.merge])))
+        print(markdown(merge_reports([json.loads(p.read_text()) for p in args.merge])))
         return
     if args.threads:
         torch.set_num_threads(args.threads)
+    sections = set(args.sections.split(","))
+    if not sections <= set(SECTIONS):
+        raise SystemExit(f"--sections: unknown {sorted(sections - set(SECTIONS))}; choose from {SECTIONS}")
+    policies = args.policy.split(",")
+    if not set(policies) <= set(POLICIES):
+        raise SystemExit(f"--policy: choose from {POLICIES}, got {args.policy!r}")
     per_tier = args.per_tier or (QUICK_PER_TIER if args.quick else 200)
     seeds = SEEDS[:1] if args.quick else tuple(range(args.seeds))
     depths = QUICK_DEPTHS if args.quick else DEPTHS
+    tiers = [int(t) for t in args.tiers.split(",")] if args.tiers else QUICK_TIERS if args.quick else None
     model, tok = load(args.model)
     baseline = load(args.baseline)[0] if args.baseline else None
     t0 = time.time()
+    results: dict[str, Any] = {}
+    if "single" in sections or "split" in sections:
+        split = [int(t) for t in args.split_tiers.split(",")] if "split" in sections and not args.quick else []
+        if "single" in sections:
+            results = evaluate(model, tok, args.tasks.split(","), per_tier, depths, not args.quick, seeds, baseline,
+                               tiers, split)
+        else:  # only the split rows
+            results = evaluate(model, tok, args.tasks.split(","), per_tier, (), False, seeds, None, split, split)
+    chats = []
+    if "chats" in sections:
+        if args.quick:
+            chats = [multi_turn(model, tok, QUICK_CHATS[0], QUICK_CHATS[1], QUICK_CHATS[2], args.chat_depth, seeds)]
+        else:
+            chats = [multi_turn(model, tok, t, args.chats, args.questions, args.chat_depth, seeds, policy)
+                     for policy in policies for t in map(int, args.chat_tiers.split(","))]
     report = {
         "model": str(args.model),
         "baseline": str(args.baseline) if args.baseline else None,
@@ -238,12 +440,11 @@ def main() -> None:
         "depths": list(depths),
         "adaptive": {"criterion": ADAPTIVE_CRITERION, "threshold": _default_threshold(),
                      "max_steps": _adaptive_cap(), "cache_strategy": ADAPTIVE_CACHE},
-        "results": evaluate(model, tok, args.tasks.split(","), per_tier, depths, not args.quick, seeds, baseline,
-                            [int(t) for t in args.tiers.split(",")] if args.tiers else
-                            QUICK_TIERS if args.quick else None),
+        "results": results,
+        "multi_turn": chats,
+        "seconds": round(time.time() - t0, 1),
     }
-    report["seconds"] = round(time.time() - t0, 1)
-    print(json.dumps(report, indent=2) if args.json else markdown_table(report))
+    print(json.dumps(report, indent=2) if args.json else markdown(report))
 
 
 def _adaptive_cap() -> int:

@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import random
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -36,18 +37,25 @@ import demo_tasks  # noqa: E402
 
 IGNORE = -100
 LOG_DEPTHS = (1, 2, 4, 8, 16, 32)
+# The in-run evaluation's tiers, fixed: its initial states come from the training RNG, so the tiers
+# are part of what reproduces a run (the first stages ran with these).
+LOG_TIERS = (4, 8, 12, 16, 24)
 
 
 # ----------------------------------------------------------------------------------------------
 # data
 
 
-def load_tokenizer(out: Path):
-    """The demo tokenizer from `out`, built there first if it is missing (it is deterministic)."""
+def load_tokenizer(out: Path, init_from: Path | None = None):
+    """The demo tokenizer from `out`; if it is missing there, `init_from`'s (the weights' own) or a new build."""
     from transformers import AutoTokenizer
 
     if not (out / "tokenizer.json").exists():
-        build_demo_tokenizer.write_tokenizer(build_demo_tokenizer.train_tokenizer(), out)
+        if init_from is not None:
+            for name in ("tokenizer.json", "tokenizer_config.json"):
+                shutil.copyfile(init_from / name, out / name)
+        else:
+            build_demo_tokenizer.write_tokenizer(build_demo_tokenizer.train_tokenizer(), out)
     return AutoTokenizer.from_pretrained(str(out))
 
 
@@ -76,14 +84,25 @@ def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tuple[t
     return ids, labels
 
 
-def batches(tok, seed: int, rows: int, row_len: int,
-            max_tier: Callable[[], int] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Whole conversations packed greedily into `rows` rows of at most `row_len` tokens.
+def batches(tok, seed: int, rows: int, row_len: int, max_tier: Callable[[], int] | None = None,
+            mix: dict[tuple[str, int], float] | None = None,
+            multi_turn: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """`rows` rows of at most `row_len` tokens per batch.
 
-    Packing, as in the paper's pretraining (a document starts at every <|begin_text|>), keeps the
-    short arithmetic conversations from being padded to the length of the longest chat reply.
+    By default whole short conversations are packed greedily into a row, as in the paper's pretraining
+    (a document starts at every <|begin_text|>). With `multi_turn`, each row is one long chat that
+    fills the row (`demo_tasks.train_chats`): its later questions sit deep in the context behind
+    earlier puzzles and chat turns, as in a long chat in the app.
     """
-    stream = (encode_conversation(tok, m) for m in demo_tasks.train_conversations(seed, max_tier=max_tier))
+    if multi_turn:
+        def fits(messages: list[dict[str, str]]) -> bool:
+            return len(tok.apply_chat_template(messages, tokenize=True, return_dict=False)) <= row_len
+
+        chats = demo_tasks.train_chats(seed, fits, mix=mix, max_tier=max_tier)
+        while True:
+            yield collate([tuple(x[:row_len] for x in encode_conversation(tok, next(chats))) for _ in range(rows)],
+                          tok.pad_token_id)
+    stream = (encode_conversation(tok, m) for m in demo_tasks.train_conversations(seed, mix, max_tier=max_tier))
     pending = next(stream)
     while True:
         packed = []
@@ -127,7 +146,7 @@ def depth_table(model, tok, per_tier: int, depths: Sequence[int] = LOG_DEPTHS,
     model.eval()
     table = {}
     for task in tasks:
-        for tier in demo_tasks.TIERS[task]:
+        for tier in LOG_TIERS:
             probs = demo_tasks.eval_problems(task, tier, per_tier)
             table[f"{task}/{tier}"] = {r: teacher_forced_accuracy(model, tok, probs, r) for r in depths}
     model.train(was_training)
@@ -209,6 +228,12 @@ def main() -> None:
                     help="stop after this many steps (the schedule still follows --steps); reproduces a stopped run")
     ap.add_argument("--batch-size", type=int, default=16, help="rows per step")
     ap.add_argument("--row-len", type=int, default=128, help="tokens per packed row")
+    ap.add_argument("--multi-turn", action="store_true",
+                    help="each row is one long chat of puzzles and chat turns filling --row-len (else packed "
+                         "short conversations)")
+    ap.add_argument("--max-swaps", type=int, default=demo_tasks.TRAIN_MAX_SWAPS,
+                    help="longest swap list trained on (the first stages of the shipped model: "
+                         f"{demo_tasks.FIRST_STAGES_MAX_SWAPS})")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--n-embd", type=int, default=128)
@@ -241,7 +266,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    tok = load_tokenizer(args.out)
+    tok = load_tokenizer(args.out, args.init_from)
     if args.init_from:
         from engine.model import HuginnForCausalLM
 
@@ -252,7 +277,8 @@ def main() -> None:
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
-    longest = max(tier for _, tier in demo_tasks.DEFAULT_MIX)
+    mix = demo_tasks.swap_mix(args.max_swaps)
+    longest = args.max_swaps
     progress = {"step": 0, "cap": args.curriculum_start}
 
     def max_tier() -> int:
@@ -260,7 +286,7 @@ def main() -> None:
             return progress["cap"]
         return curriculum_cap(progress["step"], args.steps, args.curriculum_start, longest, args.curriculum_ramp)
 
-    data = batches(tok, args.seed, args.batch_size, args.row_len, max_tier)
+    data = batches(tok, args.seed, args.batch_size, args.row_len, max_tier, mix, args.multi_turn)
     num_steps = None if args.fixed_depth is None else (0, args.fixed_depth)
     logf = args.log.open("a") if args.log else None
 

@@ -129,3 +129,42 @@ def test_other_questions_get_the_format_explained() -> None:
     for _ in range(100):
         q, a = dt.other_question_turn(rng)
         assert not _is_problem(q) and a == dt.FORMAT_HELP
+
+
+def _words(messages: list[dict[str, str]]) -> int:
+    """A stand-in for a token count: what the `fits` check of train_chats measures."""
+    return sum(len(m["content"].split()) + 2 for m in messages)
+
+
+def test_long_chats_fill_their_budget_and_carry_over_what_does_not_fit() -> None:
+    budget = 120
+    chats = list(itertools.islice(dt.train_chats(3, lambda m: _words(m) <= budget), 200))
+    assert chats == list(itertools.islice(dt.train_chats(3, lambda m: _words(m) <= budget), 200))  # seeded
+    for chat, following in zip(chats, chats[1:]):
+        assert _words(chat) <= budget
+        turns = [m for m in chat if m["role"] != "system"]
+        assert [m["role"] for m in turns] == ["user", "assistant"] * (len(turns) // 2)
+        opening = [m for m in following if m["role"] != "system"][:2]
+        assert _words(chat + opening) > budget  # the chat stopped because the next exchange did not fit
+    questions = [m["content"] for chat in chats for m in chat if m["role"] == "user"]
+    problems = [q for q in questions if _is_problem(q)]
+    assert sum(len(c) >= 8 for c in chats) > 150  # several exchanges per chat
+    assert not any(dt.is_heldout(q) for q in problems)
+    assert {len(QUESTION.fullmatch(q)[1].split()) for q in problems} == set(range(1, dt.TRAIN_MAX_SWAPS + 1))
+    assert len(problems) < len(questions)  # chat turns are mixed in
+
+
+def test_long_chats_follow_the_curriculum_and_the_mix() -> None:
+    chats = itertools.islice(dt.train_chats(0, lambda m: _words(m) <= 200, mix=dt.swap_mix(6), max_tier=lambda: 3),
+                             100)
+    lengths = {len(QUESTION.fullmatch(m["content"])[1].split()) for chat in chats for m in chat
+               if m["role"] == "user" and _is_problem(m["content"])}
+    assert lengths == {1, 2, 3}
+
+
+def test_swap_start_is_the_order_the_cups_start_in() -> None:
+    rng = random.Random(5)
+    for tier in (1, 12, 24):
+        p = dt.make_swap(tier, rng)
+        start = dt.swap_start(p.question)
+        assert sorted(start) == ["1", "2", "3"] and p.question.endswith(f" on {start}. Final?")
