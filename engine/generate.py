@@ -5,6 +5,7 @@ the HTTP API and the CLI all go through ``stream`` / ``compare``.
 
 from __future__ import annotations
 
+import math
 import random
 import secrets
 import threading
@@ -14,9 +15,10 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from .cache import kv_cache_bytes, memory_budget
+from .cache import CacheStrategy, kv_cache_bytes, memory_budget
 from .decode import RowPlan, RowStops, decode
 from .prompt_cache import PromptCache, TurnCache
+from .records import STATS
 from .speculative import SpeculationStats, speculative_decode
 from .settings import MAX_NEW_TOKENS, GenerationSettings
 from .stops import StopStrings
@@ -48,6 +50,14 @@ class TokenEvent:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def record(self) -> dict[str, Any]:
+        """The token as the store keeps it and the APIs return it (``engine.records.TOKEN``)."""
+        exit_value = self.exit_value if self.exit_value is None or math.isfinite(self.exit_value) else None
+        out = {"text": self.text, "steps": self.steps, "exit_value": exit_value}
+        if self.token_id >= 0:  # the last event may be held-back text, not a token
+            out["id"] = self.token_id
+        return out
+
 
 @dataclass(frozen=True)
 class Summary:
@@ -71,9 +81,17 @@ class Summary:
     acceptance: float | None = None  # share of drafted tokens kept, with speculative decoding
     trace: dict[str, Any] | None = None  # with settings.trace: the answer's AnswerTrace in compact form
     reused_tokens: int = 0  # prompt tokens whose KV came from an earlier turn (engine.prompt_cache), not rerun
+    cache_strategy: str = "full"  # the KV cache the answer ran with (cache_strategy_for, after fit_cache_strategy)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def stats(self, **added: Any) -> dict[str, Any]:
+        """The answer's stats as the store keeps them and the APIs return them (``engine.records.STATS``), with the
+        app's own ones (``materialized_parameters``, ``agreement``) added."""
+        out = {name: getattr(self, name) for name in STATS.names if hasattr(self, name)}
+        out = {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in {**out, **added}.items()}
+        return STATS.check(out)
 
 
 @dataclass(frozen=True)
@@ -228,15 +246,27 @@ class IncrementalDecoder:
 
 # ---- generation -------------------------------------------------------------------------------------------------
 
+def cache_strategy_for(settings: GenerationSettings) -> str:
+    """The cache an answer runs with: the asked-for one, else ``full`` at fixed depth and ``latest-m4`` with an exit
+    criterion. With early exits a token leaves deeper slots empty; later tokens then read that layer's deepest entry
+    (the model card's advice) instead of losing the token from attention, which costs accuracy. Resolved here, never
+    stored in the settings, so a setting derived from another (the arena's adaptive column) gets its own."""
+    if settings.cache_strategy is not None:
+        return settings.cache_strategy
+    return "latest-m4" if settings.adaptive else "full"
+
+
 def fit_cache_strategy(model, settings: GenerationSettings, length: int, rows: int = 1) -> tuple[str, str | None]:
-    """Keep the asked-for cache when it fits; a full per-step cache that does not fit becomes one KV slot per core
-    layer ("latest-m4-compress-s<L>", the vLLM port's layout; the paper found no loss on MT-Bench), with a notice."""
+    """Keep the answer's cache when it fits; a per-step cache (``full``, ``latest-m4``, ``skip``) that does not fit
+    becomes one KV slot per core layer ("latest-m4-compress-s<L>", the vLLM port's layout; the paper found no loss
+    on MT-Bench), with a notice. Caches that already share slots are kept as asked."""
+    strategy = cache_strategy_for(settings)
     weight = model.transformer.wte.weight
     element = torch.empty((), dtype=weight.dtype if weight.dtype.is_floating_point else torch.bfloat16).element_size()
-    need = kv_cache_bytes(model.config, settings.cache_strategy, length, settings.num_steps, element, rows)
+    need = kv_cache_bytes(model.config, strategy, length, settings.num_steps, element, rows)
     budget = memory_budget(weight.device)
-    if settings.cache_strategy != "full" or need <= budget:
-        return settings.cache_strategy, None
+    if CacheStrategy.parse(strategy).share is not None or need <= budget:
+        return strategy, None
     shared = f"latest-m4-compress-s{model.config.n_layers_in_recurrent_block}"
     return shared, (f"KV cache shared across recurrence steps ({shared}): a full cache would need "
                     f"{need / 1e9:.1f} GB and {budget / 1e9:.1f} GB is available")
@@ -330,8 +360,6 @@ def _run_rows(model, tokenizer, prompt_ids: list[int], settings_list: Sequence[G
     capacity = len(prompt_ids) + max(budgets)
     deepest = max(settings_list, key=lambda s: s.num_steps)
     strategy, cache_notice = fit_cache_strategy(model, deepest, capacity, len(plans))
-    if cache_notice:
-        settings_list = [s.replace(cache_strategy=strategy) for s in settings_list]
     rows = [_Row(tokenizer, s, p) for s, p in zip(settings_list, plans)]
     cache, reused = turn.open(prompt_ids, strategy, capacity) if turn is not None else (None, 0)
     cache = cache or model.new_cache(len(plans), strategy, capacity=capacity)
@@ -376,7 +404,8 @@ def _run_rows(model, tokenizer, prompt_ids: list[int], settings_list: Sequence[G
         yield r, row.summary(
             elapsed, prompt_tokens=len(prompt_ids), kv_cache_bytes=cache.nbytes() // len(rows),
             trimmed_messages=trimmed, notice="; ".join(part for part in notices if part) or None,
-            acceptance=speculation.acceptance if speculation else None, reused_tokens=reused)
+            acceptance=speculation.acceptance if speculation else None, reused_tokens=reused,
+            cache_strategy=strategy)
 
 
 def _token_texts(tokenizer) -> Callable[[int], str]:
@@ -420,7 +449,7 @@ def compare(model, tokenizer, messages: Any, settings_list: Sequence[GenerationS
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(settings_list):
         # Speculative rows verify several positions per pass, so they run alone.
-        groups.setdefault(f"speculative-{i}" if s.draft_steps else s.cache_strategy, []).append(i)
+        groups.setdefault(f"speculative-{i}" if s.draft_steps else cache_strategy_for(s), []).append(i)
     events: list[list[TokenEvent]] = [[] for _ in settings_list]
     summaries: list[Summary | None] = [None] * len(settings_list)
     for members in groups.values():
