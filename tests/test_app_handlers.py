@@ -412,7 +412,10 @@ def test_a_long_stored_history_is_trimmed_to_the_caps_in_few_token_counts(capped
     assert messages[0]["role"] == "system" and messages[-1]["content"].startswith("turn 2001")
     assert len(messages) <= 1 + HOSTED_LIKE.max_history_messages
     assert capped.count_tokens(messages) <= HOSTED_LIKE.max_prompt_tokens
-    assert len(counted) <= 2 + 4  # a binary search over at most 8 turns, not one count per dropped turn
+    # A binary search over at most 8 turns, not one count per dropped turn; then the context policy
+    # (app.context.keep_recent): one count of the prompt and, as it outgrows the model's context, one per kept turn
+    # and three for the template's fixed parts. Nothing scales with the 2,001 stored messages.
+    assert len(counted) <= 2 + 4 + 1 + HOSTED_LIKE.max_history_messages + 3
     # Tokens decide once messages fit: long turns within the message cap are trimmed to the token cap.
     few = inputs.fit_prompt([], [{"role": "user", "content": "y " * 100}] * 6, 600, real)
     assert few[1] > 0 and real(few[0]) <= 600
