@@ -1,16 +1,19 @@
 """Accuracy of the demo model by task, tier and recurrence depth, on held-out problems.
 
-Every answer is generated greedily through the engine's own decode loop (the one the app uses), at
-fixed depths r = 1, 2, 4, 8, 16, 32, 64 and with adaptive exit (the KL criterion at the engine's
-default threshold, capped at the engine's default depth of 32 steps, with the latest-m4 cache),
-where the mean steps per answer token are reported too. A problem counts as solved when the answer
-matches exactly. Each figure is the mean over three initial-state seeds (the latent state starts
-from noise), with a 95 % Wilson interval over the problems, whose seed-averaged score is the
-success fraction. `--baseline` adds a model of the same layers trained and run at depth 1.
+Every answer is generated greedily through the engine, prefilled the way the app prefills
+(`decode(split_prompt=True)`), at fixed depths r = 1, 2, 4, 8, 16, 32, 64 and with adaptive exit (the
+KL criterion at the engine's default threshold, capped at the engine's default depth of 32 steps, with
+the latest-m4 cache), where the mean steps per answer token are reported too. A problem counts as
+solved when the answer matches exactly. Each figure is the mean over three initial-state seeds (the
+latent state starts from noise), with a 95 % Wilson interval over the problems, whose seed-averaged
+score is the success fraction. Every tier is printed beside two trivial baselines (a right-parity
+guess, the start order). `--baseline` adds a model of the same layers trained and run at depth 1.
+The `split` section runs the prompt and the answer at different depths; the `chats` section asks
+ten questions in one chat through `engine.stream`, with the prompt cache and a context policy.
 
-    python scripts/eval_demo_model.py --baseline DIR   # the model card's table, 200 problems per tier
-    python scripts/eval_demo_model.py --json           # the same as JSON
-    python scripts/eval_demo_model.py --quick          # 24 problems, tiers 4 and 12, 1 seed, r = 1, 4, 32
+    python scripts/eval_demo_model.py                  # every section, 200 problems per tier
+    python scripts/eval_demo_model.py --json           # the same as JSON (--merge prints several)
+    python scripts/eval_demo_model.py --quick          # tiers 4 and 16 at r = 1, 4, 32, two short chats
 """
 
 from __future__ import annotations
@@ -343,7 +346,81 @@ def multi_turn_table(report: dict[str, Any]) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    return "\n\n".join(t for t in (markdown_table(report), split_table(report), multi_turn_table(report)) if t)
+    tables = (markdown_table(report), split_table(report), multi_turn_table(report),
+              "\n".join(f"- {line}" for line in findings(report)))
+    return "\n\n".join(t for t in tables if t)
+
+
+def _first_depth(row: dict[str, Any], at_least: float) -> str:
+    """The smallest evaluated depth whose accuracy reaches `at_least`, as text ("none" if no depth does)."""
+    hits = [int(r) for r, cell in row["acc"].items() if cell["acc"] >= at_least]
+    return f"r = {min(hits)}" if hits else "no evaluated depth"
+
+
+def findings(report: dict[str, Any]) -> list[str]:
+    """The card's sentences with numbers, each computed from the report (no number is typed by hand)."""
+    out: list[str] = []
+    rows = {int(t): row for t, row in report["results"].get("swap", {}).items()}
+    trained = [t for t in rows if t <= demo_tasks.TRAIN_MAX_SWAPS]
+    beyond = [t for t in rows if t > demo_tasks.TRAIN_MAX_SWAPS]
+    depths = [int(r) for r in report["depths"]]
+
+    def acc(t: int, r: int) -> float:
+        return 100 * rows[t]["acc"][str(r)]["acc"]
+
+    def best_trivial(t: int) -> float:
+        return 100 * max(rows[t]["baselines"].values())
+
+    if trained:
+        firsts = ", ".join(f"{_first_depth(rows[t], 0.9)} for {t}" for t in trained)
+        out.append(f"First depth at which at least 90 % of the problems are solved: {firsts} swaps.")
+        top = max(trained)
+        if 4 in depths and 16 in depths:
+            out.append(f"The longest trained list ({top} swaps) is {acc(top, 4):.1f} % right at r = 4 and "
+                       f"{acc(top, 16):.1f} % at r = 16; a trivial baseline gets {best_trivial(top):.1f} % "
+                       f"(the better of a right-parity guess and the start order).")
+        if 32 in depths:
+            low = min(acc(t, 32) for t in trained)
+            out.append(f"At r = 32 every trained tier is at least {low:.1f} % right.")
+    for t in beyond:
+        if 8 in depths and 64 in depths:
+            out.append(f"{t} swaps ({t / demo_tasks.TRAIN_MAX_SWAPS:.2g}× the longest trained list): "
+                       f"{acc(t, 8):.1f} % at r = 8, {acc(t, 32):.1f} % at r = 32, {acc(t, 64):.1f} % at r = 64, "
+                       f"against {best_trivial(t):.1f} % for the better trivial baseline.")
+    if 32 in depths and 64 in depths and rows:
+        gap = max(abs(acc(t, 64) - acc(t, 32)) for t in rows)
+        out.append(f"r = 64 differs from r = 32 by at most {gap:.1f} points on any tier.")
+    adaptive = {t: row["adaptive"] for t, row in rows.items() if "adaptive" in row}
+    if adaptive and 32 in depths:
+        diffs = ", ".join(f"{100 * adaptive[t]['acc'] - acc(t, 32):+.1f} ({t})" for t in adaptive)
+        out.append(f"Adaptive kl minus r = 32, in points per tier (swaps): {diffs}.")
+        easy, hard = min(adaptive), max(t for t in adaptive if t <= demo_tasks.TRAIN_MAX_SWAPS) if trained else max(adaptive)
+        e, h = adaptive[easy]["mean_steps"], adaptive[hard]["mean_steps"]
+        out.append(f"Mean steps per answer token with adaptive exit: {e:.2f} at {easy} swaps, {h:.2f} at {hard} "
+                   f"({h / e:.2f}×); by answer position at {hard} swaps: "
+                   + ", ".join(f"{x:.1f}" for x in adaptive[hard]["steps_by_position"]) + ".")
+    spreads = [100 * (max(c["per_seed"]) - min(c["per_seed"])) for t in trained for r, c in rows[t]["acc"].items()
+               if int(r) >= 8 and len(c["per_seed"]) > 1]
+    if spreads:
+        out.append(f"Across the {len(report['seeds'])} initial-state seeds, trained tiers at r ≥ 8 differ by at most "
+                   f"{max(spreads):.1f} points.")
+    if any("baseline" in row for row in rows.values()):
+        worst = ", ".join(f"{100 * row['baseline']['acc']:.1f} % ({t})" for t, row in rows.items() if "baseline" in row)
+        out.append(f"The same layers trained and run at one core step: {worst}.")
+    for t, row in rows.items():
+        if "prompt_depth" in row:
+            p = {int(d): 100 * c["acc"] for d, c in row["prompt_depth"].items()}
+            a = {int(d): 100 * c["acc"] for d, c in row["answer_depth"].items()}
+            out.append(f"{t} swaps with the prompt and the answer at different depths: prompt at P = {max(p)} with "
+                       f"one answer step {p[max(p)]:.1f} %, prompt at P = {min(p)} with answer steps up to A = "
+                       f"{max(a)} at most {max(a.values()):.1f} %.")
+    for chat in report.get("multi_turn") or []:
+        by_q = [100 * c["acc"] for c in chat["by_question"]]
+        reuse = sum(chat["reused_tokens"]) / sum(chat["prompt_tokens"])
+        out.append(f"Chats of {chat['questions']} questions of {chat['name']} at r = {chat['depth']} ({chat['policy']} "
+                   f"policy): question 1 {by_q[0]:.1f} %, question {chat['questions']} {by_q[-1]:.1f} %, lowest "
+                   f"{min(by_q):.1f} %; {100 * reuse:.0f} % of the prompt tokens came from the prompt cache.")
+    return out
 
 
 def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -21,6 +21,8 @@ import eval_demo_model  # noqa: E402
 # tier right at r=32 at least this often, and this many points above r=4. The card's full run measured
 # 100 % and 32.8 % there (assets/demo-model/README.md); a model without the curve fails.
 CURVE = {"r32_min": 0.85, "gain_min": 0.4}
+# What the --quick chats demand: every question of a chat right at least this often, the first always.
+CHAT = {"min": 0.5}
 
 SPECIALS = ("<|begin_text|>", "<|end_text|>", "<|begin_header|>", "<|end_header|>", "<|end_turn|>", "<|pad|>")
 
@@ -104,8 +106,8 @@ def test_loads_through_the_standard_path(model) -> None:
 def test_answers_held_out_questions_at_default_depth(model, tok) -> None:
     problems = demo_tasks.eval_problems("swap", 4, 6) + demo_tasks.eval_problems("swap", 8, 6)
     assert all(demo_tasks.is_heldout(p.question) for p in problems)
-    texts, _ = eval_demo_model.generate_answers(model, tok, [p.question for p in problems],
-                                                model.config.mean_recurrence)
+    texts, _, _ = eval_demo_model.generate_answers(model, tok, [p.question for p in problems],
+                                                   model.config.mean_recurrence)
     assert sum(t == p.answer for t, p in zip(texts, problems)) >= 10, texts
 
 
@@ -125,6 +127,13 @@ def quick_report(model, tok) -> dict:
     return eval_demo_model.evaluate(model, tok, demo_tasks.TASKS, eval_demo_model.QUICK_PER_TIER,
                                     eval_demo_model.QUICK_DEPTHS, adaptive=False, seeds=eval_demo_model.SEEDS[:1],
                                     tiers=eval_demo_model.QUICK_TIERS)
+
+
+@pytest.fixture(scope="module")
+def quick_chats(model, tok) -> dict:
+    """The --quick run's chats: questions asked one after another through engine.stream, past the context."""
+    tier, chats, questions = eval_demo_model.QUICK_CHATS
+    return eval_demo_model.multi_turn(model, tok, tier, chats, questions, seeds=eval_demo_model.SEEDS[:1])
 
 
 def test_the_hardest_trained_tier_needs_depth(quick_report) -> None:
@@ -156,3 +165,34 @@ def test_the_app_gets_the_depths_and_the_table_from_the_model_folder(model) -> N
     assert narrow == ["1", "2", "adaptive"]
     card = (DEMO / "README.md").read_text()
     assert info.depth_table and info.depth_table in card and "| r=32 |" in info.depth_table
+
+
+def test_later_questions_of_a_long_chat_are_as_right_as_the_first(quick_chats) -> None:
+    # The chat outgrows the 256-token context before its last question (the policy then drops old turns).
+    assert max(quick_chats["prompt_tokens"]) > 180 and quick_chats["prompt_tokens"][-1] < max(quick_chats["prompt_tokens"])
+    acc = [cell["acc"] for cell in quick_chats["by_question"]]
+    assert acc[0] == 1.0 and min(acc) >= CHAT["min"], acc
+
+
+def test_a_chat_reuses_its_cached_prefix_every_turn_but_the_one_after_a_drop(quick_chats) -> None:
+    reused, prompt = quick_chats["reused_tokens"], quick_chats["prompt_tokens"]
+    growing = [k for k in range(1, len(prompt)) if prompt[k] > prompt[k - 1]]
+    assert growing and all(reused[k] >= prompt[k - 1] for k in growing)  # the whole earlier turn came from the cache
+
+
+def test_trivial_baselines_are_what_their_names_say() -> None:
+    problems = demo_tasks.eval_problems("swap", 8, 60)
+    base = eval_demo_model.trivial_baselines(problems)
+    assert base["parity"] == round(1 / 3, 4)
+    assert base["start"] == round(sum(p.question.endswith(f"on {p.answer}. Final?") for p in problems) / 60, 4)
+    assert 0 < base["start"] < 1
+
+
+def test_the_prompt_at_the_answers_depth_is_the_apps_split_prefill(model, tok) -> None:
+    questions = [p.question for p in demo_tasks.eval_problems("swap", 8, 6)]
+    plain = eval_demo_model.generate_answers(model, tok, questions, 6, seed=3)
+    split = eval_demo_model.generate_answers(model, tok, questions, 6, seed=3, prompt_steps=6)
+    assert plain[0] == split[0] and plain[2] == split[2]
+    shallow = eval_demo_model.generate_answers(model, tok, questions, 6, seed=3, prompt_steps=1,
+                                               cache_strategy=eval_demo_model.SPLIT_CACHE)
+    assert shallow[0] != plain[0]  # the prompt's depth is its own setting
