@@ -290,13 +290,17 @@ def _pct(x: float) -> str:
 def markdown_table(report: dict[str, Any]) -> str:
     """The depth table: one row per tier, trivial baselines beside it."""
     depths = report["depths"]
-    rows = [row for tiers in report["results"].values() for row in tiers.values()]
+    rows = [row for tiers in report["results"].values() for row in tiers.values() if "acc" in row]
+    if not rows:
+        return ""
     extra = (["adaptive kl", "mean steps"] if any("adaptive" in row for row in rows) else []) + (
         ["no recurrence (r=1 trained)"] if report.get("baseline") else []) + ["parity guess", "start order"]
     head = "| task | tier | n | " + " | ".join([f"r={r}" for r in depths] + extra) + " |"
     lines = [head, "|" + "---|" * (len(depths) + len(extra) + 3)]
     for task, tiers in report["results"].items():
         for tier, row in tiers.items():
+            if "acc" not in row:
+                continue
             cells = [_fmt(row["acc"][str(r)]) for r in depths]
             if "adaptive" in row:
                 cells += [_fmt(row["adaptive"]), f"{row['adaptive']['mean_steps']:.1f}"]
@@ -360,7 +364,8 @@ def _first_depth(row: dict[str, Any], at_least: float) -> str:
 def findings(report: dict[str, Any]) -> list[str]:
     """The card's sentences with numbers, each computed from the report (no number is typed by hand)."""
     out: list[str] = []
-    rows = {int(t): row for t, row in report["results"].get("swap", {}).items()}
+    every = {int(t): row for t, row in report["results"].get("swap", {}).items()}
+    rows = {t: row for t, row in every.items() if row.get("acc")}
     trained = [t for t in rows if t <= demo_tasks.TRAIN_MAX_SWAPS]
     beyond = [t for t in rows if t > demo_tasks.TRAIN_MAX_SWAPS]
     depths = [int(r) for r in report["depths"]]
@@ -407,7 +412,7 @@ def findings(report: dict[str, Any]) -> list[str]:
     if any("baseline" in row for row in rows.values()):
         worst = ", ".join(f"{100 * row['baseline']['acc']:.1f} % ({t})" for t, row in rows.items() if "baseline" in row)
         out.append(f"The same layers trained and run at one core step: {worst}.")
-    for t, row in rows.items():
+    for t, row in every.items():
         if "prompt_depth" in row:
             p = {int(d): 100 * c["acc"] for d, c in row["prompt_depth"].items()}
             a = {int(d): 100 * c["acc"] for d, c in row["answer_depth"].items()}
