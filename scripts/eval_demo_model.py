@@ -273,7 +273,7 @@ def multi_turn(model, tok, tier: int, chats: int, questions: int, num_steps: int
                 messages.append({"role": "assistant", "content": summary.text, "token_ids": ids})
     flat = [p for conv in convs for p in conv]
     return {"name": demo_tasks.TIER_NAMES["swap"][tier], "chats": chats, "questions": questions, "depth": num_steps,
-            "policy": policy, "baselines": trivial_baselines(flat),
+            "policy": policy, "seeds": list(seeds), "baselines": trivial_baselines(flat),
             "by_question": [_cell([hits[s][k] for s in range(len(seeds))]) for k in range(questions)],
             "prompt_tokens": [round(sum(p) / len(p), 1) for p in prompt],
             "reused_tokens": [round(sum(r) / len(r), 1) for r in reused]}
@@ -334,11 +334,12 @@ def multi_turn_table(report: dict[str, Any]) -> str:
     if not chats:
         return ""
     k = chats[0]["questions"]
-    lines = ["| tier | chats | policy | " + " | ".join(f"q{i}" for i in range(1, k + 1)) + " | parity guess | start order |",
-             "|" + "---|" * (k + 5)]
+    lines = ["| tier | chats × seeds | policy | " + " | ".join(f"q{i}" for i in range(1, k + 1)) +
+             " | parity guess | start order |", "|" + "---|" * (k + 5)]
     for chat in chats:
         cells = [_fmt(c) for c in chat["by_question"]]
-        lines.append(f"| {chat['name']} | {chat['chats']} | {chat['policy']} | " + " | ".join(cells) +
+        lines.append(f"| {chat['name']} | {chat['chats']} × {len(chat.get('seeds', [0]))} | {chat['policy']} | " +
+                     " | ".join(cells) +
                      f" | {_pct(chat['baselines']['parity'])} | {_pct(chat['baselines']['start'])} |")
     lines += ["", "| tier | policy | per turn | " + " | ".join(f"q{i}" for i in range(1, k + 1)) + " |",
               "|" + "---|" * (k + 3)]
@@ -431,13 +432,12 @@ def findings(report: dict[str, Any]) -> list[str]:
 def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One report from several of the same model and seeds (other tiers or other sections, run side by side)."""
     merged = dict(reports[0], results={}, multi_turn=[])
-    for report in reports:
-        if report["seeds"] != merged["seeds"]:
-            raise SystemExit("--merge: the reports were run with different seeds")
-        if report["results"] and merged["results"] and report["depths"] != merged["depths"]:
-            raise SystemExit("--merge: the reports were run with different depths")
+    for report in reports:  # a chat carries its own seeds; the depth tables must agree on theirs
+        if report["results"] and merged["results"] and (report["depths"], report["seeds"]) != (
+                merged["depths"], merged["seeds"]):
+            raise SystemExit("--merge: the reports were run with different depths or seeds")
         if report["results"]:
-            merged["depths"] = report["depths"]
+            merged["depths"], merged["seeds"] = report["depths"], report["seeds"]
         for task, tiers in report["results"].items():
             for tier, row in tiers.items():
                 merged["results"].setdefault(task, {}).setdefault(tier, {}).update(row)
