@@ -68,10 +68,10 @@ def on_load(page: Page, stored: Any, token: Any) -> tuple:
     """A page load: the tab's session (from the browser's token when hosted), the latest conversation open. The
     session is made before anything is drawn, so a record that cannot be drawn never leaves the tab without one."""
     studio = page.studio
-    sess, token = (stored, None) if isinstance(stored, Session) else studio.browser_session(token)
+    sess, token = (stored, None) if isinstance(stored, Session) else studio.conversations.browser_session(token)
     try:
-        sess, html, recent = studio.open_latest(sess)
-        system_prompt = studio.last_system_prompt(sess)
+        sess, html, recent = studio.conversations.open_latest(sess)
+        system_prompt = studio.conversations.last_system_prompt(sess)
     except Exception as err:  # noqa: BLE001 - the page must load whatever one stored record holds
         log.exception("the latest conversation could not be opened")
         sess, recent, system_prompt = sess.opened(None), _choices(studio, sess), None
@@ -83,7 +83,7 @@ def on_load(page: Page, stored: Any, token: Any) -> tuple:
 
 def _choices(studio: Studio, sess: Session) -> list[tuple[str, int]]:
     try:
-        return studio.conversation_choices(sess)
+        return studio.conversations.choices(sess)
     except Exception:  # noqa: BLE001 - an empty list still lets the visitor start a new conversation
         log.exception("the conversation list could not be read")
         return []

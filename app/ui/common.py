@@ -90,4 +90,4 @@ class Page:
         return settings_from_form(self.studio.limits, *values)
 
     def listing(self, sess: Session, query: str = "") -> dict[str, Any]:
-        return gr.update(choices=self.studio.conversation_choices(sess, query), value=sess.conversation_id)
+        return gr.update(choices=self.studio.conversations.choices(sess, query), value=sess.conversation_id)
