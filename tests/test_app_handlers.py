@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -528,3 +529,24 @@ def test_the_arena_adaptive_column_exits_as_the_chat_does(studio):
     [col] = result["columns"]
     assert col["stats"]["cache_strategy"] == answer.stats["cache_strategy"] == "latest-m4"
     assert [t["steps"] for t in col["tokens"]] == [t["steps"] for t in answer.tokens]
+
+
+def test_delete_all_removes_the_owners_export_files(studio):
+    """Issue 21, bug 4: exports stayed on disk after "Delete all my conversations" (a new temporary folder per
+    export, never removed); Gradio's own copies are removed by the page's delete_cache."""
+    session = run(studio.chat.send(studio.conversations.new_session(), "Export me", "", fixed()))[-1][0]
+    other = run(studio.chat.send(handlers.Session("someone-else"), "Keep mine", "", fixed()))[-1][0]
+    paths = [studio.conversations.export(session, fmt, everything) for fmt in ("json", "md") for everything in
+             (True, False)]
+    kept = studio.conversations.export(other, "json", True)
+    assert all(os.path.exists(p) for p in paths + [kept])
+    assert len({os.path.dirname(p) for p in paths}) == 1 and session.owner not in paths[0]
+    studio.conversations.delete_all(session)
+    assert not any(os.path.exists(p) for p in paths) and os.path.exists(kept)
+
+
+def test_the_page_removes_gradios_copies_of_downloads(studio):
+    from app.ui import EXPORT_CACHE_HOSTED, build_demo
+
+    assert build_demo(studio).delete_cache == (3600, 86_400)
+    assert EXPORT_CACHE_HOSTED[1] <= 300

@@ -22,12 +22,17 @@ from .sidebar import SidebarPanel
 __all__ = ["build_demo", "launch"]
 
 log = logging.getLogger(__name__)
+EXPORT_CACHE_HOSTED = (60, 300)  # (every, older than) seconds
+EXPORT_CACHE_LOCAL = (3600, 86_400)
 
 
 def build_demo(studio: Studio) -> gr.Blocks:
     """The whole page. Launch it with ``launch(demo, ...)`` so the stylesheet and shortcuts come along."""
     config = studio.config
-    with gr.Blocks(title="Huginn Studio") as demo:
+    # Gradio keeps its own copy of every file a visitor downloads (exports): delete_cache removes those copies, soon
+    # when hosted (a visitor's "delete all" must not leave their conversations on the server's disk for long).
+    with gr.Blocks(title="Huginn Studio", delete_cache=EXPORT_CACHE_HOSTED if config.per_browser_owner else
+                   EXPORT_CACHE_LOCAL) as demo:
         page = Page(studio, gr.State(None))
         # Hosted: the browser keeps a random token (localStorage); the server derives the owner key from it.
         token = gr.BrowserState(None, storage_key="huginn-studio-browser",
