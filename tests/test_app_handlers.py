@@ -69,11 +69,11 @@ def test_agreement():
 # ---- settings -----------------------------------------------------------------------------------------------------
 
 def form(**kw):
-    values = dict(num_steps=16, adaptive=True, criterion="kl", threshold="0.0005 (default)", min_steps=2,
+    values = dict(num_steps=16, adaptive=True, criterion="kl", exit_threshold="0.0005 (default)", min_steps=2,
                   warm_start=False, temperature=0.0, top_p=1.0, top_k=0, min_p=0.0, repetition_penalty=1.0, seed=-1,
                   max_new_tokens=64)
     values.update(kw)
-    return settings_from_form(Limits(), *values.values())
+    return settings_from_form(Limits(), values)
 
 
 def test_form_builds_engine_settings():
@@ -85,7 +85,7 @@ def test_form_builds_engine_settings():
 
 @pytest.mark.parametrize("kw, field", [
     (dict(num_steps=129), "num_steps"), (dict(max_new_tokens=10**6), "max_new_tokens"),
-    (dict(threshold="lots"), "exit_threshold"), (dict(top_p=0), "top_p"), (dict(num_steps=2.5), "num_steps"),
+    (dict(exit_threshold="lots"), "exit_threshold"), (dict(top_p=0), "top_p"), (dict(num_steps=2.5), "num_steps"),
 ])
 def test_bad_form_values_name_the_field(kw, field):
     with pytest.raises(engine.SettingsError) as err:
@@ -550,3 +550,15 @@ def test_the_page_removes_gradios_copies_of_downloads(studio):
 
     assert build_demo(studio).delete_cache == (3600, 86_400)
     assert EXPORT_CACHE_HOSTED[1] <= 300
+
+
+def test_the_depth_form_is_read_by_field_name():
+    """Issue 21: the form was a 14-item positional list on both sides; by name, order cannot shift a value into
+    another field, a missing field keeps the engine's default and an unknown one is named."""
+    shuffled = dict(reversed(list(dict(num_steps=12, adaptive=False, temperature=0.5, seed=7).items())))
+    s = settings_from_form(Limits(), shuffled)
+    assert (s.num_steps, s.temperature, s.seed, s.criterion) == (12, 0.5, 7, "none")
+    assert s.max_new_tokens == engine.GenerationSettings().max_new_tokens
+    with pytest.raises(engine.SettingsError) as err:
+        settings_from_form(Limits(), {"num_steps": 4, "nmu_steps": 5})
+    assert err.value.field == "nmu_steps"

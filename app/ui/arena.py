@@ -52,7 +52,7 @@ class ArenaPanel:
 
     def wire(self, stop: Any) -> None:
         p = self.page
-        self.run.click(friendly(self.on_compare), [p.session, self.prompt, p.system, self.presets, *p.form],
+        self.run.click(friendly(self.on_compare), [p.session, self.prompt, p.system, self.presets, *p.form_inputs],
                        [self.result, self.columns, *self.plots], **p.gen_events, **PRIVATE)
         self.stop.click(stop, [p.session], None, queue=False, **PRIVATE)
         self.save.click(friendly(self.on_save), [p.session, self.result], [p.session, p.transcript, p.conv_list],

@@ -29,7 +29,7 @@ class ChatPanel:
 
     def wire(self) -> None:
         p = self.page
-        form = [p.system, *p.form]
+        form = [p.system, *p.form_inputs]
         for trigger in (self.prompt.submit, self.send_btn.click):
             trigger(friendly(self.on_send), [p.session, self.prompt, *form],
                     [p.session, p.transcript, p.conv_list, p.status, self.prompt], show_progress_on=[p.status],
