@@ -38,7 +38,7 @@ def fill(studio: Studio, make: callable, budget_chars: int, budget_tokens: int) 
     low, high = 1, budget_chars
     while low < high:
         mid = (low + high + 1) // 2
-        if studio.count_tokens(make(mid)) <= budget_tokens:
+        if studio.chat.count_tokens(make(mid)) <= budget_tokens:
             low = mid
         else:
             high = mid - 1
@@ -85,10 +85,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from gradio_client import Client
 
-    model, tokenizer = engine.load(args.model, device="cpu" if args.model == "auto" else "auto")
+    model, tokenizer, report = engine.load(args.model, device="cpu" if args.model == "auto" else "auto")
     data = Path(tempfile.mkdtemp())
     store = Store(data / "bench.db")
-    slot = ModelSlot(model, tokenizer, describe_source(args.model, engine.model_info(model).name))
+    slot = ModelSlot(model, tokenizer, describe_source(args.model, report.source), report=report)
     studio = Studio(slot, store, hosted_config(), owners=OwnerKeys(b"bench" * 8))
     demo = build_demo(studio)
     _, url, _ = launch(demo, prevent_thread_lock=True, quiet=True)
@@ -112,7 +112,7 @@ def main() -> None:
     demo.close()
     store.close()
 
-    print(f"model {engine.model_info(model).name} (context {slot.info().context} tokens), hosted caps: "
+    print(f"model {report.source} (context {slot.info().context} tokens), hosted caps: "
           f"{HOSTED_LIMITS}\n")
     print("| request | seconds alone | tokens generated |\n|---|---|---|")
     for (name, seconds), size in zip(alone.items(), sizes):

@@ -48,11 +48,11 @@ def serving(tmp_path_factory) -> Iterator[tuple[str, Store]]:
     from app.ui import build_demo, launch
 
     if demo_model_ready():
-        model, tokenizer = engine.load("auto", device="cpu")
+        model, tokenizer, _ = engine.load("auto", device="cpu")
     else:
         from tests.conftest import make_checkpoint
 
-        model, tokenizer = engine.load(str(make_checkpoint(tmp_path_factory.mktemp("tiny") / "model")))
+        model, tokenizer, _ = engine.load(str(make_checkpoint(tmp_path_factory.mktemp("tiny") / "model")))
     store = Store(tmp_path_factory.mktemp("db") / "studio.db")
     slot = ModelSlot(model, tokenizer, describe_source("auto", engine.model_info(model).name))
     demo = build_demo(Studio(slot, store, AppConfig()))
@@ -110,7 +110,8 @@ def test_the_page_end_to_end(app_url, browser):
     page.evaluate("""() => {
         window.__partialTokens = [];
         new MutationObserver(() => {
-            const live = document.querySelector('#transcript .msg.assistant.partial');
+            // The answer being written is the transcript's live tail: only it travels while it streams.
+            const live = document.querySelector('#transcript .live-tail .msg.assistant.partial');
             if (live) window.__partialTokens.push(live.querySelectorAll('.tok').length);
         }).observe(document.body, {subtree: true, childList: true});
     }""")

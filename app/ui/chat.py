@@ -6,18 +6,21 @@ from typing import Any, Callable, Iterator
 
 import gradio as gr
 
-from .. import markdown_view, render
-from ..handlers import EMPTY_CHAT
+from .. import render
+from ..conversations import EMPTY_CHAT
 from ..session import Session
+from ..turns import TurnUpdate
 from .common import PRIVATE, Page, asset, friendly
 
 
 class ChatPanel:
     def __init__(self, page: Page) -> None:
         self.page = page
+        # ``live`` holds the answer being written: while it streams, updates carry it alone (the conversation above
+        # it is sent once per turn), so an update costs the answer's size, not the whole conversation's.
         page.transcript = gr.HTML(render.transcript([], EMPTY_CHAT), elem_id="transcript", autoscroll=True,
-                                  max_height=640,
-                                  js_on_load=asset("transcript.js") + markdown_view.page_script(asset("markdown.js")))
+                                  max_height=640, html_template="${value}${live}", live="",
+                                  js_on_load=asset("transcript.js") + asset("markdown.js"))
         self.prompt = gr.Textbox(placeholder="Message Huginn (Enter sends, Shift+Enter new line, Esc stops)",
                                  lines=1, max_lines=12, show_label=False, elem_id="prompt", autofocus=True)
         with gr.Row():
@@ -29,7 +32,7 @@ class ChatPanel:
 
     def wire(self) -> None:
         p = self.page
-        form = [p.system, *p.form]
+        form = [p.system, *p.form_inputs]
         for trigger in (self.prompt.submit, self.send_btn.click):
             trigger(friendly(self.on_send), [p.session, self.prompt, *form],
                     [p.session, p.transcript, p.conv_list, p.status, self.prompt], show_progress_on=[p.status],
@@ -41,34 +44,35 @@ class ChatPanel:
         self.stop_btn.click(self.on_stop, [p.session], None, queue=False, **PRIVATE)
         p.transcript.click(friendly(self.on_transcript_click), [p.session], [p.transcript], **PRIVATE)
 
-    def _stream(self, sess: Session, make_turn: Callable[[], Iterator[tuple[Session, str]]]) -> Iterator[tuple]:
+    def _stream(self, sess: Session, make_turn: Callable[[], Iterator[TurnUpdate]]) -> Iterator[tuple]:
         first = True
-        for sess, html in make_turn():
-            yield sess, html, (self.page.listing(sess) if first else gr.skip()), ""
+        for sess, transcript, live in make_turn():
+            shown = gr.update(live=live) if transcript is None else gr.update(value=transcript, live=live)
+            yield sess, shown, (self.page.listing(sess) if first else gr.skip()), ""
             first = False
         yield sess, gr.skip(), self.page.listing(sess), ""
 
     def on_send(self, sess: Session, text: str, system_prompt: str, *values: Any) -> Iterator[tuple]:
         gen = self.page.settings(values)
-        turn = lambda: self.page.studio.send(sess, text, system_prompt, gen)  # noqa: E731
+        turn = lambda: self.page.studio.chat.send(sess, text, system_prompt, gen)  # noqa: E731
         for out in self._stream(sess, turn):
             yield *out, ""
 
     def on_regenerate(self, sess: Session, system_prompt: str, *values: Any) -> Iterator[tuple]:
         gen = self.page.settings(values)
-        yield from self._stream(sess, lambda: self.page.studio.regenerate(sess, system_prompt, gen))
+        yield from self._stream(sess, lambda: self.page.studio.chat.regenerate(sess, system_prompt, gen))
 
     def on_edit(self, sess: Session) -> tuple:
-        sess, text = self.page.studio.start_edit(sess)
+        sess, text = self.page.studio.chat.start_edit(sess)
         return sess, text, render.banner("Editing your last question: send it to add a new version beside the "
                                          "old one.")
 
     def on_stop(self, sess: Any) -> None:
         if isinstance(sess, Session):
-            self.page.studio.stop(sess)
+            self.page.studio.chat.stop(sess)
 
     def on_transcript_click(self, sess: Session, evt: gr.EventData) -> Any:
         data = getattr(evt, "_data", None) or {}
         if not isinstance(data, dict) or data.get("action") != "sibling" or not data.get("message"):
             return gr.skip()
-        return self.page.studio.select_sibling(sess, data["message"])
+        return self.page.studio.conversations.select_sibling(sess, data["message"])
