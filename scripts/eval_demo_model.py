@@ -290,7 +290,7 @@ def _pct(x: float) -> str:
 def markdown_table(report: dict[str, Any]) -> str:
     """The depth table: one row per tier, trivial baselines beside it."""
     depths = report["depths"]
-    rows = [row for tiers in report["results"].values() for row in tiers.values() if "acc" in row]
+    rows = [row for tiers in report["results"].values() for row in tiers.values() if row.get("acc")]
     if not rows:
         return ""
     extra = (["adaptive kl", "mean steps"] if any("adaptive" in row for row in rows) else []) + (
@@ -299,7 +299,7 @@ def markdown_table(report: dict[str, Any]) -> str:
     lines = [head, "|" + "---|" * (len(depths) + len(extra) + 3)]
     for task, tiers in report["results"].items():
         for tier, row in tiers.items():
-            if "acc" not in row:
+            if not row.get("acc"):
                 continue
             cells = [_fmt(row["acc"][str(r)]) for r in depths]
             if "adaptive" in row:
@@ -440,7 +440,9 @@ def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
             merged["depths"], merged["seeds"] = report["depths"], report["seeds"]
         for task, tiers in report["results"].items():
             for tier, row in tiers.items():
-                merged["results"].setdefault(task, {}).setdefault(tier, {}).update(row)
+                # a split-only row has an empty "acc": it must not hide the depth table's
+                merged["results"].setdefault(task, {}).setdefault(tier, {}).update(
+                    {k: v for k, v in row.items() if v != {}})
         merged["multi_turn"] += report.get("multi_turn") or []
         merged["baseline"] = merged.get("baseline") or report.get("baseline")
     for task, tiers in merged["results"].items():
