@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from .cache import kv_cache_bytes, memory_budget
+from .cache import CacheStrategy, kv_cache_bytes, memory_budget
 from .decode import RowPlan, RowStops, decode
 from .parallel import ParallelParams, ParallelStats, parallel_decode
 from .prompt_cache import PromptCache, TurnCache, reuse_refusal
@@ -77,6 +77,7 @@ class Summary:
     diffusion_steps: int = 0  # parallel: window steps run
     fallback: str | None = None  # parallel: why the rest of the answer was decoded sequentially
     wavefront: list[list[int]] | None = None  # parallel: per diffusion step [lo, hi, done] in token indices
+    cache_strategy: str = "full"  # the KV cache the answer ran with (cache_strategy_for, after fit_cache_strategy)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -234,15 +235,29 @@ class IncrementalDecoder:
 
 # ---- generation -------------------------------------------------------------------------------------------------
 
+def cache_strategy_for(settings: GenerationSettings) -> str:
+    """The cache an answer runs with: the asked-for one, else ``full`` at fixed depth and ``latest-m4`` with an exit
+    criterion. With early exits a token leaves deeper slots empty; later tokens then read that layer's deepest entry
+    (the model card's advice) instead of losing the token from attention, which costs accuracy. Resolved here, never
+    stored in the settings, so a setting derived from another (the arena's adaptive column) gets its own."""
+    if settings.cache_strategy is not None:
+        return settings.cache_strategy
+    if settings.parallel:  # the paper's cache: a window position reads every earlier position's latest entry
+        return "compress-layer"
+    return "latest-m4" if settings.adaptive else "full"
+
+
 def fit_cache_strategy(model, settings: GenerationSettings, length: int, rows: int = 1) -> tuple[str, str | None]:
-    """Keep the asked-for cache when it fits; a full per-step cache that does not fit becomes one KV slot per core
-    layer ("latest-m4-compress-s<L>", the vLLM port's layout; the paper found no loss on MT-Bench), with a notice."""
+    """Keep the answer's cache when it fits; a per-step cache (``full``, ``latest-m4``, ``skip``) that does not fit
+    becomes one KV slot per core layer ("latest-m4-compress-s<L>", the vLLM port's layout; the paper found no loss
+    on MT-Bench), with a notice. Caches that already share slots are kept as asked."""
+    strategy = cache_strategy_for(settings)
     weight = model.transformer.wte.weight
     element = torch.empty((), dtype=weight.dtype if weight.dtype.is_floating_point else torch.bfloat16).element_size()
-    need = kv_cache_bytes(model.config, settings.cache_strategy, length, settings.num_steps, element, rows)
+    need = kv_cache_bytes(model.config, strategy, length, settings.num_steps, element, rows)
     budget = memory_budget(weight.device)
-    if settings.cache_strategy != "full" or need <= budget:
-        return settings.cache_strategy, None
+    if CacheStrategy.parse(strategy).share is not None or need <= budget:
+        return strategy, None
     shared = f"latest-m4-compress-s{model.config.n_layers_in_recurrent_block}"
     return shared, (f"KV cache shared across recurrence steps ({shared}): a full cache would need "
                     f"{need / 1e9:.1f} GB and {budget / 1e9:.1f} GB is available")
@@ -337,8 +352,6 @@ def _run_rows(model, tokenizer, prompt_ids: list[int], settings_list: Sequence[G
     capacity = len(prompt_ids) + max(budgets)
     deepest = max(settings_list, key=lambda s: s.num_steps)
     strategy, cache_notice = fit_cache_strategy(model, deepest, capacity, len(plans))
-    if cache_notice:
-        settings_list = [s.replace(cache_strategy=strategy) for s in settings_list]
     rows = [_Row(tokenizer, s, p) for s, p in zip(settings_list, plans)]
     cache, reused = turn.open(prompt_ids, strategy, capacity) if turn is not None else (None, 0)
     cache = cache or model.new_cache(len(plans), strategy, capacity=capacity)
@@ -394,7 +407,7 @@ def _run_rows(model, tokenizer, prompt_ids: list[int], settings_list: Sequence[G
             elapsed, prompt_tokens=len(prompt_ids), kv_cache_bytes=cache.nbytes() // len(rows),
             trimmed_messages=trimmed, notice="; ".join(part for part in notices if part) or None,
             acceptance=speculation.acceptance if speculation else None, reused_tokens=reused,
-            **_sampler_fields(first, speculation, parallel, len(row.steps)))
+            cache_strategy=strategy, **_sampler_fields(first, speculation, parallel, len(row.steps)))
 
 
 def _sampler_fields(settings: GenerationSettings, speculation: SpeculationStats | None,
@@ -452,7 +465,7 @@ def compare(model, tokenizer, messages: Any, settings_list: Sequence[GenerationS
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(settings_list):
         # Speculative and parallel rows run several positions per pass, so they run alone.
-        groups.setdefault(f"alone-{i}" if s.draft_steps or s.parallel else s.cache_strategy, []).append(i)
+        groups.setdefault(f"alone-{i}" if s.draft_steps or s.parallel else cache_strategy_for(s), []).append(i)
     events: list[list[TokenEvent]] = [[] for _ in settings_list]
     summaries: list[Summary | None] = [None] * len(settings_list)
     for members in groups.values():

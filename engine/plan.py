@@ -14,7 +14,10 @@ Choice, first that fits (weights + KV cache + activations within the usable memo
   0.88x on a 512-wide model of the official layout. Then the other full-precision format, then nf4.
 
 The KV cache is counted for the strategy asked for; ``"auto"`` means what ``engine.stream`` does: the full
-per-step cache when it fits, else one shared slot per core layer (``latest-m4-compress-s<L>``).
+per-step cache when it fits its budget, else one shared slot per core layer (``latest-m4-compress-s<L>``). On the
+CPU that budget is half the free memory (``engine.cache.memory_budget``): host memory is shared with everything else
+the user runs, and a plan that takes 19 of 22 free GB for an exact cache leaves the machine swapping, while the
+shared cache cost the authors no accuracy on MT-Bench. On a GPU the whole usable memory may hold it.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class FormatCost:
     kv_cache: int
     activations: int
     cache_strategy: str
+    full_kv_cache: int = 0  # what the full per-step cache would take, for the plan's reason
 
     @property
     def total(self) -> int:
@@ -92,7 +96,16 @@ class MemoryPlan:
         fit = "" if self.fits() else " (does not fit: " + self.reason + ")"
         return (f"{self.format}, {size(c.weights)} weights + {size(c.kv_cache)} {kind} KV cache at "
                 f"{_tokens(self.context)} tokens, r={self.num_steps}: {size(c.total)} of your "
-                f"{size(self.free_bytes)} {where}{fit}")
+                f"{size(self.free_bytes)} {where}{fit}{self.cache_note()}")
+
+    def cache_note(self, fmt: str | None = None) -> str:
+        """Why a cache that would fit was shared anyway (the CPU's budget is half the memory), else ""."""
+        c = self.cost(fmt)
+        if self.device != "cpu" or "compress" not in c.cache_strategy or \
+                c.weights + c.full_kv_cache + c.activations > self.usable_bytes:
+            return ""
+        return (f"; KV cache shared across recurrence steps: a full one ({size(c.full_kv_cache)}) would take over "
+                f"half of the {size(self.usable_bytes)} usable, which the rest of the machine needs")
 
     def table(self) -> str:
         unit, scale = ("GB", GB) if max(c.total for c in self.costs) >= GB else ("MB", 1e6)
@@ -220,12 +233,13 @@ def _cost(config, fmt: str, device: str, usable: int, strategy: str, context: in
     element = compute_dtype(fmt, device).itemsize
     weights = weight_bytes(config, fmt, device)
     activations = activation_bytes(config, context, element)
+    full = kv_cache_bytes(config, "full", context, num_steps, element)
     if strategy == "auto":
         strategy = "full"
-        if weights + kv_cache_bytes(config, "full", context, num_steps, element) + activations > usable:
+        if weights + full + activations > usable or (device == "cpu" and full > usable // 2):
             strategy = f"latest-m4-compress-s{config.n_layers_in_recurrent_block}"
     kv = kv_cache_bytes(config, strategy, context, num_steps, element)
-    return FormatCost(fmt, weights, kv, activations, strategy)
+    return FormatCost(fmt, weights, kv, activations, strategy, full)
 
 
 def _why(plan: MemoryPlan, fmt: str, order: tuple[str, ...], fitting: list[str], cpu_bf16: bool, fp32: int) -> str:
@@ -238,6 +252,7 @@ def _why(plan: MemoryPlan, fmt: str, order: tuple[str, ...], fitting: list[str],
     why = f"{fmt}: the first that fits of {', '.join(order)}"
     if skipped:
         why += f" ({', '.join(f'{s} needs {size(plan.cost(s).total)}' for s in skipped)})"
+    why += plan.cache_note(fmt)
     if plan.device == "cpu" and fmt in ("bf16", "fp32"):
         if not cpu_bf16:
             why += "; fp32 first because this CPU has no native bf16 (no AVX512-BF16 or AMX)"

@@ -1,7 +1,8 @@
 """Next-token choice: greedy, or temperature / top-k / top-p / min-p sampling with a repetition penalty.
 
 The order follows the authors' ``_sample_next_token``: penalty, temperature, softmax, top-k, top-p (the top token
-always survives), min-p relative to the most likely token, renormalise, draw.
+always survives), min-p relative to the most likely token, draw; every filter sees the mass the earlier ones left,
+renormalised (transformers' warpers).
 """
 
 from __future__ import annotations
@@ -35,13 +36,9 @@ def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Te
     return logits
 
 
-def sample_token(logits: Tensor, params: SamplingParams, generator: torch.Generator | None = None,
-                 seen: Tensor | None = None) -> int:
-    """Choose one token from a (V,) row of fp32 logits."""
-    if seen is not None:
-        logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
-    if params.greedy:
-        return int(logits.argmax())
+def filtered_probs(logits: Tensor, params: SamplingParams) -> Tensor:
+    """The distribution a sampled token is drawn from, for a (V,) row of fp32 logits (temperature > 0): each filter
+    works on the mass the previous ones left, renormalised, as transformers' logits warpers do."""
     # Shift so the top logit is 0 before dividing: a vanishing temperature then gives large negative numbers (a
     # one-hot after softmax), never inf - inf = NaN. A temperature below the dtype's smallest normal would round to 0.
     temperature = max(params.temperature, torch.finfo(logits.dtype).tiny)
@@ -50,6 +47,7 @@ def sample_token(logits: Tensor, params: SamplingParams, generator: torch.Genera
         # Keep exactly k tokens by index: a threshold on the k-th value would keep every token tied with it.
         keep = probs.topk(params.top_k).indices
         probs = torch.zeros_like(probs).scatter(-1, keep, probs.gather(-1, keep))
+        probs = probs / probs.sum()
     if params.top_p < 1.0:
         sorted_probs, order = probs.sort(descending=True)
         cumulative = sorted_probs.cumsum(-1)
@@ -57,5 +55,14 @@ def sample_token(logits: Tensor, params: SamplingParams, generator: torch.Genera
         probs = probs.scatter(-1, order, torch.where(drop_sorted, torch.zeros_like(sorted_probs), sorted_probs))
     if params.min_p > 0:
         probs = torch.where(probs < params.min_p * probs.max(), torch.zeros_like(probs), probs)
-    probs = probs / probs.sum()
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return probs / probs.sum()
+
+
+def sample_token(logits: Tensor, params: SamplingParams, generator: torch.Generator | None = None,
+                 seen: Tensor | None = None) -> int:
+    """Choose one token from a (V,) row of fp32 logits."""
+    if seen is not None:
+        logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    if params.greedy:
+        return int(logits.argmax())
+    return int(torch.multinomial(filtered_probs(logits, params), 1, generator=generator))

@@ -38,7 +38,7 @@ class GenerationSettings:
     min_steps: int = 0
     check_every: int = 1
     warm_start: bool = False  # continuous chain of thought: start each token from the previous token's state
-    cache_strategy: str | None = None  # None: "full" at fixed depth, "latest-m4" with an exit criterion
+    cache_strategy: str | None = None  # None: chosen where the answer is planned (engine.generate.cache_strategy_for)
     init_scale: float = 1.0  # 0 makes the initial state zeros, i.e. deterministic
     max_new_tokens: int = 256
     temperature: float = 0.0
@@ -67,13 +67,6 @@ class GenerationSettings:
     max_parallel_seconds: float = 0.0  # parallel: the same after this wall time (0: no limit)
 
     def __post_init__(self) -> None:
-        if self.cache_strategy is None:
-            # With early exits a token leaves deeper slots empty; later tokens then read that layer's deepest
-            # entry (the model card's advice) instead of losing the token from attention, which costs accuracy.
-            # The parallel sampler shares one slot per core layer (the paper's cache): a window position, whatever its
-            # step count, then reads every earlier position's latest entry.
-            default = "compress-layer" if self.sampler == "parallel" else "full"
-            object.__setattr__(self, "cache_strategy", "latest-m4" if self.criterion != "none" else default)
         self.validate()
 
     def validate(self) -> None:
@@ -86,10 +79,11 @@ class GenerationSettings:
         _int_range("check_every", self.check_every, 1, MAX_NUM_STEPS)
         if not isinstance(self.warm_start, bool):
             raise SettingsError("warm_start", f"must be true or false, got {self.warm_start!r}")
-        try:
-            CacheStrategy.parse(self.cache_strategy)
-        except ValueError as err:
-            raise SettingsError("cache_strategy", str(err)) from None
+        if self.cache_strategy is not None:
+            try:
+                CacheStrategy.parse(self.cache_strategy)
+            except ValueError as err:
+                raise SettingsError("cache_strategy", str(err)) from None
         _float_range("init_scale", self.init_scale, 0.0, 10.0)
         _int_range("max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS)
         _float_range("temperature", self.temperature, 0.0, 10.0)
@@ -106,7 +100,7 @@ class GenerationSettings:
         _int_range("draft_steps", self.draft_steps, 0, max(self.num_steps - 1, 0))
         _int_range("lookahead", self.lookahead, 1, 32)
         if self.draft_steps and (self.adaptive or self.warm_start or self.temperature > 0
-                                 or self.cache_strategy != "full"):
+                                 or self.cache_strategy not in (None, "full")):
             raise SettingsError("draft_steps", "speculative decoding needs greedy sampling (temperature 0), fixed "
                                 "depth (criterion none), no warm start and the full cache")
         if not isinstance(self.trace, bool):

@@ -321,10 +321,10 @@ def test_a_full_cache_that_does_not_fit_is_shared_and_said(tiny, monkeypatch):
     model, tok = tiny
     settings = GenerationSettings(num_steps=8, max_new_tokens=6, seed=0)
     roomy = list(engine.stream(model, tok, HELLO, settings))[-1]
-    assert roomy.notice is None and roomy.settings["cache_strategy"] == "full"
+    assert roomy.notice is None and roomy.cache_strategy == "full"
     monkeypatch.setattr(engine.generate, "memory_budget", lambda device: 10_000)
     tight = list(engine.stream(model, tok, HELLO, settings))[-1]
-    assert tight.settings["cache_strategy"] == "latest-m4-compress-s2"
+    assert tight.cache_strategy == "latest-m4-compress-s2" and tight.settings["cache_strategy"] is None
     assert "shared across recurrence steps" in tight.notice
     assert tight.kv_cache_bytes < roomy.kv_cache_bytes
 
@@ -350,11 +350,37 @@ def test_speculative_settings_are_checked():
         GenerationSettings(num_steps=8, draft_steps=2, criterion="kl")
 
 
+def test_an_adaptive_answer_that_does_not_fit_shares_its_cache_too(tiny, monkeypatch):
+    """Issue 21, bug 3: the memory fallback fitted only the full cache; latest-m4 (adaptive exit's) was never
+    checked."""
+    model, tok = tiny
+    settings = GenerationSettings(num_steps=8, criterion="kl", max_new_tokens=6, seed=0)
+    roomy = list(engine.stream(model, tok, HELLO, settings))[-1]
+    assert roomy.notice is None and roomy.cache_strategy == "latest-m4"
+    monkeypatch.setattr(engine.generate, "memory_budget", lambda device: 10_000)
+    tight = list(engine.stream(model, tok, HELLO, settings))[-1]
+    assert tight.cache_strategy == "latest-m4-compress-s2" and "shared across recurrence steps" in tight.notice
+    assert tight.kv_cache_bytes < roomy.kv_cache_bytes
+
+
 def test_adaptive_settings_read_the_latest_entry_by_default():
-    assert GenerationSettings().cache_strategy == "full"
-    assert GenerationSettings(criterion="kl").cache_strategy == "latest-m4"
-    assert GenerationSettings(criterion="kl", cache_strategy="full").cache_strategy == "full"
-    assert GenerationSettings().replace(criterion="cosine", cache_strategy=None).cache_strategy == "latest-m4"
+    from engine.generate import cache_strategy_for
+
+    assert cache_strategy_for(GenerationSettings()) == "full"
+    assert cache_strategy_for(GenerationSettings(criterion="kl")) == "latest-m4"
+    assert cache_strategy_for(GenerationSettings(criterion="kl", cache_strategy="full")) == "full"
+    assert cache_strategy_for(GenerationSettings().replace(criterion="cosine")) == "latest-m4"
+
+
+def test_a_setting_derived_from_a_fixed_one_gets_its_own_cache(tiny):
+    """Issue 21, bug 1: the arena's adaptive column was the panel's fixed-depth settings with a criterion, and the
+    derived cache strategy ("full") rode along; the same prompt and seed then exited at other steps than the chat."""
+    model, tok = tiny
+    chat = GenerationSettings(num_steps=8, criterion="kl", exit_threshold=1e-2, max_new_tokens=8, seed=1)
+    derived = GenerationSettings(num_steps=8, max_new_tokens=8, seed=1).replace(criterion="kl", exit_threshold=1e-2)
+    assert derived == chat
+    a, b = list(engine.stream(model, tok, HELLO, chat))[-1], list(engine.stream(model, tok, HELLO, derived))[-1]
+    assert a.cache_strategy == b.cache_strategy == "latest-m4" and a.steps == b.steps
 
 
 def test_generate_can_keep_the_prompt_at_full_depth(golden_model, golden_dir):

@@ -132,3 +132,14 @@ def test_bad_input_is_named(official):
     with pytest.raises(ValueError, match="must be at least 1"):
         plan_memory(official, "cuda", card(8), context=-5)
     assert not plan_memory(official, "cpu", -1).weights_fit()
+
+
+def test_cpu_full_size_plan_leaves_the_machine_room(official):
+    """Issue 21, bug 9: with 21.8 GB free the CPU plan took bf16 with an 11.4 GB full cache (19.1 GB in all); the
+    shared cache (no loss on MT-Bench per the authors) leaves room, and the plan's line says why."""
+    plan = plan_memory(official, "cpu", int(21.8e9), cpu_bf16=True)
+    assert plan.format == "bf16" and plan.cost().cache_strategy == "latest-m4-compress-s4"
+    assert plan.cost().total < plan.free_bytes / 2
+    assert "a full one (11.4 GB) would take over half" in plan.summary()
+    roomy = plan_memory(official, "cpu", 64 * 10**9, cpu_bf16=True)
+    assert roomy.cost().cache_strategy == "full" and "shared" not in roomy.summary()

@@ -79,3 +79,24 @@ def test_the_stop_matcher_holds_back_less_than_the_longest_stop_string():
         assert len(stops.pending) < stops.longest
     assert stops.feed("b") == "" and stops.hit
     assert "".join(released) == "a" * (5_000 - 199)
+
+
+@pytest.mark.parametrize("top_k, top_p, min_p", [(20, 0.7, 0.0), (5, 0.5, 0.0), (0, 0.9, 0.0), (50, 0.8, 0.05),
+                                                 (3, 0.95, 0.0)])
+def test_filters_keep_what_transformers_warpers_keep(top_k, top_p, min_p):
+    """Top-p after top-k works on the renormalised mass top-k left (issue 21, bug 6): transformers' own warpers are
+    the reference, on random logits."""
+    from transformers.generation.logits_process import (LogitsProcessorList, MinPLogitsWarper,
+                                                        TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+
+    from engine.sampling import filtered_probs
+
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(0.8)] + ([TopKLogitsWarper(top_k)] if top_k else []) +
+                                  [TopPLogitsWarper(top_p)] + ([MinPLogitsWarper(min_p)] if min_p else []))
+    gen = torch.Generator().manual_seed(top_k * 100 + int(top_p * 10))
+    for _ in range(50):
+        logits = torch.randn(200, generator=gen) * 3
+        theirs = warpers(torch.zeros(1, 1, dtype=torch.long), logits[None].clone())[0].softmax(-1)
+        ours = filtered_probs(logits, SamplingParams(temperature=0.8, top_k=top_k, top_p=top_p, min_p=min_p))
+        assert torch.equal(ours > 0, theirs > 0)
+        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
