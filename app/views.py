@@ -18,8 +18,8 @@ from .store import InvalidData, Message, check_trace
 
 STATS_KEYS = ("tokens", "prompt_tokens", "tokens_per_s", "mean_steps", "min_steps", "max_steps", "core_iterations",
               "kv_cache_bytes", "elapsed_s", "first_token_s", "stop_reason", "seed", "notice", "trimmed_messages",
-              "reused_tokens")
-TEXT_STATS = ("stop_reason", "notice")
+              "reused_tokens", "sampler", "core_passes_per_token", "diffusion_steps", "fallback")
+TEXT_STATS = ("stop_reason", "notice", "sampler", "fallback")
 STATUSES = ("complete", "cancelled", "failed", "partial", "interrupted")
 ROLES = ("user", "assistant", "system")
 

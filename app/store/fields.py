@@ -39,8 +39,10 @@ _STATS: dict[str, tuple[bool, float, float | str | None]] = {
     "materialized_parameters": (True, 0, None),
     "agreement": (False, 0, 1),
     "acceptance": (False, 0, 1),
+    "core_passes_per_token": (False, 0, None),
+    "diffusion_steps": (True, 0, None),
 }
-_STATS_TEXT = {"stop_reason": 64, "notice": 10_000}
+_STATS_TEXT = {"stop_reason": 64, "notice": 10_000, "sampler": 64, "fallback": 1_000}
 # Settings the page draws without the app's validator: name -> (integer?, minimum, maximum).
 _SETTINGS: dict[str, tuple[bool, float, float | str | None]] = {
     "num_steps": (True, 1, "max_steps"),
