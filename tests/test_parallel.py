@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -251,3 +252,37 @@ def test_with_the_full_cache_a_later_turn_reuses_the_prompt_and_answers_the_same
     same(answer(demo, messages, settings), cached)
     # the first prompt but its last token: the answer's positions thought in windows, not as a prefill would
     assert 0 < cached[1].reused_tokens == first.prompt_tokens - 1
+
+
+# ---- the authors' sampler ---------------------------------------------------------------------------------------
+
+REFERENCE = json.loads((Path(__file__).parent / "goldens" / "parallel_tiny-1-2-1.json").read_text())
+
+
+def _ours(model, case: dict, r: int | None = None, inner: int | None = None) -> list[int]:
+    prompt = torch.tensor([REFERENCE["prompt"]])
+    plan = RowPlan(num_steps=r or case["num_steps"], init_scale=0.0, max_new_tokens=REFERENCE["new_tokens"], seed=0,
+                   state_seed=0)
+    params = ParallelParams(inner_steps=inner or case["inner_steps"], ema=case["ema"], noise=0.0)
+    cache = model.new_cache(1, case["our_cache"], capacity=64)
+    return [s.tokens[0] for s in parallel_decode(model, prompt, plan, params, cache=cache)]
+
+
+@pytest.mark.parametrize("name", ["r32_inner4_full", "r32_inner4_ema", "r32_inner32_full", "r32_inner4_shared"])
+def test_the_authors_sampler_agrees_where_the_states_have_converged(golden_model, name):
+    """Their generate_diffusion_style (tests/goldens/parallel_tiny-1-2-1.json, bench/parallel_goldens.py) and ours
+    give the same 16 tokens at r=32, which are also sequential decoding's."""
+    case = REFERENCE["cases"][name]
+    theirs = case["their_tokens"][:REFERENCE["new_tokens"]]
+    assert _ours(golden_model, case) == theirs == case["sequential_tokens"]
+
+
+def test_where_the_authors_sampler_parts_from_sequential_decoding(golden_model):
+    """At inner steps = r = 8 ours is sequential decoding; theirs lets every position think at least 2r steps (a
+    position freezes the token it reads once a second step left its state unchanged), so it gives the converged
+    answer instead: that of r=32. It also returns more tokens than asked for."""
+    case = REFERENCE["cases"]["r8_inner8_full"]
+    new = REFERENCE["new_tokens"]
+    assert _ours(golden_model, case) == case["sequential_tokens"] != case["their_tokens"][:new]
+    assert case["their_tokens"][:new] == REFERENCE["cases"]["r32_inner4_full"]["sequential_tokens"]
+    assert len(case["their_tokens"]) > new
