@@ -43,6 +43,7 @@ from torch import Tensor
 
 from .decode import DecodeStep, RowPlan, RowStops, decode
 from .sampling import sample_token
+from .settings import MAX_NUM_STEPS
 from .step import Cancelled, run_block, seeded_initial_states
 
 
@@ -176,6 +177,8 @@ def parallel_decode(
     began = time.perf_counter()
 
     def final(token: int, steps: int) -> DecodeStep:
+        # A position far ahead in a slow window may think longer than any depth a token record allows.
+        steps = min(steps, MAX_NUM_STEPS)
         history.append(token)
         done = token in stop_ids or len(history) - prompt_len >= budget
         return DecodeStep([token], [steps], [[]], steps, finished=(done,))
