@@ -16,7 +16,7 @@ from .load import DEMO_MODEL, OFFICIAL_MODEL, QUANTIZATIONS, LoadError, ModelInf
 from .model import HuginnForCausalLM, HuginnOutput
 from .prompt_cache import PromptCache
 from .quantized_cache import CACHE_ENV as QUANTIZED_CACHE_ENV
-from .settings import MAX_NUM_STEPS, GenerationSettings, SettingsError
+from .settings import MAX_NUM_STEPS, MAX_WINDOW, SAMPLERS, GenerationSettings, SettingsError
 from .trace import MAX_TRACE_TOP_K, TRACE_VERSION, AnswerTrace, StepTrace, TokenTrace
 
 attach_generate(HuginnForCausalLM)  # model.py does not import the generation stack; its generate comes from here
@@ -24,7 +24,7 @@ AutoConfig.register(MODEL_TYPE, HuginnConfig, exist_ok=True)
 AutoModelForCausalLM.register(HuginnConfig, HuginnForCausalLM, exist_ok=True)
 
 __all__ = [
-    "CRITERIA", "DEFAULT_THRESHOLDS", "DEMO_MODEL", "MAX_HISTORY_MESSAGES", "MAX_NUM_STEPS", "MAX_TRACE_TOP_K",
+    "CRITERIA", "DEFAULT_THRESHOLDS", "DEMO_MODEL", "MAX_HISTORY_MESSAGES", "MAX_NUM_STEPS", "MAX_TRACE_TOP_K", "MAX_WINDOW", "SAMPLERS",
     "OFFICIAL_MODEL", "QUANTIZATIONS", "QUANTIZED_CACHE_ENV", "TRACE_VERSION", "AnswerTrace", "CacheStrategy",
     "CompareResult", "GenerationSettings", "HuginnConfig", "HuginnForCausalLM", "HuginnOutput", "LoadError",
     "ModelInfo", "PromptCache", "PromptError", "RecurrentCache", "SettingsError", "StepTrace", "Summary", "TokenEvent",

@@ -17,7 +17,7 @@ import torch
 
 from .cache import CacheStrategy, kv_cache_bytes, memory_budget
 from .decode import RowPlan, RowStops, decode
-from .parallel import ParallelParams, ParallelStats, parallel_decode
+from .parallel import ParallelParams, ParallelStats, parallel_decode, wavefront_text
 from .prompt_cache import PromptCache, TurnCache, reuse_refusal
 from .records import STATS
 from .speculative import SpeculationStats, speculative_decode
@@ -86,7 +86,9 @@ class Summary:
     core_passes_per_token: float = 0.0  # serial passes through the core block per token (sequential: mean steps)
     diffusion_steps: int = 0  # parallel: window steps run
     fallback: str | None = None  # parallel: why the rest of the answer was decoded sequentially
-    wavefront: list[list[int]] | None = None  # parallel: per diffusion step [lo, hi, done] in token indices
+    # parallel: per diffusion step "lo,hi,done" (token indices: the window's positions produce tokens lo..hi-1,
+    # tokens below done are final after the step), space-separated (engine.parallel.wavefront_text)
+    wavefront: str | None = None
     cache_strategy: str = "full"  # the KV cache the answer ran with (cache_strategy_for, after fit_cache_strategy)
 
     def to_dict(self) -> dict[str, Any]:
@@ -434,7 +436,7 @@ def _sampler_fields(settings: GenerationSettings, speculation: SpeculationStats 
     if parallel is not None:
         return dict(sampler="parallel", core_passes_per_token=parallel.core_passes / tokens,
                     diffusion_steps=parallel.diffusion_steps, fallback=parallel.fallback,
-                    wavefront=[list(w) for w in parallel.wavefront])
+                    wavefront=wavefront_text(parallel.wavefront))
     if speculation is not None:  # each round drafts one token per pass, then verifies them all in one pass
         passes = (speculation.drafted * settings.draft_steps + (speculation.rounds + 1) * settings.num_steps)
         return dict(sampler="speculative", core_passes_per_token=passes / tokens)

@@ -47,6 +47,15 @@ from .settings import MAX_NUM_STEPS
 from .step import Cancelled, run_block, seeded_initial_states
 
 
+MAX_WAVEFRONT_STEPS = 2048  # diffusion steps an answer's wavefront keeps (about 12 characters each)
+
+
+def wavefront_text(wavefront: list[tuple[int, int, int]]) -> str:
+    """The compact form kept with an answer: ``lo,hi,done`` per diffusion step, space-separated (the first
+    ``MAX_WAVEFRONT_STEPS``; ``Summary.diffusion_steps`` says how many ran)."""
+    return " ".join(f"{lo},{hi},{done}" for lo, hi, done in wavefront[:MAX_WAVEFRONT_STEPS])
+
+
 @dataclass(frozen=True)
 class ParallelParams:
     inner_steps: int = 4

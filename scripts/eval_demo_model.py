@@ -11,6 +11,10 @@ success fraction. `--baseline` adds a model of the same layers trained and run a
     python scripts/eval_demo_model.py --baseline DIR   # the model card's table, 200 problems per tier
     python scripts/eval_demo_model.py --json           # the same as JSON
     python scripts/eval_demo_model.py --quick          # 24 problems, tiers 4 and 12, 1 seed, r = 1, 4, 32
+    python scripts/eval_demo_model.py --sampler parallel --per-tier 64   # r=32 sequential beside parallel
+
+`--sampler parallel` evaluates r = 32 sequential decoding and the parallel sampler (engine.parallel, its default
+settings) on the same problems and seeds, one answer at a time for the parallel sampler (it runs batch 1).
 """
 
 from __future__ import annotations
@@ -104,6 +108,34 @@ def generate_answers(
     return texts, mean_steps
 
 
+def parallel_answers(model, tok, questions: Sequence[str], num_steps: int, max_new_tokens: int = 16,
+                     seed: int = 0) -> tuple[list[str], list[float]]:
+    """Greedy answers from the parallel sampler at its default settings, with the initial states keyed as
+    ``generate_answers`` keys them (by seed + question index); returns texts and mean core steps per token."""
+    from engine import GenerationSettings
+    from engine.decode import RowPlan
+    from engine.generate import build_prompt, cache_strategy_for, stop_token_ids
+    from engine.parallel import ParallelParams, parallel_decode
+
+    defaults = GenerationSettings(sampler="parallel")
+    params = ParallelParams(defaults.inner_steps, defaults.freeze_threshold, defaults.max_window, defaults.embed_ema,
+                            defaults.state_noise, defaults.headway, defaults.max_diffusion_steps)
+    stops = stop_token_ids(model, tok)
+    texts, mean_steps = [], []
+    for i, q in enumerate(questions):
+        ids = build_prompt(tok, [{"role": "user", "content": q}], model.config.block_size, max_new_tokens)[0]
+        plan = RowPlan(num_steps=num_steps, max_new_tokens=max_new_tokens, seed=seed + i)
+        cache = model.new_cache(1, cache_strategy_for(defaults), capacity=len(ids) + max_new_tokens)
+        out, steps = [], []
+        for step in parallel_decode(model, torch.tensor([ids]), plan, params, stops, cache=cache):
+            if step.tokens[0] >= 0 and step.tokens[0] not in stops:
+                out.append(step.tokens[0])
+                steps.append(step.steps[0])
+        texts.append(tok.decode(out, skip_special_tokens=True).strip())
+        mean_steps.append(sum(steps) / max(len(steps), 1))
+    return texts, mean_steps
+
+
 def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
     """95 % Wilson interval for a success fraction `p` measured on `n` problems."""
     if n == 0:
@@ -126,6 +158,7 @@ def _cell(per_seed: list[list[bool]]) -> dict[str, Any]:
 def evaluate(
     model, tok, tasks: Sequence[str], per_tier: int, depths: Sequence[int] = DEPTHS, adaptive: bool = True,
     seeds: Sequence[int] = SEEDS, baseline: Any = None, tiers: Sequence[int] | None = None,
+    parallel: bool = False,
 ) -> dict[str, Any]:
     """Accuracy per task, tier and depth, each over every initial-state seed in `seeds`.
 
@@ -144,10 +177,10 @@ def evaluate(
             answers = [p.answer for p in problems]
             max_new = max(len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers) + 1
 
-            def run(m, r: int, **kw: Any) -> tuple[list[list[bool]], list[float]]:
+            def run(m, r: int, answer=generate_answers, **kw: Any) -> tuple[list[list[bool]], list[float]]:
                 hits, steps = [], []
                 for seed in seeds:
-                    texts, st = generate_answers(m, tok, questions, r, max_new_tokens=max_new, seed=seed, **kw)
+                    texts, st = answer(m, tok, questions, r, max_new_tokens=max_new, seed=seed, **kw)
                     hits.append([t == a for t, a in zip(texts, answers)])
                     steps += st
                 return hits, steps
@@ -160,6 +193,9 @@ def evaluate(
                 row["adaptive"] = {**_cell(hits), "mean_steps": round(sum(steps) / len(steps), 2)}
             if baseline is not None:
                 row["baseline"] = _cell(run(baseline, baseline.config.mean_recurrence)[0])
+            if parallel:
+                hits, steps = run(model, adaptive_cap, answer=parallel_answers)
+                row["parallel"] = {**_cell(hits), "mean_steps": round(sum(steps) / len(steps), 2)}
             results[task][str(tier)] = row
     return results
 
@@ -172,7 +208,8 @@ def markdown_table(report: dict[str, Any]) -> str:
     depths = report["depths"]
     rows = [row for tiers in report["results"].values() for row in tiers.values()]
     extra = (["adaptive kl", "mean steps"] if any("adaptive" in row for row in rows) else []) + (
-        ["no recurrence (r=1 trained)"] if report.get("baseline") else [])
+        ["no recurrence (r=1 trained)"] if report.get("baseline") else []) + (
+        [f"parallel r={_adaptive_cap()}", "its mean steps"] if any("parallel" in row for row in rows) else [])
     head = "| task | tier | n | " + " | ".join([f"r={r}" for r in depths] + extra) + " |"
     lines = [head, "|" + "---|" * (len(depths) + len(extra) + 3)]
     for task, tiers in report["results"].items():
@@ -182,6 +219,8 @@ def markdown_table(report: dict[str, Any]) -> str:
                 cells += [_fmt(row["adaptive"]), f"{row['adaptive']['mean_steps']:.1f}"]
             if "baseline" in row:
                 cells.append(_fmt(row["baseline"]))
+            if "parallel" in row:
+                cells += [_fmt(row["parallel"]), f"{row['parallel']['mean_steps']:.1f}"]
             lines.append(f"| {task} | {row['name']} | {row['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -218,6 +257,8 @@ def main() -> None:
     ap.add_argument("--merge", type=Path, nargs="+", default=None,
                     help="print the table of these --json reports (e.g. one per tier, run side by side) and exit")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--sampler", choices=["sequential", "parallel"], default="sequential",
+                    help="parallel: r=32 sequential beside the parallel sampler, and no other depths")
     args = ap.parse_args()
     if args.merge:
         print(markdown_table(merge_reports([json.loads(p.read_text()) for p in args.merge])))
@@ -227,6 +268,8 @@ def main() -> None:
     per_tier = args.per_tier or (QUICK_PER_TIER if args.quick else 200)
     seeds = SEEDS[:1] if args.quick else tuple(range(args.seeds))
     depths = QUICK_DEPTHS if args.quick else DEPTHS
+    parallel = args.sampler == "parallel"
+    depths = (_adaptive_cap(),) if parallel else depths
     model, tok = load(args.model)
     baseline = load(args.baseline)[0] if args.baseline else None
     t0 = time.time()
@@ -238,9 +281,10 @@ def main() -> None:
         "depths": list(depths),
         "adaptive": {"criterion": ADAPTIVE_CRITERION, "threshold": _default_threshold(),
                      "max_steps": _adaptive_cap(), "cache_strategy": ADAPTIVE_CACHE},
-        "results": evaluate(model, tok, args.tasks.split(","), per_tier, depths, not args.quick, seeds, baseline,
-                            [int(t) for t in args.tiers.split(",")] if args.tiers else
-                            QUICK_TIERS if args.quick else None),
+        "sampler": args.sampler,
+        "results": evaluate(model, tok, args.tasks.split(","), per_tier, depths, not (args.quick or parallel), seeds,
+                            baseline, [int(t) for t in args.tiers.split(",")] if args.tiers else
+                            QUICK_TIERS if args.quick else None, parallel),
     }
     report["seconds"] = round(time.time() - t0, 1)
     print(json.dumps(report, indent=2) if args.json else markdown_table(report))

@@ -68,6 +68,26 @@ def test_default_depth_is_the_models_own_for_the_api_and_the_page_api(client, se
     assert page["settings"]["num_steps"] == demo_depth()
 
 
+
+def test_the_parallel_sampler_through_the_api_and_the_page_api(client, server):
+    """The same settings fields in the OpenAI API's extra body and in /chat: the sampler and its parameters."""
+    fields = {"num_steps": 16, "sampler": "parallel", "inner_steps": 4, "max_window": 16}
+    answer = client.chat.completions.create(model="demo-model", messages=QUESTION, max_tokens=12, seed=3,
+                                            extra_body=fields)
+    summary = extension(answer)["summary"]
+    assert (summary["sampler"], summary["settings"]["inner_steps"], summary["fallback"]) == ("parallel", 4, None)
+    assert summary["diffusion_steps"] == len(summary["wavefront"].split()) > 0
+    assert summary["core_passes_per_token"] < 16
+    from gradio_client import Client
+
+    page = Client(server, verbose=False).predict(QUESTION[0]["content"], {**fields, "max_new_tokens": 12, "seed": 3},
+                                                  api_name="/chat")
+    assert page["stats"]["sampler"] == "parallel" and page["text"] == answer.choices[0].message.content
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="demo-model", messages=QUESTION, max_tokens=4,
+                                       extra_body={"sampler": "parallel", "num_steps": 8, "inner_steps": 9})
+    assert caught.value.body["param"] == "inner_steps"
+
 def test_streaming_gives_steps_on_every_chunk_and_matches_the_whole_answer(client):
     depth = {"num_steps": 8, "criterion": "kl", "exit_threshold": 1e-3, "min_steps": 1, "warm_start": False}
     whole = client.chat.completions.create(model="demo-model", messages=QUESTION, max_tokens=12, seed=5,

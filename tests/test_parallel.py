@@ -40,6 +40,10 @@ def golden_model():
     return AutoModelForCausalLM.from_pretrained(require(GOLDEN_DIR)).eval()
 
 
+def steps_of(summary: Summary) -> list[tuple[int, int, int]]:
+    return [tuple(map(int, step.split(","))) for step in summary.wavefront.split()]
+
+
 def run(pair, messages, settings, **kwargs):
     model, tok = pair
     events = list(engine.stream(model, tok, messages, settings, **kwargs))
@@ -80,11 +84,13 @@ def test_default_parallel_sampler_answers_like_sequential_with_fewer_serial_pass
     assert parallel.text == plain.text  # the demo model's states converge
     assert parallel.fallback is None and parallel.sampler == "parallel"
     assert parallel.core_passes_per_token < 8 < plain.core_passes_per_token == 32
-    assert parallel.diffusion_steps == len(parallel.wavefront)
+    wavefront = steps_of(parallel)
+    assert parallel.diffusion_steps == len(wavefront)
     assert sum(parallel.steps) == parallel.core_iterations  # steps are the core steps each position received
-    done = [w[2] for w in parallel.wavefront]
+    done = [w[2] for w in wavefront]
     assert done == sorted(done) and done[-1] == parallel.tokens
-    assert all(lo <= d <= hi and hi - lo <= 128 for lo, hi, d in parallel.wavefront)
+    assert all(lo <= d <= hi and hi - lo <= 128 for lo, hi, d in wavefront)
+    assert [lo for lo, _, _ in wavefront] == [1] + done[:-1]  # the window starts at the first token not final
 
 
 @pytest.mark.parametrize("changes", [dict(max_window=1), dict(headway=3), dict(state_noise=0.5, freeze_threshold=0.1),
@@ -95,7 +101,7 @@ def test_every_window_shape_finishes_its_answer(demo, changes):
     assert summary.stop_reason == "end_of_turn" and summary.fallback is None
     assert summary.diffusion_steps <= summary.tokens * 16
     if "max_window" in changes:
-        assert all(hi - lo == 1 for lo, hi, _ in summary.wavefront)
+        assert all(hi - lo == 1 for lo, hi, _ in steps_of(summary))
 
 
 # ---- stops and cancel -------------------------------------------------------------------------------------------
@@ -105,7 +111,7 @@ def test_a_stop_token_ends_the_answer_the_step_it_is_frozen(demo, monkeypatch):
     events, full = run(demo, CHAT, PARALLEL)
     ids = [e.token_id for e in events]
     k = next(i for i in range(4, len(ids)) if ids[i] not in ids[:i])
-    frozen_at = next(step for step, (_, _, done) in enumerate(full.wavefront, 1) if done > k)
+    frozen_at = next(step for step, (_, _, done) in enumerate(steps_of(full), 1) if done > k)
     monkeypatch.setattr(model.generation_config, "eos_token_id", ids[k])
     stopped_events, stopped = run(demo, CHAT, PARALLEL)
     assert [e.token_id for e in stopped_events] == ids[:k + 1]
@@ -210,18 +216,18 @@ def test_compare_runs_a_parallel_column_beside_sequential_ones(demo):
 
 def test_an_answer_round_trips_through_the_store(demo, tmp_path):
     from app.store import Store
-    from app.views import summary_stats, token_record
+    from app.views import STORE_LIMITS
 
     events, summary = run(demo, CHAT, PARALLEL)
-    tokens = [token_record(e) for e in events]
-    stats = summary_stats(summary, 1000)
-    store = Store(tmp_path / "chat.db")
+    tokens = [e.record() for e in events]
+    stats = summary.stats(materialized_parameters=1000)
+    store = Store(tmp_path / "chat.db", limits=STORE_LIMITS)
     cid = store.create_conversation("local").id
     store.add_message("local", cid, "user", CHAT[0]["content"])
     mid = store.add_message("local", cid, "assistant", summary.text, settings=summary.settings, tokens=tokens,
                             stats=stats).id
     store.close()
-    message = Store(tmp_path / "chat.db").get_message("local", mid)
+    message = Store(tmp_path / "chat.db", limits=STORE_LIMITS).get_message("local", mid)
     assert message.tokens == tokens and [t["steps"] for t in message.tokens] == summary.steps
     assert message.stats == stats
     assert (stats["sampler"], stats["diffusion_steps"], stats["fallback"]) == ("parallel", summary.diffusion_steps,

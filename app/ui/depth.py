@@ -26,6 +26,18 @@ class DepthPanel:
         warm_start = gr.Checkbox(label="Warm start (continue from the previous token's state)", value=False)
         trace = gr.Checkbox(label="Depth lens (trace every step; click a token to see it converge)", value=False,
                             elem_id="trace")
+        sampler = gr.Radio([("sequential", "sequential"), ("parallel (diffusion forcing)", "parallel")],
+                           value="sequential", label="Sampler", elem_id="sampler")
+        with gr.Accordion("Parallel sampler", open=False, elem_id="parallel-params"):
+            base = engine.GenerationSettings()
+            inner_steps = gr.Slider(1, limits.max_num_steps, value=base.inner_steps, step=1,
+                                    label="Core steps per diffusion step", elem_id="inner-steps")
+            freeze_threshold = gr.Number(value=base.freeze_threshold, label="Freeze threshold (relative state change)",
+                                         elem_id="freeze-threshold")
+            max_window = gr.Slider(1, engine.MAX_WINDOW, value=base.max_window, step=1,
+                                   label="Window (positions at once)", elem_id="max-window")
+            embed_ema = gr.Slider(0, 0.99, value=base.embed_ema, step=0.01, label="Embedding EMA")
+            state_noise = gr.Slider(0, 1, value=base.state_noise, step=0.05, label="State noise")
         page.system = gr.Textbox(label="System prompt", lines=2, placeholder="Optional", elem_id="system",
                                  max_length=limits.max_system_chars)
         with gr.Accordion("Advanced", open=False):
@@ -43,7 +55,9 @@ class DepthPanel:
                      "exit_threshold": self.threshold, "min_steps": min_steps, "warm_start": warm_start,
                      "temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": min_p,
                      "repetition_penalty": repetition_penalty, "seed": seed, "max_new_tokens": max_new_tokens,
-                     "trace": trace}
+                     "trace": trace, "sampler": sampler, "inner_steps": inner_steps,
+                     "freeze_threshold": freeze_threshold, "max_window": max_window, "embed_ema": embed_ema,
+                     "state_noise": state_noise}
 
     def wire(self) -> None:
         self.criterion.change(on_criterion, [self.criterion], [self.threshold], **PRIVATE)
