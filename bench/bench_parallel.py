@@ -68,18 +68,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--prompts", type=int, default=len(PROMPTS), help="the first N prompts only")
     args = parser.parse_args()
     print(f"# {machine()}")
     for name, model, tok in models(args.models):
         settings = modes(args.steps, args.new_tokens)
         results: dict[str, list[dict]] = {mode: [] for mode in settings}
         for _ in range(args.rounds):
-            for prompt in PROMPTS:
+            for prompt in PROMPTS[:args.prompts]:
                 for mode, s in settings.items():
                     results[mode].append(run(model, tok, prompt, s))
         baseline_rate = statistics.median(r["rate"] for r in results[next(iter(settings))])
         reference = [r["text"] for r in results[next(iter(settings))]]
-        print(f"\n## {name}: {len(PROMPTS)} prompts x {args.rounds} rounds, up to {args.new_tokens} tokens, "
+        print(f"\n## {name}: {args.prompts} prompts x {args.rounds} rounds, up to {args.new_tokens} tokens, "
               f"r={args.steps}, greedy")
         print("| mode | decode tok/s (median) | vs sequential | core passes / token | same answer | fallbacks |")
         print("|---|---:|---:|---:|---:|---|")
