@@ -1,6 +1,6 @@
 """The parallel sampler against sequential decoding and self-speculative decoding at the same depth, side by side.
 
-    python bench/bench_parallel.py [--models demo scaled] [--steps 32] [--rounds 3] [--new-tokens 48]
+    python bench/bench_parallel.py [--models demo scaled] [--steps 32] [--rounds 3] [--new-tokens 48] [--threads 1]
 
 Every prompt runs through ``engine.stream`` (batch 1, greedy, init_scale 0) once per round in each mode, the modes
 interleaved so that a change of machine load hits them alike. Reported per model: the median over prompts and
@@ -69,7 +69,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--prompts", type=int, default=len(PROMPTS), help="the first N prompts only")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"# {machine()}")
     for name, model, tok in models(args.models):
         settings = modes(args.steps, args.new_tokens)

@@ -196,12 +196,12 @@ def test_parallel_settings_round_trip_and_label():
 
 
 def test_seeded_sampling_is_reproducible_with_every_sampling_setting(demo):
-    sampled = PARALLEL.replace(temperature=0.9, top_k=40, top_p=0.95, min_p=0.01, repetition_penalty=1.2, seed=7)
+    sampled = PARALLEL.replace(temperature=0.9, top_k=40, top_p=0.95, min_p=0.01, repetition_penalty=1.2, seed=7,
+                               max_new_tokens=16)
     first = run(demo, CHAT, sampled)[1]
     again = run(demo, CHAT, sampled)[1]
     assert (first.text, first.steps, first.wavefront) == (again.text, again.steps, again.wavefront)
-    others = {run(demo, CHAT, sampled.replace(seed=seed))[1].text for seed in (8, 9)}
-    assert len(others | {first.text}) >= 2
+    assert run(demo, CHAT, sampled.replace(seed=8))[1].text != first.text
 
 
 def test_compare_runs_a_parallel_column_beside_sequential_ones(demo):
@@ -236,19 +236,20 @@ def test_an_answer_round_trips_through_the_store(demo, tmp_path):
 
 
 def test_the_shared_cache_refuses_the_prompt_cache_and_says_why(demo):
+    settings = PARALLEL.replace(max_new_tokens=24)
     pool = PromptCache()
     messages = [{"role": "user", "content": QUESTIONS[0]}]
-    tokens, first = answer(demo, messages, PARALLEL, pool)
+    tokens, first = answer(demo, messages, settings, pool)
     messages += [{"role": "assistant", "content": first.text, "token_ids": tokens},
                  {"role": "user", "content": QUESTIONS[1]}]
-    cached = answer(demo, messages, PARALLEL, pool)
-    same(answer(demo, messages, PARALLEL), cached)
+    cached = answer(demo, messages, settings, pool)
+    same(answer(demo, messages, settings), cached)
     assert cached[1].reused_tokens == 0
     assert "prompt cache not used: the compress-layer cache shares slots" in cached[1].notice
 
 
 def test_with_the_full_cache_a_later_turn_reuses_the_prompt_and_answers_the_same(demo):
-    settings = PARALLEL.replace(cache_strategy="full")
+    settings = PARALLEL.replace(cache_strategy="full", max_new_tokens=24)
     pool = PromptCache()
     messages = [{"role": "user", "content": QUESTIONS[0]}]
     tokens, first = answer(demo, messages, settings, pool)
