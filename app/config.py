@@ -44,3 +44,10 @@ class AppConfig:
 
 class UserError(Exception):
     """Bad input from the page or an API call; the message is shown as it is (escaped)."""
+
+
+def quoted(value: object, limit: int = 64) -> str:
+    """A value from outside (a client's field name, an upstream server's string) as a message quotes it: cut to
+    ``limit`` characters, then its repr, so control characters and quotes are escaped and nothing long is echoed."""
+    text = value if isinstance(value, str) else repr(value)
+    return repr(text[:limit]) + ("…" if len(text) > limit else "")

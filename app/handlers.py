@@ -349,12 +349,13 @@ class Studio:
         return messages
 
     def chat_api(self, prompt: Any, settings: Any = None, system_prompt: Any = "",
-                 history: Any = None) -> dict[str, Any]:
-        """One answer with its per-token steps, not saved in the store."""
+                 history: Any = None, cache_owner: str = "") -> dict[str, Any]:
+        """One answer with its per-token steps, not saved in the store. ``cache_owner`` names whose prompt caches
+        it may reuse (``hosted.api_cache_owner``)."""
         gen = settings_from_dict(self.limits, settings, default_steps=self.slot.info().num_steps_default)
         messages = self.api_messages(prompt, system_prompt, history)
         tokens, summary = [], None
-        for event in self.gpu.stream(messages, gen):
+        for event in self.gpu.stream(messages, gen, owner=cache_owner):
             if isinstance(event, engine.Summary):
                 summary = event
             else:
