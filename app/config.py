@@ -51,3 +51,13 @@ def quoted(value: object, limit: int = 64) -> str:
     ``limit`` characters, then its repr, so control characters and quotes are escaped and nothing long is echoed."""
     text = value if isinstance(value, str) else repr(value)
     return repr(text[:limit]) + ("…" if len(text) > limit else "")
+
+
+class EngineError(Exception):
+    """The engine behind the page (a remote server) failed or sent what this app cannot take; the message names
+    the server and is shown as it is."""
+
+
+class Interrupted(EngineError):
+    """An answer's stream was cut before its end (the remote engine closed it, or ran past its time): what came
+    is kept and marked interrupted, never stored as a finished answer."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import engine
 
 from . import arena, inputs, render
-from .config import AppConfig, Limits, UserError
+from .config import AppConfig, EngineError, Interrupted, Limits, UserError
 from .gpu import GpuWork
 from .inputs import (ARENA_DEFAULT, ARENA_PRESETS, arena_settings, parse_threshold, settings_from_dict,
                      settings_from_form, threshold_choices)
@@ -279,7 +279,10 @@ class Studio:
                 if time.perf_counter() - last >= self.config.stream_interval:
                     last = time.perf_counter()
                     yield
-        except engine.PromptError as err:
+        except Interrupted as err:  # a remote stream cut short: what came is kept, never as a finished answer
+            writer.finish("interrupted", error=str(err))
+            return
+        except (engine.PromptError, EngineError) as err:
             writer.fail(str(err))
             return
         except Exception as err:  # noqa: BLE001 - one failed answer must not take the page down

@@ -31,7 +31,7 @@ import engine
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from .config import UserError, quoted
+from .config import EngineError, UserError, quoted
 from .handlers import Studio
 from .hosted import api_cache_owner
 from .inputs import check_text, settings_from_dict
@@ -349,6 +349,14 @@ def usage(summary: engine.Summary) -> dict[str, int]:
             "total_tokens": summary.prompt_tokens + summary.tokens}
 
 
+def failure(err: Exception) -> ApiError:
+    """A failed generation as the client sees it: a remote engine's own message (it names the server), else only
+    the kind of error (the log has the details)."""
+    if isinstance(err, EngineError):
+        return ApiError(502, str(err), kind="server_error")
+    return ApiError(500, f"generation failed: {type(err).__name__}", kind="server_error")
+
+
 class ClientGone(Exception):
     """The client closed its connection before the answer was sent."""
 
@@ -460,7 +468,7 @@ class Completion:
             yield "data: [DONE]\n\n"
         except Exception as err:  # noqa: BLE001 - the client gets an error event, the log the details
             log.exception("generation failed")
-            error = ApiError(500, f"generation failed: {type(err).__name__}", kind="server_error")
+            error = failure(err)
             yield f"data: {json.dumps(error.body())}\n\n"
         finally:
             self.cancel.set()
@@ -612,7 +620,7 @@ def add_routes(app: FastAPI, studio: Studio, auth: Any = None) -> Gate:
             return error(err)
         except Exception as err:  # noqa: BLE001 - never a stack trace to the client
             log.exception("chat completion failed")
-            return error(ApiError(500, f"generation failed: {type(err).__name__}", kind="server_error"))
+            return error(failure(err))
         finally:
             if completion is not None:
                 completion.cancel.set()
