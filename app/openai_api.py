@@ -21,7 +21,6 @@ import re
 import secrets
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -32,6 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from .config import EngineError, UserError, quoted
+from .gpu import Gate
 from .handlers import Studio
 from .hosted import api_cache_owner
 from .inputs import check_text, settings_from_dict
@@ -66,80 +66,6 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": str(self), "type": self.kind, "param": self.param, "code": self.code}}
-
-
-# ---- one generation at a time, for the page and the API together -----------------------------------------------
-
-class Gate:
-    """At most ``limit`` generations at once and ``queue_size`` waiting (None: unbounded), shared by the page and
-    the API so both keep the server's one-at-a-time promise. A freed slot goes to a waiting request at once, and a
-    request whose ``cancel`` is set while it waits leaves the line within ``POLL_S``."""
-
-    POLL_S = 0.02
-
-    def __init__(self, limit: int, queue_size: int | None) -> None:
-        self._cond = threading.Condition()
-        self.limit = max(1, limit)
-        self.queue_size = queue_size
-        self.running = 0
-        self.waiting = 0
-
-    def admit(self) -> bool:
-        """Take a place in line for an API request, or False when ``queue_size`` requests already wait (Gradio's
-        own queue counts the same way: the running ones are not in line)."""
-        with self._cond:
-            if self.queue_size is not None and self.waiting - self._free() >= self.queue_size:
-                return False
-            self.waiting += 1
-            return True
-
-    def _free(self) -> int:
-        return max(0, self.limit - self.running)
-
-    @contextmanager
-    def hold(self, cancel: threading.Event | None = None, admitted: bool = False) -> Iterator[bool]:
-        """Wait for a slot (``admitted``: the place in line ``admit`` gave); yields False instead when ``cancel``
-        is set while waiting."""
-        got = False
-        with self._cond:
-            if not admitted:
-                self.waiting += 1
-            try:
-                while not (cancel is not None and cancel.is_set()):
-                    if self.running < self.limit:
-                        self.running += 1
-                        got = True
-                        break
-                    self._cond.wait(self.POLL_S)
-            finally:
-                self.waiting -= 1
-        try:
-            yield got
-        finally:
-            if got:
-                with self._cond:
-                    self.running -= 1
-                    self._cond.notify()
-
-
-class GatedWork:
-    """``GpuWork`` (or the remote engine) behind a ``Gate``: the same interface the handlers use."""
-
-    def __init__(self, work: Any, gate: Gate) -> None:
-        self.work, self.gate = work, gate
-
-    def stream(self, messages: list[dict[str, str]], settings: engine.GenerationSettings,
-               cancel: threading.Event | None = None, owner: str = "") -> Iterator[Any]:
-        with self.gate.hold(cancel) as got:
-            if got:
-                yield from self.work.stream(messages, settings, cancel, owner)
-
-    def compare(self, messages: list[dict[str, str]], settings_list: list[engine.GenerationSettings],
-                cancel: threading.Event | None = None) -> list[engine.CompareResult]:
-        with self.gate.hold(cancel) as got:
-            if not got:
-                raise engine.PromptError("stopped before it started")
-            return self.work.compare(messages, settings_list, cancel)
 
 
 # ---- requests ---------------------------------------------------------------------------------------------------
@@ -186,7 +112,7 @@ def parse_messages(value: Any, studio: Studio) -> list[dict[str, str]]:
     if size > limits.max_prompt_chars:
         raise ApiError(400, f"the messages are {size:,} characters; the limit here is {limits.max_prompt_chars:,}",
                        "messages")
-    if limits.max_prompt_tokens is not None and (count := studio.count_tokens(out)) > limits.max_prompt_tokens:
+    if limits.max_prompt_tokens is not None and (count := studio.chat.count_tokens(out)) > limits.max_prompt_tokens:
         raise ApiError(400, f"the messages are {count:,} tokens; the limit here is {limits.max_prompt_tokens:,}",
                        "messages")
     return out
@@ -573,11 +499,10 @@ def models_body(studio: Studio) -> dict[str, Any]:
 
 
 def add_routes(app: FastAPI, studio: Studio, auth: Any = None) -> Gate:
-    """Serve the API on ``app`` (the page's FastAPI app) and put the page's generations behind the same gate."""
+    """Serve the API on ``app`` (the page's FastAPI app); its generations share the page's gate (``Studio.gate``)."""
     config = studio.config
-    gate = Gate(config.concurrency_limit, config.queue_size)
-    work = studio.gpu
-    studio.gpu = GatedWork(work, gate)
+    gate = studio.gate
+    work = studio.gpu.work  # the API's requests take their place in the gate's line themselves (Completion)
     max_body = 8 * config.limits.max_prompt_chars + 65_536
     isolated = config.per_browser_owner or bool(auth)  # clients are not all one person: each its own caches
 

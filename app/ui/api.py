@@ -22,12 +22,12 @@ def add_endpoints(studio: Studio) -> None:
         login = getattr(request, "username", None)
         owner = api_cache_owner(login, isolated=studio.config.per_browser_owner or login is not None,
                                 login=login is not None)
-        return studio.chat_api(prompt, settings, system_prompt, history, owner)
+        return studio.chat.chat_api(prompt, settings, system_prompt, history, owner)
 
     def compare(prompt: str, settings: list, system_prompt: str = "") -> list:
         """One prompt at several settings, batched: a list of {"label", "settings", "tokens", "content",
         "stats"} with stats["agreement"] against the deepest answer."""
-        return studio.compare_api(prompt, settings, system_prompt)
+        return studio.arena.compare_api(prompt, settings, system_prompt)
 
     for fn in (chat, compare):
         gr.api(friendly(fn, needs_session=False, escape=False), api_name=fn.__name__, concurrency_limit=limit,

@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 
 from .. import markdown_view, render
-from ..handlers import EMPTY_CHAT
+from ..conversations import EMPTY_CHAT
 from ..session import Session
 from .common import PRIVATE, Page, asset, friendly
 
@@ -29,7 +29,7 @@ class ChatPanel:
 
     def wire(self) -> None:
         p = self.page
-        form = [p.system, *p.form]
+        form = [p.system, *p.form_inputs]
         for trigger in (self.prompt.submit, self.send_btn.click):
             trigger(friendly(self.on_send), [p.session, self.prompt, *form],
                     [p.session, p.transcript, p.conv_list, p.status, self.prompt], show_progress_on=[p.status],
@@ -50,25 +50,25 @@ class ChatPanel:
 
     def on_send(self, sess: Session, text: str, system_prompt: str, *values: Any) -> Iterator[tuple]:
         gen = self.page.settings(values)
-        turn = lambda: self.page.studio.send(sess, text, system_prompt, gen)  # noqa: E731
+        turn = lambda: self.page.studio.chat.send(sess, text, system_prompt, gen)  # noqa: E731
         for out in self._stream(sess, turn):
             yield *out, ""
 
     def on_regenerate(self, sess: Session, system_prompt: str, *values: Any) -> Iterator[tuple]:
         gen = self.page.settings(values)
-        yield from self._stream(sess, lambda: self.page.studio.regenerate(sess, system_prompt, gen))
+        yield from self._stream(sess, lambda: self.page.studio.chat.regenerate(sess, system_prompt, gen))
 
     def on_edit(self, sess: Session) -> tuple:
-        sess, text = self.page.studio.start_edit(sess)
+        sess, text = self.page.studio.chat.start_edit(sess)
         return sess, text, render.banner("Editing your last question: send it to add a new version beside the "
                                          "old one.")
 
     def on_stop(self, sess: Any) -> None:
         if isinstance(sess, Session):
-            self.page.studio.stop(sess)
+            self.page.studio.chat.stop(sess)
 
     def on_transcript_click(self, sess: Session, evt: gr.EventData) -> Any:
         data = getattr(evt, "_data", None) or {}
         if not isinstance(data, dict) or data.get("action") != "sibling" or not data.get("message"):
             return gr.skip()
-        return self.page.studio.select_sibling(sess, data["message"])
+        return self.page.studio.conversations.select_sibling(sess, data["message"])
