@@ -184,9 +184,9 @@ def store_answer(base: str, tmp_path, settings: engine.GenerationSettings | None
     settings = settings or engine.GenerationSettings(num_steps=6, max_new_tokens=16)
     with Store(tmp_path / f"s{time.monotonic_ns()}.db") as store:
         studio = Studio(remote, store, remote.app_config(AppConfig()), gpu=remote)
-        session = studio.new_session()
+        session = studio.conversations.new_session()
         for i in range(turns):
-            for session, _ in studio.send(session, f"{QUESTION} ({i})", "", settings):
+            for session, _ in studio.chat.send(session, f"{QUESTION} ({i})", "", settings):
                 pass
         return [m for m in store.thread(session.owner, session.conversation_id) if m.role == "assistant"]
 
