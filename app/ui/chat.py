@@ -6,7 +6,7 @@ from typing import Any, Callable, Iterator
 
 import gradio as gr
 
-from .. import markdown_view, render
+from .. import render
 from ..conversations import EMPTY_CHAT
 from ..session import Session
 from .common import PRIVATE, Page, asset, friendly
@@ -17,7 +17,7 @@ class ChatPanel:
         self.page = page
         page.transcript = gr.HTML(render.transcript([], EMPTY_CHAT), elem_id="transcript", autoscroll=True,
                                   max_height=640,
-                                  js_on_load=asset("transcript.js") + markdown_view.page_script(asset("markdown.js")))
+                                  js_on_load=asset("transcript.js") + asset("markdown.js"))
         self.prompt = gr.Textbox(placeholder="Message Huginn (Enter sends, Shift+Enter new line, Esc stops)",
                                  lines=1, max_lines=12, show_label=False, elem_id="prompt", autofocus=True)
         with gr.Row():
