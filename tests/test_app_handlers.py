@@ -11,7 +11,7 @@ import engine
 from app import handlers, render
 from app.handlers import AppConfig, Limits, ModelSlot, Studio, UserError, settings_from_form
 from app.views import model_messages
-from app.store import Message, Store
+from app.store import Message, Store, StoreError
 
 PAYLOAD = '<script>alert(1)</script><img src=x onerror="alert(2)"> ${value} {{this}}'
 
@@ -562,3 +562,19 @@ def test_the_depth_form_is_read_by_field_name():
     with pytest.raises(engine.SettingsError) as err:
         settings_from_form(Limits(), {"num_steps": 4, "nmu_steps": 5})
     assert err.value.field == "nmu_steps"
+
+
+def test_an_import_refuses_a_system_prompt_the_page_would_refuse(studio, tmp_path):
+    """A system prompt kept with an answer comes back into the page's box: an import holds it to the page's cap."""
+    session = run(studio.chat.send(studio.conversations.new_session(), "Keep my system", "Be brief.", fixed()))[-1][0]
+    data = studio.store.export_data(session.owner)
+    answer = data["conversations"][0]["messages"][-1]
+    assert answer["extra"]["system"] == "Be brief."
+    answer["extra"]["system"] = "s" * 3_000_000
+    path = tmp_path / "big-system.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    before = studio.store.export_data(session.owner)["conversations"]
+    with pytest.raises(StoreError, match=r"extra\.system: the system prompt is 3,000,000 characters; the limit "
+                                         r"here is 100,000"):
+        studio.conversations.import_file(session, str(path))
+    assert studio.store.export_data(session.owner)["conversations"] == before
