@@ -266,3 +266,17 @@ def test_only_json_from_this_servers_own_pages(server):
     host = urlsplit(server.url).netloc
     assert raw(server, body, origin=f"http://{host}").status_code == 200  # the server's own page
     assert raw(server, body).status_code == 200  # scripts send no Origin
+
+
+def test_deep_nesting_sent_to_the_page_and_the_chat_endpoint_is_refused_and_the_server_serves_on(server):
+    deep = "[" * 50_000 + "]" * 50_000
+    events = {d["api_name"]: d["id"] for d in httpx.get(f"{server.url}config").json()["dependencies"]}
+    join = ('{"data": [null, "hi", %s], "fn_index": %d, "session_hash": "deep", "event_data": null, '
+            '"trigger_id": null}' % (deep, events["on_send"]))
+    page = httpx.post(f"{server.url}gradio_api/queue/join", content=join.encode(),
+                      headers={"content-type": "application/json"}, timeout=60)
+    chat = httpx.post(f"{server.url}gradio_api/call/chat", content=('{"data": ["hi", %s]}' % deep).encode(),
+                      headers={"content-type": "application/json"}, timeout=60)
+    for reply in (page, chat):
+        assert 400 <= reply.status_code < 500 and "Traceback" not in reply.text, reply.text[:300]
+    assert next_request_wait(server) < 30

@@ -162,5 +162,9 @@ def test_hosted_with_a_login_keeps_the_pages_caps(tmp_path):
         answer = client.chat.completions.create(model="m", messages=QUESTION, max_tokens=4,
                                                 extra_body={"num_steps": 32})
         assert extension(answer)["summary"]["max_steps"] == 32
+        # The login is one prompt-cache owner: its own prompt again reuses the cache (per key, not per request).
+        again = client.chat.completions.create(model="m", messages=QUESTION, max_tokens=4,
+                                               extra_body={"num_steps": 32})
+        assert extension(again)["summary"]["reused_tokens"] > 0
         basic = httpx.get(f"{url}v1/models", auth=("colleague", "pass:word"), timeout=30)
         assert basic.status_code == 200
