@@ -5,8 +5,11 @@ The standard fields (``messages``, ``max_tokens``, ``temperature``, ``top_p``, `
 ``n``=1) map onto ``engine.GenerationSettings``; every other settings field (``num_steps``, ``criterion``,
 ``exit_threshold`` or ``threshold``, ``min_steps``, ``warm_start``, ...) comes as an extra body field by its engine
 name. Each chunk carries its tokens' steps in ``huginn.tokens``; the last one, and the whole answer, the summary in
-``huginn.summary``. Generation goes through ``Studio.gpu.stream``, the generator the page uses, under the page's
-limits; nothing is stored, so visitors of a hosted server see nothing of each other here either.
+``huginn.summary``. Generation goes through the work the page uses (``GpuWork`` or the remote engine), in the
+page's gate and under the page's limits; nothing is stored, and each client has its own prompt caches where clients
+are not one person (``hosted.api_cache_owner``), so visitors of a hosted server see nothing of each other here
+either. The server is reached by anyone: a body is JSON from a script or this server's own page, read up to its cap
+and refused by name where it is wrong, and a request that ends in any way frees its place at once.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ import threading
 import time
 from dataclasses import fields
 from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable
 from urllib.parse import urlsplit
-from typing import Any, AsyncIterator, Awaitable, Iterator
 
 import engine
 from fastapi import FastAPI, Request

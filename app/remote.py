@@ -85,10 +85,13 @@ def _message(body: Any, fallback: str) -> str:
     return quoted(message, MAX_ERROR_CHARS) if isinstance(message, str) else fallback
 
 
-def _events(response: httpx.Response, url: str) -> Iterator[str]:
-    """The data of each server-sent event; an event over MAX_EVENT_BYTES is refused."""
+def _events(response: httpx.Response, url: str, start: float, max_seconds: float) -> Iterator[str]:
+    """The data of each server-sent event; an event over MAX_EVENT_BYTES is refused, and bytes ``max_seconds``
+    after ``start`` (``time.perf_counter()``) end the answer there, however slowly they come."""
     buffer, data = b"", []
     for part in response.iter_bytes():
+        if time.perf_counter() - start > max_seconds:
+            raise Interrupted(f"the engine at {url} took over {max_seconds:g} s; the answer was cut there")
         buffer += part
         while (end := buffer.find(b"\n")) >= 0:
             line, buffer = buffer[:end].rstrip(b"\r"), buffer[end + 1:]
@@ -230,7 +233,8 @@ class RemoteEngine:
                 if kind != "text/event-stream":
                     raise upstream.fail(f"answered with {quoted(kind or 'no content type')}, not a stream of "
                                         "server-sent events")
-                yield from self._answer(_events(response, self.url), settings, cancel, start, upstream)
+                events = _events(response, self.url, start, self.max_seconds)
+                yield from self._answer(events, settings, cancel, start, upstream)
         except httpx.TimeoutException:
             raise Interrupted(f"the engine at {self.url} sent nothing for {self.http.timeout.read:g} s; the answer "
                               "was cut there") from None
@@ -257,9 +261,6 @@ class RemoteEngine:
             if cancel is not None and cancel.is_set():
                 finish = "cancelled"
                 break
-            if now > self.max_seconds:
-                raise Interrupted(f"the engine at {self.url} took over {self.max_seconds:g} s; the answer was cut "
-                                  "there")
             if data == "[DONE]":
                 upstream.done = True
                 break

@@ -186,7 +186,7 @@ def store_answer(base: str, tmp_path, settings: engine.GenerationSettings | None
         studio = Studio(remote, store, remote.app_config(AppConfig()), gpu=remote)
         session = studio.conversations.new_session()
         for i in range(turns):
-            for session, _ in studio.chat.send(session, f"{QUESTION} ({i})", "", settings):
+            for session, *_ in studio.chat.send(session, f"{QUESTION} ({i})", "", settings):
                 pass
         return [m for m in store.thread(session.owner, session.conversation_id) if m.role == "assistant"]
 
@@ -206,12 +206,14 @@ def test_max_new_tokens_hold_whatever_the_server_sends(tmp_path):
     assert answer.stats["tokens"] == 16 and answer.content.startswith(" w0 w1")
 
 
-def test_wall_time_holds_and_a_cut_answer_is_kept_as_interrupted(tmp_path):
+@pytest.mark.parametrize("slowloris", [False, True])
+def test_wall_time_holds_and_a_cut_answer_is_kept_as_interrupted(tmp_path, slowloris):
     def trickle(body):
         def chunks():
-            for i in range(1_000):
+            yield f"data: {json.dumps(chunk(' w0'))}\n\n"
+            for i in range(1, 1_000):
                 time.sleep(0.1)
-                yield f"data: {json.dumps(chunk(f' w{i}'))}\n\n"
+                yield "d" if slowloris else f"data: {json.dumps(chunk(f' w{i}'))}\n\n"  # slowloris: no event ends
         return StreamingResponse(chunks(), media_type="text/event-stream")
 
     settings = engine.GenerationSettings(num_steps=6, max_new_tokens=1_000)
