@@ -164,8 +164,7 @@ MAX_DIGITS = 40  # digits of a number in a request; more is never a setting, and
 
 
 class _LongNumber:
-    """Where a number of over MAX_DIGITS digits stood: any check of the field refuses it, and ``long_number``
-    names the field."""
+    """Stands where a number of over MAX_DIGITS digits was, so ``parse_body`` can name its field."""
 
     def __init__(self, digits: int) -> None:
         self.digits = digits
