@@ -8,8 +8,8 @@ page run unchanged. A Huginn Studio server sends each token's steps (the ``hugin
 notice says the server gives no per-token depth.
 
 The server is not trusted: this side stops an answer at its max new tokens and its wall time whatever the server
-does, checks every record it sends against the engine's own definitions (``engine.records``), and refuses what is
-not a stream of server-sent events; a stream that ends without its end marker is kept as interrupted
+does, checks every record it sends against the engine's own definitions (``engine.TOKEN``, ``engine.STATS``), and
+refuses what is not a stream of server-sent events; a stream that ends without its end marker is kept as interrupted
 (``config.Interrupted``), never as a finished answer. Every error names the server, and strings from it are cut and
 quoted.
 """
@@ -28,7 +28,6 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 import engine
-from engine.records import STATS, TOKEN, RecordError
 
 from .config import AppConfig, EngineError, Interrupted, quoted
 
@@ -313,12 +312,12 @@ class RemoteEngine:
                 not isinstance(ext.get("summary", {}), dict):
             raise upstream.fail(f"sent a malformed {EXTENSION} extension: {quoted(ext)}")
         try:
-            tokens = None if "tokens" not in ext else [TOKEN.check(t, "token") for t in ext["tokens"]]
+            tokens = None if "tokens" not in ext else [engine.TOKEN.check(t, "token") for t in ext["tokens"]]
             # The stop reason is taken only when it is one of the engine's own (``_summary``), so it is not checked.
-            summary = STATS.check({k: v for k, v in (ext.get("summary") or {}).items()
-                                   if k in STATS.names and k != "stop_reason"}, "summary")
+            summary = engine.STATS.check({k: v for k, v in (ext.get("summary") or {}).items()
+                                          if k in engine.STATS.names and k != "stop_reason"}, "summary")
             summary["stop_reason"] = (ext.get("summary") or {}).get("stop_reason")
-        except RecordError as err:
+        except engine.RecordError as err:
             raise upstream.fail(f"sent a malformed record: {quoted(str(err), MAX_ERROR_CHARS)}") from None
         return {"piece": piece or "", "finish": finish, "usage": usage, "tokens": tokens,
                 "summary": summary if ext.get("summary") else None}
