@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import queue
 import os
 import re
 import threading
@@ -39,6 +40,7 @@ STOP_REASONS = ("end_of_turn", "stop_string", "max_tokens", "cancelled", "contex
 NO_STEPS = ("this server takes no depth settings and gives no per-token depth: every token shows the depth asked "
             "for (r={steps})")
 MAX_SECONDS = 600.0  # one answer's wall time, whatever the server does
+POLL_S = 0.05  # how often a silent server's answer looks at Stop and the wall time
 MAX_EVENT_BYTES = 1 << 20  # one server-sent event; a token's chunk is a few hundred bytes
 CHARS_PER_TOKEN = 100  # a plain server's pieces are counted, not tokenized: the text is capped at this per token
 MAX_ERROR_CHARS = 300  # of a message the server sends
@@ -220,26 +222,62 @@ class RemoteEngine:
                cancel: threading.Event | None = None, owner: str = "") -> Iterator[engine.TokenEvent | engine.Summary]:
         """The remote answer as engine events; a refused request raises engine.PromptError with the server's
         message, anything else the server gets wrong ``EngineError``. ``owner`` is not sent: the remote server
-        keeps its own prompt caches."""
+        keeps its own prompt caches. The server is read in a thread of its own, so Stop and the wall time take
+        effect within ``POLL_S`` even while the server is silent."""
         start = time.perf_counter()
-        upstream = _Upstream(self.url)
+        events: queue.Queue = queue.Queue()
+        gone = threading.Event()  # nobody reads any more: the reader drops the connection at its next bytes
+        threading.Thread(target=self._read, args=(self._request(messages, settings), start, events, gone),
+                         daemon=True).start()
         try:
-            with self.http.stream("POST", f"{self.url}/chat/completions", json=self._request(messages, settings)) \
-                    as response:
+            arrivals = self._arrivals(events, cancel, start)
+            yield from self._answer(arrivals, settings, cancel, start, _Upstream(self.url))
+        finally:
+            gone.set()
+
+    def _read(self, body: dict[str, Any], start: float, out: queue.Queue, gone: threading.Event) -> None:
+        """The server's events into ``out``, then None; or the exception that ended them."""
+        started = False
+        try:
+            with self.http.stream("POST", f"{self.url}/chat/completions", json=body) as response:
+                started = True
                 if response.status_code >= 400:
                     raise self._refusal(response)
                 kind = response.headers.get("content-type", "").split(";")[0].strip()
                 if kind != "text/event-stream":
-                    raise upstream.fail(f"answered with {quoted(kind or 'no content type')}, not a stream of "
-                                        "server-sent events")
-                events = _events(response, self.url, start, self.max_seconds)
-                yield from self._answer(events, settings, cancel, start, upstream)
-        except httpx.TimeoutException:
-            raise Interrupted(f"the engine at {self.url} sent nothing for {self.http.timeout.read:g} s; the answer "
-                              "was cut there") from None
+                    raise EngineError(f"the engine at {self.url} answered with {quoted(kind or 'no content type')}, "
+                                      "not a stream of server-sent events")
+                for data in _events(response, self.url, start, self.max_seconds):
+                    if gone.is_set():
+                        return
+                    out.put(data)
         except httpx.HTTPError as err:
-            raise Interrupted(f"the engine at {self.url} broke the connection ({type(err).__name__}); the answer "
-                              "was cut there") from None
+            what = (f"sent nothing for {self.http.timeout.read:g} s" if isinstance(err, httpx.TimeoutException)
+                    else f"broke the connection ({type(err).__name__})")
+            out.put(Interrupted(f"the engine at {self.url} {what}; the answer was cut there") if started else
+                    EngineError(f"the engine at {self.url} could not be reached ({type(err).__name__})"))
+        except Exception as err:  # noqa: BLE001 - handed to the reading side, which raises it
+            out.put(err)
+        finally:
+            out.put(None)
+
+    def _arrivals(self, events: queue.Queue, cancel: threading.Event | None, start: float) -> Iterator[str]:
+        """The events as they arrive; ends early when ``cancel`` is set, raises Interrupted past the wall time."""
+        while True:
+            try:
+                item = events.get(timeout=POLL_S)
+            except queue.Empty:
+                if cancel is not None and cancel.is_set():
+                    return
+                if time.perf_counter() - start > self.max_seconds:
+                    raise Interrupted(f"the engine at {self.url} took over {self.max_seconds:g} s; the answer was "
+                                      "cut there") from None
+                continue
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
 
     def _refusal(self, response: httpx.Response) -> Exception:
         try:
@@ -280,6 +318,8 @@ class RemoteEngine:
                 finish = "length"  # the server ignored max_tokens: cut here
                 upstream.done = True
                 break
+        if not upstream.done and cancel is not None and cancel.is_set():
+            finish = "cancelled"
         if not upstream.done and finish != "cancelled":
             raise Interrupted(f"the engine at {self.url} ended the stream before the answer's end")
         yield self._summary(text, tokens, settings, finish, usage, summary, first, time.perf_counter() - start,

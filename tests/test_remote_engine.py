@@ -272,3 +272,23 @@ def test_a_model_id_that_is_not_plain_text_is_refused():
     with stand_in_server(model="[click](javascript:alert(1))") as (base, _):
         with pytest.raises(engine.LoadError, match="model id this page cannot show"):
             RemoteEngine(base)
+
+
+def test_stop_holds_while_the_server_is_silent():
+    def silent(body):
+        def chunks():
+            yield f"data: {json.dumps(chunk('a'))}\n\n"
+            time.sleep(20)
+            yield "data: [DONE]\n\n"
+        return StreamingResponse(chunks(), media_type="text/event-stream")
+
+    with stand_in_server(silent) as (base, _):
+        cancel = threading.Event()
+        events = RemoteEngine(base).stream([{"role": "user", "content": QUESTION}],
+                                           engine.GenerationSettings(num_steps=4, max_new_tokens=16), cancel)
+        assert next(events).text == "a"
+        threading.Timer(0.3, cancel.set).start()
+        start = time.monotonic()
+        summary = next(events)
+        assert time.monotonic() - start < 2, "Stop waited for the server"
+        assert isinstance(summary, engine.Summary) and summary.stop_reason == "cancelled" and summary.text == "a"
