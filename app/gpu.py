@@ -144,6 +144,11 @@ class Gate:
             self.waiting += 1
             return True
 
+    def leave(self) -> None:
+        """Give back a place ``admit`` gave, for a request that ends before it waits."""
+        with self._cond:
+            self.waiting -= 1
+
     def _free(self) -> int:
         return max(0, self.limit - self.running)
 

@@ -534,8 +534,12 @@ def add_routes(app: FastAPI, studio: Studio, auth: Any = None) -> Gate:
             if not gate.admit():
                 raise ApiError(429, f"the server is busy: {gate.queue_size} requests are waiting, the most it "
                                "queues; try again later", kind="rate_limit_error", code="queue_full")
-            owner = api_cache_owner(key, isolated=isolated, login=bool(auth))
-            completion = Completion(studio, work, gate, messages, settings, owner)
+            try:
+                owner = api_cache_owner(key, isolated=isolated, login=bool(auth))
+                completion = Completion(studio, work, gate, messages, settings, owner)
+            except BaseException:
+                gate.leave()  # its generation never started: the place in line is free again
+                raise
             if not stream:
                 return JSONResponse(await unless_gone(request, completion, completion.whole()))
             first = await unless_gone(request, completion, completion.first())
