@@ -28,8 +28,8 @@ pytestmark = pytest.mark.slow
 
 SECRET = "483920"
 KNOWN = "The vault code is "  # what the attacker guesses the victim's system prompt starts with
-VICTIM_KEY = "victim-" + "v" * 30
-ATTACKER_KEY = "attacker-" + "a" * 30
+VICTIM_KEY = "victim-0123456789abcdefghij"
+ATTACKER_KEY = "attacker-0123456789abcdefghij"
 LONG = {"max_tokens": 256, "num_steps": 32}  # the longest answer the hosted caps allow
 
 
@@ -97,6 +97,17 @@ def test_another_client_cannot_read_a_system_prompt_through_the_v1_prompt_cache(
         assert found is None and queries == 10, (found, queries)
         if key is None or key == "short-key":  # no cache of its own at all
             assert reused(KNOWN) == 0
+
+
+def test_only_a_random_key_names_a_cache_of_its_own():
+    from app.hosted import api_cache_owner
+
+    random_key = "k-3f9a1c77e2b04d5a8e6b1f0c"
+    assert api_cache_owner(random_key, isolated=True) == api_cache_owner(random_key, isolated=True)
+    for shared in (None, "", "EMPTY", "sk-no-key-required", "sk-" + "x" * 40, "unused" * 5):  # placeholders
+        assert api_cache_owner(shared, isolated=True) != api_cache_owner(shared, isolated=True), shared
+    assert api_cache_owner("a:b", isolated=True, login=True) == api_cache_owner("a:b", isolated=True, login=True)
+    assert api_cache_owner(random_key, isolated=False) == api_cache_owner(None, isolated=False)  # locally: one user
 
 
 def test_another_client_cannot_read_a_system_prompt_through_the_chat_endpoints_cache(server):
