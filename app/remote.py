@@ -119,13 +119,14 @@ def _count(value: Any, where: str, upstream: _Upstream) -> int | None:
 class RemoteEngine:
     """The model slot and the generation work of a page whose model runs on another server."""
 
-    def __init__(self, url: str, api_key: str | None = None, model: str | None = None, timeout: float = 60,
-                 max_seconds: float = MAX_SECONDS) -> None:
+    def __init__(self, url: str, api_key: str | None = None, model: str | None = None,
+                 timeout: float = MAX_SECONDS, max_seconds: float = MAX_SECONDS) -> None:
         self.url = api_base(url)
         self.max_seconds = max_seconds
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        # ``timeout``: connecting, and any wait for the next bytes; the whole answer is bounded by max_seconds.
-        self.http = httpx.Client(headers=headers, timeout=httpx.Timeout(min(timeout, max_seconds)))
+        # ``timeout``: any wait for the next bytes (a busy server may queue a request for minutes before its first
+        # byte); the whole answer is bounded by max_seconds all the same, silent or not.
+        self.http = httpx.Client(headers=headers, timeout=httpx.Timeout(min(timeout, max_seconds), connect=10))
         self.lock = threading.Lock()
         models = self._models()
         if not models:
