@@ -30,7 +30,6 @@ SECRET = "483920"
 KNOWN = "The vault code is "  # what the attacker guesses the victim's system prompt starts with
 VICTIM_KEY = "victim-0123456789abcdefghij"
 ATTACKER_KEY = "attacker-0123456789abcdefghij"
-LONG = {"max_tokens": 256, "num_steps": 32}  # the longest answer the hosted caps allow
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +49,9 @@ def server(tmp_path_factory):
     store.close()
 
 
-def post(url: str, body: dict[str, Any], key: str | None = None, **headers: str) -> httpx.Response:
+def post(url: str, body: dict[str, Any], key: str | None = None) -> httpx.Response:
     auth = {"authorization": f"Bearer {key}"} if key else {}
-    return httpx.post(f"{url}v1/chat/completions", json=body, headers={**auth, **headers}, timeout=120)
+    return httpx.post(f"{url}v1/chat/completions", json=body, headers=auth, timeout=120)
 
 
 def ask(system: str, user: str = "hi", **extra: Any) -> dict[str, Any]:
