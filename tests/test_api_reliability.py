@@ -275,6 +275,12 @@ def test_only_json_from_this_servers_own_pages(server):
     host = urlsplit(server.url).netloc
     assert raw(server, body, origin=f"http://{host}").status_code == 200  # the server's own page
     assert raw(server, body).status_code == 200  # scripts send no Origin
+    # The page's own routes take no plain-text body either (Gradio's request models), so no other site starts them.
+    chat = json.dumps({"data": ["hi", {"max_new_tokens": 2, "num_steps": 2}, "", None]}).encode()
+    for path in ("gradio_api/call/chat", "gradio_api/queue/join"):
+        reply = httpx.post(f"{server.url}{path}", content=chat, timeout=30,
+                           headers={"content-type": "text/plain", "origin": "https://evil.example"})
+        assert reply.status_code == 422, (path, reply.status_code)
 
 
 def test_deep_nesting_sent_to_the_page_and_the_chat_endpoint_is_refused_and_the_server_serves_on(server):
