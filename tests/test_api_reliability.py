@@ -39,7 +39,7 @@ def server(tmp_path_factory):
 
     data_dir = tmp_path_factory.mktemp("api-hosted")
     store = Store(data_dir / DB_FILE)
-    slot = ModelSlot(*engine.load("auto", device="cpu"))
+    slot = ModelSlot(*engine.load("auto", device="cpu")[:2])
     studio = Studio(slot, store, hosted_config(), owners=OwnerKeys.from_data_dir(data_dir))
     demo = build_demo(studio)
     _, url, _ = launch(demo, prevent_thread_lock=True, quiet=True, server_port=None)
