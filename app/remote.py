@@ -292,7 +292,7 @@ class RemoteEngine:
 
     def _answer(self, events: Iterator[str], settings: engine.GenerationSettings, cancel: threading.Event | None,
                 start: float, upstream: _Upstream) -> Iterator[engine.TokenEvent | engine.Summary]:
-        text, tokens, summary, finish, usage, first = "", [], None, None, {}, 0.0
+        text, tokens, summary, finish, usage, first, counted = "", [], None, None, {}, 0.0, 0
         max_chars = settings.max_new_tokens * CHARS_PER_TOKEN
         for data in events:
             now = time.perf_counter() - start
@@ -313,9 +313,9 @@ class RemoteEngine:
                                           record.get("exit_value"), now)
                 tokens.append(event)
                 text += event.text
+                counted += event.steps > 0  # held-back text (no steps) is not a token
                 yield event
-            counted = sum(1 for e in tokens if e.steps > 0)
-            if counted >= settings.max_new_tokens or len(text) >= max_chars:
+            if not upstream.done and (counted >= settings.max_new_tokens or len(text) >= max_chars):
                 finish = "length"  # the server ignored max_tokens: cut here
                 upstream.done = True
                 break
@@ -323,8 +323,7 @@ class RemoteEngine:
             finish = "cancelled"
         if not upstream.done and finish != "cancelled":
             raise Interrupted(f"the engine at {self.url} ended the stream before the answer's end")
-        yield self._summary(text, tokens, settings, finish, usage, summary, first, time.perf_counter() - start,
-                            upstream)
+        yield self._summary(text, tokens, settings, finish, usage, summary, first, time.perf_counter() - start)
 
     def _chunk(self, data: str, upstream: _Upstream) -> dict[str, Any]:
         """One chunk's piece of text, finish reason, usage, and the Huginn extension's tokens and summary, checked."""
@@ -369,7 +368,7 @@ class RemoteEngine:
 
     def _summary(self, text: str, events: list[engine.TokenEvent], settings: engine.GenerationSettings,
                  finish: str | None, usage: dict[str, Any], server: dict[str, Any] | None, first: float,
-                 elapsed: float, upstream: _Upstream) -> engine.Summary:
+                 elapsed: float) -> engine.Summary:
         """The answer's summary, counted here from what arrived; the server's own summary adds only what it alone
         knows (the prompt's length, its cache, its seed), each field checked."""
         server = server or {}
