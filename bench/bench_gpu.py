@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import HuginnConfig, HuginnForCausalLM  # noqa: E402
+from engine import GenerationSettings, HuginnConfig, HuginnForCausalLM  # noqa: E402
 from engine.compile import compile_model  # noqa: E402
 from engine.decode import RowPlan, decode  # noqa: E402
 from engine.parallel import ParallelParams, ParallelStats, parallel_decode  # noqa: E402
@@ -102,7 +102,8 @@ def decode_rate(model, steps: int, prompt: int, tokens: int, repeats: int, paral
         if parallel:
             stats = ParallelStats()
             cache = model.new_cache(1, "compress-layer", capacity=prompt + tokens)
-            steps_iter = parallel_decode(model, ids, plan, ParallelParams(), cache=cache, stats=stats)
+            params = ParallelParams.of(GenerationSettings(sampler="parallel", num_steps=steps))
+            steps_iter = parallel_decode(model, ids, plan, params, cache=cache, stats=stats)
         else:
             steps_iter = decode(model, ids, [plan])
         for _ in steps_iter:

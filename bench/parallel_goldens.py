@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.reference import import_reference, reference_model  # noqa: E402
+from engine import GenerationSettings  # noqa: E402
 from engine.decode import RowPlan, decode  # noqa: E402
 from engine.parallel import ParallelParams, parallel_decode  # noqa: E402
 
@@ -53,7 +54,8 @@ def theirs(model, prompt: torch.Tensor, r: int, inner: int, cache: str, ema: flo
 
 def ours(model, prompt: torch.Tensor, r: int, inner: int, cache: str, ema: float) -> list[int]:
     plan = RowPlan(num_steps=r, init_scale=0.0, max_new_tokens=NEW_TOKENS, seed=0, state_seed=0)
-    params = ParallelParams(inner_steps=inner, threshold=0.03, ema=ema, noise=0.0, headway=1, max_window=128)
+    params = ParallelParams.of(GenerationSettings(sampler="parallel", num_steps=r, inner_steps=inner, embed_ema=ema,
+                                                  freeze_threshold=0.03, state_noise=0.0, headway=1, max_window=128))
     steps = parallel_decode(model, prompt, plan, params, cache=model.new_cache(1, cache, capacity=64))
     return [s.tokens[0] for s in steps]
 

@@ -385,11 +385,8 @@ def _run_rows(model, tokenizer, prompt_ids: list[int], settings_list: Sequence[G
     notices.append(f"prompt cache not used: {refusal}" if refusal else None)
     input_ids = torch.tensor([prompt_ids], device=cache.device)
     if parallel is not None:
-        params = ParallelParams(first.inner_steps, first.freeze_threshold, first.max_window, first.embed_ema,
-                                first.state_noise, first.headway, first.max_diffusion_steps,
-                                first.max_parallel_seconds)
-        steps_iter = parallel_decode(model, input_ids, plans[0], params, stop_ids, cancel, cache, parallel,
-                                     row_stops)
+        steps_iter = parallel_decode(model, input_ids, plans[0], ParallelParams.of(first), stop_ids, cancel, cache,
+                                     parallel, row_stops)
     elif speculation is not None:
         steps_iter = speculative_decode(model, input_ids, plans[0], settings_list[0].draft_steps,
                                         settings_list[0].lookahead, stop_ids, cancel, cache, speculation, row_stops)

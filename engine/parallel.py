@@ -43,7 +43,7 @@ from torch import Tensor
 
 from .decode import DecodeStep, RowPlan, RowStops, decode
 from .sampling import sample_token
-from .settings import MAX_NUM_STEPS
+from .settings import MAX_NUM_STEPS, GenerationSettings
 from .step import Cancelled, run_block, seeded_initial_states
 
 
@@ -58,14 +58,21 @@ def wavefront_text(wavefront: list[tuple[int, int, int]]) -> str:
 
 @dataclass(frozen=True)
 class ParallelParams:
-    inner_steps: int = 4
-    threshold: float = 0.03
-    max_window: int = 128
-    ema: float = 0.1
-    noise: float = 0.0
-    headway: int = 1
-    max_steps: int = 4096
-    max_seconds: float = 0.0  # 0: no wall-time limit
+    """The sampler's parameters, as ``GenerationSettings`` names, validates and defaults them (``of``)."""
+
+    inner_steps: int
+    threshold: float
+    max_window: int
+    ema: float
+    noise: float
+    headway: int
+    max_steps: int
+    max_seconds: float  # 0: no wall-time limit
+
+    @classmethod
+    def of(cls, settings: GenerationSettings) -> "ParallelParams":
+        return cls(settings.inner_steps, settings.freeze_threshold, settings.max_window, settings.embed_ema,
+                   settings.state_noise, settings.headway, settings.max_diffusion_steps, settings.max_parallel_seconds)
 
 
 @dataclass

@@ -118,8 +118,7 @@ def parallel_answers(model, tok, questions: Sequence[str], num_steps: int, max_n
     from engine.parallel import ParallelParams, parallel_decode
 
     defaults = GenerationSettings(sampler="parallel")
-    params = ParallelParams(defaults.inner_steps, defaults.freeze_threshold, defaults.max_window, defaults.embed_ema,
-                            defaults.state_noise, defaults.headway, defaults.max_diffusion_steps)
+    params = ParallelParams.of(defaults)
     stops = stop_token_ids(model, tok)
     texts, mean_steps = [], []
     for i, q in enumerate(questions):

@@ -4,7 +4,6 @@ soon as the ending token is frozen, cancel, the fallback, settings, seeded sampl
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from engine import GenerationSettings, PromptCache, SettingsError, Summary
 from engine.decode import RowPlan, decode
 from engine.parallel import ParallelParams, parallel_decode
 
-from .conftest import GOLDEN_DIR, require
+from .conftest import GOLDEN_DIR, cancel_at_core_step, require
 from .test_prompt_cache import QUESTIONS, answer, same
 
 CHAT = [{"role": "user", "content": "Hello! Tell me something."}]
@@ -32,7 +31,7 @@ def exact(settings: GenerationSettings, cache_strategy: str = "full") -> Generat
 
 @pytest.fixture(scope="module")
 def demo():
-    return engine.load(engine.DEMO_MODEL)
+    return engine.load(engine.DEMO_MODEL)[:2]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +59,7 @@ def test_exact_setting_equals_sequential_decoding_on_the_goldens_layout(golden_m
     plan = RowPlan(num_steps=8, init_scale=init_scale, max_new_tokens=16, seed=0, state_seed=5)
     sequential = list(decode(golden_model, prompt, [plan], strategy, split_prompt=True))
     cache = golden_model.new_cache(1, strategy, capacity=prompt.shape[1] + 16)
-    params = ParallelParams(inner_steps=8, ema=0.0, noise=0.0, max_window=2)
+    params = ParallelParams.of(exact(GenerationSettings(num_steps=8)))
     parallel = list(parallel_decode(golden_model, prompt, plan, params, cache=cache))
     assert [s.tokens for s in parallel] == [s.tokens for s in sequential]
     assert [s.steps for s in parallel] == [s.steps for s in sequential] == [[8]] * 16
@@ -129,22 +128,9 @@ def test_a_stop_string_ends_the_answer_as_soon_as_it_is_frozen(demo):
 
 
 def test_cancel_returns_within_one_core_step(demo):
-    model, tok = demo
-    cancel = threading.Event()
-    calls = {"n": 0}
-    original = model.core_step
-
-    def counting_core_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 60:  # the prefill takes 32 (16 for the prompt body, 16 for its last token)
-            cancel.set()
-        return original(*args, **kwargs)
-
-    model.core_step = counting_core_step
-    try:
+    # the prefill takes 32 core steps (16 for the prompt body, 16 for its last token), then 4 per diffusion step
+    with cancel_at_core_step(demo[0], 60) as (cancel, calls):
         events, summary = run(demo, CHAT, PARALLEL, cancel=cancel)
-    finally:
-        del model.core_step
     assert summary.stop_reason == "cancelled"
     assert calls["n"] == 60
     assert 1 <= summary.tokens < 20 and summary.text == "".join(e.text for e in events)
@@ -235,8 +221,9 @@ def test_an_answer_round_trips_through_the_store(demo, tmp_path):
     assert GenerationSettings.from_dict(message.settings) == PARALLEL.replace(seed=summary.seed)
 
 
-def test_the_shared_cache_refuses_the_prompt_cache_and_says_why(demo):
-    settings = PARALLEL.replace(max_new_tokens=24)
+def second_turn(demo, settings: GenerationSettings) -> tuple[Summary, Summary]:
+    """Two turns through one prompt cache; the second is checked against itself without the cache. Returns the
+    summaries of the first turn and of the cached second turn."""
     pool = PromptCache()
     messages = [{"role": "user", "content": QUESTIONS[0]}]
     tokens, first = answer(demo, messages, settings, pool)
@@ -244,21 +231,19 @@ def test_the_shared_cache_refuses_the_prompt_cache_and_says_why(demo):
                  {"role": "user", "content": QUESTIONS[1]}]
     cached = answer(demo, messages, settings, pool)
     same(answer(demo, messages, settings), cached)
-    assert cached[1].reused_tokens == 0
-    assert "prompt cache not used: the compress-layer cache shares slots" in cached[1].notice
+    return first, cached[1]
+
+
+def test_the_shared_cache_refuses_the_prompt_cache_and_says_why(demo):
+    _, cached = second_turn(demo, PARALLEL.replace(max_new_tokens=24))
+    assert cached.reused_tokens == 0
+    assert "prompt cache not used: the compress-layer cache shares slots" in cached.notice
 
 
 def test_with_the_full_cache_a_later_turn_reuses_the_prompt_and_answers_the_same(demo):
-    settings = PARALLEL.replace(cache_strategy="full", max_new_tokens=24)
-    pool = PromptCache()
-    messages = [{"role": "user", "content": QUESTIONS[0]}]
-    tokens, first = answer(demo, messages, settings, pool)
-    messages += [{"role": "assistant", "content": first.text, "token_ids": tokens},
-                 {"role": "user", "content": QUESTIONS[1]}]
-    cached = answer(demo, messages, settings, pool)
-    same(answer(demo, messages, settings), cached)
+    first, cached = second_turn(demo, PARALLEL.replace(cache_strategy="full", max_new_tokens=24))
     # the first prompt but its last token: the answer's positions thought in windows, not as a prefill would
-    assert 0 < cached[1].reused_tokens == first.prompt_tokens - 1
+    assert 0 < cached.reused_tokens == first.prompt_tokens - 1
 
 
 # ---- the authors' sampler ---------------------------------------------------------------------------------------
@@ -270,7 +255,8 @@ def _ours(model, case: dict, r: int | None = None, inner: int | None = None) -> 
     prompt = torch.tensor([REFERENCE["prompt"]])
     plan = RowPlan(num_steps=r or case["num_steps"], init_scale=0.0, max_new_tokens=REFERENCE["new_tokens"], seed=0,
                    state_seed=0)
-    params = ParallelParams(inner_steps=inner or case["inner_steps"], ema=case["ema"], noise=0.0)
+    params = ParallelParams.of(GenerationSettings(sampler="parallel", num_steps=plan.num_steps,
+                                                  inner_steps=inner or case["inner_steps"], embed_ema=case["ema"]))
     cache = model.new_cache(1, case["our_cache"], capacity=64)
     return [s.tokens[0] for s in parallel_decode(model, prompt, plan, params, cache=cache)]
 

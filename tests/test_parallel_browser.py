@@ -5,18 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from .test_app_browser import answers, browser, serving, set_number  # noqa: F401 - browser is a fixture
+from .test_app_browser import answers, app_url, browser, set_number  # noqa: F401 - app_url, browser: fixtures
 
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    with serving(tmp_path_factory) as (url, _):
-        yield url
-
-
-def test_the_parallel_sampler_on_the_page(app_url, browser):  # noqa: F811
+def test_the_parallel_sampler_on_the_page(app_url, browser):  # noqa: F811 - the fixtures imported above
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(app_url)
     page.wait_for_selector("#prompt textarea")
