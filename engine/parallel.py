@@ -83,11 +83,6 @@ class ParallelStats:
     # Per diffusion step, in answer-token indices: the window's positions produce tokens [lo, hi); tokens < done
     # are final after the step (the page's wavefront view).
     wavefront: list[tuple[int, int, int]] = field(default_factory=list)
-    capped: int = 0  # positions frozen by the depth cap rather than by convergence
-
-    def to_dict(self) -> dict:
-        return {"diffusion_steps": self.diffusion_steps, "core_passes": self.core_passes, "fallback": self.fallback,
-                "capped": self.capped, "wavefront": [list(w) for w in self.wavefront]}
 
 
 class _Window:
@@ -232,7 +227,6 @@ def parallel_decode(
                 converged = _relative_change(block.state[0, i], window.previous[i]) < params.threshold
                 if not converged and window.on_input[i] < r:
                     break
-                stats.capped += not converged
                 count += 1
             lo = window.start - prompt_len + 1
             stats.wavefront.append((lo, lo + len(window), lo + count))
