@@ -25,7 +25,7 @@ from .inputs import (ARENA_DEFAULT, ARENA_PRESETS, arena_settings, parse_thresho
                      settings_from_form, threshold_choices)
 from .render import MessageView
 from .session import Session
-from .slot import ModelSlot, describe_source
+from .slot import ModelSlot, describe_source, public_name
 from .store import AnswerWriter, Message, RecordLimits, Store
 from .views import message_views, model_messages, summary_stats, token_record
 
@@ -98,7 +98,7 @@ class Studio:
         query = inputs.check_text(query or "", "search", self.limits.max_query_chars, what="the search")
         if query.strip():
             return [(f"{h.title} — {h.snippet}" if h.message_id else h.title, h.conversation_id)
-                    for h in self.store.search(session.owner, query, limit=50)]
+                    for h in self.store.search(session.owner, query, limit=50, highlight=("", ""))]
         return [(str(c.title), c.id) for c in self.store.list_conversations(session.owner, limit=500)]
 
     def open_conversation(self, session: Session, conversation_id: Any) -> Update:
@@ -247,7 +247,7 @@ class Studio:
         base = message_views(self.store.sibling_ids(owner, cid), thread)
         info = self.slot.info()
         writer = self.store.begin_answer(
-            owner, cid, parent_id, model_id=info.name, quantization=info.quantization,
+            owner, cid, parent_id, model_id=public_name(info.name), quantization=info.quantization,
             settings=settings.to_dict(), extra={"system": system} if system.strip() else None)
         live = MessageView(id=writer.message_id, role="assistant", content="", status="partial",
                            tokens=writer.tokens, settings=settings.to_dict())
@@ -385,7 +385,7 @@ class Studio:
 
     def model_summary(self) -> str:
         info = self.slot.info()
-        return (f"**{info.name}** · {render.human_count(info.parameters)} parameters · {info.dtype}"
+        return (f"**{public_name(info.name)}** · {render.human_count(info.parameters)} parameters · {info.dtype}"
                 f"{'' if info.quantization in ('none', 'bf16', 'fp32') else ' · ' + info.quantization} · {info.device} · "
                 f"{render.human_bytes(info.memory_bytes)} · default depth {info.num_steps_default} steps · "
                 f"context {info.context:,} tokens" + (f"  \nMemory plan: {info.plan}" if info.plan else "")

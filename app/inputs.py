@@ -126,12 +126,19 @@ def check_settings(limits: Limits, settings: engine.GenerationSettings) -> engin
     return settings
 
 
+def check_num_steps(limits: Limits, value: Any) -> Any:
+    """Out of range, the message gives this server's cap, not the engine's looser one (MAX_NUM_STEPS)."""
+    if isinstance(value, int) and not isinstance(value, bool) and not 1 <= value <= limits.max_num_steps:
+        raise engine.SettingsError("num_steps", f"must be from 1 to {limits.max_num_steps} here, got {value}")
+    return value
+
+
 def settings_from_form(limits: Limits, num_steps: Any, adaptive: bool, criterion: str, threshold: Any,
                        min_steps: Any, warm_start: bool, temperature: Any, top_p: Any, top_k: Any, min_p: Any,
                        repetition_penalty: Any, seed: Any, max_new_tokens: Any, trace: Any = False
                        ) -> engine.GenerationSettings:
     """Build validated settings from the widgets; raises engine.SettingsError naming the field."""
-    num_steps = _as_int("num_steps", num_steps)
+    num_steps = check_num_steps(limits, _as_int("num_steps", num_steps))
     seed = None if seed is None or seed == "" or _as_int("seed", seed) < 0 else _as_int("seed", seed)
     criterion = criterion if isinstance(criterion, str) and criterion else "kl"
     settings = engine.GenerationSettings(
@@ -171,6 +178,7 @@ def settings_from_dict(limits: Limits, data: Any, name: str = "settings", defaul
                         f"got {kind(data)}")
     if default_steps is not None:
         data = {"num_steps": min(default_steps, limits.max_num_steps), **data}
+    check_num_steps(limits, data.get("num_steps"))
     check_stop_strings(data.get("stop_strings"), limits)
     for key, value in data.items():
         if isinstance(value, str):

@@ -22,7 +22,6 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import fields
-from pathlib import Path
 from typing import Any, Iterator
 
 import engine
@@ -33,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from .config import UserError
 from .handlers import Studio
 from .inputs import check_text, settings_from_dict
+from .slot import public_name
 from .views import summary_stats, token_record
 
 log = logging.getLogger(__name__)
@@ -126,8 +126,7 @@ class GatedWork:
 
 def model_id(studio: Studio) -> str:
     """The served model's id: a hub id as it is, a local folder by its name (no server paths in public)."""
-    name = studio.slot.info().name
-    return Path(name).name if Path(name).is_absolute() else name
+    return public_name(studio.slot.info().name)
 
 
 def param_of(message: str) -> str | None:
@@ -352,7 +351,8 @@ def models_body(studio: Studio) -> dict[str, Any]:
     depth = {"num_steps_default": min(info.num_steps_default, limits.max_num_steps),
              "max_num_steps": limits.max_num_steps, "max_new_tokens": limits.max_new_tokens,
              "max_prompt_chars": limits.max_prompt_chars, "context": info.context,
-             "criteria": list(engine.CRITERIA), "parameters": info.parameters, "quantization": info.quantization,
+             "criteria": list(engine.CRITERIA), "suggested_depths": list(info.suggested_depths),
+             "parameters": info.parameters, "quantization": info.quantization,
              "materialized_parameters": {"base": studio.slot.materialized(1) - per_step, "per_step": per_step}}
     entry = {"id": model_id(studio), "object": "model", "created": 0, "owned_by": OWNER, EXTENSION: depth}
     return {"object": "list", "data": [entry]}

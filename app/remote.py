@@ -90,7 +90,8 @@ class RemoteEngine:
             name=self.model, parameters=int(depth.get("parameters", 0)), dtype="remote",
             quantization=str(depth.get("quantization", "unknown")), device=self.url, memory_bytes=0,
             num_steps_default=int(depth.get("num_steps_default", engine.HuginnConfig().mean_recurrence)),
-            context=int(depth.get("context", 0)))
+            context=int(depth.get("context", 0)),
+            suggested_depths=tuple(int(d) for d in depth.get("suggested_depths", ()) if isinstance(d, int)))
 
     def materialized(self, num_steps: float) -> int:
         size = (self.depth or {}).get("materialized_parameters") or {}
@@ -124,6 +125,9 @@ class RemoteEngine:
                cancel: threading.Event | None = None, owner: str = "") -> Iterator[engine.TokenEvent | engine.Summary]:
         """The remote answer as engine events; a refused request raises engine.PromptError with the server's
         message. ``owner`` is not sent: the remote server keeps its own prompt caches."""
+        if settings.trace and self.depth is None:
+            raise engine.SettingsError("trace", f"the engine at {self.url} gives no per-step depth, so no depth "
+                                                "lens; ask without \"trace\" or use a Huginn Studio server")
         start = time.perf_counter()
         try:
             chunks = self.client.chat.completions.create(**self._request(messages, settings))

@@ -49,6 +49,11 @@ def human_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
+def plural(n: int, word: str) -> str:
+    """'1 step', '2 steps'."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def bucket(steps: int, scale: int) -> int:
     """Colour class of a token that took ``steps`` recurrences on a 1..``scale`` step scale."""
     if scale <= 1:
@@ -76,7 +81,7 @@ def heatmap(tokens: Sequence[dict[str, Any]], scale: int) -> str:
         if steps == 0:  # text the engine released at the end (held-back bytes), computed by no step of its own
             parts.append(f'<span class="tok tail" title="held-back text released at the end">{esc(text)}</span>')
             continue
-        tip = f"token {i + 1}: {steps} steps, exit value {_exit_text(tok.get('exit_value'))}"
+        tip = f"token {i + 1}: {plural(steps, 'step')}, exit value {_exit_text(tok.get('exit_value'))}"
         parts.append(f'<span class="tok d{bucket(steps, scale)}" data-i="{i}" data-steps="{steps}" title="{esc(tip)}">'
                      f"{esc(text)}</span>")
     return "".join(parts)

@@ -26,6 +26,9 @@ class ModelSlot:
     def info(self) -> engine.ModelInfo:
         return engine.model_info(self._pair[0])
 
+    def name(self) -> str:
+        return public_name(self.info().name)
+
     def materialized(self, num_steps: float) -> int:
         return int(self._pair[0].config.materialized_parameters(max(1, round(num_steps))))
 
@@ -38,6 +41,12 @@ class ModelSlot:
             self.prompt_cache.clear()  # the caches belong to the previous model
             self.note = describe_source(source or "auto", engine.model_info(model).name)
             return engine.model_info(model)
+
+
+def public_name(name: str) -> str:
+    """A model's name as pages, exports and the API show it: a hub id as it is, a local folder by its own name (no
+    install paths: an export is shared, a page is seen by others)."""
+    return Path(name).name if Path(name).is_absolute() else name
 
 
 def describe_source(requested: str, loaded: str) -> str:
