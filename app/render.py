@@ -238,6 +238,8 @@ def _meta(m: MessageView) -> list[str]:
     return meta
 
 
+LENS_HINT = ('<div class="lens-hint">Depth lens recorded: press Depth, then click any token to see how it '
+             "converged over the steps.</div>")
 REGENERATE = ('<button class="regen" data-action="regenerate" title="answer this question again">'
               "Regenerate</button>")
 
@@ -255,7 +257,7 @@ def message(m: MessageView) -> str:
         body = (markdown_view.answer(m.content, m.tokens, answer_body(m.tokens, m.content, scale), live)
                 if m.role == "assistant" else f'<div class="msg-text">{answer_body(m.tokens, m.content, scale)}</div>')
         footer = (stats_line(m.stats) + (legend(scale) if m.tokens else "") + lens_holder(m.trace)
-                  if m.role == "assistant" else "")
+                  + (LENS_HINT if m.trace and m.tokens else "") if m.role == "assistant" else "")
     error = f'<div class="error">{esc(m.error)}</div>' if m.error else ""
     if m.status == "interrupted":
         error += ('<div class="error">The answer was cut off when the server stopped. '
