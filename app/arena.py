@@ -10,7 +10,6 @@ import engine
 from . import render
 from .slot import ModelSlot, public_name
 from .store import Store, prepare_trace
-from .views import summary_stats, token_record
 
 
 def result(prompt: str, system: str, results: Sequence[engine.CompareResult], slot: ModelSlot) -> dict[str, Any]:
@@ -20,11 +19,11 @@ def result(prompt: str, system: str, results: Sequence[engine.CompareResult], sl
     reference = max(range(len(results)), key=lambda i: (results[i].summary.mean_steps, -i))
     columns = []
     for r, token_ids in zip(results, ids):
-        stats = summary_stats(r.summary, slot.materialized(r.summary.mean_steps))
+        stats = r.summary.stats(materialized_parameters=slot.materialized(r.summary.mean_steps))
         stats["agreement"] = render.agreement(token_ids, ids[reference])
         column = {"label": r.settings.label(), "settings": r.summary.settings,
-                  "tokens": [token_record(e) for e in r.events], "text": r.summary.text,
-                  "content": r.summary.text, "stats": stats}
+                  "tokens": [e.record() for e in r.events], "text": r.summary.text, "content": r.summary.text,
+                  "stats": stats}
         if r.summary.trace is not None:  # kept with the column when saved, within the store's cap
             column["trace"] = prepare_trace(r.summary.trace)
         columns.append(column)

@@ -26,8 +26,8 @@ from .inputs import (ARENA_DEFAULT, ARENA_PRESETS, arena_settings, parse_thresho
 from .render import MessageView
 from .session import Session
 from .slot import ModelSlot, describe_source, public_name
-from .store import AnswerWriter, Message, RecordLimits, Store
-from .views import message_views, model_messages, summary_stats, token_record
+from .store import AnswerWriter, Message, Store
+from .views import STORE_LIMITS, message_views, model_messages
 
 if TYPE_CHECKING:
     from .hosted import OwnerKeys
@@ -48,6 +48,7 @@ class Studio:
     def __init__(self, slot: ModelSlot, store: Store, config: AppConfig | None = None,
                  owners: OwnerKeys | None = None, gpu: GpuWork | None = None) -> None:
         self.slot = slot
+        store.limits = STORE_LIMITS  # every write and import is checked against the engine's record definitions
         self.store = store
         self.config = config or AppConfig()
         if self.config.per_browser_owner and owners is None:
@@ -160,8 +161,7 @@ class Studio:
 
     def import_file(self, session: Session, path: str) -> tuple[Session, str, int]:
         data = Path(path).read_bytes()
-        imported = self.store.import_json(session.owner, data, RecordLimits(
-            max_steps=engine.MAX_NUM_STEPS, settings_validator=engine.GenerationSettings.from_dict))
+        imported = self.store.import_json(session.owner, data, STORE_LIMITS)
         session, html = self.open_conversation(session, imported[0].id if imported else session.conversation_id)
         return session, html, len(imported)
 
@@ -275,7 +275,7 @@ class Studio:
                 if isinstance(event, engine.Summary):
                     summary = event
                     break
-                writer.add_token(**token_record(event))
+                writer.add_token(**event.record())
                 if time.perf_counter() - last >= self.config.stream_interval:
                     last = time.perf_counter()
                     yield
@@ -290,7 +290,7 @@ class Studio:
             assert cancel.is_set(), "the engine ended without a summary"
             writer.finish_stream(None)
             return
-        stats = summary_stats(summary, self.slot.materialized(summary.mean_steps))
+        stats = summary.stats(materialized_parameters=self.slot.materialized(summary.mean_steps))
         writer.finish_stream(summary.stop_reason, stats, content=summary.text)
         if summary.trace is not None:
             self.store.save_trace(writer.owner, writer.message_id, summary.trace)
@@ -358,10 +358,10 @@ class Studio:
             if isinstance(event, engine.Summary):
                 summary = event
             else:
-                tokens.append(token_record(event))
+                tokens.append(event.record())
         assert summary is not None
         out = {"text": summary.text, "tokens": tokens,
-               "stats": summary_stats(summary, self.slot.materialized(summary.mean_steps)),
+               "stats": summary.stats(materialized_parameters=self.slot.materialized(summary.mean_steps)),
                "settings": summary.settings}
         if summary.trace is not None:  # asked for with settings {"trace": true}; the engine's compact form
             out["trace"] = summary.trace

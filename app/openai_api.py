@@ -33,7 +33,6 @@ from .config import UserError
 from .handlers import Studio
 from .inputs import check_text, settings_from_dict
 from .slot import public_name
-from .views import summary_stats, token_record
 
 log = logging.getLogger(__name__)
 
@@ -227,12 +226,12 @@ def parse_request(body: Any, studio: Studio) -> tuple[list[dict[str, str]], engi
 # ---- answers ----------------------------------------------------------------------------------------------------
 
 def api_token(event: engine.TokenEvent) -> dict[str, Any]:
-    return {"id": event.token_id, **token_record(event)}
+    return {"id": event.token_id, **event.record()}
 
 
 def api_summary(studio: Studio, summary: engine.Summary) -> dict[str, Any]:
     """What a client needs to draw the heatmap and the stats line: the page's stats, the settings used, the steps."""
-    stats = summary_stats(summary, studio.slot.materialized(summary.mean_steps))
+    stats = summary.stats(materialized_parameters=studio.slot.materialized(summary.mean_steps))
     out = {**stats, "settings": summary.settings, "steps": list(summary.steps), "acceptance": summary.acceptance}
     if summary.trace is not None:  # the depth lens, asked for with "trace": true in the body
         out["trace"] = summary.trace

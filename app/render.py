@@ -123,7 +123,8 @@ def legend(scale: int) -> str:
 
 
 def stats_line(stats: dict[str, Any] | None) -> str:
-    """tokens · tokens/s · mean and max steps · materialized size · prompt tokens reused · why it stopped."""
+    """tokens · tokens/s · mean and max steps · materialized size · prompt tokens reused · speculative acceptance ·
+    why it stopped."""
     if not stats:
         return ""
     parts = [f"{stats.get('tokens', 0)} tokens"]
@@ -135,6 +136,8 @@ def stats_line(stats: dict[str, Any] | None) -> str:
         parts.append(f"materialized {human_count(stats['materialized_parameters'])} params")
     if stats.get("reused_tokens"):
         parts.append(f"{stats['reused_tokens']} of {stats.get('prompt_tokens', '?')} prompt tokens from the cache")
+    if stats.get("acceptance") is not None:
+        parts.append(f"{stats['acceptance']:.0%} of drafted tokens kept")
     reason = stats.get("stop_reason")
     if reason:
         parts.append(STOP_REASONS.get(reason, reason))

@@ -8,37 +8,22 @@ never costs more than the message's length.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import engine
+from engine.records import STATS, TOKEN, RecordError
 
-from .render import MessageView, finite
-from .store import InvalidData, Message, check_trace
+from .render import MessageView
+from .store import InvalidData, Message, RecordLimits, check_trace
 
-STATS_KEYS = ("tokens", "prompt_tokens", "tokens_per_s", "mean_steps", "min_steps", "max_steps", "core_iterations",
-              "kv_cache_bytes", "elapsed_s", "first_token_s", "stop_reason", "seed", "notice", "trimmed_messages",
-              "reused_tokens")
-TEXT_STATS = ("stop_reason", "notice")
+# What the store checks every write and import against: the engine's definitions of a token, the stats and the
+# settings (``engine.records``, ``engine.GenerationSettings``).
+STORE_LIMITS = RecordLimits(token=TOKEN, stats=STATS, settings_validator=engine.GenerationSettings.from_dict)
 STATUSES = ("complete", "cancelled", "failed", "partial", "interrupted")
 ROLES = ("user", "assistant", "system")
 
 
-# ---- engine to store --------------------------------------------------------------------------------------------
-
-def summary_stats(summary: engine.Summary, materialized: int) -> dict[str, Any]:
-    data = summary.to_dict()
-    stats = {k: data[k] for k in STATS_KEYS}
-    stats["materialized_parameters"] = materialized
-    return stats
-
-
-def token_record(event: engine.TokenEvent) -> dict[str, Any]:
-    record = {"text": event.text, "steps": event.steps, "exit_value": finite(event.exit_value)}
-    if event.token_id >= 0:  # the last event may be held-back text, not a token
-        record["id"] = event.token_id
-    return record
-
+# ---- store to engine ---------------------------------------------------------------------------------------------
 
 def model_messages(thread: Sequence[Message], system: str) -> list[dict[str, Any]]:
     """The chat as the engine wants it: optional system prompt, then the branch's non-empty turns. An answer goes
@@ -56,46 +41,36 @@ def model_messages(thread: Sequence[Message], system: str) -> list[dict[str, Any
 
 # ---- store to transcript ----------------------------------------------------------------------------------------
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def clean_tokens(tokens: Any, damaged: list[str], name: str = "tokens") -> list[dict[str, Any]] | None:
+    """A stored answer's token records if every one is what ``engine.records.TOKEN`` defines."""
     if tokens is None:
         return None
-    ok = isinstance(tokens, list) and all(
-        isinstance(t, dict) and isinstance(t.get("text", ""), str) and isinstance(t.get("steps", 0), int)
-        and not isinstance(t.get("steps", 0), bool) and t.get("steps", 0) >= 0
-        and (t.get("exit_value") is None or _number(t.get("exit_value"))) for t in tokens)
-    if not ok:
+    try:
+        if not isinstance(tokens, list):
+            raise RecordError(name)
+        return [TOKEN.check(t) for t in tokens]
+    except RecordError:
         damaged.append(name)
         return None
-    return tokens
 
 
 def clean_stats(stats: Any, damaged: list[str], name: str = "stats") -> dict[str, Any] | None:
+    """A stored answer's well-formed stats (``engine.records.STATS``); any other one is named as damaged."""
     if stats is None:
         return None
-    if not isinstance(stats, dict):
-        damaged.append(name)
-        return None
-    good = {k: v for k, v in stats.items()
-            if (_number(v) if k not in TEXT_STATS else isinstance(v, str)) or v is None}
-    if len(good) != len(stats):
+    good, bad = STATS.clean(stats)
+    if bad:
         damaged.append(name)
     return good
 
 
 def clean_settings(settings: Any, damaged: list[str], name: str = "settings") -> dict[str, Any] | None:
-    """Settings as far as drawing reads them: a depth within the engine's range, a criterion, a threshold."""
+    """Stored settings if they are valid generation settings (``engine.GenerationSettings``)."""
     if settings is None:
         return None
-    ok = (isinstance(settings, dict)
-          and (settings.get("num_steps") is None or (isinstance(settings["num_steps"], int)
-                                                     and 1 <= settings["num_steps"] <= engine.MAX_NUM_STEPS))
-          and isinstance(settings.get("criterion", "none"), str)
-          and (settings.get("exit_threshold") is None or _number(settings["exit_threshold"])))
-    if not ok:
+    try:
+        engine.GenerationSettings.from_dict(settings)
+    except (engine.SettingsError, TypeError, AttributeError):
         damaged.append(name)
         return None
     return settings

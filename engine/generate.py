@@ -5,6 +5,7 @@ the HTTP API and the CLI all go through ``stream`` / ``compare``.
 
 from __future__ import annotations
 
+import math
 import random
 import secrets
 import threading
@@ -17,6 +18,7 @@ import torch
 from .cache import CacheStrategy, kv_cache_bytes, memory_budget
 from .decode import RowPlan, RowStops, decode
 from .prompt_cache import PromptCache, TurnCache
+from .records import STATS
 from .speculative import SpeculationStats, speculative_decode
 from .settings import MAX_NEW_TOKENS, GenerationSettings
 from .stops import StopStrings
@@ -48,6 +50,14 @@ class TokenEvent:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def record(self) -> dict[str, Any]:
+        """The token as the store keeps it and the APIs return it (``engine.records.TOKEN``)."""
+        exit_value = self.exit_value if self.exit_value is None or math.isfinite(self.exit_value) else None
+        out = {"text": self.text, "steps": self.steps, "exit_value": exit_value}
+        if self.token_id >= 0:  # the last event may be held-back text, not a token
+            out["id"] = self.token_id
+        return out
+
 
 @dataclass(frozen=True)
 class Summary:
@@ -75,6 +85,13 @@ class Summary:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def stats(self, **added: Any) -> dict[str, Any]:
+        """The answer's stats as the store keeps them and the APIs return them (``engine.records.STATS``), with the
+        app's own ones (``materialized_parameters``, ``agreement``) added."""
+        out = {name: getattr(self, name) for name in STATS.names if hasattr(self, name)}
+        out = {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in {**out, **added}.items()}
+        return STATS.check(out)
 
 
 @dataclass(frozen=True)

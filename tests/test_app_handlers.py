@@ -504,3 +504,27 @@ def test_each_hostile_import_gets_a_clear_message_and_the_app_keeps_serving(stud
     after = run(studio.send(studio.new_session(), "Still serving?", "", fixed()))[-1][0]
     assert studio.store.thread(after.owner, after.conversation_id)[-1].status == "complete"
     assert len(corpus) > 100
+
+
+def test_a_speculative_answer_shows_and_stores_its_acceptance(studio):
+    """Issue 21, bug 5: the acceptance stat was defined in the store but never reached the page."""
+    session = studio.new_session()
+    *_, (session, html) = run(studio.send(session, "hello", "", fixed(8, 10, draft_steps=2, lookahead=3)))
+    [_, answer] = studio.store.thread(session.owner, session.conversation_id)
+    assert 0 <= answer.stats["acceptance"] <= 1
+    assert f"{answer.stats['acceptance']:.0%} of drafted tokens kept" in html
+
+
+def test_the_arena_adaptive_column_exits_as_the_chat_does(studio):
+    """Issue 21, bug 1: the arena's adaptive column is the panel's fixed settings with a criterion; it must run with
+    the adaptive answer's cache (latest-m4), as the chat's adaptive answers do."""
+    base = fixed(8, 8)
+    [column] = handlers.arena_settings(base, ["adaptive"], studio.limits)
+    chat = base.replace(criterion="kl")
+    session = studio.new_session()
+    *_, (session, _) = run(studio.send(session, "hello", "", chat))
+    [_, answer] = studio.store.thread(session.owner, session.conversation_id)
+    result = studio.compare("hello", "", [column])
+    [col] = result["columns"]
+    assert col["stats"]["cache_strategy"] == answer.stats["cache_strategy"] == "latest-m4"
+    assert [t["steps"] for t in col["tokens"]] == [t["steps"] for t in answer.tokens]

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-import engine
-from app.store import ImportInvalid, RecordLimits, Store
+from app.store import ImportInvalid, Store
+from app.views import STORE_LIMITS
 from tests.hostile_corpus import Case, cases, valid_export
 
 OWNER = "visitor"
-LIMITS = RecordLimits(max_steps=engine.MAX_NUM_STEPS, settings_validator=engine.GenerationSettings.from_dict)
+LIMITS = STORE_LIMITS  # what the app checks imports against
 CASES = list(cases())
 
 

@@ -31,6 +31,7 @@ from app.store import (
     default_db_path,
     new_owner_key,
 )
+from app.views import STORE_LIMITS
 from tests.store_crash_writer import damage, kill_mid_stream
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,7 +48,7 @@ SETTINGS = {
     "temperature": 0.7,
     "top_k": 50,
     "top_p": 0.9,
-    "min_p": None,
+    "min_p": 0.0,
     "repetition_penalty": 1.1,
     "seed": 1234,
 }
@@ -84,6 +85,14 @@ def db_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def store(db_path: Path):
     s = Store(db_path)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def app_store(db_path: Path):
+    """A store that checks records as the app's does: against the engine's definitions (engine.records)."""
+    s = Store(db_path, limits=STORE_LIMITS)
     yield s
     s.close()
 
@@ -326,7 +335,8 @@ def test_tree_links_cannot_cross_conversations(store: Store):
     assert store.thread(OWNER, two.id) == []
 
 
-def test_invalid_arguments_are_refused_and_write_nothing(store: Store):
+def test_invalid_arguments_are_refused_and_write_nothing(app_store: Store):
+    store = app_store
     conv = store.create_conversation(OWNER)
     bad_calls = [
         dict(role="robot", content="x"),
@@ -507,7 +517,7 @@ def _mutations():
         (set_((*msgs, 1, "id"), 1), "is used twice"),
         (set_((*msgs, 1, "id"), True), "must be int"),
         (set_((*msgs, 1, "content"), None), "content must be str"),
-        (set_((*msgs, 1, "tokens"), [{"text": "a"}]), r"tokens\[0\]\.steps must be an integer from 0 to 1024"),
+        (set_((*msgs, 1, "tokens"), [{"text": "a"}]), r"tokens\[0\]\.steps must be an integer from 0 to 256"),
         (set_((*msgs, 1, "settings"), "fast"), "settings must be an object"),
         (set_((*msgs, 1, "status"), "halfway"), "status must be one of"),
         (set_((*msgs, 1, "content"), "\ud800"), "lone surrogate"),
@@ -516,7 +526,8 @@ def _mutations():
 
 
 @pytest.mark.parametrize("mutate,message", _mutations())
-def test_import_rejects_malformed_file_and_writes_nothing(store: Store, mutate, message):
+def test_import_rejects_malformed_file_and_writes_nothing(app_store: Store, mutate, message):
+    store = app_store
     doc = _valid_export(store)
     before = store.export_data(OWNER)["conversations"]
     bad = copy.deepcopy(doc)
@@ -546,17 +557,17 @@ ANSWER = ("conversations", 0, "messages", 1)
 COLUMN = (*ANSWER, "extra", "columns", 0)
 RECORD_MUTATIONS = [
     ((*ANSWER, "stats", "tokens_per_s"), "fast", r"messages\[1\]\.stats\.tokens_per_s must be a number"),
-    ((*ANSWER, "stats", "tokens"), 10**12, r"stats\.tokens must be an integer from 0 to 65536, got 1e\+12"),
+    ((*ANSWER, "stats", "tokens"), 10**12, r"stats\.tokens must be an integer from 0 to 32768, got 1e\+12"),
     ((*ANSWER, "stats", "mean_steps"), float("nan"), r"stats\.mean_steps must be a number .*got nan"),
     ((*ANSWER, "stats", "stop_reason"), ["x"], r"stats\.stop_reason must be a string"),
     ((*ANSWER, "stats", "novel"), {"a": 1}, r"stats\.novel must be a string, number"),
-    ((*ANSWER, "settings", "exit_threshold"), "5e-4", r"settings\.exit_threshold must be a number"),
-    ((*ANSWER, "settings", "num_steps"), "abc", r"settings\.num_steps must be an integer from 1 to 1024"),
-    ((*ANSWER, "settings", "num_steps"), 10**9, r"settings\.num_steps must be an integer from 1 to 1024"),
-    ((*ANSWER, "settings", "criterion"), 5, r"settings\.criterion must be a string"),
-    ((*ANSWER, "settings", "warm_start"), "yes", r"settings\.warm_start must be true or false"),
+    ((*ANSWER, "settings", "exit_threshold"), "5e-4", r"settings: exit_threshold: must be a number"),
+    ((*ANSWER, "settings", "num_steps"), "abc", r"settings: num_steps: must be an integer from 1 to 256"),
+    ((*ANSWER, "settings", "num_steps"), 10**9, r"settings: num_steps: must be from 1 to 256"),
+    ((*ANSWER, "settings", "criterion"), 5, r"settings: criterion: 5 is not one of"),
+    ((*ANSWER, "settings", "warm_start"), "yes", r"settings: warm_start: must be true or false"),
     ((*ANSWER, "tokens", 0, "steps"), 3e7, r"messages\[1\]\.tokens\[0\]\.steps must be an integer .*not float"),
-    ((*ANSWER, "tokens", 0, "steps"), 30_000_000, r"tokens\[0\]\.steps must be an integer from 0 to 1024, got 3e\+07"),
+    ((*ANSWER, "tokens", 0, "steps"), 30_000_000, r"tokens\[0\]\.steps must be an integer from 0 to 256, got 3e\+07"),
     ((*ANSWER, "tokens", 0, "exit_value"), float("inf"), r"tokens\[0\]\.exit_value must be a number"),
     ((*ANSWER, "tokens", 0, "surprise"), 1, r"tokens\[0\] has unknown fields: 'surprise'"),
     ((*ANSWER, "extra", "columns"), [1, 2], r"extra\.columns\[0\] must be an object"),
@@ -564,7 +575,7 @@ RECORD_MUTATIONS = [
     ((*ANSWER, "extra", "system"), 5, r"extra\.system must be a string"),
     ((*COLUMN, "tokens", 1, "steps"), 3e7, r"extra\.columns\[0\]\.tokens\[1\]\.steps must be an integer"),
     ((*COLUMN, "stats", "agreement"), 2, r"columns\[0\]\.stats\.agreement must be a number from 0 to 1"),
-    ((*COLUMN, "settings", "num_steps"), "deep", r"columns\[0\]\.settings\.num_steps must be an integer"),
+    ((*COLUMN, "settings", "num_steps"), "deep", r"columns\[0\]\.settings: num_steps: must be an integer"),
     ((*COLUMN, "label"), {"x": 1}, r"columns\[0\]\.label must be a string"),
     ((*COLUMN, "surprise"), 1, r"columns\[0\] has unknown fields: 'surprise'"),
     ((*ANSWER, "created"), "yesterday", r"messages\[1\]\.created is not an ISO 8601 time"),
@@ -573,7 +584,8 @@ RECORD_MUTATIONS = [
 
 
 @pytest.mark.parametrize("path,value,message", RECORD_MUTATIONS, ids=[m[2][:40] for m in RECORD_MUTATIONS])
-def test_import_checks_every_record_field_and_writes_nothing(store: Store, path, value, message):
+def test_import_checks_every_record_field_and_writes_nothing(app_store: Store, path, value, message):
+    store = app_store
     before = store.export_data(OWNER)["conversations"]
     [ok] = store.import_json(OWNER, answer_export())  # the unchanged file is accepted
     before = store.export_data(OWNER)["conversations"]
@@ -587,14 +599,15 @@ def test_import_checks_every_record_field_and_writes_nothing(store: Store, path,
     assert store.export_data(OWNER)["conversations"] == before
 
 
-def test_writes_are_checked_against_the_same_record_definitions(store: Store):
+def test_writes_are_checked_against_the_same_record_definitions(app_store: Store):
+    store = app_store
     conv = store.create_conversation(OWNER)
     with pytest.raises(InvalidData, match="stats.tokens_per_s must be a number"):
         store.add_message(OWNER, conv.id, "assistant", "x", stats={"tokens_per_s": "fast"})
     with pytest.raises(InvalidData, match=r"extra\.columns\[0\] must be an object"):
         store.add_message(OWNER, conv.id, "assistant", "x", kind="comparison", extra={"columns": [1]})
     writer = store.begin_answer(OWNER, conv.id)
-    with pytest.raises(InvalidData, match=r"token\[0\]\.steps must be an integer from 0 to 1024"):
+    with pytest.raises(InvalidData, match=r"token\[0\]\.steps must be an integer from 0 to 256"):
         writer.add_token("x", 30_000_000)
     with pytest.raises(InvalidData, match="stats.mean_steps"):
         writer.finish("complete", {"mean_steps": "many"})
@@ -604,9 +617,7 @@ def test_writes_are_checked_against_the_same_record_definitions(store: Store):
 def test_import_uses_the_apps_limits_and_settings_validator(store: Store):
     import engine  # the real definitions the app writes with
 
-    limits = store_module.RecordLimits(
-        max_steps=engine.MAX_NUM_STEPS, settings_validator=engine.GenerationSettings.from_dict
-    )
+    limits = STORE_LIMITS
     good = answer_export()
     for msg in good["conversations"][0]["messages"]:
         if msg.get("settings"):
@@ -637,7 +648,8 @@ def test_import_uses_the_apps_limits_and_settings_validator(store: Store):
 HTML = '<a href="//evil.example">click</a><img src=x onerror=alert(1)><form action=//x>'
 
 
-def test_error_messages_from_user_data_are_plain_text_and_short(store: Store):
+def test_error_messages_from_user_data_are_plain_text_and_short(app_store: Store):
+    store = app_store
     doc = answer_export()
     answer_msg = doc["conversations"][0]["messages"][1]
     cases = [

@@ -21,35 +21,6 @@ _INT_BOUND = 2**63  # SQLite's integers; also keeps formatting of any value chea
 MAX_COLUMNS = 16  # columns of one saved comparison
 _SHORT = 1_000  # characters of a label, a stop reason or an unknown scalar value
 
-# Stats the page and the Markdown export draw: name -> (integer?, minimum, maximum or the limit's name).
-_STATS: dict[str, tuple[bool, float, float | str | None]] = {
-    "tokens": (True, 0, "max_tokens"),
-    "prompt_tokens": (True, 0, None),
-    "tokens_per_s": (False, 0, None),
-    "mean_steps": (False, 0, "max_steps"),
-    "min_steps": (True, 0, "max_steps"),
-    "max_steps": (True, 0, "max_steps"),
-    "core_iterations": (True, 0, None),
-    "kv_cache_bytes": (True, 0, None),
-    "elapsed_s": (False, 0, None),
-    "first_token_s": (False, 0, None),
-    "seed": (True, -_INT_BOUND, None),
-    "trimmed_messages": (True, 0, None),
-    "reused_tokens": (True, 0, None),
-    "materialized_parameters": (True, 0, None),
-    "agreement": (False, 0, 1),
-    "acceptance": (False, 0, 1),
-}
-_STATS_TEXT = {"stop_reason": 64, "notice": 10_000}
-# Settings the page draws without the app's validator: name -> (integer?, minimum, maximum).
-_SETTINGS: dict[str, tuple[bool, float, float | str | None]] = {
-    "num_steps": (True, 1, "max_steps"),
-    "min_steps": (True, 0, "max_steps"),
-    "exit_threshold": (False, 0, None),
-    "max_new_tokens": (True, 1, "max_tokens"),
-}
-_TOKEN_KEYS = {"text", "steps", "exit_value", "id"}
-MAX_TOKEN_ID = 2**31 - 1
 _COLUMN_KEYS = {"label", "settings", "tokens", "content", "stats", "trace"}
 
 
@@ -81,10 +52,6 @@ def _no_unknown(obj: dict[str, Any], known: set[str], field: str) -> None:
         raise InvalidData(f"{field} has unknown fields: {', '.join(shown(k) for k in unknown[:5])}")
 
 
-def _bound(high: float | str | None, limits: RecordLimits) -> float | None:
-    return getattr(limits, high) if isinstance(high, str) else high
-
-
 def _check_scalar(value: Any, field: str) -> Any:
     value = _plain(value)
     if isinstance(value, str):
@@ -96,85 +63,62 @@ def _check_scalar(value: Any, field: str) -> Any:
     raise InvalidData(f"{field} must be a string, number, true/false or null, not {type(value).__name__}")
 
 
-def check_tokens(tokens: Any, field: str, limits: RecordLimits) -> list[dict[str, Any]] | None:
-    """A list of ``{"text": str, "steps": int, "exit_value": number | null}``."""
-    if tokens is None:
-        return None
-    if not isinstance(tokens, list):
-        raise InvalidData(f"{field} must be a list of token records, not {type(tokens).__name__}")
-    if len(tokens) > limits.max_tokens:
-        raise InvalidData(f"{field} has {len(tokens):,} token records; the limit is {limits.max_tokens:,}")
-    out = []
-    for i, tok in enumerate(tokens):
-        where = f"{field}[{i}]"
-        if not isinstance(tok, dict):
-            raise InvalidData(f"{where} must be an object")
-        _no_unknown(tok, _TOKEN_KEYS, where)
-        if not isinstance(tok.get("text"), str):
-            raise InvalidData(f"{where}.text must be a string")
-        steps = tok.get("steps")
-        if steps is None:
-            raise InvalidData(f"{where}.steps must be an integer from 0 to {limits.max_steps}")
-        out.append({
-            "text": tok["text"],
-            "steps": check_number(steps, f"{where}.steps", 0, limits.max_steps, integer=True),
-            "exit_value": check_number(tok.get("exit_value"), f"{where}.exit_value", -_INT_BOUND, None,
-                                       integer=False),
-        })  # fmt: skip
-        if tok.get("id") is not None:  # the token's id (older records have none)
-            out[-1]["id"] = check_number(tok["id"], f"{where}.id", 0, MAX_TOKEN_ID, integer=True)
-    return out
+def _checked(record: Any, value: Any, where: str) -> dict[str, Any]:
+    """``value`` through a record definition the app gave (``engine.records``), or as a plain object."""
+    if record is None:
+        return _check_plain(value, where)
+    try:
+        return record.check(value, where)
+    except Exception as exc:  # noqa: BLE001 - any refusal of the definition is a bad value
+        raise InvalidData(str(exc)[:500]) from None
 
 
-def _check_typed(
-    obj: dict[str, Any], field: str, spec: dict[str, tuple[bool, float, float | str | None]],
-    limits: RecordLimits,
-) -> dict[str, Any]:
+def _check_plain(obj: Any, field: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise InvalidData(f"{field} must be an object, not {type(obj).__name__}")
     out = {}
     for key, value in obj.items():
         if not isinstance(key, str):
             raise InvalidData(f"{field} has a key that is not a string")
         check_text(key, f"{field} key {shown(key)}", _SHORT * 4)
         where = f"{field}.{key if len(key) <= 40 and key.isprintable() else shown(key)}"
-        if key in spec:
-            integer, low, high = spec[key]
-            out[key] = check_number(value, where, low, _bound(high, limits), integer=integer)
+        if isinstance(value, (list, tuple)):  # stop strings
+            out[key] = [check_text(s, f"{where}[{i}]", _SHORT * 4) for i, s in enumerate(value)]
         else:
             out[key] = _check_scalar(value, where)
     return out
 
 
+def check_tokens(tokens: Any, field: str, limits: RecordLimits) -> list[dict[str, Any]] | None:
+    """A list of token records (``RecordLimits.token``)."""
+    if tokens is None:
+        return None
+    if not isinstance(tokens, list):
+        raise InvalidData(f"{field} must be a list of token records, not {type(tokens).__name__}")
+    if len(tokens) > limits.max_tokens:
+        raise InvalidData(f"{field} has {len(tokens):,} token records; the limit is {limits.max_tokens:,}")
+    return [_checked(limits.token, tok, f"{field}[{i}]") for i, tok in enumerate(tokens)]
+
+
 def check_stats(stats: Any, field: str, limits: RecordLimits) -> dict[str, Any] | None:
-    """An answer's stats: the drawn ones typed and in range, any other one a plain value."""
+    """An answer's stats (``RecordLimits.stats``)."""
     if check_object(stats, field) is None:
         return None
-    out = _check_typed({k: v for k, v in stats.items() if k not in _STATS_TEXT}, field, _STATS, limits)
-    for key, size in _STATS_TEXT.items():
-        if key in stats:
-            value = _plain(stats[key])
-            out[key] = None if value is None else check_text(value, f"{field}.{key}", size)
-    return {k: out[k] for k in stats}  # the given order
+    return _checked(limits.stats, stats, field)
 
 
 def check_settings(settings: Any, field: str, limits: RecordLimits) -> dict[str, Any] | None:
-    """Generation settings: plain values (lists of strings for stop strings), the drawn ones in
-    range, then the app's own validator when it gave one."""
+    """Generation settings: plain values (lists of strings for stop strings), then the app's own validator when it
+    gave one."""
     if check_object(settings, field) is None:
         return None
-    lists = {k: v for k, v in settings.items() if isinstance(v, (list, tuple))}
-    out = _check_typed({k: v for k, v in settings.items() if k not in lists}, field, _SETTINGS, limits)
-    for key, items in lists.items():
-        out[key] = [check_text(s, f"{field}.{key}[{i}]", _SHORT * 4) for i, s in enumerate(items)]
-    if settings.get("criterion") is not None and not isinstance(settings["criterion"], str):
-        raise InvalidData(f"{field}.criterion must be a string")
-    if settings.get("warm_start") is not None and not isinstance(settings["warm_start"], bool):
-        raise InvalidData(f"{field}.warm_start must be true or false")
+    out = _check_plain(settings, field)
     if limits.settings_validator is not None:
         try:
             limits.settings_validator(dict(out))
         except Exception as exc:  # noqa: BLE001 - any refusal of the app's validator is a bad value
             raise InvalidData(f"{field}: {str(exc)[:300]}") from None
-    return {k: out[k] for k in settings}
+    return out
 
 
 def check_extra(extra: Any, field: str, limits: RecordLimits) -> dict[str, Any] | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 EXPORT_FORMAT = "huginn-studio.conversations"
 EXPORT_VERSION = 1
@@ -34,21 +34,30 @@ AUTO_TITLE_CHARS = 48
 
 
 
+class RecordCheck(Protocol):
+    """One record's definition (``engine.records.Record``): the record checked, or an exception naming the field."""
+
+    def check(self, data: Any, where: str) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True)
 class RecordLimits:
     """What one message's records may hold, checked on every write and import, and the caps of one
-    import. Plain values: the app passes its engine's limits (the store never imports the engine).
+    import. The app passes its engine's definitions (the store never imports the engine); without
+    them a record is only checked to be an object of plain values.
 
-    ``settings_validator`` is called with a copy of every settings object (an answer's, a comparison
-    column's) and raises (any exception; its message is shown) when the settings are not valid
-    generation settings, e.g. ``engine.GenerationSettings.from_dict``. Its return value is unused:
-    the settings are stored as given.
+    ``token`` and ``stats`` check each token record and an answer's stats (``engine.records.TOKEN``
+    and ``STATS``). ``settings_validator`` is called with a copy of every settings object (an
+    answer's, a comparison column's) and raises (any exception; its message is shown) when the
+    settings are not valid generation settings, e.g. ``engine.GenerationSettings.from_dict``. Its
+    return value is unused: the settings are stored as given.
     """
 
-    max_steps: int = 1024  # recurrent steps of one token (and num_steps of a setting)
     max_tokens: int = 65_536  # token records of one answer or comparison column
     max_conversations: int = 10_000  # conversations in one import
     max_messages: int = 100_000  # messages in one import, all conversations together
+    token: RecordCheck | None = None
+    stats: RecordCheck | None = None
     settings_validator: Callable[[dict[str, Any]], object] | None = None
 
 
