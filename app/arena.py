@@ -1,4 +1,4 @@
-"""The depth arena's results: one prompt's answers at several settings as columns, with agreement against the
+"""The depth arena: one prompt at several settings (batched by the engine) as columns, with agreement against the
 deepest, and saving them into a conversation."""
 
 from __future__ import annotations
@@ -7,9 +7,59 @@ from typing import Any, Sequence
 
 import engine
 
-from . import render
+from . import inputs, render
+from .config import UserError
+from .conversations import Update
+from .gpu import EngineWork
+from .running import Running
+from .session import Session
 from .slot import ModelSlot, public_name
 from .store import Store, prepare_trace
+from .turns import ChatTurns
+
+
+class Arena:
+    def __init__(self, turns: ChatTurns, gpu: EngineWork, running: Running) -> None:
+        self.turns, self.gpu, self.running = turns, gpu, running
+        self.slot, self.store, self.limits = turns.slot, turns.store, turns.limits
+
+    def compare(self, prompt: Any, system: Any, settings_list: Sequence[engine.GenerationSettings],
+                session: Session | None = None) -> dict[str, Any]:
+        """Run one prompt at several settings; columns, plot rows and the raw results."""
+        prompt = inputs.check_text(prompt, "prompt", self.limits.max_prompt_chars, what="the prompt",
+                                   if_empty="Type a prompt to compare first.")
+        system = inputs.check_system(system, self.limits)
+        if not settings_list or len(settings_list) > self.limits.max_compare_settings:
+            raise UserError(f"Compare from 1 to {self.limits.max_compare_settings} settings at once.")
+        messages = ([{"role": "system", "content": system}] if system.strip() else []) + \
+            [{"role": "user", "content": prompt}]
+        self.turns.check_prompt_tokens(messages)
+        cancel = self.running.start(session) if session else None
+        try:
+            results = self.gpu.compare(messages, list(settings_list), cancel)
+        finally:
+            if session and cancel is not None:
+                self.running.end(session, cancel)
+        return result(prompt, system, results, self.slot)
+
+    def save(self, session: Session, result: dict[str, Any] | None) -> Update:
+        """Store a comparison in the open conversation (or a new one): the prompt, then one message holding all
+        columns, whose text is the deepest answer so the chat can go on from it."""
+        if not result:
+            raise UserError("Run a comparison first.")
+        if session.conversation_id is None:
+            session = session.opened(self.store.create_conversation(session.owner).id)
+        save(self.store, session.owner, session.conversation_id, result)
+        return session, self.turns.conversations.transcript(session)
+
+    def compare_api(self, prompt: Any, settings: Any, system_prompt: Any = "") -> list[dict[str, Any]]:
+        if not isinstance(settings, list) or not settings:
+            raise UserError("settings must be a non-empty list of settings objects, e.g. [{\"num_steps\": 4}]")
+        if len(settings) > self.limits.max_compare_settings:
+            raise UserError(f"Compare at most {self.limits.max_compare_settings} settings at once.")
+        default = self.slot.info().num_steps_default
+        gen = [inputs.settings_from_dict(self.limits, s, f"settings[{i}]", default) for i, s in enumerate(settings)]
+        return self.compare(prompt, system_prompt, gen)["columns"]
 
 
 def result(prompt: str, system: str, results: Sequence[engine.CompareResult], slot: ModelSlot) -> dict[str, Any]:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable, Iterator, Sequence
+import threading
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import engine
 
@@ -17,6 +19,17 @@ import engine
 GPU_BASE_SECONDS = 10.0
 GPU_SECONDS_PER_TOKEN_STEP = 0.0025
 GPU_MAX_SECONDS = 120
+
+
+class EngineWork(Protocol):
+    """What the handlers generate with: ``GpuWork`` over the local model, or ``app.remote.RemoteEngine``, each
+    behind the page's ``Gate`` (``GatedWork``)."""
+
+    def stream(self, messages: list[dict[str, Any]], settings: engine.GenerationSettings,
+               cancel: threading.Event | None = None, owner: str = "") -> Iterator[Any]: ...
+
+    def compare(self, messages: list[dict[str, Any]], settings_list: list[engine.GenerationSettings],
+                cancel: threading.Event | None = None) -> list[engine.CompareResult]: ...
 
 
 def zero_gpu_requested(environ: dict[str, str] | None = None) -> bool:
@@ -104,3 +117,57 @@ class GpuWork:
     def compare(self, messages: list[dict[str, str]], settings_list: list[engine.GenerationSettings],
                 cancel: Any = None) -> list[engine.CompareResult]:
         return self._compare(messages, list(settings_list), None if self.zero_gpu else cancel)
+
+
+# ---- one generation at a time, for the page and the API together -----------------------------------------------
+
+class Gate:
+    """At most ``limit`` generations at once and ``queue_size`` waiting (None: unbounded), shared by the page and
+    the API so both keep the server's one-at-a-time promise."""
+
+    def __init__(self, limit: int, queue_size: int | None) -> None:
+        self._slots = threading.BoundedSemaphore(max(1, limit))
+        self._lock = threading.Lock()
+        self.queue_size = queue_size
+        self.waiting = 0
+
+    def full(self) -> bool:
+        return self.queue_size is not None and self.waiting >= self.queue_size
+
+    @contextmanager
+    def hold(self, cancel: threading.Event | None = None) -> Iterator[bool]:
+        """Wait for a slot; yields False instead when ``cancel`` is set while waiting."""
+        with self._lock:
+            self.waiting += 1
+        got = False
+        try:
+            while not got and not (cancel is not None and cancel.is_set()):
+                got = self._slots.acquire(timeout=0.2)
+        finally:
+            with self._lock:
+                self.waiting -= 1
+        try:
+            yield got
+        finally:
+            if got:
+                self._slots.release()
+
+
+class GatedWork:
+    """``GpuWork`` (or the remote engine) behind a ``Gate``: the same interface the handlers use."""
+
+    def __init__(self, work: Any, gate: Gate) -> None:
+        self.work, self.gate = work, gate
+
+    def stream(self, messages: list[dict[str, str]], settings: engine.GenerationSettings,
+               cancel: threading.Event | None = None, owner: str = "") -> Iterator[Any]:
+        with self.gate.hold(cancel) as got:
+            if got:
+                yield from self.work.stream(messages, settings, cancel, owner)
+
+    def compare(self, messages: list[dict[str, str]], settings_list: list[engine.GenerationSettings],
+                cancel: threading.Event | None = None) -> list[engine.CompareResult]:
+        with self.gate.hold(cancel) as got:
+            if not got:
+                raise engine.PromptError("stopped before it started")
+            return self.work.compare(messages, settings_list, cancel)

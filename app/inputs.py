@@ -133,24 +133,37 @@ def check_num_steps(limits: Limits, value: Any) -> Any:
     return value
 
 
-def settings_from_form(limits: Limits, num_steps: Any, adaptive: bool, criterion: str, threshold: Any,
-                       min_steps: Any, warm_start: bool, temperature: Any, top_p: Any, top_k: Any, min_p: Any,
-                       repetition_penalty: Any, seed: Any, max_new_tokens: Any, trace: Any = False
-                       ) -> engine.GenerationSettings:
-    """Build validated settings from the widgets; raises engine.SettingsError naming the field."""
-    num_steps = check_num_steps(limits, _as_int("num_steps", num_steps))
+# What the depth panel's widgets may set, by name: engine settings fields, and "adaptive" (the checkbox that turns
+# the criterion on; off means fixed depth).
+FORM_FIELDS = ("num_steps", "adaptive", "criterion", "exit_threshold", "min_steps", "warm_start", "temperature",
+               "top_p", "top_k", "min_p", "repetition_penalty", "seed", "max_new_tokens", "trace")
+
+
+def settings_from_form(limits: Limits, form: dict[str, Any]) -> engine.GenerationSettings:
+    """Validated settings from the depth panel's widgets by field name (``FORM_FIELDS``; a missing one keeps the
+    engine's default); raises engine.SettingsError naming the field."""
+    unknown = sorted(set(form) - set(FORM_FIELDS))
+    if unknown:
+        raise engine.SettingsError(unknown[0], f"not a field of the depth panel (known: {', '.join(FORM_FIELDS)})")
+    base = engine.GenerationSettings()
+    value = lambda name: form.get(name, getattr(base, name, None))  # noqa: E731
+    num_steps = check_num_steps(limits, _as_int("num_steps", value("num_steps")))
+    seed = value("seed")
     seed = None if seed is None or seed == "" or _as_int("seed", seed) < 0 else _as_int("seed", seed)
+    adaptive = bool(form.get("adaptive", False))
+    criterion = form.get("criterion")
     criterion = criterion if isinstance(criterion, str) and criterion else "kl"
     settings = engine.GenerationSettings(
         num_steps=num_steps,
         criterion=criterion if adaptive else "none",
-        exit_threshold=parse_threshold(threshold) if adaptive else None,
-        min_steps=min(_as_int("min_steps", min_steps), num_steps),
-        warm_start=bool(warm_start),
-        max_new_tokens=_as_int("max_new_tokens", max_new_tokens),
-        temperature=_as_float("temperature", temperature), top_p=_as_float("top_p", top_p),
-        top_k=_as_int("top_k", top_k), min_p=_as_float("min_p", min_p),
-        repetition_penalty=_as_float("repetition_penalty", repetition_penalty), seed=seed, trace=bool(trace),
+        exit_threshold=parse_threshold(form.get("exit_threshold")) if adaptive else None,
+        min_steps=min(_as_int("min_steps", value("min_steps")), num_steps),
+        warm_start=bool(value("warm_start")),
+        max_new_tokens=_as_int("max_new_tokens", value("max_new_tokens")),
+        temperature=_as_float("temperature", value("temperature")), top_p=_as_float("top_p", value("top_p")),
+        top_k=_as_int("top_k", value("top_k")), min_p=_as_float("min_p", value("min_p")),
+        repetition_penalty=_as_float("repetition_penalty", value("repetition_penalty")), seed=seed,
+        trace=bool(value("trace")),
     )
     return check_settings(limits, settings)
 

@@ -2,18 +2,19 @@
 
 markdown-it-py renders CommonMark plus tables and strikethrough with raw HTML turned off, so HTML in an answer is
 shown as text; images are off too (an answer must not make the browser fetch anything). Maths (``$...$``,
-``$$...$$``, ``\\(...\\)``, ``\\[...\\]``) becomes an element holding its TeX, which the page typesets with the KaTeX
-that Gradio ships (``assets/markdown.js``); code blocks are highlighted here by Pygments. Pure functions of plain
-values, like ``app.render``.
+``$$...$$``, ``\\(...\\)``, ``\\[...\\]``) is typeset here as MathML by latex2mathml, which browsers draw natively
+(nothing to load, nothing taken from another package's build files); its output is parsed and only MathML elements
+and attributes pass, anything else (``\\text{<script>}``, ``\\href``) leaves the TeX shown as text. Code blocks are
+highlighted here by Pygments. Pure functions of plain values, like ``app.render``.
 """
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
+from latex2mathml.converter import convert as latex_to_mathml
 from markdown_it import MarkdownIt
 from markdown_it.common.utils import escapeHtml
 from mdit_py_plugins.dollarmath import dollarmath_plugin
@@ -42,10 +43,41 @@ def _highlight(code: str, lang: str, attrs: str) -> str:
     return highlight(code, lexer, _FORMATTER)
 
 
+MATHML_NS = "http://www.w3.org/1998/Math/MathML"
+ElementTree.register_namespace("", MATHML_NS)
+MATHML_TAGS = {"math", "mrow", "mi", "mn", "mo", "ms", "mtext", "mspace", "msup", "msub", "msubsup", "mfrac", "msqrt",
+               "mroot", "mover", "munder", "munderover", "mtable", "mtr", "mtd", "mstyle", "mpadded", "mphantom",
+               "menclose", "mfenced", "merror", "semantics", "annotation", "mmultiscripts", "mprescripts", "none"}
+MATHML_ATTRS = {"display", "mathvariant", "stretchy", "fence", "separator", "lspace", "rspace", "columnalign",
+                "columnspacing", "rowspacing", "columnlines", "rowlines", "frame", "minsize", "maxsize", "accent",
+                "accentunder", "movablelimits", "linethickness", "width", "height", "depth", "form", "symmetric",
+                "largeop", "scriptlevel", "displaystyle", "notation", "open", "close", "separators", "align",
+                "rowalign", "voffset", "mathsize", "encoding"}
+MAX_TEX_CHARS = 5_000  # longer formulas are shown as their TeX: conversion time grows with them
+
+
+@lru_cache(maxsize=4096)
+def mathml(tex: str, block: bool) -> str | None:
+    """The formula as MathML with only MathML elements and attributes, or None where it cannot be drawn safely."""
+    if len(tex) > MAX_TEX_CHARS:
+        return None
+    try:
+        root = ElementTree.fromstring(latex_to_mathml(tex, display="block" if block else "inline"))
+    except Exception:  # noqa: BLE001 - any TeX the converter cannot take is shown as its source
+        return None
+    for el in root.iter():
+        namespace, _, tag = el.tag.rpartition("}")
+        if namespace != "{" + MATHML_NS or tag not in MATHML_TAGS or not set(el.attrib) <= MATHML_ATTRS:
+            return None
+    return ElementTree.tostring(root, encoding="unicode")  # text re-escaped on the way out
+
+
 def _math(kind: str, tag: str):
     def render(self: Any, tokens: list, idx: int, options: Any, env: Any) -> str:
-        tex = escapeHtml(tokens[idx].content.strip())
-        return f'<{tag} class="math {kind}" data-tex="{tex}">{tex}</{tag}>'
+        tex = tokens[idx].content.strip()
+        drawn = mathml(tex, kind == "block")
+        body = drawn if drawn is not None else f'<code class="tex">{escapeHtml(tex)}</code>'
+        return f'<{tag} class="math {kind}" data-tex="{escapeHtml(tex)}">{body}</{tag}>'
     return render
 
 
@@ -104,23 +136,6 @@ def depth_button(tokens: list[dict[str, Any]] | None, live: bool) -> str:
 
 
 # ---- what the page loads ----------------------------------------------------------------------------------------
-
-def gradio_katex() -> dict[str, str] | None:
-    """Gradio's own KaTeX build (its frontend bundles it for Markdown), as paths its server serves under /assets/."""
-    import gradio
-
-    assets = Path(gradio.__file__).parent / "templates" / "frontend" / "assets"
-    scripts = sorted(assets.glob("katex-*.js"))
-    styles = sorted(assets.glob("katex-*.css"))
-    if not scripts or not styles:
-        return None
-    return {"js": f"assets/{scripts[0].name}", "css": f"assets/{styles[0].name}"}
-
-
-def page_script(script: str) -> str:
-    """``assets/markdown.js`` with the KaTeX paths it loads."""
-    return f"const HUGINN_KATEX = {json.dumps(gradio_katex())};\n{script}"
-
 
 def code_css() -> str:
     """Pygments' colours for highlighted code, light and dark."""

@@ -20,7 +20,6 @@ import re
 import secrets
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import fields
 from typing import Any, Iterator
 
@@ -30,6 +29,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from .config import UserError
+from .gpu import Gate
 from .handlers import Studio
 from .inputs import check_text, settings_from_dict
 from .slot import public_name
@@ -65,60 +65,6 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": str(self), "type": self.kind, "param": self.param, "code": self.code}}
-
-
-# ---- one generation at a time, for the page and the API together -----------------------------------------------
-
-class Gate:
-    """At most ``limit`` generations at once and ``queue_size`` waiting (None: unbounded), shared by the page and
-    the API so both keep the server's one-at-a-time promise."""
-
-    def __init__(self, limit: int, queue_size: int | None) -> None:
-        self._slots = threading.BoundedSemaphore(max(1, limit))
-        self._lock = threading.Lock()
-        self.queue_size = queue_size
-        self.waiting = 0
-
-    def full(self) -> bool:
-        return self.queue_size is not None and self.waiting >= self.queue_size
-
-    @contextmanager
-    def hold(self, cancel: threading.Event | None = None) -> Iterator[bool]:
-        """Wait for a slot; yields False instead when ``cancel`` is set while waiting."""
-        with self._lock:
-            self.waiting += 1
-        got = False
-        try:
-            while not got and not (cancel is not None and cancel.is_set()):
-                got = self._slots.acquire(timeout=0.2)
-        finally:
-            with self._lock:
-                self.waiting -= 1
-        try:
-            yield got
-        finally:
-            if got:
-                self._slots.release()
-
-
-class GatedWork:
-    """``GpuWork`` (or the remote engine) behind a ``Gate``: the same interface the handlers use."""
-
-    def __init__(self, work: Any, gate: Gate) -> None:
-        self.work, self.gate = work, gate
-
-    def stream(self, messages: list[dict[str, str]], settings: engine.GenerationSettings,
-               cancel: threading.Event | None = None, owner: str = "") -> Iterator[Any]:
-        with self.gate.hold(cancel) as got:
-            if got:
-                yield from self.work.stream(messages, settings, cancel, owner)
-
-    def compare(self, messages: list[dict[str, str]], settings_list: list[engine.GenerationSettings],
-                cancel: threading.Event | None = None) -> list[engine.CompareResult]:
-        with self.gate.hold(cancel) as got:
-            if not got:
-                raise engine.PromptError("stopped before it started")
-            return self.work.compare(messages, settings_list, cancel)
 
 
 # ---- requests ---------------------------------------------------------------------------------------------------
@@ -164,7 +110,7 @@ def parse_messages(value: Any, studio: Studio) -> list[dict[str, str]]:
     if size > limits.max_prompt_chars:
         raise ApiError(400, f"the messages are {size:,} characters; the limit here is {limits.max_prompt_chars:,}",
                        "messages")
-    if limits.max_prompt_tokens is not None and (count := studio.count_tokens(out)) > limits.max_prompt_tokens:
+    if limits.max_prompt_tokens is not None and (count := studio.chat.count_tokens(out)) > limits.max_prompt_tokens:
         raise ApiError(400, f"the messages are {count:,} tokens; the limit here is {limits.max_prompt_tokens:,}",
                        "messages")
     return out
@@ -358,10 +304,9 @@ def models_body(studio: Studio) -> dict[str, Any]:
 
 
 def add_routes(app: FastAPI, studio: Studio, auth: Any = None) -> Gate:
-    """Serve the API on ``app`` (the page's FastAPI app) and put the page's generations behind the same gate."""
+    """Serve the API on ``app`` (the page's FastAPI app); its generations share the page's gate (``Studio.gate``)."""
     config = studio.config
-    gate = Gate(config.concurrency_limit, config.queue_size)
-    studio.gpu = GatedWork(studio.gpu, gate)
+    gate = studio.gate
     max_body = 8 * config.limits.max_prompt_chars + 65_536
 
     def error(err: ApiError) -> JSONResponse:

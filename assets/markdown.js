@@ -1,33 +1,7 @@
-// Answers as Markdown (rendered on the server): typeset their maths with the KaTeX that Gradio ships, and switch an
-// answer between its text and its per-token depth heatmap (the Depth button). Runs once per transcript component
-// (gr.HTML js_on_load, after transcript.js); the transcript is redrawn on every update, so both are reapplied.
+// Answers as Markdown (rendered on the server, maths as MathML): switch an answer between its text and its per-token
+// depth heatmap (the Depth button). Runs once per transcript component (gr.HTML js_on_load, after transcript.js);
+// the transcript is redrawn on every update, so the switch is reapplied.
 const depthShown = new Set();  // ids of the answers showing their heatmap, kept across redraws
-let katexLoad = null;
-
-function loadKatex() {
-  if (!HUGINN_KATEX) return Promise.resolve(null);
-  if (!katexLoad) {
-    const link = document.createElement('link');
-    link.rel = 'stylesheet';
-    link.href = new URL(HUGINN_KATEX.css, document.baseURI).href;
-    document.head.appendChild(link);
-    katexLoad = import(new URL(HUGINN_KATEX.js, document.baseURI).href).then((m) => m.default, () => null);
-  }
-  return katexLoad;
-}
-
-function typeset() {
-  const pending = [...element.querySelectorAll('.math[data-tex]:not([data-typeset])')];
-  if (!pending.length) return;
-  loadKatex().then((katex) => {
-    if (!katex) return;
-    for (const el of pending) {
-      el.setAttribute('data-typeset', '');
-      // KaTeX builds its own elements from the TeX (no HTML passes through); errors show as red source text.
-      katex.render(el.dataset.tex, el, { displayMode: el.classList.contains('block'), throwOnError: false });
-    }
-  });
-}
 
 function showDepth(msg, on) {
   msg.classList.toggle('show-depth', on);
@@ -55,7 +29,6 @@ function restore() {
     if (depthShown.has(msg.dataset.id) && !msg.classList.contains('show-depth')) showDepth(msg, true);
   }
   codeButtons();
-  typeset();
 }
 
 element.addEventListener('click', (event) => {

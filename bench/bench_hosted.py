@@ -38,7 +38,7 @@ def fill(studio: Studio, make: callable, budget_chars: int, budget_tokens: int) 
     low, high = 1, budget_chars
     while low < high:
         mid = (low + high + 1) // 2
-        if studio.count_tokens(make(mid)) <= budget_tokens:
+        if studio.chat.count_tokens(make(mid)) <= budget_tokens:
             low = mid
         else:
             high = mid - 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -10,7 +11,7 @@ import engine
 from app import handlers, render
 from app.handlers import AppConfig, Limits, ModelSlot, Studio, UserError, settings_from_form
 from app.views import model_messages
-from app.store import Store
+from app.store import Message, Store
 
 PAYLOAD = '<script>alert(1)</script><img src=x onerror="alert(2)"> ${value} {{this}}'
 
@@ -68,11 +69,11 @@ def test_agreement():
 # ---- settings -----------------------------------------------------------------------------------------------------
 
 def form(**kw):
-    values = dict(num_steps=16, adaptive=True, criterion="kl", threshold="0.0005 (default)", min_steps=2,
+    values = dict(num_steps=16, adaptive=True, criterion="kl", exit_threshold="0.0005 (default)", min_steps=2,
                   warm_start=False, temperature=0.0, top_p=1.0, top_k=0, min_p=0.0, repetition_penalty=1.0, seed=-1,
                   max_new_tokens=64)
     values.update(kw)
-    return settings_from_form(Limits(), *values.values())
+    return settings_from_form(Limits(), values)
 
 
 def test_form_builds_engine_settings():
@@ -84,7 +85,7 @@ def test_form_builds_engine_settings():
 
 @pytest.mark.parametrize("kw, field", [
     (dict(num_steps=129), "num_steps"), (dict(max_new_tokens=10**6), "max_new_tokens"),
-    (dict(threshold="lots"), "exit_threshold"), (dict(top_p=0), "top_p"), (dict(num_steps=2.5), "num_steps"),
+    (dict(exit_threshold="lots"), "exit_threshold"), (dict(top_p=0), "top_p"), (dict(num_steps=2.5), "num_steps"),
 ])
 def test_bad_form_values_name_the_field(kw, field):
     with pytest.raises(engine.SettingsError) as err:
@@ -101,8 +102,8 @@ def test_threshold_presets_centre_on_the_pinned_default():
 # ---- chat ---------------------------------------------------------------------------------------------------------
 
 def test_send_streams_and_stores_the_answer_with_its_steps(studio):
-    session = studio.new_session()
-    updates = run(studio.send(session, "Hello", "Be brief.", fixed(steps=4, tokens=6)))
+    session = studio.conversations.new_session()
+    updates = run(studio.chat.send(session, "Hello", "Be brief.", fixed(steps=4, tokens=6)))
     session = updates[-1][0]
     assert len(updates) >= 3 and "generating…" in updates[1][1] and "generating…" not in updates[-1][1]
     answer = studio.store.thread(session.owner, session.conversation_id)[-1]
@@ -113,14 +114,14 @@ def test_send_streams_and_stores_the_answer_with_its_steps(studio):
     assert answer.extra["system"] == "Be brief."
     assert answer.settings["num_steps"] == 4
     # Reopening shows the same heatmap from the store.
-    _, html = studio.open_conversation(studio.new_session(), session.conversation_id)
+    _, html = studio.conversations.open(studio.conversations.new_session(), session.conversation_id)
     assert html == updates[-1][1]
 
 
 def test_a_second_turn_reuses_the_first_and_says_so(studio):
     """The slot's prompt cache: the second turn's answer equals the same turn in a fresh app without the cache."""
-    session = run(studio.send(studio.new_session(), "Hello", "", fixed(steps=4, tokens=6)))[-1][0]
-    session, html = run(studio.send(session, "And more?", "", fixed(steps=4, tokens=6)))[-1]
+    session = run(studio.chat.send(studio.conversations.new_session(), "Hello", "", fixed(steps=4, tokens=6)))[-1][0]
+    session, html = run(studio.chat.send(session, "And more?", "", fixed(steps=4, tokens=6)))[-1]
     answer = studio.store.thread(session.owner, session.conversation_id)[-1]
     reused = answer.stats["reused_tokens"]
     assert 0 < reused < answer.stats["prompt_tokens"]
@@ -135,11 +136,11 @@ def test_a_second_turn_reuses_the_first_and_says_so(studio):
 
 
 def test_stop_keeps_the_partial_answer(studio):
-    session = studio.new_session()
-    gen = studio.send(session, "Tell me everything", "", fixed(steps=8, tokens=200))
+    session = studio.conversations.new_session()
+    gen = studio.chat.send(session, "Tell me everything", "", fixed(steps=8, tokens=200))
     for i, (session, _) in enumerate(gen):
         if i == 3:
-            studio.stop(session)
+            studio.chat.stop(session)
     answer = studio.store.thread(session.owner, session.conversation_id)[-1]
     assert answer.status == "cancelled" and answer.stats["stop_reason"] == "cancelled"
     assert 0 < answer.stats["tokens"] < 200
@@ -147,19 +148,19 @@ def test_stop_keeps_the_partial_answer(studio):
 
 
 def test_regenerate_and_edit_make_siblings_and_the_user_can_move_between_them(studio):
-    session = run(studio.send(studio.new_session(), "Question one", "", fixed()))[-1][0]
+    session = run(studio.chat.send(studio.conversations.new_session(), "Question one", "", fixed()))[-1][0]
     owner, cid = session.owner, session.conversation_id
     first = studio.store.thread(owner, cid)[-1]
-    session, html = run(studio.regenerate(session, "", fixed(steps=2)))[-1]
+    session, html = run(studio.chat.regenerate(session, "", fixed(steps=2)))[-1]
     second = studio.store.thread(owner, cid)[-1]
     assert second.parent_id == first.parent_id and second.id != first.id
     assert "2 / 2" in html
-    html = studio.select_sibling(session, first.id)
+    html = studio.conversations.select_sibling(session, first.id)
     assert f'data-id="{first.id}"' in html and f'data-id="{second.id}"' not in html
 
-    session, text = studio.start_edit(session)
+    session, text = studio.chat.start_edit(session)
     assert text == "Question one"
-    session = run(studio.send(session, "Question one, edited", "", fixed()))[-1][0]
+    session = run(studio.chat.send(session, "Question one, edited", "", fixed()))[-1][0]
     thread = studio.store.thread(owner, cid)
     edited = thread[-2]
     assert edited.content == "Question one, edited" and edited.parent_id is None
@@ -168,10 +169,10 @@ def test_regenerate_and_edit_make_siblings_and_the_user_can_move_between_them(st
 
 def test_empty_and_oversized_messages_are_refused(studio):
     with pytest.raises(UserError, match="Type a message"):
-        run(studio.send(studio.new_session(), "   ", "", fixed()))
+        run(studio.chat.send(studio.conversations.new_session(), "   ", "", fixed()))
     small = Studio(studio.slot, studio.store, AppConfig(limits=Limits(max_prompt_chars=10)))
     with pytest.raises(UserError, match="limit here is 10"):
-        run(small.send(small.new_session(), "x" * 11, "", fixed()))
+        run(small.chat.send(small.conversations.new_session(), "x" * 11, "", fixed()))
 
 
 def test_a_failing_generation_is_recorded_and_does_not_break_other_sessions(studio, monkeypatch):
@@ -182,34 +183,34 @@ def test_a_failing_generation_is_recorded_and_does_not_break_other_sessions(stud
         raise RuntimeError("GPU fell over")
 
     monkeypatch.setattr(engine, "stream", broken)
-    session, html = run(studio.send(studio.new_session(), "Hi", "", fixed()))[-1]
+    session, html = run(studio.chat.send(studio.conversations.new_session(), "Hi", "", fixed()))[-1]
     failed = studio.store.thread(session.owner, session.conversation_id)[-1]
     assert failed.status == "failed" and "GPU fell over" in failed.error and "GPU fell over" in html
     monkeypatch.setattr(engine, "stream", real_stream)
-    other = run(studio.send(studio.new_session(), "Hi", "", fixed()))[-1][0]
+    other = run(studio.chat.send(studio.conversations.new_session(), "Hi", "", fixed()))[-1][0]
     assert studio.store.thread(other.owner, other.conversation_id)[-1].status == "complete"
 
 
 def test_owners_see_only_their_own_conversations(studio):
-    mine = run(studio.send(studio.new_session(), "Private note", "", fixed()))[-1][0]
+    mine = run(studio.chat.send(studio.conversations.new_session(), "Private note", "", fixed()))[-1][0]
     stranger = handlers.Session("someone-else")
-    assert studio.conversation_choices(stranger) == []
-    assert studio.conversation_choices(mine, "Private")[0][1] == mine.conversation_id
+    assert studio.conversations.choices(stranger) == []
+    assert studio.conversations.choices(mine, "Private")[0][1] == mine.conversation_id
     with pytest.raises(Exception, match="not found"):
-        studio.open_conversation(stranger, mine.conversation_id)
+        studio.conversations.open(stranger, mine.conversation_id)
 
 
 def test_rename_delete_export_import(studio, tmp_path):
-    session = run(studio.send(studio.new_session(), "Export me", "", fixed()))[-1][0]
-    studio.rename(session, "Renamed chat")
-    assert studio.conversation_choices(session)[0][0] == "Renamed chat"
-    path = studio.export(session, "json", everything=False)
+    session = run(studio.chat.send(studio.conversations.new_session(), "Export me", "", fixed()))[-1][0]
+    studio.conversations.rename(session, "Renamed chat")
+    assert studio.conversations.choices(session)[0][0] == "Renamed chat"
+    path = studio.conversations.export(session, "json", everything=False)
     data = json.loads(open(path, encoding="utf-8").read())
     assert data["conversations"][0]["title"] == "Renamed chat"
-    assert "Export me" in open(studio.export(session, "md", everything=True), encoding="utf-8").read()
-    session, _ = studio.delete(session)
-    assert studio.conversation_choices(session) == []
-    session, html, count = studio.import_file(session, path)
+    assert "Export me" in open(studio.conversations.export(session, "md", everything=True), encoding="utf-8").read()
+    session, _ = studio.conversations.delete(session)
+    assert studio.conversations.choices(session) == []
+    session, html, count = studio.conversations.import_file(session, path)
     assert count == 1 and "Export me" in html and 'class="tok' in html
 
 
@@ -220,12 +221,12 @@ def test_compare_columns_agreement_and_saving(studio):
     settings = handlers.arena_settings(base, ["2", "8", "adaptive"], Limits())
     assert [s.label() for s in settings] == ["r=2", "r=8", "kl<0.0005, r<=8"]
     assert handlers.arena_settings(base, ["32", "adaptive"], Limits())[1].num_steps == 32
-    result = studio.compare("Hi", "", settings)
+    result = studio.arena.compare("Hi", "", settings)
     cols = result["columns"]
     assert len(cols) == 3 and all(0 < c["stats"]["tokens"] <= 5 for c in cols)
     assert cols[1]["stats"]["agreement"] == 1.0  # r=8 is the deepest fixed run here
     assert {t["steps"] for t in cols[0]["tokens"]} - {0} == {2}
-    session, html = studio.save_comparison(studio.new_session(), result)
+    session, html = studio.arena.save(studio.conversations.new_session(), result)
     saved = studio.store.thread(session.owner, session.conversation_id)[-1]
     assert saved.kind == "comparison" and len(saved.extra["columns"]) == 3
     assert html.count('class="col"') == 3
@@ -239,14 +240,14 @@ def test_arena_limits():
 
 
 def test_api_handlers_validate_settings(studio):
-    out = studio.chat_api("Hi", {"num_steps": 3, "max_new_tokens": 4, "seed": 0})
+    out = studio.chat.chat_api("Hi", {"num_steps": 3, "max_new_tokens": 4, "seed": 0})
     assert out["stats"]["tokens"] == 4 and {t["steps"] for t in out["tokens"]} - {0} == {3}
     with pytest.raises(engine.SettingsError, match="num_steps"):
-        studio.chat_api("Hi", {"num_steps": 0})
+        studio.chat.chat_api("Hi", {"num_steps": 0})
     with pytest.raises(engine.SettingsError, match="bogus"):
-        studio.chat_api("Hi", {"bogus": 1})
+        studio.chat.chat_api("Hi", {"bogus": 1})
     with pytest.raises(UserError, match="non-empty list"):
-        studio.compare_api("Hi", [])
+        studio.arena.compare_api("Hi", [])
 
 
 def test_model_slot_loads_another_model_and_explains_failures(studio, tiny_dir):
@@ -295,7 +296,7 @@ DAMAGE = [
 def test_a_damaged_record_shows_as_damaged_and_the_page_keeps_working(studio, columns, monkeypatch):
     from app.ui import Page, on_load
 
-    session = run(studio.send(studio.new_session(), "Hello", "", fixed()))[-1][0]
+    session = run(studio.chat.send(studio.conversations.new_session(), "Hello", "", fixed()))[-1][0]
     answer = studio.store.thread(session.owner, session.conversation_id)[-1]
     kind = columns.pop("kind", None)
     damage(studio.store.path, answer.id, **columns)
@@ -315,11 +316,11 @@ def test_a_damaged_record_shows_as_damaged_and_the_page_keeps_working(studio, co
     assert "Type a message" not in html and listing["choices"]
 
     # New conversation and Send still work, and the damaged conversation opens again.
-    fresh, html = studio.new_conversation(fresh)
+    fresh, html = studio.conversations.new(fresh)
     assert "Ask something" in html
-    after = run(studio.send(fresh, "Still here?", "", fixed()))[-1][0]
+    after = run(studio.chat.send(fresh, "Still here?", "", fixed()))[-1][0]
     assert studio.store.thread(after.owner, after.conversation_id)[-1].status == "complete"
-    _, html = studio.open_conversation(after, session.conversation_id)
+    _, html = studio.conversations.open(after, session.conversation_id)
     assert "damaged record" in html
 
 
@@ -338,23 +339,23 @@ def test_the_legend_costs_the_same_at_any_scale():
 
 
 def test_an_answer_left_partial_by_a_stopped_server_shows_as_interrupted(studio):
-    session = studio.new_session()
+    session = studio.conversations.new_session()
     cid = studio.store.create_conversation(session.owner).id
     question = studio.store.add_message(session.owner, cid, "user", "Question")
     writer = studio.store.begin_answer(session.owner, cid, question.id, settings={"num_steps": 4})
     writer.add_token("half an ans", 4)
     writer.flush()  # ...and the process is killed here: the answer is never finished
 
-    session, html = studio.open_conversation(session, cid)
+    session, html = studio.conversations.open(session, cid)
     assert "generating…" not in html and "interrupted" in html and "half an ans" in html
     assert 'data-action="regenerate"' in html  # the message's own button clicks the page's Regenerate
 
     # While this process writes an answer, every tab sees that one generating.
-    gen = studio.regenerate(session, "", fixed(tokens=30))
+    gen = studio.chat.regenerate(session, "", fixed(tokens=30))
     next(gen)
-    assert "generating…" in studio.open_conversation(session, cid)[1]
+    assert "generating…" in studio.conversations.open(session, cid)[1]
     gen.close()
-    session, html = run(studio.regenerate(session, "", fixed()))[-1]
+    session, html = run(studio.chat.regenerate(session, "", fixed()))[-1]
     assert "interrupted" not in html and "generating…" not in html and "3 / 3" in html
 
 
@@ -372,15 +373,15 @@ def capped(studio):
 
 def test_a_huge_system_prompt_is_refused_on_every_event_and_not_stored(capped):
     big = "s" * 3_000_000
-    session = capped.new_session()
+    session = capped.conversations.new_session()
     with pytest.raises(UserError, match=r"system_prompt: the system prompt is 3,000,000 characters; the limit"):
-        run(capped.send(session, "hi", big, fixed()))
+        run(capped.chat.send(session, "hi", big, fixed()))
     assert capped.store.list_conversations(session.owner) == []
-    session = run(capped.send(session, "hi", "short", fixed()))[-1][0]
-    for call in (lambda: run(capped.regenerate(session, big, fixed())),
-                 lambda: capped.compare("hi", big, [fixed()]),
-                 lambda: capped.chat_api("hi", {"num_steps": 2}, big),
-                 lambda: capped.compare_api("hi", [{"num_steps": 2}], big)):
+    session = run(capped.chat.send(session, "hi", "short", fixed()))[-1][0]
+    for call in (lambda: run(capped.chat.regenerate(session, big, fixed())),
+                 lambda: capped.arena.compare("hi", big, [fixed()]),
+                 lambda: capped.chat.chat_api("hi", {"num_steps": 2}, big),
+                 lambda: capped.arena.compare_api("hi", [{"num_steps": 2}], big)):
         with pytest.raises(UserError, match="system_prompt: .* limit here is 2,000"):
             call()
     stored = capped.store.messages(session.owner, session.conversation_id)
@@ -391,27 +392,27 @@ def test_a_huge_system_prompt_is_refused_on_every_event_and_not_stored(capped):
 def test_api_history_is_capped_by_messages_and_by_tokens(capped):
     empty = [{"role": "user", "content": ""}, {"role": "assistant", "content": ""}] * 500
     with pytest.raises(UserError, match="history: 1,000 messages; the limit here is 8"):
-        capped.chat_api("hi", {"num_steps": 2}, "", empty)
+        capped.chat.chat_api("hi", {"num_steps": 2}, "", empty)
     long_turns = [{"role": "user", "content": "w" * 400}, {"role": "assistant", "content": "v" * 400}]
     with pytest.raises(UserError, match=r"tokens; the limit here is 600"):
-        capped.chat_api("hi", {"num_steps": 2}, "", long_turns)
-    out = capped.chat_api("hi", {"num_steps": 2, "max_new_tokens": 3}, "", long_turns[:1])
+        capped.chat.chat_api("hi", {"num_steps": 2}, "", long_turns)
+    out = capped.chat.chat_api("hi", {"num_steps": 2, "max_new_tokens": 3}, "", long_turns[:1])
     assert 1 <= out["stats"]["tokens"] <= 3  # within the caps it answers (the model may end its turn early)
 
 
 def test_a_long_stored_history_is_trimmed_to_the_caps_in_few_token_counts(capped, monkeypatch):
     from app import inputs
 
-    thread = [handlers.Message(id=i, conversation_id=1, parent_id=i - 1 or None, role=("user", "assistant")[i % 2],
-                               kind="message", content=f"turn {i} " + "x " * 20, created="", updated="",
-                               status="complete") for i in range(1, 2002)]
+    thread = [Message(id=i, conversation_id=1, parent_id=i - 1 or None, role=("user", "assistant")[i % 2],
+                      kind="message", content=f"turn {i} " + "x " * 20, created="", updated="",
+                      status="complete") for i in range(1, 2002)]
     counted = []
-    real = capped.count_tokens
-    monkeypatch.setattr(capped, "count_tokens", lambda m: counted.append(len(m)) or real(m))
-    messages = capped.prompt_messages(thread, "Be brief.")
+    real = capped.chat.count_tokens
+    monkeypatch.setattr(capped.chat, "count_tokens", lambda m: counted.append(len(m)) or real(m))
+    messages = capped.chat.prompt_messages(thread, "Be brief.")
     assert messages[0]["role"] == "system" and messages[-1]["content"].startswith("turn 2001")
     assert len(messages) <= 1 + HOSTED_LIKE.max_history_messages
-    assert capped.count_tokens(messages) <= HOSTED_LIKE.max_prompt_tokens
+    assert capped.chat.count_tokens(messages) <= HOSTED_LIKE.max_prompt_tokens
     assert len(counted) <= 2 + 4  # a binary search over at most 8 turns, not one count per dropped turn
     # Tokens decide once messages fit: long turns within the message cap are trimmed to the token cap.
     few = inputs.fit_prompt([], [{"role": "user", "content": "y " * 100}] * 6, 600, real)
@@ -426,7 +427,7 @@ def test_a_long_stored_history_is_trimmed_to_the_caps_in_few_token_counts(capped
 ])
 def test_api_settings_of_the_wrong_type_or_over_the_caps_name_the_field(capped, settings, field):
     with pytest.raises((UserError, engine.SettingsError)) as err:
-        capped.chat_api("hi", settings)
+        capped.chat.chat_api("hi", settings)
     assert str(err.value).startswith(field), str(err.value)
 
 
@@ -439,28 +440,28 @@ def test_api_settings_of_the_wrong_type_or_over_the_caps_name_the_field(capped, 
 ])
 def test_api_arguments_of_the_wrong_type_name_the_field(capped, args, field):
     with pytest.raises(UserError) as err:
-        capped.chat_api(*args)
+        capped.chat.chat_api(*args)
     assert str(err.value).startswith(field), str(err.value)
 
 
 def test_compare_api_entries_of_the_wrong_type_name_their_place(capped):
     with pytest.raises(UserError, match=r"^settings\[0\]: must be an object"):
-        capped.compare_api("hi", [1, 2])
+        capped.arena.compare_api("hi", [1, 2])
     with pytest.raises(UserError, match=r"^settings\[1\]: must be an object"):
-        capped.compare_api("hi", [{"num_steps": 2}, "deep"])
+        capped.arena.compare_api("hi", [{"num_steps": 2}, "deep"])
 
 
 def test_page_values_from_a_script_are_checked(capped):
-    session = run(capped.send(capped.new_session(), "hi", "", fixed()))[-1][0]
+    session = run(capped.chat.send(capped.conversations.new_session(), "hi", "", fixed()))[-1][0]
     for bad in ("1; DROP TABLE", [1], None and 0, True, -3, 2**70):
         with pytest.raises(UserError, match="not a valid id"):
-            capped.select_sibling(session, bad)
+            capped.conversations.select_sibling(session, bad)
     with pytest.raises(UserError, match="conversation: not a valid id"):
-        capped.open_conversation(session, {"id": 1})
+        capped.conversations.open(session, {"id": 1})
     with pytest.raises(UserError, match="title: the text is 201"):
-        capped.rename(session, "t" * 201)
+        capped.conversations.rename(session, "t" * 201)
     with pytest.raises(UserError, match="search: the search is"):
-        capped.conversation_choices(session, "q" * 1001)
+        capped.conversations.choices(session, "q" * 1001)
     with pytest.raises(UserError, match="presets"):
         handlers.arena_settings(fixed(), ["4", "<b>"], HOSTED_LIKE)
     with pytest.raises(engine.SettingsError, match="temperature: must be a number"):
@@ -480,9 +481,9 @@ def test_each_hostile_import_gets_a_clear_message_and_the_app_keeps_serving(stud
     from app.ui.common import friendly
     from tests.hostile_corpus import cases
 
-    session = run(studio.send(studio.new_session(), "Before the files", "", fixed()))[-1][0]
+    session = run(studio.chat.send(studio.conversations.new_session(), "Before the files", "", fixed()))[-1][0]
     saved = studio.store.export_data(session.owner)["conversations"]
-    on_import = friendly(studio.import_file)
+    on_import = friendly(studio.conversations.import_file)
     corpus = list(cases())
     for i, case in enumerate(corpus):
         path = tmp_path / f"case-{i}.json"
@@ -490,7 +491,7 @@ def test_each_hostile_import_gets_a_clear_message_and_the_app_keeps_serving(stud
         if case.error is None:  # hostile text that is valid data: imported, drawn escaped
             imported, html, count = on_import(session, str(path))
             assert count >= 1 and "<script" not in html and "<img" not in html, case.name
-            studio.delete(imported)
+            studio.conversations.delete(imported)
         else:
             with pytest.raises(gr.Error) as err:
                 on_import(session, str(path))
@@ -501,15 +502,15 @@ def test_each_hostile_import_gets_a_clear_message_and_the_app_keeps_serving(stud
         fresh, html, listing, _, _ = on_load(Page(studio, None), None, None)
         assert fresh.conversation_id == session.conversation_id and "could not be shown" not in html, case.name
         assert "Before the files" in html and [cid for _, cid in listing["choices"]] == [session.conversation_id]
-    after = run(studio.send(studio.new_session(), "Still serving?", "", fixed()))[-1][0]
+    after = run(studio.chat.send(studio.conversations.new_session(), "Still serving?", "", fixed()))[-1][0]
     assert studio.store.thread(after.owner, after.conversation_id)[-1].status == "complete"
     assert len(corpus) > 100
 
 
 def test_a_speculative_answer_shows_and_stores_its_acceptance(studio):
     """Issue 21, bug 5: the acceptance stat was defined in the store but never reached the page."""
-    session = studio.new_session()
-    *_, (session, html) = run(studio.send(session, "hello", "", fixed(8, 10, draft_steps=2, lookahead=3)))
+    session = studio.conversations.new_session()
+    *_, (session, html) = run(studio.chat.send(session, "hello", "", fixed(8, 10, draft_steps=2, lookahead=3)))
     [_, answer] = studio.store.thread(session.owner, session.conversation_id)
     assert 0 <= answer.stats["acceptance"] <= 1
     assert f"{answer.stats['acceptance']:.0%} of drafted tokens kept" in html
@@ -521,10 +522,43 @@ def test_the_arena_adaptive_column_exits_as_the_chat_does(studio):
     base = fixed(8, 8)
     [column] = handlers.arena_settings(base, ["adaptive"], studio.limits)
     chat = base.replace(criterion="kl")
-    session = studio.new_session()
-    *_, (session, _) = run(studio.send(session, "hello", "", chat))
+    session = studio.conversations.new_session()
+    *_, (session, _) = run(studio.chat.send(session, "hello", "", chat))
     [_, answer] = studio.store.thread(session.owner, session.conversation_id)
-    result = studio.compare("hello", "", [column])
+    result = studio.arena.compare("hello", "", [column])
     [col] = result["columns"]
     assert col["stats"]["cache_strategy"] == answer.stats["cache_strategy"] == "latest-m4"
     assert [t["steps"] for t in col["tokens"]] == [t["steps"] for t in answer.tokens]
+
+
+def test_delete_all_removes_the_owners_export_files(studio):
+    """Issue 21, bug 4: exports stayed on disk after "Delete all my conversations" (a new temporary folder per
+    export, never removed); Gradio's own copies are removed by the page's delete_cache."""
+    session = run(studio.chat.send(studio.conversations.new_session(), "Export me", "", fixed()))[-1][0]
+    other = run(studio.chat.send(handlers.Session("someone-else"), "Keep mine", "", fixed()))[-1][0]
+    paths = [studio.conversations.export(session, fmt, everything) for fmt in ("json", "md") for everything in
+             (True, False)]
+    kept = studio.conversations.export(other, "json", True)
+    assert all(os.path.exists(p) for p in paths + [kept])
+    assert len({os.path.dirname(p) for p in paths}) == 1 and session.owner not in paths[0]
+    studio.conversations.delete_all(session)
+    assert not any(os.path.exists(p) for p in paths) and os.path.exists(kept)
+
+
+def test_the_page_removes_gradios_copies_of_downloads(studio):
+    from app.ui import EXPORT_CACHE_HOSTED, build_demo
+
+    assert build_demo(studio).delete_cache == (3600, 86_400)
+    assert EXPORT_CACHE_HOSTED[1] <= 300
+
+
+def test_the_depth_form_is_read_by_field_name():
+    """Issue 21: the form was a 14-item positional list on both sides; by name, order cannot shift a value into
+    another field, a missing field keeps the engine's default and an unknown one is named."""
+    shuffled = dict(reversed(list(dict(num_steps=12, adaptive=False, temperature=0.5, seed=7).items())))
+    s = settings_from_form(Limits(), shuffled)
+    assert (s.num_steps, s.temperature, s.seed, s.criterion) == (12, 0.5, 7, "none")
+    assert s.max_new_tokens == engine.GenerationSettings().max_new_tokens
+    with pytest.raises(engine.SettingsError) as err:
+        settings_from_form(Limits(), {"num_steps": 4, "nmu_steps": 5})
+    assert err.value.field == "nmu_steps"

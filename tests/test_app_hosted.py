@@ -201,12 +201,12 @@ def test_stop_cuts_the_stream_where_the_event_cannot_reach_the_gpu_process(pair,
         # Every token updates the page here, so Stop lands after the first token however short the answer.
         config = dataclasses.replace(hosted_config(), stream_interval=0.0)
         studio = Studio(slot, store, config, owners=OwnerKeys(b"x" * 32), gpu=GpuWork(slot, zero_gpu=True))
-        session, _ = studio.browser_session(None)
+        session, _ = studio.conversations.browser_session(None)
         settings = engine.GenerationSettings(num_steps=4, max_new_tokens=64)
-        turns = studio.send(session, "Tell a long story.", "", settings)
+        turns = studio.chat.send(session, "Tell a long story.", "", settings)
         for i, (session, _) in enumerate(turns):
             if i == 1:
-                studio.stop(session)
+                studio.chat.stop(session)
         answer = store.thread(session.owner, session.conversation_id)[-1]
         assert answer.status == "cancelled" and 0 < len(answer.tokens) < 64
 

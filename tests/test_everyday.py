@@ -26,35 +26,35 @@ def studio(tiny, tmp_path):
 
 def ask(studio: Studio, session, text: str, **settings):
     gen = engine.GenerationSettings(num_steps=3, max_new_tokens=4, seed=1, **settings)
-    for session, _ in studio.send(session, text, "", gen):
+    for session, _ in studio.chat.send(session, text, "", gen):
         pass
     return session
 
 
 def test_markdown_export_of_an_answer_with_a_depth_lens_trace(studio):
-    session = ask(studio, studio.new_session(), "What is 2 + 3?", trace=True)
+    session = ask(studio, studio.conversations.new_session(), "What is 2 + 3?", trace=True)
     assert studio.store.traces(session.owner, session.conversation_id)  # the answer has its trace
-    text = Path(studio.export(session, "md", everything=False)).read_text(encoding="utf-8")
+    text = Path(studio.conversations.export(session, "md", everything=False)).read_text(encoding="utf-8")
     assert "# What is 2 + 3?" in text and "## Assistant" in text
     answer = studio.store.thread(session.owner, session.conversation_id)[-1]
     assert answer.content in text
 
 
 def test_exports_and_the_model_tab_show_no_install_paths(studio, tiny_dir):
-    session = ask(studio, studio.new_session(), "hi")
+    session = ask(studio, studio.conversations.new_session(), "hi")
     folder = str(Path(tiny_dir).resolve())
     assert engine.model_info(studio.slot.pair[0]).name == folder  # the engine knows where it loaded from
     for fmt in ("json", "md"):
-        text = Path(studio.export(session, fmt, everything=True)).read_text(encoding="utf-8")
+        text = Path(studio.conversations.export(session, fmt, everything=True)).read_text(encoding="utf-8")
         assert folder not in text and "/tmp" not in text.replace("\\/", "/"), fmt
         assert Path(folder).name in text
     assert folder not in studio.model_summary() and Path(folder).name in studio.model_summary()
-    result = studio.compare("hi", "", [engine.GenerationSettings(num_steps=2, max_new_tokens=2)], session)
+    result = studio.arena.compare("hi", "", [engine.GenerationSettings(num_steps=2, max_new_tokens=2)], session)
     assert result["model"] == Path(folder).name
 
 
 def test_chat_titles_are_short_and_tell_conversations_apart(studio):
-    owner = studio.new_session().owner
+    owner = studio.conversations.new_session().owner
     titles = []
     for text in ["Explain recurrent depth in language models to a curious ten year old, please",
                  "Explain recurrent depth in language models to a curious ten year old, please", "hi", "hi", "hi"]:
@@ -68,20 +68,20 @@ def test_chat_titles_are_short_and_tell_conversations_apart(studio):
 
 
 def test_search_snippets_carry_no_bracket_marks(studio):
-    session = ask(studio, studio.new_session(), "ravens are clever birds")
-    labels = [label for label, _ in studio.conversation_choices(session, "clever")]
+    session = ask(studio, studio.conversations.new_session(), "ravens are clever birds")
+    labels = [label for label, _ in studio.conversations.choices(session, "clever")]
     assert labels and all("[" not in label and "]" not in label for label in labels), labels
     assert "clever" in labels[0]
 
 
 def test_compare_columns_name_their_text_as_chat_does(studio):
-    chat = studio.chat_api("Name a bird.", {"num_steps": 2, "max_new_tokens": 4})
-    columns = studio.compare_api("Name a bird.", [{"num_steps": 2, "max_new_tokens": 4},
+    chat = studio.chat.chat_api("Name a bird.", {"num_steps": 2, "max_new_tokens": 4})
+    columns = studio.arena.compare_api("Name a bird.", [{"num_steps": 2, "max_new_tokens": 4},
                                                   {"num_steps": 4, "max_new_tokens": 4}])
     assert columns[0]["text"] == chat["text"]  # same prompt and settings, same answer, under the same name
     assert all(c["text"] == c["content"] == "".join(t["text"] for t in c["tokens"]) for c in columns)
     # Saved into a conversation, the comparison keeps the store's own format.
-    session, _ = studio.save_comparison(studio.new_session(), studio.compare(
+    session, _ = studio.arena.save(studio.conversations.new_session(), studio.arena.compare(
         "Name a bird.", "", [engine.GenerationSettings(num_steps=2, max_new_tokens=2)]))
     saved = studio.store.thread(session.owner, session.conversation_id)[-1]
     assert saved.kind == "comparison" and "content" in saved.extra["columns"][0]
@@ -93,9 +93,9 @@ def test_num_steps_errors_state_the_servers_real_cap(studio):
         with pytest.raises(engine.SettingsError, match=f"num_steps: must be from 1 to {cap} here, got {bad}"):
             settings_from_dict(studio.limits, {"num_steps": bad})
     with pytest.raises(engine.SettingsError, match=f"from 1 to {cap} here"):
-        settings_from_form(studio.limits, 300, False, "kl", "", 0, False, 0, 1, 0, 0, 1, -1, 8)
+        settings_from_form(studio.limits, {"num_steps": 300})
     with pytest.raises(Exception, match=f"from 1 to {cap} here"):
-        studio.chat_api("hi", {"num_steps": 999})
+        studio.chat.chat_api("hi", {"num_steps": 999})
 
 
 def test_step_counts_are_singular_for_one():

@@ -18,16 +18,16 @@ def studio(tiny, tmp_path):
 
 
 def test_chat_returns_a_trace_only_when_asked(studio):
-    plain = studio.chat_api("The cat", {"num_steps": 4, "max_new_tokens": 5, "seed": 1})
+    plain = studio.chat.chat_api("The cat", {"num_steps": 4, "max_new_tokens": 5, "seed": 1})
     assert "trace" not in plain
-    out = studio.chat_api("The cat", {"num_steps": 4, "max_new_tokens": 5, "seed": 1, "trace": True,
+    out = studio.chat.chat_api("The cat", {"num_steps": 4, "max_new_tokens": 5, "seed": 1, "trace": True,
                                       "trace_top_k": 2})
     trace = check_trace(out["trace"])
     assert trace["top_k"] == 2 and [t["exit_step"] for t in trace["tokens"]] == [4] * len(trace["tokens"])
     assert [t["steps"] for t in out["tokens"] if t["steps"]] == [t["exit_step"] for t in trace["tokens"]]
     assert out["text"] == plain["text"]
     with pytest.raises(engine.SettingsError, match="trace_top_k"):
-        studio.chat_api("The cat", {"trace": True, "trace_top_k": 50})
+        studio.chat.chat_api("The cat", {"trace": True, "trace_top_k": 50})
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
 """Answers as the model wrote them, in the real headless Chromium: a conversation imported from a JSON file holding
-Markdown, LaTeX, code and an HTML payload shows rendered Markdown, KaTeX maths and highlighted code, runs nothing,
+Markdown, LaTeX, code and an HTML payload shows rendered Markdown, MathML maths and highlighted code, runs nothing,
 and keeps each answer's per-token heatmap one click away."""
 
 from __future__ import annotations
@@ -74,10 +74,11 @@ def test_imported_markdown_renders_with_maths_code_and_a_depth_toggle(app_url, b
     assert md.locator("ol li").count() == 2 and md.locator("table td").all_inner_texts() == ["3", "9"]
     assert md.locator("pre code span[class^='hl-']").count() > 3
     assert "def odd_sum(n):" in md.locator("pre code").inner_text()
-    # LaTeX, typeset by Gradio's KaTeX: inline $..$ and \(..\), and a display block.
-    page.wait_for_selector("#transcript .msg-text.md .math .katex", timeout=30_000)
-    assert md.locator(".math.inline .katex").count() >= 5
-    assert md.locator(".math.block .katex-display").count() == 1
+    # LaTeX as MathML, drawn by the browser: inline $..$ and \(..\), and a display block.
+    page.wait_for_selector("#transcript .msg-text.md .math math", timeout=30_000)
+    assert md.locator(".math.inline math").count() >= 5
+    assert md.locator('.math.block math[display="block"]').count() == 1
+    assert md.locator(".math math").first.bounding_box()["width"] > 5  # laid out, not an unknown element
     assert "Costs $5 and $6." in md.inner_text()  # currency is not maths
     # Every text escaped: the payload is shown as text in the question and the answer, nothing runs or loads.
     assert PAYLOAD in md.inner_text()

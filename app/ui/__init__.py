@@ -22,12 +22,17 @@ from .sidebar import SidebarPanel
 __all__ = ["build_demo", "launch"]
 
 log = logging.getLogger(__name__)
+EXPORT_CACHE_HOSTED = (60, 300)  # (every, older than) seconds
+EXPORT_CACHE_LOCAL = (3600, 86_400)
 
 
 def build_demo(studio: Studio) -> gr.Blocks:
     """The whole page. Launch it with ``launch(demo, ...)`` so the stylesheet and shortcuts come along."""
     config = studio.config
-    with gr.Blocks(title="Huginn Studio") as demo:
+    # Gradio keeps its own copy of every file a visitor downloads (exports): delete_cache removes those copies, soon
+    # when hosted (a visitor's "delete all" must not leave their conversations on the server's disk for long).
+    with gr.Blocks(title="Huginn Studio", delete_cache=EXPORT_CACHE_HOSTED if config.per_browser_owner else
+                   EXPORT_CACHE_LOCAL) as demo:
         page = Page(studio, gr.State(None))
         # Hosted: the browser keeps a random token (localStorage); the server derives the owner key from it.
         token = gr.BrowserState(None, storage_key="huginn-studio-browser",
@@ -75,10 +80,10 @@ def on_load(page: Page, stored: Any, token: Any) -> tuple:
     """A page load: the tab's session (from the browser's token when hosted), the latest conversation open. The
     session is made before anything is drawn, so a record that cannot be drawn never leaves the tab without one."""
     studio = page.studio
-    sess, token = (stored, None) if isinstance(stored, Session) else studio.browser_session(token)
+    sess, token = (stored, None) if isinstance(stored, Session) else studio.conversations.browser_session(token)
     try:
-        sess, html, recent = studio.open_latest(sess)
-        system_prompt = studio.last_system_prompt(sess)
+        sess, html, recent = studio.conversations.open_latest(sess)
+        system_prompt = studio.conversations.last_system_prompt(sess)
     except Exception as err:  # noqa: BLE001 - the page must load whatever one stored record holds
         log.exception("the latest conversation could not be opened")
         sess, recent, system_prompt = sess.opened(None), _choices(studio, sess), None
@@ -90,7 +95,7 @@ def on_load(page: Page, stored: Any, token: Any) -> tuple:
 
 def _choices(studio: Studio, sess: Session) -> list[tuple[str, int]]:
     try:
-        return studio.conversation_choices(sess)
+        return studio.conversations.choices(sess)
     except Exception:  # noqa: BLE001 - an empty list still lets the visitor start a new conversation
         log.exception("the conversation list could not be read")
         return []

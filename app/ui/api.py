@@ -16,13 +16,13 @@ def add_endpoints(studio: Studio) -> None:
              history: list | None = None) -> dict:
         """One answer: {"text", "tokens": [{"text", "steps", "exit_value"}], "stats", "settings"}.
         settings: engine.GenerationSettings fields by name, e.g. {"num_steps": 16}."""
-        return studio.chat_api(prompt, settings, system_prompt, history)
+        return studio.chat.chat_api(prompt, settings, system_prompt, history)
 
     def compare(prompt: str, settings: list, system_prompt: str = "") -> list:
         """One prompt at several settings, batched: a list of {"label", "settings", "tokens", "text", "stats"}
         (as /chat; "content" is the same text, kept for older clients) with stats["agreement"] against the
         deepest answer."""
-        return studio.compare_api(prompt, settings, system_prompt)
+        return studio.arena.compare_api(prompt, settings, system_prompt)
 
     for fn in (chat, compare):
         gr.api(friendly(fn, needs_session=False, escape=False), api_name=fn.__name__, concurrency_limit=limit,

@@ -52,7 +52,7 @@ class ArenaPanel:
 
     def wire(self, stop: Any) -> None:
         p = self.page
-        self.run.click(friendly(self.on_compare), [p.session, self.prompt, p.system, self.presets, *p.form],
+        self.run.click(friendly(self.on_compare), [p.session, self.prompt, p.system, self.presets, *p.form_inputs],
                        [self.result, self.columns, *self.plots], **p.gen_events, **PRIVATE)
         self.stop.click(stop, [p.session], None, queue=False, **PRIVATE)
         self.save.click(friendly(self.on_save), [p.session, self.result], [p.session, p.transcript, p.conv_list],
@@ -60,11 +60,11 @@ class ArenaPanel:
 
     def on_compare(self, sess: Session, text: str, system_prompt: str, presets: list[str], *values: Any) -> tuple:
         studio = self.page.studio
-        result = studio.compare(text, system_prompt, arena_settings(self.page.settings(values), presets,
+        result = studio.arena.compare(text, system_prompt, arena_settings(self.page.settings(values), presets,
                                                                     studio.limits), sess)
         return (result, render.columns(result["columns"]), *(plot_frame(result, key) for key, _, _ in PLOTS))
 
     def on_save(self, sess: Session, result: dict[str, Any] | None) -> tuple:
-        sess, html = self.page.studio.save_comparison(sess, result)
+        sess, html = self.page.studio.arena.save(sess, result)
         info("The comparison is saved in the conversation.")
         return sess, html, self.page.listing(sess)

@@ -6,8 +6,8 @@ from typing import Any, Callable, Iterator
 
 import gradio as gr
 
-from .. import markdown_view, render
-from ..handlers import EMPTY_CHAT
+from .. import render
+from ..conversations import EMPTY_CHAT
 from ..session import Session
 from .common import PRIVATE, Page, asset, friendly
 
@@ -17,7 +17,7 @@ class ChatPanel:
         self.page = page
         page.transcript = gr.HTML(render.transcript([], EMPTY_CHAT), elem_id="transcript", autoscroll=True,
                                   max_height=640,
-                                  js_on_load=asset("transcript.js") + markdown_view.page_script(asset("markdown.js")))
+                                  js_on_load=asset("transcript.js") + asset("markdown.js"))
         self.prompt = gr.Textbox(placeholder="Message Huginn (Enter sends, Shift+Enter new line, Esc stops)",
                                  lines=1, max_lines=12, show_label=False, elem_id="prompt", autofocus=True)
         with gr.Row():
@@ -29,7 +29,7 @@ class ChatPanel:
 
     def wire(self) -> None:
         p = self.page
-        form = [p.system, *p.form]
+        form = [p.system, *p.form_inputs]
         for trigger in (self.prompt.submit, self.send_btn.click):
             trigger(friendly(self.on_send), [p.session, self.prompt, *form],
                     [p.session, p.transcript, p.conv_list, p.status, self.prompt], show_progress_on=[p.status],
@@ -50,7 +50,7 @@ class ChatPanel:
 
     def on_send(self, sess: Session, text: str, system_prompt: str, *values: Any) -> Iterator[tuple]:
         gen = self.page.settings(values)
-        turn = lambda: self.page.studio.send(sess, text, system_prompt, gen)  # noqa: E731
+        turn = lambda: self.page.studio.chat.send(sess, text, system_prompt, gen)  # noqa: E731
         cleared = False
         for out in self._stream(sess, turn):
             # The box is emptied once, when the question is stored; later updates leave what is typed meanwhile.
@@ -59,19 +59,19 @@ class ChatPanel:
 
     def on_regenerate(self, sess: Session, system_prompt: str, *values: Any) -> Iterator[tuple]:
         gen = self.page.settings(values)
-        yield from self._stream(sess, lambda: self.page.studio.regenerate(sess, system_prompt, gen))
+        yield from self._stream(sess, lambda: self.page.studio.chat.regenerate(sess, system_prompt, gen))
 
     def on_edit(self, sess: Session) -> tuple:
-        sess, text = self.page.studio.start_edit(sess)
+        sess, text = self.page.studio.chat.start_edit(sess)
         return sess, text, render.banner("Editing your last question: send it to add a new version beside the "
                                          "old one.")
 
     def on_stop(self, sess: Any) -> None:
         if isinstance(sess, Session):
-            self.page.studio.stop(sess)
+            self.page.studio.chat.stop(sess)
 
     def on_transcript_click(self, sess: Session, evt: gr.EventData) -> Any:
         data = getattr(evt, "_data", None) or {}
         if not isinstance(data, dict) or data.get("action") != "sibling" or not data.get("message"):
             return gr.skip()
-        return self.page.studio.select_sibling(sess, data["message"])
+        return self.page.studio.conversations.select_sibling(sess, data["message"])

@@ -77,7 +77,7 @@ class Page:
     status: Any = None
     conv_list: Any = None  # sidebar
     system: Any = None  # depth panel
-    form: list[Any] = field(default_factory=list)
+    form: dict[str, Any] = field(default_factory=dict)  # the depth panel's widgets by settings field name
     banner: Any = None
 
     @property
@@ -86,8 +86,13 @@ class Page:
         config = self.studio.config
         return dict(concurrency_limit=config.concurrency_limit, concurrency_id=GEN, show_progress="minimal")
 
+    @property
+    def form_inputs(self) -> list[Any]:
+        """The depth panel's widgets as an event's trailing inputs; ``settings`` reads their values back by name."""
+        return list(self.form.values())
+
     def settings(self, values: tuple) -> engine.GenerationSettings:
-        return settings_from_form(self.studio.limits, *values)
+        return settings_from_form(self.studio.limits, dict(zip(self.form, values, strict=True)))
 
     def listing(self, sess: Session, query: str = "") -> dict[str, Any]:
-        return gr.update(choices=self.studio.conversation_choices(sess, query), value=sess.conversation_id)
+        return gr.update(choices=self.studio.conversations.choices(sess, query), value=sess.conversation_id)

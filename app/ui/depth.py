@@ -43,9 +43,12 @@ class DepthPanel:
             seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
             max_new_tokens = gr.Slider(1, limits.max_new_tokens, value=min(256, limits.max_new_tokens), step=1,
                                        label="Max new tokens", elem_id="max-new-tokens")
-        # The order settings_from_form takes them in.
-        page.form = [self.num_steps, adaptive, self.criterion, self.threshold, min_steps, warm_start, temperature,
-                     top_p, top_k, min_p, repetition_penalty, seed, max_new_tokens, trace]
+        # Each widget under the settings field it sets (app.inputs.FORM_FIELDS).
+        page.form = {"num_steps": self.num_steps, "adaptive": adaptive, "criterion": self.criterion,
+                     "exit_threshold": self.threshold, "min_steps": min_steps, "warm_start": warm_start,
+                     "temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": min_p,
+                     "repetition_penalty": repetition_penalty, "seed": seed, "max_new_tokens": max_new_tokens,
+                     "trace": trace}
 
     def wire(self) -> None:
         # On the user's choice only: a preset or the kept settings set criterion and threshold together.

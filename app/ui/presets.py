@@ -7,16 +7,13 @@ still goes through ``app.inputs``, which checks everything again.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import gradio as gr
 
-from ..inputs import settings_from_form, threshold_choices
+from ..inputs import threshold_choices
 from .common import PRIVATE, Page
 
-# The form's widgets by name: the order settings_from_form takes them in, then the system prompt.
-NAMES = (*tuple(inspect.signature(settings_from_form).parameters)[1:], "system")
 STORAGE_KEY = "huginn-studio-settings"
 # Not a secret: the settings are no one's private data, and the key must survive restarts of the server.
 LOCAL_SECRET = "huginn-studio-settings-v1"
@@ -31,7 +28,7 @@ def preset_names(default_steps: int, max_steps: int) -> dict[str, dict[str, Any]
         f"Model default: {default_steps} steps": {"num_steps": min(default_steps, max_steps), "adaptive": False},
         f"Thorough: {deep} steps": {"num_steps": deep, "adaptive": False},
         f"Adaptive: exit early, at most {deep} steps": {"num_steps": deep, "adaptive": True, "criterion": "kl",
-                                                         "threshold": threshold_choices("kl")[1], "min_steps": 0},
+                                                         "exit_threshold": threshold_choices("kl")[1], "min_steps": 0},
         "Defaults (every setting)": {},
     }
 
@@ -50,14 +47,19 @@ class KeptSettings:
                                     secret=owners.browser_state_secret() if owners else LOCAL_SECRET)
 
     @property
+    def names(self) -> list[str]:
+        """The depth form's settings fields (``Page.form``), then the system prompt."""
+        return [*self.page.form, "system"]
+
+    @property
     def widgets(self) -> list[Any]:
-        return [*self.page.form, self.page.system]
+        return [*self.page.form.values(), self.page.system]
 
     def wire(self) -> None:
         widgets = self.widgets
         defaults = [w.value for w in widgets]
         self.menu.input(lambda name: self.apply(name, defaults), [self.menu], widgets, **PRIVATE)
-        names = list(NAMES)
+        names = self.names
         # Saved in the browser alone (no server round trip) whenever a widget changes, by a preset or by hand.
         save = f"(...values) => Object.fromEntries({names!r}.map((name, i) => [name, values[i]]))"
         for widget in widgets:
@@ -69,12 +71,12 @@ class KeptSettings:
             return [gr.skip()] * len(defaults)
         if not preset:
             return list(defaults)
-        return [preset.get(n, gr.skip()) for n in NAMES]
+        return [preset.get(n, gr.skip()) for n in self.names]
 
     def restored(self, kept: Any) -> list[Any]:
         """The widgets' values from what the browser kept: each checked, or left as it is."""
         kept = kept if isinstance(kept, dict) else {}
-        return [checked(w, kept.get(n)) if n in kept else gr.skip() for n, w in zip(NAMES, self.widgets)]
+        return [checked(w, kept.get(n)) if n in kept else gr.skip() for n, w in zip(self.names, self.widgets)]
 
 
 def checked(widget: Any, value: Any) -> Any:

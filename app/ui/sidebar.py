@@ -54,38 +54,38 @@ class SidebarPanel:
 
     def on_open(self, sess: Session, conversation_id: Any) -> tuple:
         studio = self.page.studio
-        sess, html = studio.open_conversation(sess, conversation_id)
-        system_prompt = studio.last_system_prompt(sess)
+        sess, html = studio.conversations.open(sess, conversation_id)
+        system_prompt = studio.conversations.last_system_prompt(sess)
         return sess, html, gr.skip() if system_prompt is None else system_prompt
 
     def on_new(self, sess: Session) -> tuple:
-        sess, html = self.page.studio.new_conversation(sess)
+        sess, html = self.page.studio.conversations.new(sess)
         return sess, html, self.page.listing(sess)
 
     def on_search(self, sess: Session, query: str) -> dict:
-        return gr.update(choices=self.page.studio.conversation_choices(sess, query))
+        return gr.update(choices=self.page.studio.conversations.choices(sess, query))
 
     def on_rename(self, sess: Session, title: str) -> tuple:
-        self.page.studio.rename(sess, title)
+        self.page.studio.conversations.rename(sess, title)
         return self.page.listing(sess), ""
 
     def on_delete(self, sess: Session, ok: bool) -> tuple:
         if ok is not True:
             return gr.skip(), gr.skip(), gr.skip()
-        sess, html = self.page.studio.delete(sess)
+        sess, html = self.page.studio.conversations.delete(sess)
         return sess, html, self.page.listing(sess)
 
     def on_delete_all(self, sess: Session, ok: bool) -> tuple:
         if ok is not True:
             return gr.skip(), gr.skip(), gr.skip()
-        sess, html, count = self.page.studio.delete_all(sess)
+        sess, html, count = self.page.studio.conversations.delete_all(sess)
         info(f"Deleted {count} conversation(s).")
         return sess, html, self.page.listing(sess)
 
     def on_export(self, sess: Session, everything: bool, fmt: str) -> str:
-        return self.page.studio.export(sess, fmt, everything is True)
+        return self.page.studio.conversations.export(sess, fmt, everything is True)
 
     def on_import(self, sess: Session, file: Any) -> tuple:
-        sess, html, count = self.page.studio.import_file(sess, file)
+        sess, html, count = self.page.studio.conversations.import_file(sess, file)
         info(f"Imported {count} conversation(s).")
         return sess, html, self.page.listing(sess)
