@@ -204,9 +204,9 @@ class Completion:
         """The first event, so a prompt the model cannot take is a 400 before any chunk is sent."""
         try:
             return next(self.events, None)
-        except engine.PromptError as err:
+        except (engine.PromptError, engine.SettingsError) as err:  # a remote engine refuses some settings here
             self.close()
-            raise ApiError(400, str(err), "messages") from None
+            raise ApiError(400, str(err), getattr(err, "field", "messages")) from None
         except Exception:
             self.close()
             raise

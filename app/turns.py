@@ -131,7 +131,7 @@ class ChatTurns:
                 if time.perf_counter() - last >= self.config.stream_interval:
                     last = time.perf_counter()
                     yield
-        except engine.PromptError as err:
+        except (engine.PromptError, engine.SettingsError) as err:  # SettingsError: what a remote engine refuses
             writer.fail(str(err))
             return
         except Exception as err:  # noqa: BLE001 - one failed answer must not take the page down

@@ -151,18 +151,21 @@
     rows.forEach((t, r) => {
       t.top.forEach((ids, s) => {
         const at = ids.indexOf(t.token_id);
-        const p = at >= 0 ? num(t.probs[s][at]) : 0;
-        ctx.fillStyle = `rgba(60, 40, 140, ${0.06 + 0.94 * Math.min(Math.max(p, 0), 1)})`;
+        const p = Math.min(Math.max(at >= 0 ? num(t.probs[s][at]) : 0, 0), 1);
+        // Half the shade from p itself, half from how close to 1 it is (-log10(1 - p), up to 1e-6): a confident
+        // answer, 0.99 at step 2 and 0.999999 at step 8, still shows where it settled.
+        const settled = Math.min(-Math.log10(Math.max(1 - p, 1e-6)), 6) / 6;
+        ctx.fillStyle = `rgba(60, 40, 140, ${0.06 + 0.94 * (0.5 * p + 0.5 * settled)})`;
         ctx.fillRect(s * cell, r * h, cell, h);
       });
       if (t === tok) { ctx.strokeStyle = '#e8a000'; ctx.lineWidth = 2; ctx.strokeRect(1, r * h, canvas.width - 2, h); }
     });
     canvas.addEventListener('click', (event) => {
-      const r = Math.floor(event.offsetY / h);
+      const r = Math.floor(event.offsetY * canvas.height / canvas.clientHeight / h);  // the canvas may be scaled down
       if (rows[r]) show(source, rows[r].index);
     });
     const box = el('div', 'lens-image-box');
-    box.append(el('div', 'lens-title', `answer: ${rows.length} tokens × ${cols} steps (probability of the final token)`), canvas);
+    box.append(el('div', 'lens-title', `answer: ${rows.length} tokens × ${cols} steps (the final token's probability: darker = closer to 1, on a log scale near 1)`), canvas);
     return box;
   }
 

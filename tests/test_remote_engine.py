@@ -154,6 +154,11 @@ def test_a_server_without_steps_shows_the_fixed_depth_asked_for_and_says_so(tmp_
             assert "plain-llm" in out and "no per-token depth" in out
             answer = Client(url, verbose=False).predict(QUESTION, {"num_steps": 6, "max_new_tokens": 16},
                                                         api_name="/chat")
+            # The depth lens needs per-step depth: refused by name, through the page's OpenAI API too.
+            refused = httpx.post(f"{url}v1/chat/completions", timeout=60, json={
+                "messages": [{"role": "user", "content": QUESTION}], "trace": True})
+            assert refused.status_code == 400 and refused.json()["error"]["param"] == "trace", refused.text
+            assert "no depth lens" in refused.json()["error"]["message"]
     assert answer["text"] == "".join(WORDS)
     assert [t["steps"] for t in answer["tokens"]] == [6] * len(WORDS)
     assert "no per-token depth" in answer["stats"]["notice"] and "r=6" in answer["stats"]["notice"]
