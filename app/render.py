@@ -293,6 +293,11 @@ def transcript(messages: Sequence[MessageView], placeholder: str = "") -> str:
     return f'<div class="transcript">{"".join(_safe_message(m) for m in messages)}</div>'
 
 
+def live_tail(m: MessageView) -> str:
+    """The answer being written, drawn under the transcript: while it streams only this part is sent to the page."""
+    return f'<div class="transcript live-tail">{_safe_message(m)}</div>'
+
+
 def banner(text: str, kind: str = "info") -> str:
     return f'<div class="banner {esc(kind)}">{esc(text)}</div>' if text else ""
 

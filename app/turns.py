@@ -6,13 +6,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import engine
 
-from . import inputs
+from . import inputs, render
 from .config import Limits, UserError
-from .conversations import Conversations, Update, require_conversation
+from .conversations import Conversations, require_conversation
 from .gpu import EngineWork
 from .render import MessageView
 from .running import Running
@@ -22,6 +22,15 @@ from .store import AnswerWriter, Message
 from .views import message_views, model_messages
 
 log = logging.getLogger(__name__)
+
+
+class TurnUpdate(NamedTuple):
+    """One update of a streamed turn. While the answer grows only ``live`` changes (``transcript`` is None: keep the
+    one drawn before), so an update costs the answer's size, not the conversation's."""
+
+    session: Session
+    transcript: str | None  # the conversation without the answer being written; None: unchanged
+    live: str  # the answer being written ("" once the transcript holds it)
 
 
 class ChatTurns:
@@ -34,7 +43,7 @@ class ChatTurns:
         return self.config.limits
 
     def send(self, session: Session, text: Any, system: Any, settings: engine.GenerationSettings
-             ) -> Iterator[Update]:
+             ) -> Iterator[TurnUpdate]:
         """Add the user's message (a sibling of the edited one when editing) and stream the answer."""
         text = inputs.check_message(text, self.limits)
         system = inputs.check_system(system, self.limits)
@@ -47,7 +56,8 @@ class ChatTurns:
         user = self.store.add_message(session.owner, session.conversation_id, "user", text, parent_id=parent)
         yield from self._answer(session, user.id, system, settings)
 
-    def regenerate(self, session: Session, system: Any, settings: engine.GenerationSettings) -> Iterator[Update]:
+    def regenerate(self, session: Session, system: Any, settings: engine.GenerationSettings
+                   ) -> Iterator[TurnUpdate]:
         """A new answer to the last question, as a sibling of the current one."""
         system = inputs.check_system(system, self.limits)
         users = self._questions(session)
@@ -92,7 +102,7 @@ class ChatTurns:
 
     # -- answers --
     def _answer(self, session: Session, parent_id: int, system: str, settings: engine.GenerationSettings
-                ) -> Iterator[Update]:
+                ) -> Iterator[TurnUpdate]:
         owner, cid = session.owner, session.conversation_id
         self.store.set_current_leaf(owner, cid, parent_id, descend=False)
         thread = self.store.thread(owner, cid, parent_id)
@@ -106,16 +116,15 @@ class ChatTurns:
                            tokens=writer.tokens, settings=settings.to_dict())
         cancel = self.running.start(session)
         self.running.writing(writer.message_id, True)
-        transcript = self.conversations.transcript
         try:
-            yield session, transcript(session, live, base)
+            yield TurnUpdate(session, self.conversations.transcript(session, base=base), render.live_tail(live))
             for _ in self._write_answer(writer, messages, settings, cancel):
-                yield session, transcript(session, live, base)
+                yield TurnUpdate(session, None, render.live_tail(live))
         finally:
             self.running.end(session, cancel)
             self.running.writing(writer.message_id, False)
             writer.close()
-        yield session, transcript(session)
+        yield TurnUpdate(session, self.conversations.transcript(session), "")
 
     def _write_answer(self, writer: AnswerWriter, messages: list[dict[str, str]], settings: engine.GenerationSettings,
                       cancel: threading.Event) -> Iterator[None]:

@@ -11,14 +11,13 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import engine
-from engine.records import STATS, TOKEN, RecordError
 
 from .render import MessageView
 from .store import InvalidData, Message, RecordLimits, check_trace
 
 # What the store checks every write and import against: the engine's definitions of a token, the stats and the
 # settings (``engine.records``, ``engine.GenerationSettings``).
-STORE_LIMITS = RecordLimits(token=TOKEN, stats=STATS, settings_validator=engine.GenerationSettings.from_dict)
+STORE_LIMITS = RecordLimits(token=engine.TOKEN, stats=engine.STATS, settings_validator=engine.GenerationSettings.from_dict)
 STATUSES = ("complete", "cancelled", "failed", "partial", "interrupted")
 ROLES = ("user", "assistant", "system")
 
@@ -47,9 +46,9 @@ def clean_tokens(tokens: Any, damaged: list[str], name: str = "tokens") -> list[
         return None
     try:
         if not isinstance(tokens, list):
-            raise RecordError(name)
-        return [TOKEN.check(t) for t in tokens]
-    except RecordError:
+            raise engine.RecordError(name)
+        return [engine.TOKEN.check(t) for t in tokens]
+    except engine.RecordError:
         damaged.append(name)
         return None
 
@@ -58,7 +57,7 @@ def clean_stats(stats: Any, damaged: list[str], name: str = "stats") -> dict[str
     """A stored answer's well-formed stats (``engine.records.STATS``); any other one is named as damaged."""
     if stats is None:
         return None
-    good, bad = STATS.clean(stats)
+    good, bad = engine.STATS.clean(stats)
     if bad:
         damaged.append(name)
     return good

@@ -16,6 +16,7 @@ from .load import DEMO_MODEL, OFFICIAL_MODEL, QUANTIZATIONS, LoadError, ModelInf
 from .model import HuginnForCausalLM, HuginnOutput
 from .prompt_cache import PromptCache
 from .quantized_cache import CACHE_ENV as QUANTIZED_CACHE_ENV
+from .records import STATS, TOKEN, Record, RecordError
 from .settings import MAX_NUM_STEPS, GenerationSettings, SettingsError
 from .trace import MAX_TRACE_TOP_K, TRACE_VERSION, AnswerTrace, StepTrace, TokenTrace
 
@@ -27,7 +28,7 @@ __all__ = [
     "CRITERIA", "DEFAULT_THRESHOLDS", "DEMO_MODEL", "MAX_HISTORY_MESSAGES", "MAX_NUM_STEPS", "MAX_TRACE_TOP_K",
     "OFFICIAL_MODEL", "QUANTIZATIONS", "QUANTIZED_CACHE_ENV", "TRACE_VERSION", "AnswerTrace", "CacheStrategy",
     "CompareResult", "GenerationSettings", "HuginnConfig", "HuginnForCausalLM", "HuginnOutput", "LoadError",
-    "ModelInfo", "PromptCache", "PromptError", "RecurrentCache", "SettingsError", "StepTrace", "Summary", "TokenEvent",
-    "TokenTrace",
+    "ModelInfo", "PromptCache", "PromptError", "Record", "RecordError", "RecurrentCache", "STATS", "SettingsError",
+    "StepTrace", "Summary", "TOKEN", "TokenEvent", "TokenTrace",
     "compare", "load", "model_info", "stream",
 ]

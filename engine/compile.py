@@ -160,4 +160,5 @@ def compile_model(model, mode: str | None = None, layers: bool = True, one_threa
     model.core_step = _captured_core_step(model, model.core_step, report, mode, one_thread)
     model.compiled = mode
     model.compile_report = report
+    model.static_kv_cache = True
     return report

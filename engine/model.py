@@ -217,6 +217,8 @@ class HuginnForCausalLM(PreTrainedModel, GenerationMixin):
         # rebuilt in fp32 (see rotations), because a bf16 load would round this buffer.
         self.register_buffer("freqs_cis", self._freqs_cis_buffer(), persistent=True)
         self._rope_cache: Tensor | None = None
+        # Decoding with fixed-shape caches, for the captured core step; engine.compile.compile_model turns it on.
+        self.static_kv_cache = False
         self.post_init()
 
     # ---- weights ------------------------------------------------------------------------------------------------
@@ -339,11 +341,11 @@ class HuginnForCausalLM(PreTrainedModel, GenerationMixin):
 
     def new_cache(self, batch_size: int, strategy: str = "full", capacity: int = 64,
                   static: bool | None = None) -> RecurrentCache:
-        """A cache for ``capacity`` positions (it grows when needed). ``static`` (default: when the model was
-        compiled with ``engine.compile``) makes the fixed-shape cache that the captured core step needs."""
+        """A cache for ``capacity`` positions (it grows when needed). ``static`` (default: ``static_kv_cache``, which
+        ``engine.compile`` sets) makes the fixed-shape cache that the captured core step needs."""
         weight = self.transformer.wte.weight
         dtype = weight.dtype if weight.dtype.is_floating_point else torch.bfloat16
-        static = getattr(self, "compile_report", None) is not None if static is None else static
+        static = self.static_kv_cache if static is None else static
         pool = self.__dict__.setdefault("_static_kv_pool", {}) if static else None
         return RecurrentCache.for_model(self.config, batch_size, strategy, dtype, weight.device, capacity,
                                         static=static, pool=pool)

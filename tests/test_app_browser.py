@@ -110,7 +110,8 @@ def test_the_page_end_to_end(app_url, browser):
     page.evaluate("""() => {
         window.__partialTokens = [];
         new MutationObserver(() => {
-            const live = document.querySelector('#transcript .msg.assistant.partial');
+            // The answer being written is the transcript's live tail: only it travels while it streams.
+            const live = document.querySelector('#transcript .live-tail .msg.assistant.partial');
             if (live) window.__partialTokens.push(live.querySelectorAll('.tok').length);
         }).observe(document.body, {subtree: true, childList: true});
     }""")

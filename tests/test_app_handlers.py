@@ -105,7 +105,8 @@ def test_send_streams_and_stores_the_answer_with_its_steps(studio):
     session = studio.conversations.new_session()
     updates = run(studio.chat.send(session, "Hello", "Be brief.", fixed(steps=4, tokens=6)))
     session = updates[-1][0]
-    assert len(updates) >= 3 and "generating…" in updates[1][1] and "generating…" not in updates[-1][1]
+    assert len(updates) >= 3 and "generating…" in updates[1].live and "generating…" not in updates[-1].transcript
+    assert all(u.transcript is None for u in updates[1:-1]) and updates[-1].live == ""
     answer = studio.store.thread(session.owner, session.conversation_id)[-1]
     computed = [t for t in answer.tokens if t["steps"]]  # the rest is held-back text released at the end
     assert answer.status == "complete" and 0 < answer.stats["tokens"] == len(computed) <= 6
@@ -115,13 +116,13 @@ def test_send_streams_and_stores_the_answer_with_its_steps(studio):
     assert answer.settings["num_steps"] == 4
     # Reopening shows the same heatmap from the store.
     _, html = studio.conversations.open(studio.conversations.new_session(), session.conversation_id)
-    assert html == updates[-1][1]
+    assert html == updates[-1].transcript
 
 
 def test_a_second_turn_reuses_the_first_and_says_so(studio):
     """The slot's prompt cache: the second turn's answer equals the same turn in a fresh app without the cache."""
     session = run(studio.chat.send(studio.conversations.new_session(), "Hello", "", fixed(steps=4, tokens=6)))[-1][0]
-    session, html = run(studio.chat.send(session, "And more?", "", fixed(steps=4, tokens=6)))[-1]
+    session, html, _ = run(studio.chat.send(session, "And more?", "", fixed(steps=4, tokens=6)))[-1]
     answer = studio.store.thread(session.owner, session.conversation_id)[-1]
     reused = answer.stats["reused_tokens"]
     assert 0 < reused < answer.stats["prompt_tokens"]
@@ -138,7 +139,7 @@ def test_a_second_turn_reuses_the_first_and_says_so(studio):
 def test_stop_keeps_the_partial_answer(studio):
     session = studio.conversations.new_session()
     gen = studio.chat.send(session, "Tell me everything", "", fixed(steps=8, tokens=200))
-    for i, (session, _) in enumerate(gen):
+    for i, (session, *_) in enumerate(gen):
         if i == 3:
             studio.chat.stop(session)
     answer = studio.store.thread(session.owner, session.conversation_id)[-1]
@@ -151,7 +152,7 @@ def test_regenerate_and_edit_make_siblings_and_the_user_can_move_between_them(st
     session = run(studio.chat.send(studio.conversations.new_session(), "Question one", "", fixed()))[-1][0]
     owner, cid = session.owner, session.conversation_id
     first = studio.store.thread(owner, cid)[-1]
-    session, html = run(studio.chat.regenerate(session, "", fixed(steps=2)))[-1]
+    session, html, _ = run(studio.chat.regenerate(session, "", fixed(steps=2)))[-1]
     second = studio.store.thread(owner, cid)[-1]
     assert second.parent_id == first.parent_id and second.id != first.id
     assert "2 / 2" in html
@@ -183,7 +184,7 @@ def test_a_failing_generation_is_recorded_and_does_not_break_other_sessions(stud
         raise RuntimeError("GPU fell over")
 
     monkeypatch.setattr(engine, "stream", broken)
-    session, html = run(studio.chat.send(studio.conversations.new_session(), "Hi", "", fixed()))[-1]
+    session, html, _ = run(studio.chat.send(studio.conversations.new_session(), "Hi", "", fixed()))[-1]
     failed = studio.store.thread(session.owner, session.conversation_id)[-1]
     assert failed.status == "failed" and "GPU fell over" in failed.error and "GPU fell over" in html
     monkeypatch.setattr(engine, "stream", real_stream)
@@ -355,7 +356,7 @@ def test_an_answer_left_partial_by_a_stopped_server_shows_as_interrupted(studio)
     next(gen)
     assert "generating…" in studio.conversations.open(session, cid)[1]
     gen.close()
-    session, html = run(studio.chat.regenerate(session, "", fixed()))[-1]
+    session, html, _ = run(studio.chat.regenerate(session, "", fixed()))[-1]
     assert "interrupted" not in html and "generating…" not in html and "3 / 3" in html
 
 
@@ -510,7 +511,7 @@ def test_each_hostile_import_gets_a_clear_message_and_the_app_keeps_serving(stud
 def test_a_speculative_answer_shows_and_stores_its_acceptance(studio):
     """Issue 21, bug 5: the acceptance stat was defined in the store but never reached the page."""
     session = studio.conversations.new_session()
-    *_, (session, html) = run(studio.chat.send(session, "hello", "", fixed(8, 10, draft_steps=2, lookahead=3)))
+    *_, (session, html, _) = run(studio.chat.send(session, "hello", "", fixed(8, 10, draft_steps=2, lookahead=3)))
     [_, answer] = studio.store.thread(session.owner, session.conversation_id)
     assert 0 <= answer.stats["acceptance"] <= 1
     assert f"{answer.stats['acceptance']:.0%} of drafted tokens kept" in html
@@ -523,7 +524,7 @@ def test_the_arena_adaptive_column_exits_as_the_chat_does(studio):
     [column] = handlers.arena_settings(base, ["adaptive"], studio.limits)
     chat = base.replace(criterion="kl")
     session = studio.conversations.new_session()
-    *_, (session, _) = run(studio.chat.send(session, "hello", "", chat))
+    *_, (session, _, _) = run(studio.chat.send(session, "hello", "", chat))
     [_, answer] = studio.store.thread(session.owner, session.conversation_id)
     result = studio.arena.compare("hello", "", [column])
     [col] = result["columns"]

@@ -204,7 +204,7 @@ def test_stop_cuts_the_stream_where_the_event_cannot_reach_the_gpu_process(pair,
         session, _ = studio.conversations.browser_session(None)
         settings = engine.GenerationSettings(num_steps=4, max_new_tokens=64)
         turns = studio.chat.send(session, "Tell a long story.", "", settings)
-        for i, (session, _) in enumerate(turns):
+        for i, (session, *_) in enumerate(turns):
             if i == 1:
                 studio.chat.stop(session)
         answer = store.thread(session.owner, session.conversation_id)[-1]

@@ -166,3 +166,13 @@ def test_core_step_only_leaves_the_layers_eager():
     blocks = [*model.transformer.prelude, *model.transformer.core_block, *model.transformer.coda]
     assert all("begin" not in vars(b) and "end" not in vars(b) for b in blocks)  # the class's own methods
     assert "core_step" in vars(model) and model.compile_report is report
+
+
+def test_the_static_cache_is_chosen_by_its_own_switch():
+    """Issue 21: the static cache was switched on by whether a ``compile_report`` attribute existed."""
+    eager, model = _pair()
+    eager.compile_report = "anything"  # another attribute changes nothing
+    assert eager.static_kv_cache is False and not eager.new_cache(1).static
+    assert eager.new_cache(1, static=True).static
+    compile_model(model, layers=False)
+    assert model.static_kv_cache and model.new_cache(1).static

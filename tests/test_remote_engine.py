@@ -98,7 +98,7 @@ def test_chat_turns_are_stored_with_the_remote_steps(engine_server, tmp_path):
         studio = Studio(remote, store, remote.app_config(AppConfig()), gpu=remote)
         session = studio.conversations.new_session()
         settings = engine.GenerationSettings(num_steps=4, max_new_tokens=6, seed=1)
-        for session, _ in studio.chat.send(session, QUESTION, "", settings):
+        for session, *_ in studio.chat.send(session, QUESTION, "", settings):
             pass
         answer = store.thread(session.owner, session.conversation_id)[-1]
         assert answer.status == "complete" and answer.content and answer.model_id == "demo-model"

@@ -9,14 +9,17 @@ import gradio as gr
 from .. import render
 from ..conversations import EMPTY_CHAT
 from ..session import Session
+from ..turns import TurnUpdate
 from .common import PRIVATE, Page, asset, friendly
 
 
 class ChatPanel:
     def __init__(self, page: Page) -> None:
         self.page = page
+        # ``live`` holds the answer being written: while it streams, updates carry it alone (the conversation above
+        # it is sent once per turn), so an update costs the answer's size, not the whole conversation's.
         page.transcript = gr.HTML(render.transcript([], EMPTY_CHAT), elem_id="transcript", autoscroll=True,
-                                  max_height=640,
+                                  max_height=640, html_template="${value}${live}", live="",
                                   js_on_load=asset("transcript.js") + asset("markdown.js"))
         self.prompt = gr.Textbox(placeholder="Message Huginn (Enter sends, Shift+Enter new line, Esc stops)",
                                  lines=1, max_lines=12, show_label=False, elem_id="prompt", autofocus=True)
@@ -41,10 +44,11 @@ class ChatPanel:
         self.stop_btn.click(self.on_stop, [p.session], None, queue=False, **PRIVATE)
         p.transcript.click(friendly(self.on_transcript_click), [p.session], [p.transcript], **PRIVATE)
 
-    def _stream(self, sess: Session, make_turn: Callable[[], Iterator[tuple[Session, str]]]) -> Iterator[tuple]:
+    def _stream(self, sess: Session, make_turn: Callable[[], Iterator[TurnUpdate]]) -> Iterator[tuple]:
         first = True
-        for sess, html in make_turn():
-            yield sess, html, (self.page.listing(sess) if first else gr.skip()), ""
+        for sess, transcript, live in make_turn():
+            shown = gr.update(live=live) if transcript is None else gr.update(value=transcript, live=live)
+            yield sess, shown, (self.page.listing(sess) if first else gr.skip()), ""
             first = False
         yield sess, gr.skip(), self.page.listing(sess), ""
 
