@@ -113,9 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             remote = RemoteEngine(args.engine_url, args.engine_key, args.model)
         else:
             cache = quantized_cache_setting(args)
-            model, tokenizer = engine.load(args.model, quantization=args.quantization, device=args.device,
-                                           max_memory=args.max_memory, compile=args.compile,
-                                           quantized_cache=cache)
+            model, tokenizer, report = engine.load(args.model, quantization=args.quantization, device=args.device,
+                                                   max_memory=args.max_memory, compile=args.compile,
+                                                   quantized_cache=cache)
     except engine.LoadError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -128,18 +128,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StoreError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    slot = remote or ModelSlot(model, tokenizer, describe_source(args.model, engine.model_info(model).name),
-                               compile=args.compile)
+    slot = remote or ModelSlot(model, tokenizer, describe_source(args.model, report.source), compile=args.compile,
+                               report=report)
     if store.recovered_from:
         slot.note += f" The conversation database was damaged and moved aside to {store.recovered_from}."
     print(slot.note)
-    plan = None if remote else engine.model_info(model).plan
+    plan = None if remote else slot.info().plan
     if plan:
         print(f"Memory plan: {plan}")
     if args.compile and not remote:
         print(f"Compiled decoding (torch.compile, mode {model.compile_report.mode}): the first answer waits for the "
               "compiler.")
-    weights_cache = None if remote else engine.model_info(model).weights_cache
+    weights_cache = None if remote else report.weights.cache_note
     if weights_cache:
         print(f"{weights_cache[:1].upper()}{weights_cache[1:]} (--no-quantized-cache turns this off)")
     config = hosted.hosted_config() if is_hosted else AppConfig()

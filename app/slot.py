@@ -12,8 +12,10 @@ import engine
 class ModelSlot:
     """The model every session generates with. Swapping keeps running generations on the model they started with."""
 
-    def __init__(self, model: Any, tokenizer: Any, note: str = "", compile: bool = False) -> None:
+    def __init__(self, model: Any, tokenizer: Any, note: str = "", compile: bool = False,
+                 report: engine.LoadReport | None = None) -> None:
         self._pair = (model, tokenizer)
+        self._report = report  # how engine.load got the model (None: built otherwise)
         self.note = note
         self.compile = compile  # models loaded from the panel are compiled as the first one was (--compile)
         self.lock = threading.Lock()
@@ -24,7 +26,7 @@ class ModelSlot:
         return self._pair
 
     def info(self) -> engine.ModelInfo:
-        return engine.model_info(self._pair[0])
+        return engine.model_info(self._pair[0], self._report)
 
     def name(self) -> str:
         return public_name(self.info().name)
@@ -35,12 +37,12 @@ class ModelSlot:
     def load(self, source: str, quantization: str, tqdm_class: Any = None) -> engine.ModelInfo:
         """Load another model and make it current; raises engine.LoadError with a user-facing message."""
         with self.lock:
-            model, tokenizer = engine.load(source or "auto", quantization=quantization, tqdm_class=tqdm_class,
-                                           compile=self.compile)
-            self._pair = (model, tokenizer)
+            model, tokenizer, report = engine.load(source or "auto", quantization=quantization, tqdm_class=tqdm_class,
+                                                   compile=self.compile)
+            self._pair, self._report = (model, tokenizer), report
             self.prompt_cache.clear()  # the caches belong to the previous model
-            self.note = describe_source(source or "auto", engine.model_info(model).name)
-            return engine.model_info(model)
+            self.note = describe_source(source or "auto", report.source)
+            return self.info()
 
 
 def public_name(name: str) -> str:

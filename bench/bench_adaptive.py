@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--criterion", default="kl", choices=[c for c in engine.CRITERIA if c != "none"])
     parser.add_argument("--threshold", type=float, default=None, help="default: the engine's pinned value")
     args = parser.parse_args()
-    model, tok = engine.load(args.model, device="cpu")
+    model, tok, _ = engine.load(args.model, device="cpu")
     fixed = GenerationSettings(num_steps=args.steps, max_new_tokens=24, init_scale=0.0, seed=0)
     adaptive = fixed.replace(criterion=args.criterion, exit_threshold=args.threshold, cache_strategy=None)
     print(f"# {args.model}: fixed r={args.steps} vs {adaptive.label()}, {args.per_tier} held-out problems per tier")

@@ -58,7 +58,7 @@ def models(names: list[str]):
             if not (engine.DEMO_MODEL / "config.json").is_file():
                 print(f"# skipping the demo model: {engine.DEMO_MODEL} has no weights yet", file=sys.stderr)
                 continue
-            yield "demo", *engine.load(str(engine.DEMO_MODEL), device="cpu")
+            yield "demo", *engine.load(str(engine.DEMO_MODEL), device="cpu")[:2]
         elif name == "scaled":
             yield "official-layout-512", *scaled_official()
 

@@ -178,12 +178,12 @@ def measure(folder: Path, fmt: str, device: str, tokens: int, cache_dir: Path | 
     base_anon, base_file = _rss()
     started = time.perf_counter()
     with PeakRss() as peak:
-        model, tok = engine.load(str(folder), quantization=fmt, device=device,
-                                 quantized_cache=cache_dir if cache_dir is not None else False)
+        model, tok, report = engine.load(str(folder), quantization=fmt, device=device,
+                                         quantized_cache=cache_dir if cache_dir is not None else False)
     load_s = time.perf_counter() - started
     gpu_peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
     anon, file = _rss()
-    info = engine.model_info(model)
+    info = engine.model_info(model, report)
     settings = engine.GenerationSettings(num_steps=4, max_new_tokens=tokens, temperature=0.0, seed=0)
     events = [e for e in engine.stream(model, tok, [{"role": "user", "content": "Hello"}], settings)]
     summary = events[-1]

@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--load-dir", default=str(ROOT.parent / "shared" / "reference-goldens" / "tiny-1-2-1"))
     args = parser.parse_args()
     if args.model == "demo":
-        model, tok = engine.load(str(engine.DEMO_MODEL), device="cpu")
+        model, tok, _ = engine.load(str(engine.DEMO_MODEL), device="cpu")
     else:
         from bench.bench_decode import scaled_official
 
@@ -69,9 +69,9 @@ def main() -> None:
 
     print(f"\n{'format':<6} {'load s':>7} {'memory bytes':>13}   ({args.load_dir})")
     for quantization in ("none", "int8", "nf4"):
-        loaded = load_weights(Path(args.load_dir), quantization, "cpu", torch.float32)
+        loaded, weights = load_weights(Path(args.load_dir), quantization, "cpu", torch.float32)
         label = "fp32" if quantization == "none" else quantization
-        print(f"{label:<6} {loaded.load_seconds:>7.3f} {loaded.get_memory_footprint():>13,}")
+        print(f"{label:<6} {weights.seconds:>7.3f} {loaded.get_memory_footprint():>13,}")
     print(f"summary: compare() {solo / batched:.2f}x faster than one by one; stream/generate "
           f"{statistics.median(rates_stream) / statistics.median(rates_generate):.2f}")
 

@@ -157,7 +157,7 @@ def main() -> None:
                     checkpoint = Path(tmp) / "model"
                     base.save_pretrained(checkpoint)
                 dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-                model = load_weights(checkpoint, fmt, args.device, dtype)
+                model, _ = load_weights(checkpoint, fmt, args.device, dtype)
             if mode == "compiled":
                 compile_model(model)
             rate = decode_rate(model, args.steps, args.prompt, args.tokens, args.repeats)

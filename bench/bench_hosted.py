@@ -85,10 +85,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from gradio_client import Client
 
-    model, tokenizer = engine.load(args.model, device="cpu" if args.model == "auto" else "auto")
+    model, tokenizer, report = engine.load(args.model, device="cpu" if args.model == "auto" else "auto")
     data = Path(tempfile.mkdtemp())
     store = Store(data / "bench.db")
-    slot = ModelSlot(model, tokenizer, describe_source(args.model, engine.model_info(model).name))
+    slot = ModelSlot(model, tokenizer, describe_source(args.model, report.source), report=report)
     studio = Studio(slot, store, hosted_config(), owners=OwnerKeys(b"bench" * 8))
     demo = build_demo(studio)
     _, url, _ = launch(demo, prevent_thread_lock=True, quiet=True)
@@ -112,7 +112,7 @@ def main() -> None:
     demo.close()
     store.close()
 
-    print(f"model {engine.model_info(model).name} (context {slot.info().context} tokens), hosted caps: "
+    print(f"model {report.source} (context {slot.info().context} tokens), hosted caps: "
           f"{HOSTED_LIMITS}\n")
     print("| request | seconds alone | tokens generated |\n|---|---|---|")
     for (name, seconds), size in zip(alone.items(), sizes):

@@ -74,10 +74,10 @@ def main() -> None:
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
-    model, tokenizer = engine.load(args.model)
+    model, tokenizer, report = engine.load(args.model)
     settings = engine.GenerationSettings(num_steps=args.steps, max_new_tokens=args.tokens, seed=0)
     store = Store(Path(tempfile.mkdtemp()) / "bench.db")
-    slot = ModelSlot(model, tokenizer, describe_source(args.model, engine.model_info(model).name))
+    slot = ModelSlot(model, tokenizer, describe_source(args.model, report.source), report=report)
     demo = build_demo(Studio(slot, store, AppConfig()))
     _, url, _ = launch(demo, prevent_thread_lock=True, quiet=True)
     rows = []
@@ -97,7 +97,7 @@ def main() -> None:
             rows.append((eng, wall, shown, n_eng, n_page))
         browser.close()
     demo.close()
-    print(f"model {engine.model_info(model).name}, r={args.steps}, max {args.tokens} new tokens, greedy\n")
+    print(f"model {report.source}, r={args.steps}, max {args.tokens} new tokens, greedy\n")
     print("| run | engine.stream tok/s | page tok/s (wall, Enter to done) | page stats line tok/s | tokens |")
     print("|---|---|---|---|---|")
     for i, (eng, wall, shown, n_eng, n_page) in enumerate(rows, 1):

@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--lookahead", type=int, default=4)
     parser.add_argument("--per-tier", type=int, default=3)
     args = parser.parse_args()
-    model, tok = engine.load(args.model, device="cpu")
+    model, tok, _ = engine.load(args.model, device="cpu")
     plain = GenerationSettings(num_steps=args.steps, max_new_tokens=32, init_scale=0.0, seed=0)
     spec = plain.replace(draft_steps=args.draft, lookahead=args.lookahead)
     print(f"# {args.model}: plain r={args.steps} vs draft r={args.draft}, lookahead {args.lookahead}")

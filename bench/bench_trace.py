@@ -31,7 +31,7 @@ import torch
 torch.set_num_threads(1)
 import engine
 assert engine.__file__.startswith(sys.argv[1]), engine.__file__
-model, tokenizer = engine.load(sys.argv[2], device="cpu")
+model, tokenizer, _ = engine.load(sys.argv[2], device="cpu")
 extra = {"trace": True} if sys.argv[5] == "on" else {}
 settings = engine.GenerationSettings(num_steps=32, max_new_tokens=int(sys.argv[3]), seed=1, **extra)
 messages = [{"role": "user", "content": sys.argv[6]}]

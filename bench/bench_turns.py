@@ -120,7 +120,7 @@ def main() -> None:
             model, tok = scaled_official()
             label, words, answer_tokens = "official-layout-512", 40, 50
         elif name == "demo":
-            model, tok = engine.load(str(engine.DEMO_MODEL), device="cpu")
+            model, tok, _ = engine.load(str(engine.DEMO_MODEL), device="cpu")
             label, words, answer_tokens = "demo", 1, 4  # ten turns within its 256-token context
         else:
             raise SystemExit(f"unknown model {name!r}: use scaled or demo")

@@ -12,7 +12,8 @@ from .compat import attach_generate
 from .config import MODEL_TYPE, HuginnConfig
 from .exits import CRITERIA, DEFAULT_THRESHOLDS
 from .generate import MAX_HISTORY_MESSAGES, CompareResult, PromptError, Summary, TokenEvent, compare, stream
-from .load import DEMO_MODEL, OFFICIAL_MODEL, QUANTIZATIONS, LoadError, ModelInfo, load, model_info
+from .load import (DEMO_MODEL, OFFICIAL_MODEL, QUANTIZATIONS, Loaded, LoadError, LoadReport, ModelInfo, Weights, load,
+                   model_info)
 from .model import HuginnForCausalLM, HuginnOutput
 from .prompt_cache import PromptCache
 from .quantized_cache import CACHE_ENV as QUANTIZED_CACHE_ENV
@@ -28,6 +29,7 @@ __all__ = [
     "CRITERIA", "DEFAULT_THRESHOLDS", "DEMO_MODEL", "MAX_HISTORY_MESSAGES", "MAX_NUM_STEPS", "MAX_TRACE_TOP_K",
     "OFFICIAL_MODEL", "QUANTIZATIONS", "QUANTIZED_CACHE_ENV", "TRACE_VERSION", "AnswerTrace", "CacheStrategy",
     "CompareResult", "GenerationSettings", "HuginnConfig", "HuginnForCausalLM", "HuginnOutput", "LoadError",
+    "LoadReport", "Loaded", "Weights",
     "ModelInfo", "PromptCache", "PromptError", "Record", "RecordError", "RecurrentCache", "STATS", "SettingsError",
     "StepTrace", "Summary", "TOKEN", "TokenEvent", "TokenTrace",
     "compare", "load", "model_info", "stream",

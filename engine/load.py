@@ -20,7 +20,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import torch
 from safetensors import SafetensorError
@@ -44,6 +44,36 @@ logger = logging.getLogger(__name__)
 
 class LoadError(RuntimeError):
     """A model could not be loaded; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Weights:
+    """How ``load_weights`` got the weights."""
+
+    quantization: str  # bf16, fp32, none, int8 or nf4
+    seconds: float
+    cache_note: str = ""  # int8 / nf4: read from or saved to the quantized-weights cache, or why not
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What ``load`` did: returned beside the model, never kept on it."""
+
+    source: str  # what was asked for, resolved ("auto" becomes the model it chose)
+    weights: Weights
+    plan: MemoryPlan | None = None  # the memory plan of the format loaded
+    notice: str = ""  # a fallback made while loading, if any
+    auto_note: str = ""  # why "auto" chose this model
+
+    @property
+    def quantization(self) -> str:
+        return self.weights.quantization
+
+
+class Loaded(NamedTuple):
+    model: Any
+    tokenizer: Any
+    report: LoadReport
 
 
 @dataclass(frozen=True)
@@ -241,7 +271,7 @@ def load_weights(folder: Path, quantization: str, device: str, dtype: torch.dtyp
     bitsandbytes ("int8", "nf4"), in eval mode, placed on ``device`` as it is read (a device_map for every format)
     and holding no memory mapped from the checkpoint files. With a ``cache``, int8 / nf4 weights are read from its
     entry for this checkpoint when there is one, and saved into it after quantizing when there is not
-    (``model.weights_cache`` says which)."""
+    (``Weights.cache_note`` says which)."""
     fmt_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(quantization)
     dtype = dtype or fmt_dtype or compute_dtype(quantization, "cpu" if device == "cpu" else "cuda")
     if quantization in ("int8", "nf4"):
@@ -266,10 +296,7 @@ def load_weights(folder: Path, quantization: str, device: str, dtype: torch.dtyp
         if entry is not None:
             note = cache.save(loaded, entry, memory_bytes(loaded))
     loaded.eval()
-    loaded.load_seconds = time.perf_counter() - started
-    loaded.quantization = quantization
-    loaded.weights_cache = note
-    return loaded
+    return loaded, Weights(quantization, time.perf_counter() - started, note)
 
 
 def _cache_entry(cache: QuantizedCache | None, folder: Path, quantization: str, dtype: torch.dtype, device: str):
@@ -389,20 +416,21 @@ def load(
     max_memory: int | str | None = None,
     compile: bool = False,
     quantized_cache: bool | str | os.PathLike | None = None,
-):
-    """Load a Huginn model and its tokenizer, ready to generate. Returns ``(model, tokenizer)``.
+) -> Loaded:
+    """Load a Huginn model and its tokenizer, ready to generate. Returns ``Loaded(model, tokenizer, report)``: the
+    ``LoadReport`` says what was loaded and how (the plan, any fallback, the weights cache); nothing of it is kept
+    on the model.
 
     ``model``: "auto", a local folder, or a hub id. ``quantization``: "auto" (the memory plan's choice), "bf16",
     "fp32", "int8", "nf4" (bitsandbytes, also on the CPU) or "none" (unquantized in ``dtype``). ``device``: "auto",
     "cpu", "cuda" or "cuda:N". ``dtype`` is the compute dtype (by default bf16 on a GPU, fp32 on the CPU for
-    "none", int8 and nf4). ``max_memory`` ("6GB" or bytes) caps the memory the plan may use. The plan and any
-    fallback are on the model as ``memory_plan`` and ``load_notice``. ``compile`` prepares the compiled decode path
+    "none", int8 and nf4). ``max_memory`` ("6GB" or bytes) caps the memory the plan may use. ``compile`` prepares the compiled decode path
     (``engine.compile``: static KV caches, the core step as one CUDA graph on a GPU); the first answer compiles, and
     ``model.compile_report`` says what ran compiled.
 
     ``quantized_cache``: where int8 / nf4 weights are kept after their first quantization, so later loads skip it
     (``engine.quantized_cache``): None or True for the default folder (``$HUGINN_STUDIO_QUANTIZED_CACHE``, else the
-    user's cache folder), a path for another, False for no cache. ``model.weights_cache`` says what happened.
+    user's cache folder), a path for another, False for no cache. ``report.weights.cache_note`` says what happened.
     """
     if quantization not in QUANTIZATIONS:
         raise LoadError(f"unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}")
@@ -436,17 +464,15 @@ def load(
     plan = plan_memory(config, "cpu" if device == "cpu" else "cuda", free, requested,
                        cpu_bf16=device != "cpu" or cpu_has_fast_bf16())
     logger.info(plan.table())
-    loaded, notice = _load_planned(folder, plan, quantization == "auto", device,
-                                   dtype if quantization in ("none", "int8", "nf4") else None, cache)
-    loaded.source = name
-    loaded.memory_plan = loaded_plan = plan if loaded.quantization == plan.format else \
-        plan_memory(config, plan.device, free, loaded.quantization, cpu_bf16=device != "cpu" or cpu_has_fast_bf16())
-    loaded.load_notice = " ".join(n for n in (notice,) if n)
-    loaded.auto_note = auto_note
+    loaded, weights, notice = _load_planned(folder, plan, quantization == "auto", device,
+                                            dtype if quantization in ("none", "int8", "nf4") else None, cache)
+    loaded_plan = plan if weights.quantization == plan.format else \
+        plan_memory(config, plan.device, free, weights.quantization, cpu_bf16=device != "cpu" or cpu_has_fast_bf16())
+    report = LoadReport(name, weights, loaded_plan, notice, auto_note)
     if notice:
         logger.warning(notice)
-    logger.info("loaded %s in %.1f s: %s%s", name, loaded.load_seconds, loaded_plan.summary(),
-                f"; {loaded.weights_cache}" if loaded.weights_cache else "")
+    logger.info("loaded %s in %.1f s: %s%s", name, weights.seconds, loaded_plan.summary(),
+                f"; {weights.cache_note}" if weights.cache_note else "")
     if compile:
         from .compile import compile_model
 
@@ -460,7 +486,7 @@ def load(
                         "pass tokenizer=<folder with tokenizer.json>") from None
     if tok.chat_template is None:
         raise LoadError(f"the tokenizer in {tok_source} has no chat template; Huginn Studio formats chats with it")
-    return loaded, tok
+    return Loaded(loaded, tok, report)
 
 
 def _requested_format(quantization: str, device: str, dtype: torch.dtype | None) -> str:
@@ -483,7 +509,7 @@ def _load_planned(folder: Path, plan: MemoryPlan, auto: bool, device: str, dtype
                        f"{size(plan.usable_bytes)} is usable ({size(plan.free_bytes)} free)")
         else:
             try:
-                return load_weights(folder, fmt, device, dtype, cache), " ".join(notes)
+                return *load_weights(folder, fmt, device, dtype, cache), " ".join(notes)
             except _OutOfMemory as err:
                 problem = (f"loading in {fmt} ran out of memory ({err}); it needs about "
                            f"{size(plan.cost(fmt).total)} with its KV cache and "
@@ -505,24 +531,25 @@ def _looks_like_hub_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 
 
-def model_info(model) -> ModelInfo:
-    """What is loaded, for the model panel."""
-    plan = getattr(model, "memory_plan", None)
+def model_info(model, report: LoadReport | None = None) -> ModelInfo:
+    """What is loaded, for the model panel: the model, and how ``load`` got it (a model built otherwise has no
+    report: its name is its config's, its weights as they are)."""
+    plan = report.plan if report is not None else None
     weight = model.transformer.wte.weight
     return ModelInfo(
-        name=str(getattr(model, "source", model.config.name_or_path)),
+        name=report.source if report is not None else str(model.config.name_or_path),
         parameters=count_parameters(model),
         dtype=str(weight.dtype).replace("torch.", ""),
-        quantization=getattr(model, "quantization", "none"),
+        quantization=report.quantization if report is not None else "none",
         device=str(weight.device),
         memory_bytes=memory_bytes(model),
         num_steps_default=model.config.mean_recurrence,
         context=model.config.block_size,
         plan=plan.summary() if plan is not None else "",
-        notice=getattr(model, "load_notice", ""),
+        notice=report.notice if report is not None else "",
         suggested_depths=suggested_depths(model),
         depth_table=card_section(model.config.name_or_path, DEPTH_TABLE_HEADING),
-        weights_cache=getattr(model, "weights_cache", ""),
+        weights_cache=report.weights.cache_note if report is not None else "",
     )
 
 

@@ -2,7 +2,7 @@
 
 ``plan_memory`` is a pure function: config + device + free bytes + cache strategy + context + depth in, a
 ``MemoryPlan`` out, with weights + KV cache + activations for every format and the format chosen. ``engine.load``
-makes one before touching the weights, prints it, and keeps it on the model (``model.memory_plan``).
+makes one before touching the weights, prints it, and returns it in its ``LoadReport``.
 
 Choice, first that fits (weights + KV cache + activations within the usable memory):
 

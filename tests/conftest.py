@@ -97,7 +97,7 @@ def tiny_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny(tiny_dir):
     """(model, tokenizer) of the tiny checkpoint, loaded through engine.load."""
-    return engine.load(str(tiny_dir))
+    return engine.load(str(tiny_dir))[:2]
 
 
 def pytest_configure(config) -> None:

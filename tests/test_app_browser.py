@@ -48,11 +48,11 @@ def serving(tmp_path_factory) -> Iterator[tuple[str, Store]]:
     from app.ui import build_demo, launch
 
     if demo_model_ready():
-        model, tokenizer = engine.load("auto", device="cpu")
+        model, tokenizer, _ = engine.load("auto", device="cpu")
     else:
         from tests.conftest import make_checkpoint
 
-        model, tokenizer = engine.load(str(make_checkpoint(tmp_path_factory.mktemp("tiny") / "model")))
+        model, tokenizer, _ = engine.load(str(make_checkpoint(tmp_path_factory.mktemp("tiny") / "model")))
     store = Store(tmp_path_factory.mktemp("db") / "studio.db")
     slot = ModelSlot(model, tokenizer, describe_source("auto", engine.model_info(model).name))
     demo = build_demo(Studio(slot, store, AppConfig()))

@@ -164,10 +164,10 @@ def test_detection_reads_the_platform_variables(monkeypatch):
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     if demo_model_ready():
-        return engine.load("auto", device="cpu")
+        return engine.load("auto", device="cpu")[:2]
     from tests.conftest import make_checkpoint
 
-    return engine.load(str(make_checkpoint(tmp_path_factory.mktemp("tiny") / "model")))
+    return engine.load(str(make_checkpoint(tmp_path_factory.mktemp("tiny") / "model")))[:2]
 
 
 def test_gpu_durations_scale_with_depth_and_tokens():

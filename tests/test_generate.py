@@ -245,7 +245,7 @@ def test_a_prompt_that_cannot_fit_is_refused(tiny):
 def constant(tiny_dir):
     """The tiny checkpoint with the adapter zeroed: every state is 0 whatever the depth, every logit 0, so greedy
     decoding always picks token 0 and never a stop token."""
-    model, tok = engine.load(str(tiny_dir))
+    model, tok, _ = engine.load(str(tiny_dir))
     with torch.no_grad():
         model.transformer.adapter.weight.zero_()
     return model, tok

@@ -36,13 +36,13 @@ def _logits(model, steps=4):
 
 @pytest.mark.parametrize("quantization", ["int8", "nf4"])
 def test_bitsandbytes_on_cpu_is_close_and_smaller(wide_dir, quantization):
-    full, _ = engine.load(str(wide_dir))
-    quant, tok = engine.load(str(wide_dir), quantization=quantization)
+    full, _, _ = engine.load(str(wide_dir))
+    quant, tok, report = engine.load(str(wide_dir), quantization=quantization)
     reference, approx = _logits(full), _logits(quant)
     error = ((approx - reference).norm() / reference.norm()).item()
     assert error < RELATIVE_ERROR[quantization], error
     assert quant.get_memory_footprint() < 0.6 * full.get_memory_footprint()
-    info = engine.model_info(quant)
+    info = engine.model_info(quant, report)
     assert info.quantization == quantization and info.device == "cpu"
     layer = quant.transformer.core_block[0].attn.Wqkv
     assert type(layer).__name__ == ("Linear8bitLt" if quantization == "int8" else "Linear4bit")
@@ -54,7 +54,7 @@ def test_bitsandbytes_on_cpu_is_close_and_smaller(wide_dir, quantization):
 
 
 def test_load_returns_model_and_tokenizer(tiny_dir):
-    model, tok = engine.load(str(tiny_dir), device="cpu")
+    model, tok, _ = engine.load(str(tiny_dir), device="cpu")
     assert isinstance(model, engine.HuginnForCausalLM) and not model.training
     assert tok.chat_template
     info = engine.model_info(model)
@@ -127,19 +127,19 @@ def test_transformers_alone_keeps_the_checkpoint_mapped(wide_dir):
 
 @pytest.mark.parametrize("fmt", ["fp32", "bf16", "int8", "nf4"])
 def test_nothing_stays_mapped_from_the_checkpoint(wide_dir, fmt):
-    model, _ = engine.load(str(wide_dir), quantization=fmt)
+    model, _, report = engine.load(str(wide_dir), quantization=fmt)
     gc.collect()
     assert _mapped(wide_dir) == []
     with safe_open(str(wide_dir / "model.safetensors"), "pt") as f:
         saved = f.get_tensor("freqs_cis")
     assert torch.equal(model.freqs_cis.float(), saved.to(model.freqs_cis.dtype).float())
-    info = engine.model_info(model)
+    info = engine.model_info(model, report)
     assert info.quantization == fmt and info.plan.startswith(fmt + ",")
 
 
 @pytest.mark.parametrize("fmt", ["fp32", "bf16", "int8", "nf4"])
 def test_plan_weight_bytes_match_the_loaded_model(wide_dir, fmt):
-    model, _ = engine.load(str(wide_dir), quantization=fmt)
+    model, _, _ = engine.load(str(wide_dir), quantization=fmt)
     planned = weight_bytes(model.config, fmt, "cpu")
     measured = engine.model_info(model).memory_bytes
     assert abs(planned - measured) <= 0.01 * measured, (planned, measured)
@@ -147,8 +147,8 @@ def test_plan_weight_bytes_match_the_loaded_model(wide_dir, fmt):
 
 @pytest.mark.parametrize("fmt", ["int8", "nf4"])
 def test_quantized_parameter_count_equals_the_unquantized_one(wide_dir, fmt):
-    full, _ = engine.load(str(wide_dir), quantization="fp32")
-    quant, _ = engine.load(str(wide_dir), quantization=fmt)
+    full, _, _ = engine.load(str(wide_dir), quantization="fp32")
+    quant, _, _ = engine.load(str(wide_dir), quantization=fmt)
     assert engine.model_info(quant).parameters == engine.model_info(full).parameters
     assert engine.model_info(full).parameters == sum(p.numel() for p in full.parameters())
 
@@ -168,10 +168,10 @@ def _cap(folder, smaller: tuple[str, str], larger: tuple[str, str]) -> int:
 
 
 def test_auto_plans_a_smaller_format_when_memory_is_short(wide_dir):
-    model, _ = engine.load(str(wide_dir), max_memory=_cap(wide_dir, ("bf16", "total"), ("fp32", "total")))
+    model, _, report = engine.load(str(wide_dir), max_memory=_cap(wide_dir, ("bf16", "total"), ("fp32", "total")))
     assert model.transformer.wte.weight.dtype == torch.bfloat16
-    info = engine.model_info(model)
-    assert info.quantization == "bf16" and "fp32 needs" in model.memory_plan.reason
+    info = engine.model_info(model, report)
+    assert info.quantization == "bf16" and "fp32 needs" in report.plan.reason
 
 
 def test_explicit_format_that_cannot_fit_names_the_need_and_the_next_format(wide_dir):
@@ -186,7 +186,7 @@ def test_explicit_format_that_cannot_fit_names_the_need_and_the_next_format(wide
 
 
 def test_bitsandbytes_warnings_at_most_once(wide_dir, caplog):
-    model, tok = engine.load(str(wide_dir), quantization="int8")
+    model, tok, _ = engine.load(str(wide_dir), quantization="int8")
     with caplog.at_level(logging.WARNING):
         list(engine.stream(model, tok, [{"role": "user", "content": "hi"}],
                            engine.GenerationSettings(num_steps=4, max_new_tokens=4, seed=0)))
@@ -221,8 +221,8 @@ def test_auto_model_offline_says_so(monkeypatch, tmp_path):
 def test_load_with_compile_answers_through_the_captured_core_step(tiny_dir):
     from app.slot import ModelSlot
 
-    eager, tok = engine.load(str(tiny_dir), device="cpu")
-    compiled, _ = engine.load(str(tiny_dir), device="cpu", compile=True)
+    eager, tok, _ = engine.load(str(tiny_dir), device="cpu")
+    compiled, _, _ = engine.load(str(tiny_dir), device="cpu", compile=True)
     report = compiled.compile_report
     assert report.mode == "default" and not hasattr(eager, "compile_report")  # the default mode on the CPU
     settings = engine.GenerationSettings(num_steps=8, criterion="entropy-diff", max_new_tokens=6, seed=0)
@@ -240,3 +240,16 @@ def test_load_with_compile_answers_through_the_captured_core_step(tiny_dir):
     slot = ModelSlot(compiled, tok, compile=True)  # the model panel loads the next model the same way
     slot.load(str(tiny_dir), "auto")
     assert slot.pair[0].compile_report is not report and slot.pair[0].compile_report.mode == "default"
+
+
+def test_what_load_did_is_returned_not_kept_on_the_model(tiny_dir):
+    """Issue 21: the plan, the source, the format and the cache note were attributes stuck on the model."""
+    model, tok, report = engine.load(str(tiny_dir), device="cpu")
+    assert isinstance(report, engine.LoadReport) and report.source == str(tiny_dir)
+    assert report.quantization == "fp32" and report.plan.format == "fp32" and report.weights.seconds > 0
+    for name in ("memory_plan", "source", "quantization", "load_notice", "auto_note", "weights_cache", "load_seconds"):
+        assert name not in vars(model), name
+    info = engine.model_info(model, report)
+    assert info.name == str(tiny_dir) and info.plan == report.plan.summary()
+    bare = engine.model_info(model)  # a model built without engine.load
+    assert bare.quantization == "none" and bare.plan == "" and bare.name == model.config.name_or_path

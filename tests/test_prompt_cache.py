@@ -38,11 +38,11 @@ def models(tiny, tmp_path_factory):
     def get(name: str):
         if name not in loaded:
             if name == "demo":
-                loaded[name] = engine.load(engine.DEMO_MODEL)
+                loaded[name] = engine.load(engine.DEMO_MODEL)[:2]
             else:
                 folder = make_checkpoint(tmp_path_factory.mktemp("tiny242") / "model", seed=1, n_layers_in_prelude=2,
                                          n_layers_in_recurrent_block=4, n_layers_in_coda=2)
-                loaded[name] = engine.load(str(folder))
+                loaded[name] = engine.load(str(folder))[:2]
         return loaded[name]
     return get
 
@@ -164,7 +164,7 @@ def test_owners_do_not_share_and_a_new_model_empties_the_pool(pair, tiny):
     answer(pair, turn, settings, pool, owner="alice")
     assert answer(pair, turn, settings, pool, owner="bob")[1].reused_tokens == 0
     assert answer(pair, turn, settings, pool, owner="alice")[1].reused_tokens > 0
-    other = tiny if pair is not tiny else engine.load(engine.DEMO_MODEL)
+    other = tiny if pair is not tiny else engine.load(engine.DEMO_MODEL)[:2]
     answer(other, turn, settings, pool, owner="alice")
     assert len(pool) == 1  # only the other model's entry
 

@@ -48,14 +48,14 @@ def _mapped(folder):
 @pytest.mark.parametrize("fmt", QUANTIZED)
 def test_cached_load_equals_the_first_load(checkpoint, tmp_path, fmt):
     cache = tmp_path / "cache"
-    first, tok = engine.load(str(checkpoint), quantization=fmt, quantized_cache=cache)
-    assert first.weights_cache.startswith("quantized weights saved to")
+    first, tok, first_report = engine.load(str(checkpoint), quantization=fmt, quantized_cache=cache)
+    assert first_report.weights.cache_note.startswith("quantized weights saved to")
     assert len(_entries(cache)) == 1
     expected = _outputs(first, tok)
-    again, tok = engine.load(str(checkpoint), quantization=fmt, quantized_cache=cache)
+    again, tok, again_report = engine.load(str(checkpoint), quantization=fmt, quantized_cache=cache)
     entry = cache / _entries(cache)[0]
-    assert again.weights_cache == f"quantized weights read from the cache {entry}"
-    assert engine.model_info(again).weights_cache == again.weights_cache
+    assert again_report.weights.cache_note == f"quantized weights read from the cache {entry}"
+    assert engine.model_info(again, again_report).weights_cache == again_report.weights.cache_note
     logits, tokens = _outputs(again, tok)
     assert torch.equal(logits, expected[0]) and tokens == expected[1] and len(tokens) >= 1
     layer = again.transformer.core_block[0].attn.Wqkv
@@ -63,15 +63,15 @@ def test_cached_load_equals_the_first_load(checkpoint, tmp_path, fmt):
     assert layer.weight.dtype == {"int8": torch.int8, "nf4": torch.uint8}[fmt]
     if fmt == "nf4":
         assert layer.weight.quant_state.blocksize == 32  # Huginn's block size survives serialization
-    a, b = engine.model_info(first), engine.model_info(again)
+    a, b = engine.model_info(first, first_report), engine.model_info(again, again_report)
     assert (a.parameters, a.memory_bytes, a.name) == (b.parameters, b.memory_bytes, b.name)
     gc.collect()
     assert _mapped(entry) == []  # the cache's files, like the checkpoint's, stay unmapped
 
 
 def test_full_precision_formats_use_no_cache(checkpoint, tmp_path):
-    model, _ = engine.load(str(checkpoint), quantization="fp32", quantized_cache=tmp_path / "cache")
-    assert model.weights_cache == "" and not (tmp_path / "cache").exists()
+    model, _, model_report = engine.load(str(checkpoint), quantization="fp32", quantized_cache=tmp_path / "cache")
+    assert model_report.weights.cache_note == "" and not (tmp_path / "cache").exists()
 
 
 def test_key_changes_with_the_checkpoint_format_and_block_size(checkpoint, tmp_path):
@@ -97,10 +97,10 @@ def test_an_edited_config_is_not_answered_from_the_cache(checkpoint, tmp_path):
     engine.load(str(checkpoint), quantization="nf4", quantized_cache=cache)
     config = json.loads((checkpoint / "config.json").read_text())
     (checkpoint / "config.json").write_text(json.dumps({**config, "mean_recurrence": 5}))
-    model, _ = engine.load(str(checkpoint), quantization="nf4", quantized_cache=cache)
-    assert model.weights_cache.startswith("quantized weights saved to") and model.config.mean_recurrence == 5
-    again, _ = engine.load(str(checkpoint), quantization="nf4", quantized_cache=cache)
-    assert again.weights_cache.startswith("quantized weights read") and again.config.mean_recurrence == 5
+    model, _, model_report = engine.load(str(checkpoint), quantization="nf4", quantized_cache=cache)
+    assert model_report.weights.cache_note.startswith("quantized weights saved to") and model.config.mean_recurrence == 5
+    again, _, again_report = engine.load(str(checkpoint), quantization="nf4", quantized_cache=cache)
+    assert again_report.weights.cache_note.startswith("quantized weights read") and again.config.mean_recurrence == 5
 
 
 def test_a_changed_checkpoint_is_quantized_again_and_replaces_its_entry(checkpoint, tmp_path):
@@ -108,10 +108,10 @@ def test_a_changed_checkpoint_is_quantized_again_and_replaces_its_entry(checkpoi
     engine.load(str(checkpoint), quantization="nf4", quantized_cache=cache)
     old = _entries(cache)
     make_checkpoint(checkpoint, seed=1, weight_std=None)
-    model, tok = engine.load(str(checkpoint), quantization="nf4", quantized_cache=cache)
-    assert model.weights_cache.startswith("quantized weights saved to")
+    model, tok, model_report = engine.load(str(checkpoint), quantization="nf4", quantized_cache=cache)
+    assert model_report.weights.cache_note.startswith("quantized weights saved to")
     assert len(_entries(cache)) == 1 and _entries(cache) != old  # the stale entry is gone
-    fresh, _ = engine.load(str(checkpoint), quantization="nf4", quantized_cache=False)
+    fresh, _, fresh_report = engine.load(str(checkpoint), quantization="nf4", quantized_cache=False)
     assert torch.equal(_outputs(model, tok)[0], _outputs(fresh, tok)[0])
 
 
@@ -130,17 +130,17 @@ def test_a_writer_killed_before_the_rename_leaves_nothing_to_take(checkpoint, tm
     assert crashed.returncode == 9, crashed.stderr[-2000:]
     partial = [p for p in cache.iterdir() if p.name.startswith(".partial-")]
     assert len(partial) == 1 and (partial[0] / "model.safetensors").is_file() and _entries(cache) == []
-    model, tok = engine.load(str(checkpoint), quantization="nf4", quantized_cache=cache)
-    assert model.weights_cache.startswith("quantized weights saved to")
+    model, tok, model_report = engine.load(str(checkpoint), quantization="nf4", quantized_cache=cache)
+    assert model_report.weights.cache_note.startswith("quantized weights saved to")
     assert not partial[0].exists() and len(_entries(cache)) == 1
-    fresh, _ = engine.load(str(checkpoint), quantization="nf4", quantized_cache=False)
+    fresh, _, fresh_report = engine.load(str(checkpoint), quantization="nf4", quantized_cache=False)
     assert torch.equal(_outputs(model, tok)[0], _outputs(fresh, tok)[0])
 
 
 @pytest.mark.parametrize("damage", ["no_marker", "truncated", "garbage"])
 def test_a_damaged_entry_is_ignored_and_rebuilt(checkpoint, tmp_path, damage):
     cache = tmp_path / "cache"
-    first, tok = engine.load(str(checkpoint), quantization="int8", quantized_cache=cache)
+    first, tok, first_report = engine.load(str(checkpoint), quantization="int8", quantized_cache=cache)
     expected = _outputs(first, tok)
     entry = cache / _entries(cache)[0]
     weights = entry / "model.safetensors"
@@ -152,8 +152,8 @@ def test_a_damaged_entry_is_ignored_and_rebuilt(checkpoint, tmp_path, damage):
         weights.write_bytes(weights.read_bytes()[: size // 2])
     else:  # right size, unreadable contents: only loading it can tell
         weights.write_bytes(b"\0" * size)
-    model, tok = engine.load(str(checkpoint), quantization="int8", quantized_cache=cache)
-    assert model.weights_cache.startswith("quantized weights saved to")
+    model, tok, model_report = engine.load(str(checkpoint), quantization="int8", quantized_cache=cache)
+    assert model_report.weights.cache_note.startswith("quantized weights saved to")
     logits, tokens = _outputs(model, tok)
     assert torch.equal(logits, expected[0]) and tokens == expected[1]
     marker = json.loads((entry / MARKER).read_text())
@@ -163,13 +163,13 @@ def test_a_damaged_entry_is_ignored_and_rebuilt(checkpoint, tmp_path, damage):
 def test_opt_out_and_the_default_folder(checkpoint, tmp_path, monkeypatch):
     default = tmp_path / "default-cache"
     monkeypatch.setenv(engine.QUANTIZED_CACHE_ENV, str(default))
-    model, _ = engine.load(str(checkpoint), quantization="nf4", quantized_cache=False)
-    assert model.weights_cache == "" and not default.exists()
-    model, _ = engine.load(str(checkpoint), quantization="nf4")  # the default: the environment's folder
-    assert len(_entries(default)) == 1 and str(default) in model.weights_cache
+    model, _, model_report = engine.load(str(checkpoint), quantization="nf4", quantized_cache=False)
+    assert model_report.weights.cache_note == "" and not default.exists()
+    model, _, model_report = engine.load(str(checkpoint), quantization="nf4")  # the default: the environment's folder
+    assert len(_entries(default)) == 1 and str(default) in model_report.weights.cache_note
     monkeypatch.setenv(engine.QUANTIZED_CACHE_ENV, "off")
-    model, _ = engine.load(str(checkpoint), quantization="nf4")
-    assert model.weights_cache == ""
+    model, _, model_report = engine.load(str(checkpoint), quantization="nf4")
+    assert model_report.weights.cache_note == ""
 
 
 def test_cli_flags(tmp_path, monkeypatch):
