@@ -26,7 +26,7 @@ def studio(tiny, tmp_path):
 
 def ask(studio: Studio, session, text: str, **settings):
     gen = engine.GenerationSettings(num_steps=3, max_new_tokens=4, seed=1, **settings)
-    for session, _ in studio.chat.send(session, text, "", gen):
+    for session, *_ in studio.chat.send(session, text, "", gen):
         pass
     return session
 
