@@ -57,13 +57,15 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
         keep = depth.keep
 
-        def init(stored: Any, tok: Any, kept: Any) -> tuple:
+        def init(stored: Any, tok: Any, kept: Any = None) -> tuple:
             sess, html, listing, system, tok = on_load(page, stored, tok)
-            values = keep.restored(kept)  # the panel as this browser left it; the open conversation's system prompt
-            return (sess, html, listing, tok, *values[:-1], system if isinstance(system, str) else values[-1])
+            *values, kept_system = keep.restored(kept)  # the panel as this browser left it
+            # The open conversation's own system prompt wins over the kept one.
+            return sess, html, listing, system if isinstance(system, str) else kept_system, tok, *values
 
         demo.load(friendly(init, needs_session=False), [page.session, token, keep.kept],
-                  [page.session, page.transcript, page.conv_list, token, *keep.widgets], **PRIVATE)
+                  [page.session, page.transcript, page.conv_list, page.system, token, *keep.widgets[:-1]],
+                  **PRIVATE)
         sidebar.wire()
         chat.wire()
         arena.wire(chat.on_stop)
