@@ -28,9 +28,6 @@ class ModelSlot:
     def info(self) -> engine.ModelInfo:
         return engine.model_info(self._pair[0], self._report)
 
-    def name(self) -> str:
-        return public_name(self.info().name)
-
     def materialized(self, num_steps: float) -> int:
         return int(self._pair[0].config.materialized_parameters(max(1, round(num_steps))))
 

@@ -17,7 +17,7 @@ function copyText(text) {
 }
 
 function copied(button, text) {
-  const label = button.textContent;
+  const label = button.dataset.label || (button.dataset.label = button.textContent);  // a second click mid-"Copied"
   const done = (shown) => () => { button.textContent = shown; setTimeout(() => { button.textContent = label; }, 1200); };
   copyText(text).then(done('Copied'), done('Copy failed'));
 }

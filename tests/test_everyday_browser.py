@@ -291,5 +291,6 @@ def test_buttons_say_what_they_can_do_and_copy_works_on_plain_http(served, brows
 
     page.click("#new-conv")
     page.wait_for_function("!document.querySelector('#transcript .msg')")
-    page.wait_for_function("document.querySelector('#regen-btn').disabled && document.querySelector('#edit-btn').disabled")
+    page.wait_for_function("document.querySelector('#regen-btn').disabled && "
+                           "document.querySelector('#edit-btn').disabled")
     context.close()

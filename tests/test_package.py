@@ -127,7 +127,9 @@ def interpreter_without_torch() -> str | None:
     """Another Python of this version that has no torch (Debian's, beside a pyenv one), if the machine has one."""
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     for candidate in (f"/usr/bin/{version}", f"/usr/local/bin/{version}", shutil.which(version)):
-        if not candidate or not Path(candidate).is_file() or Path(candidate).resolve() == Path(sys.executable).resolve():
+        if not candidate or not Path(candidate).is_file():
+            continue
+        if Path(candidate).resolve() == Path(sys.executable).resolve():
             continue
         probe = subprocess.run([candidate, "-c", "import torch"], capture_output=True)
         if probe.returncode != 0:

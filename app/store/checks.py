@@ -112,4 +112,3 @@ def unique_title(title: str, taken: Collection[str]) -> str:
     if title not in taken:
         return title
     return next(f"{title} ({n})" for n in range(2, len(taken) + 3) if f"{title} ({n})" not in taken)
-

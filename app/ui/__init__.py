@@ -105,7 +105,8 @@ def _choices(studio: Studio, sess: Session) -> list[tuple[str, int]]:
 
 def page_js() -> str:
     """The page's scripts (each a ``() => {...}`` function) as the one function Gradio runs at load."""
-    return "() => {\n" + "".join(f"({asset(name).strip()})();\n" for name in ("shortcuts.js", "layout.js", "lens.js")) + "}"
+    scripts = ("shortcuts.js", "layout.js", "lens.js")
+    return "() => {\n" + "".join(f"({asset(name).strip()})();\n" for name in scripts) + "}"
 
 
 def launch(demo: gr.Blocks, **kwargs: Any) -> tuple[Any, str, str]:
