@@ -65,7 +65,8 @@ class Arena:
 def result(prompt: str, system: str, results: Sequence[engine.CompareResult], slot: ModelSlot) -> dict[str, Any]:
     """Columns (label, settings, tokens, text, stats with agreement) and which one is the reference. ``text`` as in
     ``/chat``; ``content`` is the same text under the name the store keeps saved comparisons' columns by."""
-    ids = [[e.token_id for e in r.events if e.token_id >= 0] for r in results]
+    # Token ids where the engine gives them; a remote server that sends none is compared by its pieces of text.
+    ids = [[e.token_id for e in r.events if e.token_id >= 0] or [e.text for e in r.events] for r in results]
     reference = max(range(len(results)), key=lambda i: (results[i].summary.mean_steps, -i))
     columns = []
     for r, token_ids in zip(results, ids):

@@ -11,7 +11,7 @@ from typing import Any, Iterator, NamedTuple, Sequence
 import engine
 
 from . import inputs, render
-from .config import Limits, UserError
+from .config import EngineError, Interrupted, Limits, UserError
 from .conversations import Conversations, require_conversation
 from .gpu import EngineWork
 from .render import MessageView
@@ -140,7 +140,10 @@ class ChatTurns:
                 if time.perf_counter() - last >= self.config.stream_interval:
                     last = time.perf_counter()
                     yield
-        except (engine.PromptError, engine.SettingsError) as err:  # SettingsError: what a remote engine refuses
+        except Interrupted as err:  # a remote stream cut short: what came is kept, never as a finished answer
+            writer.finish("interrupted", error=str(err))
+            return
+        except (engine.PromptError, EngineError, engine.SettingsError) as err:  # SettingsError: a remote refusal
             writer.fail(str(err))
             return
         except Exception as err:  # noqa: BLE001 - one failed answer must not take the page down
@@ -174,12 +177,13 @@ class ChatTurns:
         return messages
 
     def chat_api(self, prompt: Any, settings: Any = None, system_prompt: Any = "",
-                 history: Any = None) -> dict[str, Any]:
-        """One answer with its per-token steps, not saved in the store."""
+                 history: Any = None, cache_owner: str = "") -> dict[str, Any]:
+        """One answer with its per-token steps, not saved in the store. ``cache_owner`` names whose prompt caches
+        it may reuse (``hosted.api_cache_owner``)."""
         gen = inputs.settings_from_dict(self.limits, settings, default_steps=self.slot.info().num_steps_default)
         messages = self.api_messages(prompt, system_prompt, history)
         tokens, summary = [], None
-        for event in self.gpu.stream(messages, gen):
+        for event in self.gpu.stream(messages, gen, owner=cache_owner):
             if isinstance(event, engine.Summary):
                 summary = event
             else:

@@ -53,7 +53,7 @@ def test_wheel_holds_every_package_the_demo_model_and_the_page_assets(wheel):
     entry_points = meta.read(f"{dist_info}/entry_points.txt").decode()
     assert "huginn-studio = app.cli:main" in entry_points
     requires = meta.read(f"{dist_info}/METADATA").decode()
-    for needed in ("psutil", "pandas", "gradio", "openai"):
+    for needed in ("psutil", "pandas", "gradio", "httpx"):
         assert f"Requires-Dist: {needed}" in requires
 
 

@@ -59,6 +59,7 @@ class RecordLimits:
     token: RecordCheck | None = None
     stats: RecordCheck | None = None
     settings_validator: Callable[[dict[str, Any]], object] | None = None
+    max_system_chars: int | None = None  # a system prompt kept in a message's extra (the app's cap)
 
 
 # --------------------------------------------------------------------------------------- errors
