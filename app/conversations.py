@@ -68,7 +68,7 @@ class Conversations:
         query = inputs.check_text(query or "", "search", self.config.limits.max_query_chars, what="the search")
         if query.strip():
             return [(f"{h.title} — {h.snippet}" if h.message_id else h.title, h.conversation_id)
-                    for h in self.store.search(session.owner, query, limit=50)]
+                    for h in self.store.search(session.owner, query, limit=50, highlight=("", ""))]
         return [(str(c.title), c.id) for c in self.store.list_conversations(session.owner, limit=500)]
 
     def open(self, session: Session, conversation_id: Any) -> Update:

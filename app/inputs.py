@@ -126,6 +126,13 @@ def check_settings(limits: Limits, settings: engine.GenerationSettings) -> engin
     return settings
 
 
+def check_num_steps(limits: Limits, value: Any) -> Any:
+    """Out of range, the message gives this server's cap, not the engine's looser one (MAX_NUM_STEPS)."""
+    if isinstance(value, int) and not isinstance(value, bool) and not 1 <= value <= limits.max_num_steps:
+        raise engine.SettingsError("num_steps", f"must be from 1 to {limits.max_num_steps} here, got {value}")
+    return value
+
+
 # What the depth panel's widgets may set, by name: engine settings fields, and "adaptive" (the checkbox that turns
 # the criterion on; off means fixed depth).
 FORM_FIELDS = ("num_steps", "adaptive", "criterion", "exit_threshold", "min_steps", "warm_start", "temperature",
@@ -141,7 +148,7 @@ def settings_from_form(limits: Limits, form: dict[str, Any]) -> engine.Generatio
         raise engine.SettingsError(unknown[0], f"not a field of the depth panel (known: {', '.join(FORM_FIELDS)})")
     base = engine.GenerationSettings()
     value = lambda name: form.get(name, getattr(base, name, None))  # noqa: E731
-    num_steps = _as_int("num_steps", value("num_steps"))
+    num_steps = check_num_steps(limits, _as_int("num_steps", value("num_steps")))
     seed = value("seed")
     seed = None if seed is None or seed == "" or _as_int("seed", seed) < 0 else _as_int("seed", seed)
     adaptive = bool(form.get("adaptive", False))
@@ -190,6 +197,7 @@ def settings_from_dict(limits: Limits, data: Any, name: str = "settings", defaul
                         f"got {kind(data)}")
     if default_steps is not None:
         data = {"num_steps": min(default_steps, limits.max_num_steps), **data}
+    check_num_steps(limits, data.get("num_steps"))
     check_stop_strings(data.get("stop_strings"), limits)
     for key, value in data.items():
         if isinstance(value, str):

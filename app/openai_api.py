@@ -25,7 +25,6 @@ import secrets
 import threading
 import time
 from dataclasses import fields
-from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable
 from urllib.parse import urlsplit
 
@@ -38,6 +37,7 @@ from .gpu import Gate
 from .handlers import Studio
 from .hosted import api_cache_owner
 from .inputs import check_text, settings_from_dict
+from .slot import public_name
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,7 @@ class ApiError(Exception):
 
 def model_id(studio: Studio) -> str:
     """The served model's id: a hub id as it is, a local folder by its name (no server paths in public)."""
-    name = studio.slot.info().name
-    return Path(name).name if Path(name).is_absolute() else name
+    return public_name(studio.slot.info().name)
 
 
 def param_of(message: str) -> str | None:
@@ -349,8 +348,8 @@ class Completion:
         """The first event, so a prompt the model cannot take is a 400 before any chunk is sent."""
         try:
             return await self.next()
-        except engine.PromptError as err:
-            raise ApiError(400, str(err), "messages") from None
+        except (engine.PromptError, engine.SettingsError) as err:  # a remote engine refuses some settings here
+            raise ApiError(400, str(err), getattr(err, "field", "messages")) from None
 
     def _head(self, kind: str) -> dict[str, Any]:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
@@ -494,7 +493,8 @@ def models_body(studio: Studio) -> dict[str, Any]:
     depth = {"num_steps_default": min(info.num_steps_default, limits.max_num_steps),
              "max_num_steps": limits.max_num_steps, "max_new_tokens": limits.max_new_tokens,
              "max_prompt_chars": limits.max_prompt_chars, "context": info.context,
-             "criteria": list(engine.CRITERIA), "parameters": info.parameters, "quantization": info.quantization,
+             "criteria": list(engine.CRITERIA), "suggested_depths": list(info.suggested_depths),
+             "parameters": info.parameters, "quantization": info.quantization,
              "materialized_parameters": {"base": studio.slot.materialized(1) - per_step, "per_step": per_step}}
     entry = {"id": model_id(studio), "object": "model", "created": 0, "owned_by": OWNER, EXTENSION: depth}
     return {"object": "list", "data": [entry]}

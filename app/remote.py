@@ -188,7 +188,8 @@ class RemoteEngine:
         return engine.ModelInfo(
             name=self.model, parameters=int(depth.get("parameters") or 0), dtype="remote",
             quantization=str(depth.get("quantization", "unknown")), device=self.url, memory_bytes=0,
-            num_steps_default=max(1, default), context=int(depth.get("context") or 0))
+            num_steps_default=max(1, default), context=int(depth.get("context") or 0),
+            suggested_depths=tuple(d for d in depth.get("suggested_depths") or () if isinstance(d, int) and d > 0))
 
     def materialized(self, num_steps: float) -> int:
         size = (self.depth or {}).get("materialized_parameters") or {}
@@ -225,6 +226,9 @@ class RemoteEngine:
         message, anything else the server gets wrong ``EngineError``. ``owner`` is not sent: the remote server
         keeps its own prompt caches. The server is read in a thread of its own, so Stop and the wall time take
         effect within ``POLL_S`` even while the server is silent."""
+        if settings.trace and self.depth is None:
+            raise engine.SettingsError("trace", f"the engine at {self.url} gives no per-step depth, so no depth "
+                                                "lens; ask without \"trace\" or use a Huginn Studio server")
         start = time.perf_counter()
         events: queue.Queue = queue.Queue()
         gone = threading.Event()  # nobody reads any more: the reader drops the connection at its next bytes

@@ -49,6 +49,11 @@ def human_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
+def plural(n: int, word: str) -> str:
+    """'1 step', '2 steps'."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def bucket(steps: int, scale: int) -> int:
     """Colour class of a token that took ``steps`` recurrences on a 1..``scale`` step scale."""
     if scale <= 1:
@@ -76,7 +81,7 @@ def heatmap(tokens: Sequence[dict[str, Any]], scale: int) -> str:
         if steps == 0:  # text the engine released at the end (held-back bytes), computed by no step of its own
             parts.append(f'<span class="tok tail" title="held-back text released at the end">{esc(text)}</span>')
             continue
-        tip = f"token {i + 1}: {steps} steps, exit value {_exit_text(tok.get('exit_value'))}"
+        tip = f"token {i + 1}: {plural(steps, 'step')}, exit value {_exit_text(tok.get('exit_value'))}"
         parts.append(f'<span class="tok d{bucket(steps, scale)}" data-i="{i}" data-steps="{steps}" title="{esc(tip)}">'
                      f"{esc(text)}</span>")
     return "".join(parts)
@@ -291,6 +296,8 @@ def _meta(m: MessageView) -> list[str]:
     return meta
 
 
+LENS_HINT = ('<div class="lens-hint">Depth lens recorded: press Depth, then click any token to see how it '
+             "converged over the steps.</div>")
 REGENERATE = ('<button class="regen" data-action="regenerate" title="answer this question again">'
               "Regenerate</button>")
 
@@ -308,7 +315,7 @@ def message(m: MessageView) -> str:
         body = (markdown_view.answer(m.content, m.tokens, answer_body(m.tokens, m.content, scale), live)
                 if m.role == "assistant" else f'<div class="msg-text">{answer_body(m.tokens, m.content, scale)}</div>')
         footer = (stats_line(m.stats) + (legend(scale) if m.tokens else "") + wavefront(m.stats)
-                  + lens_holder(m.trace) if m.role == "assistant" else "")
+                  + lens_holder(m.trace) + (LENS_HINT if m.trace and m.tokens else "") if m.role == "assistant" else "")
     error = f'<div class="error">{esc(m.error)}</div>' if m.error else ""
     if m.status == "interrupted":
         error += ('<div class="error">The answer was cut off when the server stopped. '

@@ -17,7 +17,7 @@ from .gpu import EngineWork
 from .render import MessageView
 from .running import Running
 from .session import Session
-from .slot import ModelSlot
+from .slot import ModelSlot, public_name
 from .store import AnswerWriter, Message
 from .views import message_views, model_messages
 
@@ -110,7 +110,7 @@ class ChatTurns:
         base = message_views(self.store.sibling_ids(owner, cid), thread)
         info = self.slot.info()
         writer = self.store.begin_answer(
-            owner, cid, parent_id, model_id=info.name, quantization=info.quantization,
+            owner, cid, parent_id, model_id=public_name(info.name), quantization=info.quantization,
             settings=settings.to_dict(), extra={"system": system} if system.strip() else None)
         live = MessageView(id=writer.message_id, role="assistant", content="", status="partial",
                            tokens=writer.tokens, settings=settings.to_dict())
@@ -143,7 +143,7 @@ class ChatTurns:
         except Interrupted as err:  # a remote stream cut short: what came is kept, never as a finished answer
             writer.finish("interrupted", error=str(err))
             return
-        except (engine.PromptError, EngineError) as err:
+        except (engine.PromptError, EngineError, engine.SettingsError) as err:  # SettingsError: a remote refusal
             writer.fail(str(err))
             return
         except Exception as err:  # noqa: BLE001 - one failed answer must not take the page down

@@ -339,7 +339,7 @@ def form(num_steps: int = 4, max_new_tokens: int = 8) -> list[Any]:
 
 def open_tab(hosted, token: Any, name: str) -> tuple[QueueCall, dict[str, Any]]:
     call = QueueCall(hosted.url, name)
-    return call, call(hosted.events["init"], [None, token])
+    return call, call(hosted.events["init"], [None, token, None])
 
 
 def titles(init_output: dict[str, Any]) -> list[str]:
@@ -376,7 +376,7 @@ def test_a_forged_owner_sees_nothing_through_the_api(hosted):
     with pytest.raises((TypeError, ValueError)):
         client.predict("hi", FAST, owner=victim, api_name="/chat")
     with pytest.raises(ValueError):
-        client.predict(None, token, fn_index=hosted.events["init"])
+        client.predict(None, token, None, fn_index=hosted.events["init"])
 
 
 def test_caps_are_enforced_with_a_clear_message(hosted):
@@ -385,12 +385,12 @@ def test_caps_are_enforced_with_a_clear_message(hosted):
 
     client = Client(hosted.url, verbose=False)
     cases = [
-        (("hi", {"num_steps": 64}), "/chat", "num_steps: must be at most 32"),
+        (("hi", {"num_steps": 64}), "/chat", "num_steps: must be from 1 to 32 here, got 64"),
         (("hi", {"max_new_tokens": 1000}), "/chat", "max_new_tokens: must be at most 256"),
         (("x" * 2001, FAST), "/chat", "the limit here is 2,000"),
         (("hi", FAST, "", [{"role": "user", "content": "y" * 5000}]), "/chat", "the limit here is 2,000"),
         (("hi", [FAST] * 6), "/compare", "at most 5 settings"),
-        (("hi", [{"num_steps": 64}]), "/compare", "at most 32"),
+        (("hi", [{"num_steps": 64}]), "/compare", "from 1 to 32 here"),
     ]
     for args, api, message in cases:
         with pytest.raises(AppError, match=re.escape(message)):

@@ -19,6 +19,7 @@ from gradio_client import Client
 
 import engine
 from app.handlers import AppConfig, Studio
+from app.inputs import arena_presets
 from app.remote import RemoteEngine, api_base
 from app.store import Store
 from tests.test_app_hosted import free_port, run_py
@@ -81,6 +82,14 @@ def test_the_remote_page_serves_the_api_too_and_keeps_the_servers_limits(page):
     assert models[0]["id"] == "demo-model" and models[0]["huginn"]["num_steps_default"] == DEMO_DEPTH
     config = json.dumps(httpx.get(f"{url}config", timeout=30).json())
     assert "remote engine" in config
+
+
+def test_the_arena_defaults_to_the_remote_models_suggested_depths(engine_server):
+    suggested = json.loads((engine.DEMO_MODEL / "generation_config.json").read_text())["suggested_depths"]
+    remote = RemoteEngine(engine_server)
+    assert list(remote.info().suggested_depths) == sorted(suggested)
+    presets, default = arena_presets(remote.info().suggested_depths, remote.app_config(AppConfig()).limits)
+    assert default == [str(d) for d in sorted(suggested)] + ["adaptive"]
 
 
 def test_chat_turns_are_stored_with_the_remote_steps(engine_server, tmp_path):
@@ -152,6 +161,11 @@ def test_a_server_without_steps_shows_the_fixed_depth_asked_for_and_says_so(tmp_
             assert "plain-llm" in out and "no per-token depth" in out
             answer = Client(url, verbose=False).predict(QUESTION, {"num_steps": 6, "max_new_tokens": 16},
                                                         api_name="/chat")
+            # The depth lens needs per-step depth: refused by name, through the page's OpenAI API too.
+            refused = httpx.post(f"{url}v1/chat/completions", timeout=60, json={
+                "messages": [{"role": "user", "content": QUESTION}], "trace": True})
+            assert refused.status_code == 400 and refused.json()["error"]["param"] == "trace", refused.text
+            assert "no depth lens" in refused.json()["error"]["message"]
     assert answer["text"] == "".join(WORDS)
     assert [t["steps"] for t in answer["tokens"]] == [6] * len(WORDS)
     assert "no per-token depth" in answer["stats"]["notice"] and "r=6" in answer["stats"]["notice"]

@@ -30,7 +30,7 @@ MAX_OWNER_CHARS = 256
 MAX_IMPORT_BYTES = 512 * 1024 * 1024
 # Lists and objects inside one another; deeper values are refused (json and the page recurse).
 MAX_JSON_DEPTH = 32
-AUTO_TITLE_CHARS = 60
+AUTO_TITLE_CHARS = 48
 
 
 

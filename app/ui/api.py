@@ -25,8 +25,9 @@ def add_endpoints(studio: Studio) -> None:
         return studio.chat.chat_api(prompt, settings, system_prompt, history, owner)
 
     def compare(prompt: str, settings: list, system_prompt: str = "") -> list:
-        """One prompt at several settings, batched: a list of {"label", "settings", "tokens", "content",
-        "stats"} with stats["agreement"] against the deepest answer."""
+        """One prompt at several settings, batched: a list of {"label", "settings", "tokens", "text", "stats"}
+        (as /chat; "content" is the same text, kept for older clients) with stats["agreement"] against the
+        deepest answer."""
         return studio.arena.compare_api(prompt, settings, system_prompt)
 
     for fn in (chat, compare):

@@ -27,7 +27,7 @@ def plot_frame(result: dict[str, Any] | None, key: str) -> pd.DataFrame:
 
 def preset_choices(presets: list[str]) -> list[tuple[str, str]]:
     names = {"adaptive": "adaptive exit", "parallel": "parallel sampler"}
-    return [(names.get(p, f"{p} steps"), p) for p in presets]
+    return [(names.get(p) or render.plural(int(p), "step"), p) for p in presets]
 
 
 class ArenaPanel:
