@@ -333,8 +333,15 @@ class QueueCall:
 
 
 def form(num_steps: int = 4, max_new_tokens: int = 8) -> list[Any]:
-    """The depth panel's values in the order the page sends them."""
-    return [num_steps, False, "kl", "", 0, False, 0.0, 1.0, 0, 0.0, 1.0, 0, max_new_tokens, False]
+    """The depth panel's values in the order the page sends them (app.inputs.FORM_FIELDS)."""
+    from app.inputs import FORM_FIELDS
+
+    values = {"num_steps": num_steps, "adaptive": False, "criterion": "kl", "exit_threshold": "", "min_steps": 0,
+              "warm_start": False, "temperature": 0.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
+              "repetition_penalty": 1.0, "seed": 0, "max_new_tokens": max_new_tokens, "trace": False,
+              "sampler": "sequential", "inner_steps": 4, "freeze_threshold": 0.03, "max_window": 128,
+              "embed_ema": 0.1, "state_noise": 0.0}
+    return [values[name] for name in FORM_FIELDS]
 
 
 def open_tab(hosted, token: Any, name: str) -> tuple[QueueCall, dict[str, Any]]:
