@@ -44,3 +44,20 @@ class AppConfig:
 
 class UserError(Exception):
     """Bad input from the page or an API call; the message is shown as it is (escaped)."""
+
+
+def quoted(value: object, limit: int = 64) -> str:
+    """A value from outside (a client's field name, an upstream server's string) as a message quotes it: cut to
+    ``limit`` characters, then its repr, so control characters and quotes are escaped and nothing long is echoed."""
+    text = value if isinstance(value, str) else repr(value)
+    return repr(text[:limit]) + ("…" if len(text) > limit else "")
+
+
+class EngineError(Exception):
+    """The engine behind the page (a remote server) failed or sent what this app cannot take; the message names
+    the server and is shown as it is."""
+
+
+class Interrupted(EngineError):
+    """An answer's stream was cut before its end (the remote engine closed it, or ran past its time): what came
+    is kept and marked interrupted, never stored as a finished answer."""

@@ -3,6 +3,7 @@ and the transcript HTML of the open one."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 import tempfile
@@ -67,7 +68,7 @@ class Conversations:
         query = inputs.check_text(query or "", "search", self.config.limits.max_query_chars, what="the search")
         if query.strip():
             return [(f"{h.title} — {h.snippet}" if h.message_id else h.title, h.conversation_id)
-                    for h in self.store.search(session.owner, query, limit=50)]
+                    for h in self.store.search(session.owner, query, limit=50, highlight=("", ""))]
         return [(str(c.title), c.id) for c in self.store.list_conversations(session.owner, limit=500)]
 
     def open(self, session: Session, conversation_id: Any) -> Update:
@@ -134,7 +135,9 @@ class Conversations:
 
     def import_file(self, session: Session, path: str) -> tuple[Session, str, int]:
         data = Path(path).read_bytes()
-        imported = self.store.import_json(session.owner, data, STORE_LIMITS)
+        # A system prompt comes back into the page's box with its answer: no longer than the page itself takes.
+        limits = dataclasses.replace(STORE_LIMITS, max_system_chars=self.config.limits.max_system_chars)
+        imported = self.store.import_json(session.owner, data, limits)
         session, html = self.open(session, imported[0].id if imported else session.conversation_id)
         return session, html, len(imported)
 

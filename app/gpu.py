@@ -123,34 +123,59 @@ class GpuWork:
 
 class Gate:
     """At most ``limit`` generations at once and ``queue_size`` waiting (None: unbounded), shared by the page and
-    the API so both keep the server's one-at-a-time promise."""
+    the API so both keep the server's one-at-a-time promise. A freed slot goes to a waiting request at once, and a
+    request whose ``cancel`` is set while it waits leaves the line within ``POLL_S``."""
+
+    POLL_S = 0.02
 
     def __init__(self, limit: int, queue_size: int | None) -> None:
-        self._slots = threading.BoundedSemaphore(max(1, limit))
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self.limit = max(1, limit)
         self.queue_size = queue_size
+        self.running = 0
         self.waiting = 0
 
-    def full(self) -> bool:
-        return self.queue_size is not None and self.waiting >= self.queue_size
+    def admit(self) -> bool:
+        """Take a place in line for an API request, or False when ``queue_size`` requests already wait (Gradio's
+        own queue counts the same way: the running ones are not in line)."""
+        with self._cond:
+            if self.queue_size is not None and self.waiting - self._free() >= self.queue_size:
+                return False
+            self.waiting += 1
+            return True
+
+    def leave(self) -> None:
+        """Give back a place ``admit`` gave, for a request that ends before it waits."""
+        with self._cond:
+            self.waiting -= 1
+
+    def _free(self) -> int:
+        return max(0, self.limit - self.running)
 
     @contextmanager
-    def hold(self, cancel: threading.Event | None = None) -> Iterator[bool]:
-        """Wait for a slot; yields False instead when ``cancel`` is set while waiting."""
-        with self._lock:
-            self.waiting += 1
+    def hold(self, cancel: threading.Event | None = None, admitted: bool = False) -> Iterator[bool]:
+        """Wait for a slot (``admitted``: the place in line ``admit`` gave); yields False instead when ``cancel``
+        is set while waiting."""
         got = False
-        try:
-            while not got and not (cancel is not None and cancel.is_set()):
-                got = self._slots.acquire(timeout=0.2)
-        finally:
-            with self._lock:
+        with self._cond:
+            if not admitted:
+                self.waiting += 1
+            try:
+                while not (cancel is not None and cancel.is_set()):
+                    if self.running < self.limit:
+                        self.running += 1
+                        got = True
+                        break
+                    self._cond.wait(self.POLL_S)
+            finally:
                 self.waiting -= 1
         try:
             yield got
         finally:
             if got:
-                self._slots.release()
+                with self._cond:
+                    self.running -= 1
+                    self._cond.notify()
 
 
 class GatedWork:

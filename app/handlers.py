@@ -28,7 +28,7 @@ from .inputs import (ARENA_DEFAULT, ARENA_PRESETS, arena_settings, parse_thresho
                      settings_from_form, threshold_choices)
 from .running import Running
 from .session import Session
-from .slot import ModelSlot, describe_source
+from .slot import ModelSlot, describe_source, public_name
 from .store import Store
 from .turns import ChatTurns
 from .views import STORE_LIMITS
@@ -72,7 +72,7 @@ class Studio:
 
     def model_summary(self) -> str:
         info = self.slot.info()
-        return (f"**{info.name}** · {render.human_count(info.parameters)} parameters · {info.dtype}"
+        return (f"**{public_name(info.name)}** · {render.human_count(info.parameters)} parameters · {info.dtype}"
                 f"{'' if info.quantization in ('none', 'bf16', 'fp32') else ' · ' + info.quantization} · {info.device} · "
                 f"{render.human_bytes(info.memory_bytes)} · default depth {info.num_steps_default} steps · "
                 f"context {info.context:,} tokens" + (f"  \nMemory plan: {info.plan}" if info.plan else "")

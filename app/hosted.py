@@ -32,6 +32,11 @@ HOSTED_LIMITS = Limits(max_num_steps=32, max_new_tokens=256, max_prompt_chars=20
 HOSTED_QUEUE_SIZE = 20
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{24,64}$")
+SHARED_API_OWNER = "api"  # locally every API client is the one user, so they share the prompt cache
+# Hosted without a login, a key this long, of this many different characters (a random one, not a placeholder
+# such as "sk-xxxx…" that strangers share), names a client's own prompt cache.
+MIN_API_KEY_CHARS = 24
+MIN_API_KEY_DISTINCT = 12
 
 
 # ---- where are we -----------------------------------------------------------------------------------------------
@@ -100,6 +105,25 @@ class OwnerKeys:
         """A fixed key for Gradio's BrowserState encryption. Gradio sends it to the page, so it is derived, never
         the secret itself; it only has to outlive restarts."""
         return hmac.new(self._secret, b"browser-state", hashlib.sha256).hexdigest()
+
+
+# ---- API clients' prompt caches -------------------------------------------------------------------------------
+
+def api_cache_owner(key: str | None, *, isolated: bool, login: bool = False) -> str:
+    """The prompt-cache owner of one API request (``/v1`` or ``/chat``).
+
+    A cache entry is reused only by its owner, and reuse shows in ``reused_tokens`` and the time to first token: a
+    client sharing an owner with another could read the other's prompt back token by token. So where clients are
+    not one person (``isolated``: hosted, or behind a login) each credential is its own owner: the login's key, or
+    hosted without a login a random API key the client picks (``MIN_API_KEY_CHARS`` long, ``MIN_API_KEY_DISTINCT``
+    different characters; it names a cache and grants nothing). A request with no such key gets an owner of its
+    own, reusing nothing. Locally every client is the one user and shares ``SHARED_API_OWNER``."""
+    if not isolated:
+        return SHARED_API_OWNER
+    if key and (login or (len(key) >= MIN_API_KEY_CHARS and len(set(key)) >= MIN_API_KEY_DISTINCT)):
+        # Kept in memory only, never stored or sent; hashed so the process holds no password in its cache keys.
+        return "api-key:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+    return "api-once:" + secrets.token_hex(16)
 
 
 # ---- hosted configuration ---------------------------------------------------------------------------------------

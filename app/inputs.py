@@ -126,10 +126,18 @@ def check_settings(limits: Limits, settings: engine.GenerationSettings) -> engin
     return settings
 
 
+def check_num_steps(limits: Limits, value: Any) -> Any:
+    """Out of range, the message gives this server's cap, not the engine's looser one (MAX_NUM_STEPS)."""
+    if isinstance(value, int) and not isinstance(value, bool) and not 1 <= value <= limits.max_num_steps:
+        raise engine.SettingsError("num_steps", f"must be from 1 to {limits.max_num_steps} here, got {value}")
+    return value
+
+
 # What the depth panel's widgets may set, by name: engine settings fields, and "adaptive" (the checkbox that turns
 # the criterion on; off means fixed depth).
 FORM_FIELDS = ("num_steps", "adaptive", "criterion", "exit_threshold", "min_steps", "warm_start", "temperature",
-               "top_p", "top_k", "min_p", "repetition_penalty", "seed", "max_new_tokens", "trace")
+               "top_p", "top_k", "min_p", "repetition_penalty", "seed", "max_new_tokens", "trace", "sampler",
+               "inner_steps", "freeze_threshold", "max_window", "embed_ema", "state_noise")
 
 
 def settings_from_form(limits: Limits, form: dict[str, Any]) -> engine.GenerationSettings:
@@ -140,7 +148,7 @@ def settings_from_form(limits: Limits, form: dict[str, Any]) -> engine.Generatio
         raise engine.SettingsError(unknown[0], f"not a field of the depth panel (known: {', '.join(FORM_FIELDS)})")
     base = engine.GenerationSettings()
     value = lambda name: form.get(name, getattr(base, name, None))  # noqa: E731
-    num_steps = _as_int("num_steps", value("num_steps"))
+    num_steps = check_num_steps(limits, _as_int("num_steps", value("num_steps")))
     seed = value("seed")
     seed = None if seed is None or seed == "" or _as_int("seed", seed) < 0 else _as_int("seed", seed)
     adaptive = bool(form.get("adaptive", False))
@@ -156,7 +164,12 @@ def settings_from_form(limits: Limits, form: dict[str, Any]) -> engine.Generatio
         temperature=_as_float("temperature", value("temperature")), top_p=_as_float("top_p", value("top_p")),
         top_k=_as_int("top_k", value("top_k")), min_p=_as_float("min_p", value("min_p")),
         repetition_penalty=_as_float("repetition_penalty", value("repetition_penalty")), seed=seed,
-        trace=bool(value("trace")),
+        trace=bool(value("trace")), sampler=str(value("sampler")),
+        # the panel's inner-steps slider may sit above a lowered depth: the sampler then runs r steps at once
+        inner_steps=min(_as_int("inner_steps", value("inner_steps")), num_steps),
+        freeze_threshold=_as_float("freeze_threshold", value("freeze_threshold")),
+        max_window=_as_int("max_window", value("max_window")), embed_ema=_as_float("embed_ema", value("embed_ema")),
+        state_noise=_as_float("state_noise", value("state_noise")),
     )
     return check_settings(limits, settings)
 
@@ -184,6 +197,7 @@ def settings_from_dict(limits: Limits, data: Any, name: str = "settings", defaul
                         f"got {kind(data)}")
     if default_steps is not None:
         data = {"num_steps": min(default_steps, limits.max_num_steps), **data}
+    check_num_steps(limits, data.get("num_steps"))
     check_stop_strings(data.get("stop_strings"), limits)
     for key, value in data.items():
         if isinstance(value, str):
@@ -214,7 +228,7 @@ def arena_presets(suggested: Sequence[int], limits: Limits) -> tuple[list[str], 
     ``ARENA_DEFAULT`` when the model suggests none. Depths over the app's limit are left out, and the default keeps
     within the columns one comparison may have (the shallowest suggested depths first)."""
     depths = sorted({int(p) for p in ARENA_PRESETS if p != "adaptive"} | {int(d) for d in suggested})
-    choices = [str(d) for d in depths if d <= limits.max_num_steps] + ["adaptive"]
+    choices = [str(d) for d in depths if d <= limits.max_num_steps] + ["adaptive", "parallel"]
     fixed = [str(d) for d in sorted(set(suggested))] if suggested else [p for p in ARENA_DEFAULT if p != "adaptive"]
     default = [p for p in fixed if p in choices][: max(limits.max_compare_settings - 1, 0)]
     return choices, default + ["adaptive"] if limits.max_compare_settings > len(default) else default
@@ -222,19 +236,27 @@ def arena_presets(suggested: Sequence[int], limits: Limits) -> tuple[list[str], 
 
 def arena_settings(base: engine.GenerationSettings, presets: Sequence[str], limits: Limits
                    ) -> list[engine.GenerationSettings]:
-    """One settings entry per chosen preset: fixed depths, and 'adaptive' with the panel's criterion."""
+    """One settings entry per chosen preset: fixed depths, 'adaptive' with the panel's criterion, and 'parallel'
+    (the parallel sampler with the panel's parameters at the deepest column's depth); the others decode
+    sequentially whatever the panel's sampler."""
     if not presets:
         raise UserError("Choose at least one setting to compare.")
     if not isinstance(presets, (list, tuple)) or not all(
-            p == "adaptive" or (isinstance(p, str) and p.isdigit() and 0 < int(p) < 10**6) for p in presets):
-        raise UserError("presets: each must be a number of steps or \"adaptive\"")
+            p in ("adaptive", "parallel") or (isinstance(p, str) and p.isdigit() and 0 < int(p) < 10**6)
+            for p in presets):
+        raise UserError("presets: each must be a number of steps, \"adaptive\" or \"parallel\"")
     if len(presets) > limits.max_compare_settings:
         raise UserError(f"Compare at most {limits.max_compare_settings} settings at once.")
     out = []
     # Adaptive exit may go as deep as the deepest fixed column, so it is compared against its full budget.
-    deepest = max([base.num_steps] + [int(p) for p in presets if p != "adaptive"])
+    deepest = max([base.num_steps] + [int(p) for p in presets if p.isdigit()])
+    base = base.replace(sampler="sequential")
     for preset in presets:
-        if preset == "adaptive":
+        if preset == "parallel":
+            steps = min(deepest, limits.max_num_steps)
+            out.append(base.replace(sampler="parallel", num_steps=steps, criterion="none", exit_threshold=None,
+                                    warm_start=False, trace=False, inner_steps=min(base.inner_steps, steps)))
+        elif preset == "adaptive":
             criterion = base.criterion if base.adaptive else "kl"
             out.append(base.replace(num_steps=min(deepest, limits.max_num_steps), criterion=criterion,
                                     exit_threshold=base.exit_threshold if base.adaptive else None))

@@ -123,7 +123,9 @@ def answer(content: str, tokens: list[dict[str, Any]] | None, heat: str, live: b
         return f'<div class="msg-text heat live">{heat}</div>'
     source = content or "".join(str(t.get("text") or "") for t in tokens or ())
     body = f'<div class="msg-text md">{to_html(source)}</div>'
-    return body + (f'<div class="msg-text heat">{heat}</div>' if tokens else "")
+    # The text as written, for Copy: the heatmap spells it; without tokens a hidden copy holds it.
+    return body + (f'<div class="msg-text heat">{heat}</div>' if tokens else
+                   f'<div class="msg-text src" hidden>{template_safe(escapeHtml(source))}</div>')
 
 
 def depth_button(tokens: list[dict[str, Any]] | None, live: bool) -> str:

@@ -49,6 +49,11 @@ def human_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
+def plural(n: int, word: str) -> str:
+    """'1 step', '2 steps'."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def bucket(steps: int, scale: int) -> int:
     """Colour class of a token that took ``steps`` recurrences on a 1..``scale`` step scale."""
     if scale <= 1:
@@ -76,7 +81,7 @@ def heatmap(tokens: Sequence[dict[str, Any]], scale: int) -> str:
         if steps == 0:  # text the engine released at the end (held-back bytes), computed by no step of its own
             parts.append(f'<span class="tok tail" title="held-back text released at the end">{esc(text)}</span>')
             continue
-        tip = f"token {i + 1}: {steps} steps, exit value {_exit_text(tok.get('exit_value'))}"
+        tip = f"token {i + 1}: {plural(steps, 'step')}, exit value {_exit_text(tok.get('exit_value'))}"
         parts.append(f'<span class="tok d{bucket(steps, scale)}" data-i="{i}" data-steps="{steps}" title="{esc(tip)}">'
                      f"{esc(text)}</span>")
     return "".join(parts)
@@ -133,12 +138,64 @@ def stats_line(stats: dict[str, Any] | None) -> str:
         parts.append(f"{stats['reused_tokens']} of {stats.get('prompt_tokens', '?')} prompt tokens from the cache")
     if stats.get("acceptance") is not None:
         parts.append(f"{stats['acceptance']:.0%} of drafted tokens kept")
+    if stats.get("sampler") == "parallel" and stats.get("core_passes_per_token") is not None:
+        parts.append(f"parallel: {stats['core_passes_per_token']:.1f} serial core passes per token, "
+                     f"{stats.get('diffusion_steps', 0)} diffusion steps")
+    if stats.get("fallback"):
+        parts.append(f"fell back to sequential decoding: {stats['fallback']}")
     reason = stats.get("stop_reason")
     if reason:
         parts.append(STOP_REASONS.get(reason, reason))
     line = " · ".join(esc(p) for p in parts)
     notice = f'<div class="notice">{esc(stats["notice"])}</div>' if stats.get("notice") else ""
     return f'<div class="stats">{line}</div>{notice}'
+
+
+WAVEFRONT_CELL = 6  # pixels per token and per diffusion step in the wavefront view
+
+
+def _wavefront_steps(text: Any) -> list[tuple[int, int, int]]:
+    """The steps of a stored wavefront ("lo,hi,done lo,hi,done ..."); [] when it is not one."""
+    if not isinstance(text, str):
+        return []
+    steps = []
+    for part in text.split():
+        numbers = part.split(",")
+        if len(numbers) != 3 or not all(n.isdigit() and len(n) < 7 for n in numbers):
+            return []
+        lo, hi, done = map(int, numbers)
+        if not lo <= done <= hi:
+            return []
+        steps.append((lo, hi, done))
+    return steps
+
+
+def wavefront(stats: dict[str, Any] | None) -> str:
+    """The parallel sampler's wavefront: tokens across, diffusion steps down; per step the final tokens (grey),
+    the window (blue) and the tokens frozen at that step (orange). Collapsed under the answer."""
+    steps = _wavefront_steps((stats or {}).get("wavefront"))
+    if not steps:
+        return ""
+    cell, width = WAVEFRONT_CELL, max(hi for _, hi, _ in steps)
+    rects = []
+    for row, (lo, hi, done) in enumerate(steps):
+        y = row * cell
+        if lo > 0:
+            rects.append(f'<rect class="wf-final" x="0" y="{y}" width="{lo * cell}" height="{cell}"/>')
+        rects.append(f'<rect class="wf-window" x="{lo * cell}" y="{y}" width="{(hi - lo) * cell}" height="{cell}"/>')
+        if done > lo:
+            rects.append(f'<rect class="wf-frozen" x="{lo * cell}" y="{y}" width="{(done - lo) * cell}" '
+                         f'height="{cell}"><title>step {row + 1}: tokens {lo}–{done - 1} froze</title></rect>')
+    total = (stats or {}).get("diffusion_steps")
+    note = f" (the first {len(steps)} of {total})" if isinstance(total, int) and total > len(steps) else ""
+    fallback = (stats or {}).get("fallback")
+    summary = (f"Wavefront: {len(steps)} diffusion steps{note} for {max(d for _, _, d in steps)} tokens"
+               + (f"; then sequential ({fallback})" if fallback else ""))
+    return (f'<details class="wavefront"><summary>{esc(summary)}</summary>'
+            f'<svg class="wavefront-grid" width="{width * cell}" height="{len(steps) * cell}" role="img" '
+            f'aria-label="tokens across, diffusion steps down">{"".join(rects)}</svg>'
+            '<div class="wf-legend"><span class="wf-final">final</span><span class="wf-window">in the window</span>'
+            '<span class="wf-frozen">froze at this step</span></div></details>')
 
 
 @dataclass
@@ -180,6 +237,8 @@ def _settings_label(settings: dict[str, Any] | None) -> str:
         label = f"{settings['criterion']} exit{'' if threshold is None else f' <{threshold:g}'}, r≤{settings.get('num_steps')}"
     if settings.get("warm_start"):
         label += ", warm start"
+    if settings.get("sampler") == "parallel":
+        label = f"parallel r={settings.get('num_steps')}, {settings.get('inner_steps')} steps per diffusion step"
     return label
 
 
@@ -202,15 +261,16 @@ def answer_body(tokens: Sequence[dict[str, Any]] | None, content: str, scale: in
 
 def column(title: str, tokens: Sequence[dict[str, Any]], content: str, stats: dict[str, Any] | None,
            scale: int, trace: dict[str, Any] | None = None) -> str:
-    """One depth-arena column: heading, heatmap, stats, agreement (and its depth-lens trace). No tokens/s: batched
-    columns share one clock."""
-    shown = {k: v for k, v in (stats or {}).items() if k != "tokens_per_s"}
+    """One depth-arena column: heading, heatmap, stats, agreement (and its depth-lens trace). No tokens/s where
+    columns ran batched (they share one clock); a parallel or speculative column ran alone and keeps its own."""
+    alone = (stats or {}).get("sampler") in ("parallel", "speculative")
+    shown = {k: v for k, v in (stats or {}).items() if k != "tokens_per_s" or alone}
     agree = (stats or {}).get("agreement")
     agree_html = (f'<div class="agreement">{esc(f"{agree:.0%}")} of tokens as in the deepest answer</div>'
                   if isinstance(agree, (int, float)) else "")
     return (f'<div class="col"><div class="col-title">{esc(title)}</div>'
             f'<div class="msg-text">{answer_body(tokens, content, scale)}</div>{stats_line(shown)}{agree_html}'
-            f'{lens_holder(trace)}</div>')
+            f'{wavefront(stats)}{lens_holder(trace)}</div>')
 
 
 def columns(cols: Sequence[dict[str, Any]]) -> str:
@@ -236,6 +296,8 @@ def _meta(m: MessageView) -> list[str]:
     return meta
 
 
+LENS_HINT = ('<div class="lens-hint">Depth lens recorded: press Depth, then click any token to see how it '
+             "converged over the steps.</div>")
 REGENERATE = ('<button class="regen" data-action="regenerate" title="answer this question again">'
               "Regenerate</button>")
 
@@ -252,8 +314,8 @@ def message(m: MessageView) -> str:
         live = m.status == "partial"
         body = (markdown_view.answer(m.content, m.tokens, answer_body(m.tokens, m.content, scale), live)
                 if m.role == "assistant" else f'<div class="msg-text">{answer_body(m.tokens, m.content, scale)}</div>')
-        footer = (stats_line(m.stats) + (legend(scale) if m.tokens else "") + lens_holder(m.trace)
-                  if m.role == "assistant" else "")
+        footer = (stats_line(m.stats) + (legend(scale) if m.tokens else "") + wavefront(m.stats)
+                  + lens_holder(m.trace) + (LENS_HINT if m.trace and m.tokens else "") if m.role == "assistant" else "")
     error = f'<div class="error">{esc(m.error)}</div>' if m.error else ""
     if m.status == "interrupted":
         error += ('<div class="error">The answer was cut off when the server stopped. '

@@ -42,6 +42,12 @@ class ModelSlot:
             return self.info()
 
 
+def public_name(name: str) -> str:
+    """A model's name as pages, exports and the API show it: a hub id as it is, a local folder by its own name (no
+    install paths: an export is shared, a page is seen by others)."""
+    return Path(name).name if Path(name).is_absolute() else name
+
+
 def describe_source(requested: str, loaded: str) -> str:
     """The line the page shows about which model runs and why."""
     if Path(loaded).resolve() == Path(engine.DEMO_MODEL).resolve():

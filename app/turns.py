@@ -12,13 +12,13 @@ import engine
 
 from . import context as context_policy
 from . import inputs, render
-from .config import Limits, UserError
+from .config import EngineError, Interrupted, Limits, UserError
 from .conversations import Conversations, require_conversation
 from .gpu import EngineWork
 from .render import MessageView
 from .running import Running
 from .session import Session
-from .slot import ModelSlot
+from .slot import ModelSlot, public_name
 from .store import AnswerWriter, Message
 from .views import message_views, model_messages
 
@@ -115,7 +115,7 @@ class ChatTurns:
         base = message_views(self.store.sibling_ids(owner, cid), thread)
         info = self.slot.info()
         writer = self.store.begin_answer(
-            owner, cid, parent_id, model_id=info.name, quantization=info.quantization,
+            owner, cid, parent_id, model_id=public_name(info.name), quantization=info.quantization,
             settings=settings.to_dict(), extra={"system": system} if system.strip() else None)
         live = MessageView(id=writer.message_id, role="assistant", content="", status="partial",
                            tokens=writer.tokens, settings=settings.to_dict())
@@ -145,7 +145,10 @@ class ChatTurns:
                 if time.perf_counter() - last >= self.config.stream_interval:
                     last = time.perf_counter()
                     yield
-        except engine.PromptError as err:
+        except Interrupted as err:  # a remote stream cut short: what came is kept, never as a finished answer
+            writer.finish("interrupted", error=str(err))
+            return
+        except (engine.PromptError, EngineError, engine.SettingsError) as err:  # SettingsError: a remote refusal
             writer.fail(str(err))
             return
         except Exception as err:  # noqa: BLE001 - one failed answer must not take the page down
@@ -179,12 +182,13 @@ class ChatTurns:
         return messages
 
     def chat_api(self, prompt: Any, settings: Any = None, system_prompt: Any = "",
-                 history: Any = None) -> dict[str, Any]:
-        """One answer with its per-token steps, not saved in the store."""
+                 history: Any = None, cache_owner: str = "") -> dict[str, Any]:
+        """One answer with its per-token steps, not saved in the store. ``cache_owner`` names whose prompt caches
+        it may reuse (``hosted.api_cache_owner``)."""
         gen = inputs.settings_from_dict(self.limits, settings, default_steps=self.slot.info().num_steps_default)
         messages = self.api_messages(prompt, system_prompt, history)
         tokens, summary = [], None
-        for event in self.gpu.stream(messages, gen):
+        for event in self.gpu.stream(messages, gen, owner=cache_owner):
             if isinstance(event, engine.Summary):
                 summary = event
             else:

@@ -46,20 +46,22 @@
   }
 
   function chart(tok) {
-    // Exit signals over steps, log scale (they span many decades), the exit step marked.
-    const W = 520, H = 170, L = 44, R = 8, T = 8, B = 22;
+    // Exit signals over steps, log scale (they span many decades), the exit step marked. Values at or under FLOOR
+    // (float noise: a KL of -4e-8) sit on the bottom line; every step is a dot, so a token that exited at step 1
+    // or 2, as confident tokens do with adaptive exit, still shows its values.
+    const W = 520, H = 170, L = 44, R = 8, T = 8, B = 22, FLOOR = 1e-6;
     const n = tok.kl.length;
-    const all = SERIES.flatMap(([key]) => tok[key].map(num)).filter((v) => v > 0);
-    const lo = Math.floor(Math.log10(Math.max(Math.min(...all, 1), 1e-12)));
-    const hi = Math.ceil(Math.log10(Math.max(...all, 1e-12)));
-    const span = Math.max(hi - lo, 1);
-    const x = (s) => L + (n <= 1 ? 0 : (s - 1) * (W - L - R) / (n - 1));
+    const all = SERIES.flatMap(([key]) => tok[key].map(num)).filter((v) => v > FLOOR);
+    const lo = all.length ? Math.max(Math.floor(Math.log10(Math.min(...all))), Math.log10(FLOOR)) : Math.log10(FLOOR);
+    const hi = Math.max(all.length ? Math.ceil(Math.log10(Math.max(...all))) : 0, lo + 1);
+    const span = hi - lo;
+    const x = (s) => (n <= 1 ? (L + W - R) / 2 : L + (s - 1) * (W - L - R) / (n - 1));
     const y = (v) => T + (hi - Math.log10(Math.max(v, Math.pow(10, lo)))) * (H - T - B) / span;
     const root = svg('svg', { class: 'lens-chart', viewBox: `0 0 ${W} ${H}`, width: W, height: H });
     for (let d = lo; d <= hi; d++) {
       root.appendChild(svg('line', { x1: L, x2: W - R, y1: y(Math.pow(10, d)), y2: y(Math.pow(10, d)), class: 'grid' }));
       const label = svg('text', { x: L - 4, y: y(Math.pow(10, d)) + 3, 'text-anchor': 'end', class: 'axis' });
-      label.textContent = '1e' + d;
+      label.textContent = (d === lo ? '≤1e' : '1e') + d;
       root.appendChild(label);
     }
     const exit = svg('line', { x1: x(tok.exit_step), x2: x(tok.exit_step), y1: T, y2: H - B, class: 'exit-mark' });
@@ -68,8 +70,10 @@
     exitLabel.textContent = 'exit ' + tok.exit_step;
     root.appendChild(exitLabel);
     for (const [key, , colour] of SERIES) {
-      const points = tok[key].map((v, i) => `${x(i + 1).toFixed(1)},${y(num(v)).toFixed(1)}`).join(' ');
-      root.appendChild(svg('polyline', { points, fill: 'none', stroke: colour, 'stroke-width': 1.6, class: 'series' }));
+      const points = tok[key].map((v, i) => [x(i + 1), y(num(v))]);
+      const line = points.map(([px, py]) => `${px.toFixed(1)},${py.toFixed(1)}`).join(' ');
+      root.appendChild(svg('polyline', { points: line, fill: 'none', stroke: colour, 'stroke-width': 1.6, class: 'series' }));
+      for (const [px, py] of points) root.appendChild(svg('circle', { cx: px, cy: py, r: n > 40 ? 1.5 : 2.5, fill: colour, class: 'dot' }));
     }
     for (const s of n > 1 ? [1, n] : [1]) {
       const label = svg('text', { x: x(s), y: H - 6, 'text-anchor': s === 1 ? 'start' : 'end', class: 'axis' });
@@ -147,18 +151,21 @@
     rows.forEach((t, r) => {
       t.top.forEach((ids, s) => {
         const at = ids.indexOf(t.token_id);
-        const p = at >= 0 ? num(t.probs[s][at]) : 0;
-        ctx.fillStyle = `rgba(60, 40, 140, ${0.06 + 0.94 * Math.min(Math.max(p, 0), 1)})`;
+        const p = Math.min(Math.max(at >= 0 ? num(t.probs[s][at]) : 0, 0), 1);
+        // Half the shade from p itself, half from how close to 1 it is (-log10(1 - p), up to 1e-6): a confident
+        // answer, 0.99 at step 2 and 0.999999 at step 8, still shows where it settled.
+        const settled = Math.min(-Math.log10(Math.max(1 - p, 1e-6)), 6) / 6;
+        ctx.fillStyle = `rgba(60, 40, 140, ${0.06 + 0.94 * (0.5 * p + 0.5 * settled)})`;
         ctx.fillRect(s * cell, r * h, cell, h);
       });
       if (t === tok) { ctx.strokeStyle = '#e8a000'; ctx.lineWidth = 2; ctx.strokeRect(1, r * h, canvas.width - 2, h); }
     });
     canvas.addEventListener('click', (event) => {
-      const r = Math.floor(event.offsetY / h);
+      const r = Math.floor(event.offsetY * canvas.height / canvas.clientHeight / h);  // the canvas may be scaled down
       if (rows[r]) show(source, rows[r].index);
     });
     const box = el('div', 'lens-image-box');
-    box.append(el('div', 'lens-title', `answer: ${rows.length} tokens × ${cols} steps (probability of the final token)`), canvas);
+    box.append(el('div', 'lens-title', `answer: ${rows.length} tokens × ${cols} steps (the final token's probability: darker = closer to 1, on a log scale near 1)`), canvas);
     return box;
   }
 
@@ -183,6 +190,7 @@
     const mid = el('div', 'lens-row');
     mid.append(chart(tok), trajectory(trace, tok));
     root.append(strip(trace, tok), mid, image(trace, tok, source));
+    root.scrollIntoView({ block: 'nearest' });
   }
 
   document.addEventListener('click', (event) => {

@@ -12,10 +12,23 @@ function showDepth(msg, on) {
   }
 }
 
+function codeButtons() {  // a Copy button on every code block (transcript.js copies it)
+  for (const pre of element.querySelectorAll('.msg-text.md pre:not([data-copy])')) {
+    pre.setAttribute('data-copy', '');
+    const button = document.createElement('button');
+    button.className = 'code-copy';
+    button.dataset.action = 'copy-code';
+    button.title = 'copy the code';
+    button.textContent = 'Copy';
+    pre.prepend(button);
+  }
+}
+
 function restore() {
   for (const msg of element.querySelectorAll('.msg[data-id]')) {
     if (depthShown.has(msg.dataset.id) && !msg.classList.contains('show-depth')) showDepth(msg, true);
   }
+  codeButtons();
 }
 
 element.addEventListener('click', (event) => {

@@ -10,7 +10,9 @@ the card is known. int8 and nf4 go through the real path: the random weights are
 with ``engine.load(quantization=...)`` (bitsandbytes through transformers). "compiled" rows use ``engine.compile``
 (static KV cache, each recurrence of a decoded token one CUDA graph) and come right after the eager row of their
 format, with the speedup; a line after each says what ran captured and what fell back. bf16 eager and compiled run
-first. Designed to finish within 5 minutes on one GPU; ``--budget`` skips what would not fit and says so.
+first, then bf16 with the parallel sampler (``engine.parallel``, its default settings, eager), with its ratio to
+eager sequential decoding, its serial core passes per token and any fallback (random weights converge slowly, so
+this is a floor: a trained model freezes positions sooner). Designed to finish within 5 minutes on one GPU; ``--budget`` skips what would not fit and says so.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import HuginnConfig, HuginnForCausalLM  # noqa: E402
+from engine import GenerationSettings, HuginnConfig, HuginnForCausalLM  # noqa: E402
 from engine.compile import compile_model  # noqa: E402
 from engine.decode import RowPlan, decode  # noqa: E402
+from engine.parallel import ParallelParams, ParallelStats, parallel_decode  # noqa: E402
 from engine.load import load_weights  # noqa: E402
 from engine.plan import bytes_per_weight  # noqa: E402
 
@@ -86,23 +89,34 @@ def bytes_per_token(model, steps: int, context: int, weight_bytes_per_param: flo
     return (once + steps * per_step) * weight_bytes_per_param + head * 2 + kv
 
 
-def decode_rate(model, steps: int, prompt: int, tokens: int, repeats: int) -> float:
+def decode_rate(model, steps: int, prompt: int, tokens: int, repeats: int, parallel: bool = False
+                ) -> tuple[float, ParallelStats | None]:
+    """Median tokens/s after the first token, and with ``parallel`` (the parallel sampler) its last run's stats."""
     device = model.transformer.wte.weight.device
-    ids = torch.randint(0, model.config.vocab_size, (1, prompt), device=device)
+    ids = torch.randint(0, model.config.vocab_size, (1, prompt), device=device, generator=torch.Generator(device)
+                        .manual_seed(0))
     plan = RowPlan(num_steps=steps, max_new_tokens=tokens, init_scale=0.0)
-    rates = []
+    rates, stats = [], None
     for _ in range(repeats + 1):
         times = []
-        for _ in decode(model, ids, [plan]):
+        if parallel:
+            stats = ParallelStats()
+            cache = model.new_cache(1, "compress-layer", capacity=prompt + tokens)
+            params = ParallelParams.of(GenerationSettings(sampler="parallel", num_steps=steps))
+            steps_iter = parallel_decode(model, ids, plan, params, cache=cache, stats=stats)
+        else:
+            steps_iter = decode(model, ids, [plan])
+        for _ in steps_iter:
             _sync(device)
             times.append(time.perf_counter())
         rates.append((len(times) - 1) / (times[-1] - times[0]))
-    return statistics.median(rates[1:])  # the first run warms up (and compiles)
+    return statistics.median(rates[1:]), stats  # the first run warms up (and compiles)
 
 
 def _cells(formats: list[str], compiled: bool) -> list[tuple[str, str]]:
     """bf16 eager and compiled first (the path compiled decoding is built for), then the other formats."""
-    cells = [(fmt, mode) for fmt in formats for mode in ("eager",) + (("compiled",) if compiled else ())]
+    cells = [(fmt, mode) for fmt in formats for mode in ("eager",) + (("compiled",) if compiled else ())
+             + (("parallel",) if fmt == "bf16" else ())]
     return sorted(cells, key=lambda cell: cell[0] != "bf16")
 
 
@@ -149,7 +163,7 @@ def main() -> None:
                 print(f"{fmt:<6} {mode:<9} skipped: past the {args.budget:.0f} s budget")
                 continue
             if fmt == "bf16":
-                model = base if mode == "eager" else random_model(config, device, base.dtype)
+                model = base if mode != "compiled" else random_model(config, device, base.dtype)
                 if mode == "compiled":
                     model.load_state_dict(base.state_dict())
             else:
@@ -160,16 +174,19 @@ def main() -> None:
                 model, _ = load_weights(checkpoint, fmt, args.device, dtype)
             if mode == "compiled":
                 compile_model(model)
-            rate = decode_rate(model, args.steps, args.prompt, args.tokens, args.repeats)
+            rate, stats = decode_rate(model, args.steps, args.prompt, args.tokens, args.repeats, mode == "parallel")
             gb = bytes_per_token(model, args.steps, args.prompt + args.tokens // 2, per_param[fmt]) / 1e9
             results[(fmt, mode)] = rate
             label = fmt if fmt != "bf16" or device.type == "cuda" else "fp32"  # full precision on the CPU
             eager_rate = results.get((fmt, "eager"))
-            speedup = f"{rate / eager_rate:>7.2f}" if mode == "compiled" and eager_rate else f"{'':>7}"
+            speedup = f"{rate / eager_rate:>7.2f}" if mode != "eager" and eager_rate else f"{'':>7}"
             print(f"{label:<6} {mode:<9} {rate:>8.2f} {gb:>9.2f} {rate * gb:>8.0f} {rate * gb / ceiling:>10.0%} "
                   + (f"{rate * gb / sheet:>9.0%}" if sheet else f"{'n/a':>9}") + f" {speedup}", flush=True)
             if mode == "compiled":
                 _print_report(model.compile_report)
+            if stats is not None:
+                print(f"#   parallel: {stats.core_passes / args.tokens:.1f} serial core passes per token, "
+                      f"{stats.diffusion_steps} diffusion steps, fallback: {stats.fallback or 'none'}", flush=True)
             if model is not base:
                 del model
                 if device.type == "cuda":

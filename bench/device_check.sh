@@ -29,7 +29,8 @@ echo "formats: $FORMATS" | tee -a "$OUT/machine.txt"
 
 # 1. Decode speed against the bandwidth ceiling, random weights of the exact 3.5B shape (about 5 minutes): bf16
 #    eager, then bf16 compiled (--compile's path: static KV cache, each recurrence one CUDA graph; the first run
-#    compiles), side by side with the speedup and a line on what ran captured; then the other formats as the budget
+#    compiles), side by side with the speedup and a line on what ran captured; then bf16 with the parallel sampler
+#    (issue 20: its ratio to eager r=32 and its serial core passes per token); then the other formats as the budget
 #    allows. perf_hints logs why inductor would skip CUDA graphs, if it does.
 TORCH_LOGS=perf_hints timeout 300 $PY bench/bench_gpu.py --device cuda --shape huginn-0125 --formats "$FORMATS" \
   --budget 220 2>&1 | tee "$OUT/bench_gpu.txt"

@@ -18,7 +18,7 @@ from .model import HuginnForCausalLM, HuginnOutput
 from .prompt_cache import PromptCache
 from .quantized_cache import CACHE_ENV as QUANTIZED_CACHE_ENV
 from .records import STATS, TOKEN, Record, RecordError
-from .settings import MAX_NUM_STEPS, GenerationSettings, SettingsError
+from .settings import MAX_NUM_STEPS, MAX_WINDOW, SAMPLERS, GenerationSettings, SettingsError
 from .trace import MAX_TRACE_TOP_K, TRACE_VERSION, AnswerTrace, StepTrace, TokenTrace
 
 attach_generate(HuginnForCausalLM)  # model.py does not import the generation stack; its generate comes from here
@@ -27,10 +27,11 @@ AutoModelForCausalLM.register(HuginnConfig, HuginnForCausalLM, exist_ok=True)
 
 __all__ = [
     "CRITERIA", "DEFAULT_THRESHOLDS", "DEMO_MODEL", "MAX_HISTORY_MESSAGES", "MAX_NUM_STEPS", "MAX_TRACE_TOP_K",
-    "OFFICIAL_MODEL", "QUANTIZATIONS", "QUANTIZED_CACHE_ENV", "TRACE_VERSION", "AnswerTrace", "CacheStrategy",
+    "MAX_WINDOW", "OFFICIAL_MODEL", "QUANTIZATIONS", "QUANTIZED_CACHE_ENV", "TRACE_VERSION", "AnswerTrace",
+    "CacheStrategy",
     "CompareResult", "GenerationSettings", "HuginnConfig", "HuginnForCausalLM", "HuginnOutput", "LoadError",
     "LoadReport", "Loaded", "Weights",
-    "ModelInfo", "PromptCache", "PromptError", "Record", "RecordError", "RecurrentCache", "STATS", "SettingsError",
+    "ModelInfo", "PromptCache", "PromptError", "Record", "RecordError", "RecurrentCache", "SAMPLERS", "STATS", "SettingsError",
     "StepTrace", "Summary", "TOKEN", "TokenEvent", "TokenTrace",
     "compare", "load", "model_info", "stream",
 ]

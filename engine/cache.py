@@ -20,6 +20,8 @@ Strategy strings combine a read rule and an optional write-sharing rule, e.g. ``
 * write ``compress-s{k}``: core slot ``c`` is stored in physical slot ``c % k``; ``compress-r{k}`` uses ``c // k``;
   ``compress-anchor`` keeps the first 8 recurrences and then cycles through one recurrence's worth of slots.
   ``k`` counts layer slots, like the reference: ``compress-s4`` with 4 core layers is one slot per core layer.
+  ``compress-layer`` is that for any layout (slot ``c % L``): every recurrence of a core layer shares one slot, so
+  later positions read each position's latest entry (the parallel sampler's cache, ``engine.parallel``).
 
 Storage is preallocated per slot as ``(B, H, capacity, d)`` tensors with a validity mask ``(B, capacity)``, grown
 by doubling. Validity is per batch row so that rows of one batch can stop at different depths (``engine.compare``)
@@ -53,7 +55,7 @@ _POOL_LOCK = threading.Lock()  # two answers starting at once must not both take
 @dataclass(frozen=True)
 class CacheStrategy:
     read: str = "full"
-    share: str | None = None  # "s", "r" or "anchor"
+    share: str | None = None  # "s", "r", "anchor" or "layer"
     share_k: int = 0
 
     @classmethod
@@ -68,16 +70,16 @@ class CacheStrategy:
         if read not in READ_RULES:
             raise ValueError(
                 f"unknown cache strategy {text!r}: the read rule must be one of {', '.join(READ_RULES)}, "
-                "optionally followed by -compress-s<k>, -compress-r<k> or -compress-anchor"
+                "optionally followed by -compress-s<k>, -compress-r<k>, -compress-anchor or -compress-layer"
             )
         if not sep:
             return cls(read=read)
-        if share_part == "anchor":
-            return cls(read=read, share="anchor")
+        if share_part in ("anchor", "layer"):
+            return cls(read=read, share=share_part)
         match = re.fullmatch(r"([sr])(\d+)", share_part)
         if not match or int(match.group(2)) < 1:
             raise ValueError(f"unknown cache sharing {('compress-' + share_part)!r} in cache strategy {text!r}: "
-                             "use compress-s<k> or compress-r<k> with k >= 1, or compress-anchor")
+                             "use compress-s<k> or compress-r<k> with k >= 1, compress-anchor or compress-layer")
         return cls(read=read, share=match.group(1), share_k=int(match.group(2)))
 
     def physical_core_slot(self, core_slot: int, layers_per_step: int) -> int:
@@ -85,6 +87,8 @@ class CacheStrategy:
             return core_slot % self.share_k
         if self.share == "r":
             return core_slot // self.share_k
+        if self.share == "layer":
+            return core_slot % layers_per_step
         if self.share == "anchor":
             kept = _ANCHOR_RECURRENCES * layers_per_step
             return core_slot if core_slot < kept else kept + (core_slot - kept) % layers_per_step

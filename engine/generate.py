@@ -17,7 +17,8 @@ import torch
 
 from .cache import CacheStrategy, kv_cache_bytes, memory_budget
 from .decode import RowPlan, RowStops, decode
-from .prompt_cache import PromptCache, TurnCache
+from .parallel import ParallelParams, ParallelStats, parallel_decode, wavefront_text
+from .prompt_cache import PromptCache, TurnCache, reuse_refusal
 from .records import STATS
 from .speculative import SpeculationStats, speculative_decode
 from .settings import MAX_NEW_TOKENS, GenerationSettings
@@ -81,6 +82,13 @@ class Summary:
     acceptance: float | None = None  # share of drafted tokens kept, with speculative decoding
     trace: dict[str, Any] | None = None  # with settings.trace: the answer's AnswerTrace in compact form
     reused_tokens: int = 0  # prompt tokens whose KV came from an earlier turn (engine.prompt_cache), not rerun
+    sampler: str = "sequential"  # sequential | speculative | parallel
+    core_passes_per_token: float = 0.0  # serial passes through the core block per token (sequential: mean steps)
+    diffusion_steps: int = 0  # parallel: window steps run
+    fallback: str | None = None  # parallel: why the rest of the answer was decoded sequentially
+    # parallel: per diffusion step "lo,hi,done" (token indices: the window's positions produce tokens lo..hi-1,
+    # tokens below done are final after the step), space-separated (engine.parallel.wavefront_text)
+    wavefront: str | None = None
     cache_strategy: str = "full"  # the KV cache the answer ran with (cache_strategy_for, after fit_cache_strategy)
 
     def to_dict(self) -> dict[str, Any]:
@@ -253,6 +261,8 @@ def cache_strategy_for(settings: GenerationSettings) -> str:
     stored in the settings, so a setting derived from another (the arena's adaptive column) gets its own."""
     if settings.cache_strategy is not None:
         return settings.cache_strategy
+    if settings.parallel:  # the paper's cache: a window position reads every earlier position's latest entry
+        return "compress-layer"
     return "latest-m4" if settings.adaptive else "full"
 
 
@@ -335,6 +345,7 @@ class _Row:
 
     def summary(self, elapsed: float, **shared: Any) -> Summary:
         steps = self.steps or [0]
+        shared.setdefault("core_passes_per_token", sum(steps) / len(steps))
         row_elapsed = self.done_at or elapsed  # rows of a batch finish at different times
         return Summary(
             text=self.text, tokens=len(self.steps),
@@ -367,9 +378,16 @@ def _run_rows(model, tokenizer, prompt_ids: list[int], settings_list: Sequence[G
                if trimmed else None, cache_notice]
     text_of = _token_texts(tokenizer)
     row_stops = RowStops()
-    speculation = SpeculationStats() if settings_list[0].draft_steps else None
+    first = settings_list[0]
+    speculation = SpeculationStats() if first.draft_steps else None
+    parallel = ParallelStats() if first.parallel else None
+    refusal = reuse_refusal(strategy) if turn is not None else None
+    notices.append(f"prompt cache not used: {refusal}" if refusal else None)
     input_ids = torch.tensor([prompt_ids], device=cache.device)
-    if speculation is not None:
+    if parallel is not None:
+        steps_iter = parallel_decode(model, input_ids, plans[0], ParallelParams.of(first), stop_ids, cancel, cache,
+                                     parallel, row_stops)
+    elif speculation is not None:
         steps_iter = speculative_decode(model, input_ids, plans[0], settings_list[0].draft_steps,
                                         settings_list[0].lookahead, stop_ids, cancel, cache, speculation, row_stops)
     else:
@@ -405,7 +423,21 @@ def _run_rows(model, tokenizer, prompt_ids: list[int], settings_list: Sequence[G
             elapsed, prompt_tokens=len(prompt_ids), kv_cache_bytes=cache.nbytes() // len(rows),
             trimmed_messages=trimmed, notice="; ".join(part for part in notices if part) or None,
             acceptance=speculation.acceptance if speculation else None, reused_tokens=reused,
-            cache_strategy=strategy)
+            cache_strategy=strategy, **_sampler_fields(first, speculation, parallel, len(row.steps)))
+
+
+def _sampler_fields(settings: GenerationSettings, speculation: SpeculationStats | None,
+                    parallel: ParallelStats | None, tokens: int) -> dict[str, Any]:
+    """The summary's sampler, its serial core passes per token and, for the parallel sampler, its steps."""
+    tokens = max(tokens, 1)
+    if parallel is not None:
+        return dict(sampler="parallel", core_passes_per_token=parallel.core_passes / tokens,
+                    diffusion_steps=parallel.diffusion_steps, fallback=parallel.fallback,
+                    wavefront=wavefront_text(parallel.wavefront))
+    if speculation is not None:  # each round drafts one token per pass, then verifies them all in one pass
+        passes = (speculation.drafted * settings.draft_steps + (speculation.rounds + 1) * settings.num_steps)
+        return dict(sampler="speculative", core_passes_per_token=passes / tokens)
+    return {}
 
 
 def _token_texts(tokenizer) -> Callable[[int], str]:
@@ -448,8 +480,8 @@ def compare(model, tokenizer, messages: Any, settings_list: Sequence[GenerationS
     prompt_ids, trimmed = build_prompt(tokenizer, messages, model.config.block_size, reserve)
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(settings_list):
-        # Speculative rows verify several positions per pass, so they run alone.
-        groups.setdefault(f"speculative-{i}" if s.draft_steps else cache_strategy_for(s), []).append(i)
+        # Speculative and parallel rows run several positions per pass, so they run alone.
+        groups.setdefault(f"alone-{i}" if s.draft_steps or s.parallel else cache_strategy_for(s), []).append(i)
     events: list[list[TokenEvent]] = [[] for _ in settings_list]
     summaries: list[Summary | None] = [None] * len(settings_list)
     for members in groups.values():

@@ -55,8 +55,9 @@ def reuse_refusal(cache_strategy: str) -> str | None:
 
 
 def answer_reusable(settings: GenerationSettings) -> bool:
-    """Whether an answer's decoded positions equal a prefill of the same tokens (fixed depth, no warm start)."""
-    return not settings.adaptive and not settings.warm_start
+    """Whether an answer's decoded positions equal a prefill of the same tokens (fixed depth, no warm start, not
+    the parallel sampler, whose positions thought in windows)."""
+    return not settings.adaptive and not settings.warm_start and not settings.parallel
 
 
 @dataclass

@@ -143,6 +143,11 @@ STATS = Record("stats", (
     Field("reused_tokens", int),  # prompt tokens whose KV came from an earlier turn
     Field("acceptance", float, 0, 1),  # share of drafted tokens kept, with speculative decoding
     Field("cache_strategy", str, chars=64),
+    Field("sampler", str, chars=64),  # sequential | speculative | parallel
+    Field("core_passes_per_token", float),  # serial passes through the core block per token
+    Field("diffusion_steps", int),  # parallel: window steps run
+    Field("fallback", str, chars=1_000),  # parallel: why the rest of the answer was decoded sequentially
+    Field("wavefront", str, chars=40_000),  # parallel: "lo,hi,done" per diffusion step (engine.parallel)
     Field("materialized_parameters", int),  # added by the app: a non-recurrent model of that depth
     Field("agreement", float, 0, 1),  # added by the arena: share of positions agreeing with the deepest column
 ))

@@ -16,6 +16,10 @@ MAX_NEW_TOKENS = 32_768
 MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_CHARS = 200
 MIN_TEMPERATURE = 1e-3  # below it sampling is greedy in all but name, and 1e-40 overflows fp32 logits
+SAMPLERS = ("sequential", "parallel")
+MAX_WINDOW = 1024
+MAX_DIFFUSION_STEPS = 1_000_000
+MAX_PARALLEL_SECONDS = 86_400.0
 
 
 class SettingsError(ValueError):
@@ -51,6 +55,16 @@ class GenerationSettings:
     lookahead: int = 4  # tokens drafted per verification pass
     trace: bool = False  # the depth lens (engine.trace): record every token's steps; off costs nothing
     trace_top_k: int = 5  # tokens kept per step in a trace
+    # "parallel": the diffusion-forcing sampler (engine.parallel); speculative decoding stays selected by draft_steps.
+    sampler: str = "sequential"
+    inner_steps: int = 4  # parallel: core steps per diffusion step, run on every window position at once
+    freeze_threshold: float = 0.03  # parallel: a position freezes once its state moved less than this (relative L2)
+    max_window: int = 128  # parallel: most positions in the window at once
+    embed_ema: float = 0.1  # parallel: weight of the previous step's embedding in a window position's input (eta)
+    state_noise: float = 0.0  # parallel: fresh noise mixed into the states before each step (beta; the paper's 0)
+    headway: int = 1  # parallel: new positions added to the window per step
+    max_diffusion_steps: int = 4096  # parallel: past this many steps the rest of the answer is decoded sequentially
+    max_parallel_seconds: float = 0.0  # parallel: the same after this wall time (0: no limit)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -94,6 +108,7 @@ class GenerationSettings:
         _int_range("trace_top_k", self.trace_top_k, 1, MAX_TRACE_TOP_K)
         if self.trace and self.draft_steps:
             raise SettingsError("trace", "tracing needs plain decoding; set draft_steps to 0")
+        self._validate_parallel()
         if not isinstance(self.stop_strings, tuple) or not all(isinstance(s, str) and s for s in self.stop_strings):
             raise SettingsError("stop_strings", "must be a tuple of non-empty strings")
         if len(self.stop_strings) > MAX_STOP_STRINGS:
@@ -102,6 +117,32 @@ class GenerationSettings:
         if longest > MAX_STOP_STRING_CHARS:
             raise SettingsError("stop_strings", f"each at most {MAX_STOP_STRING_CHARS} characters, got one of "
                                 f"{longest:,}")
+
+    def _validate_parallel(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise SettingsError("sampler", f"{self.sampler!r} is not one of {', '.join(SAMPLERS)}")
+        _int_range("inner_steps", self.inner_steps, 1, MAX_NUM_STEPS)
+        _float_range("freeze_threshold", self.freeze_threshold, 0.0, 10.0, low_open=True)
+        _int_range("max_window", self.max_window, 1, MAX_WINDOW)
+        _float_range("embed_ema", self.embed_ema, 0.0, 0.99)
+        _float_range("state_noise", self.state_noise, 0.0, 1.0)
+        _int_range("headway", self.headway, 1, 16)
+        _int_range("max_diffusion_steps", self.max_diffusion_steps, 1, MAX_DIFFUSION_STEPS)
+        _float_range("max_parallel_seconds", self.max_parallel_seconds, 0.0, MAX_PARALLEL_SECONDS)
+        if self.sampler != "parallel":
+            return
+        if self.inner_steps > self.num_steps:
+            raise SettingsError("inner_steps", f"must be at most num_steps ({self.num_steps}) with the parallel "
+                                f"sampler, got {self.inner_steps}")
+        for name, problem in (("draft_steps", self.draft_steps), ("criterion", self.adaptive),
+                              ("warm_start", self.warm_start), ("trace", self.trace)):
+            if problem:
+                raise SettingsError(name, "the parallel sampler freezes positions by its own criterion; it needs "
+                                    "draft_steps 0, criterion none, no warm start and no trace")
+
+    @property
+    def parallel(self) -> bool:
+        return self.sampler == "parallel"
 
     @property
     def adaptive(self) -> bool:
@@ -139,6 +180,8 @@ class GenerationSettings:
 
     def label(self) -> str:
         """A short human description, e.g. ``r=32`` or ``kl<5e-04, r<=32``."""
+        if self.parallel:
+            return f"parallel r={self.num_steps}, {self.inner_steps}/step"
         if not self.adaptive:
             return f"r={self.num_steps}" + (" warm" if self.warm_start else "")
         return f"{self.criterion}<{self.threshold:g}, r<={self.num_steps}" + (" warm" if self.warm_start else "")

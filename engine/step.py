@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -84,13 +85,15 @@ def run_block(model, input_ids: Tensor | None, plans: list[RowPlan], cache=None,
               input_embeds: Tensor | None = None, input_states: Tensor | None = None, carried: Tensor | None = None,
               active: list[bool] | None = None, prefill: bool = True, cancel: threading.Event | None = None,
               pos0: int | None = None, positions: Tensor | None = None, grad_steps: int = 0,
-              last_only: bool = True) -> BlockResult:
+              last_only: bool = True, mix_embedded: Callable[[Tensor], Tensor] | None = None) -> BlockResult:
     """Run a (B, S) block of tokens at the cache position (or ``pos0``) through the whole model.
 
     ``carried`` holds each row's state from the previous token, used by rows with warm start; ``input_states``
     replaces every initial state (the authors' ``forward``). Rows not ``active`` run the prelude only. The last
     ``grad_steps`` recurrences record gradients when gradients are enabled. ``last_only`` runs the head on the last
-    position only. Raises ``Cancelled`` when ``cancel`` is set before a recurrence step.
+    position only. ``mix_embedded`` maps the prelude's output before it is injected at every recurrence (the
+    parallel sampler's moving average of a window's embeddings). Raises ``Cancelled`` when ``cancel`` is set before
+    a recurrence step.
     """
     seq = (input_ids if input_embeds is None else input_embeds).shape[1]
     pos0 = (cache.seq_len if cache is not None else 0) if pos0 is None else pos0
@@ -99,6 +102,8 @@ def run_block(model, input_ids: Tensor | None, plans: list[RowPlan], cache=None,
                          f"{model.config.block_size} tokens")
     rope = model.rotations(slice(pos0, pos0 + seq) if positions is None else positions)
     embedded = model.embed(input_ids, cache, pos0, input_embeds, rope)
+    if mix_embedded is not None:
+        embedded = mix_embedded(embedded)
     if input_states is None:
         input_states = _initial_states(model, embedded, plans, carried, pos0)
     active = [True] * len(plans) if active is None else list(active)

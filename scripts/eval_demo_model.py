@@ -14,6 +14,10 @@ ten questions in one chat through `engine.stream`, with the prompt cache and a c
     python scripts/eval_demo_model.py                  # every section, 200 problems per tier
     python scripts/eval_demo_model.py --json           # the same as JSON (--merge prints several)
     python scripts/eval_demo_model.py --quick          # tiers 4 and 16 at r = 1, 4, 32, two short chats
+    python scripts/eval_demo_model.py --sampler parallel --per-tier 64   # r=32 sequential beside parallel
+
+`--sampler parallel` evaluates r = 32 sequential decoding and the parallel sampler (engine.parallel, its default
+settings) on the same problems and seeds, one answer at a time for the parallel sampler (it runs batch 1).
 """
 
 from __future__ import annotations
@@ -132,6 +136,33 @@ def generate_answers(
     return texts, mean_steps, token_steps
 
 
+def parallel_answers(model, tok, questions: Sequence[str], num_steps: int, max_new_tokens: int = 16,
+                     seed: int = 0) -> tuple[list[str], list[float], list[list[int]]]:
+    """Greedy answers from the parallel sampler at its default settings, with the initial states keyed as
+    ``generate_answers`` keys them (by seed + question index); returns what ``generate_answers`` returns."""
+    from engine import GenerationSettings
+    from engine.decode import RowPlan
+    from engine.generate import build_prompt, cache_strategy_for, stop_token_ids
+    from engine.parallel import ParallelParams, parallel_decode
+
+    defaults = GenerationSettings(sampler="parallel")
+    params = ParallelParams.of(defaults)
+    stops = stop_token_ids(model, tok)
+    texts, token_steps = [], []
+    for i, q in enumerate(questions):
+        ids = build_prompt(tok, [{"role": "user", "content": q}], model.config.block_size, max_new_tokens)[0]
+        plan = RowPlan(num_steps=num_steps, max_new_tokens=max_new_tokens, seed=seed + i)
+        cache = model.new_cache(1, cache_strategy_for(defaults), capacity=len(ids) + max_new_tokens)
+        out, steps = [], []
+        for step in parallel_decode(model, torch.tensor([ids]), plan, params, stops, cache=cache):
+            if step.tokens[0] >= 0 and step.tokens[0] not in stops:
+                out.append(step.tokens[0])
+                steps.append(step.steps[0])
+        texts.append(tok.decode(out, skip_special_tokens=True).strip())
+        token_steps.append(steps)
+    return texts, [sum(st) / max(len(st), 1) for st in token_steps], token_steps
+
+
 def trivial_baselines(problems: Sequence[demo_tasks.Problem]) -> dict[str, float]:
     """What answering without following the swaps scores on these problems.
 
@@ -164,7 +195,7 @@ def _cell(per_seed: list[list[bool]]) -> dict[str, Any]:
 def evaluate(
     model, tok, tasks: Sequence[str], per_tier: int, depths: Sequence[int] = DEPTHS, adaptive: bool = True,
     seeds: Sequence[int] = SEEDS, baseline: Any = None, tiers: Sequence[int] | None = None,
-    split_tiers: Sequence[int] = (), split_depths: Sequence[int] = SPLIT_DEPTHS,
+    split_tiers: Sequence[int] = (), split_depths: Sequence[int] = SPLIT_DEPTHS, parallel: bool = False,
 ) -> dict[str, Any]:
     """Accuracy per task, tier and depth, each over every initial-state seed in `seeds`.
 
@@ -185,10 +216,10 @@ def evaluate(
             answers = [p.answer for p in problems]
             max_new = max(len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers) + 1
 
-            def run(m, r: int, **kw: Any) -> tuple[list[list[bool]], list[list[int]]]:
+            def run(m, r: int, answer=generate_answers, **kw: Any) -> tuple[list[list[bool]], list[list[int]]]:
                 hits, steps = [], []
                 for seed in seeds:
-                    texts, _, st = generate_answers(m, tok, questions, r, max_new_tokens=max_new, seed=seed, **kw)
+                    texts, _, st = answer(m, tok, questions, r, max_new_tokens=max_new, seed=seed, **kw)
                     hits.append([t == a for t, a in zip(texts, answers)])
                     steps += st
                 return hits, steps
@@ -211,6 +242,10 @@ def evaluate(
                                        for d in split_depths}
             if baseline is not None:
                 row["baseline"] = _cell(run(baseline, baseline.config.mean_recurrence)[0])
+            if parallel:
+                hits, steps = run(model, adaptive_cap, answer=parallel_answers)
+                flat = [s for st in steps for s in st]
+                row["parallel"] = {**_cell(hits), "mean_steps": round(sum(flat) / max(len(flat), 1), 2)}
             results[task][str(tier)] = row
     return results
 
@@ -294,7 +329,9 @@ def markdown_table(report: dict[str, Any]) -> str:
     if not rows:
         return ""
     extra = (["adaptive kl", "mean steps"] if any("adaptive" in row for row in rows) else []) + (
-        ["no recurrence (r=1 trained)"] if report.get("baseline") else []) + ["parity guess", "start order"]
+        ["no recurrence (r=1 trained)"] if report.get("baseline") else []) + (
+        [f"parallel r={_adaptive_cap()}", "its mean steps"] if any("parallel" in row for row in rows) else []) + [
+        "parity guess", "start order"]
     head = "| task | tier | n | " + " | ".join([f"r={r}" for r in depths] + extra) + " |"
     lines = [head, "|" + "---|" * (len(depths) + len(extra) + 3)]
     for task, tiers in report["results"].items():
@@ -306,6 +343,8 @@ def markdown_table(report: dict[str, Any]) -> str:
                 cells += [_fmt(row["adaptive"]), f"{row['adaptive']['mean_steps']:.1f}"]
             if "baseline" in row:
                 cells.append(_fmt(row["baseline"]))
+            if "parallel" in row:
+                cells += [_fmt(row["parallel"]), f"{row['parallel']['mean_steps']:.1f}"]
             cells += [_pct(row["baselines"]["parity"]), _pct(row["baselines"]["start"])]
             lines.append(f"| {task} | {row['name']} | {row['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -482,6 +521,8 @@ def main() -> None:
     ap.add_argument("--merge", type=Path, nargs="+", default=None,
                     help="print the tables of these --json reports (run side by side) and exit")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--sampler", choices=["sequential", "parallel"], default="sequential",
+                    help="parallel: r=32 sequential beside the parallel sampler, and no other depths")
     args = ap.parse_args()
     if args.merge:
         print(markdown(merge_reports([json.loads(p.read_text()) for p in args.merge])))
@@ -497,6 +538,8 @@ def main() -> None:
     per_tier = args.per_tier or (QUICK_PER_TIER if args.quick else 200)
     seeds = SEEDS[:1] if args.quick else tuple(range(args.seeds))
     depths = QUICK_DEPTHS if args.quick else DEPTHS
+    parallel = args.sampler == "parallel"
+    depths = (_adaptive_cap(),) if parallel else depths
     tiers = [int(t) for t in args.tiers.split(",")] if args.tiers else QUICK_TIERS if args.quick else None
     model, tok = load(args.model)
     baseline = load(args.baseline)[0] if args.baseline else None
@@ -505,8 +548,8 @@ def main() -> None:
     if "single" in sections or "split" in sections:
         split = [int(t) for t in args.split_tiers.split(",")] if "split" in sections and not args.quick else []
         if "single" in sections:
-            results = evaluate(model, tok, args.tasks.split(","), per_tier, depths, not args.quick, seeds, baseline,
-                               tiers, split)
+            results = evaluate(model, tok, args.tasks.split(","), per_tier, depths, not (args.quick or parallel),
+                               seeds, baseline, tiers, split, parallel=parallel)
         else:  # only the split rows
             results = evaluate(model, tok, args.tasks.split(","), per_tier, (), False, seeds, None, split, split)
     chats = []
@@ -524,6 +567,7 @@ def main() -> None:
         "depths": list(depths),
         "adaptive": {"criterion": ADAPTIVE_CRITERION, "threshold": _default_threshold(),
                      "max_steps": _adaptive_cap(), "cache_strategy": ADAPTIVE_CACHE},
+        "sampler": args.sampler,
         "results": results,
         "multi_turn": chats,
         "seconds": round(time.time() - t0, 1),

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -98,6 +101,26 @@ def tiny_dir(tmp_path_factory) -> Path:
 def tiny(tiny_dir):
     """(model, tokenizer) of the tiny checkpoint, loaded through engine.load."""
     return engine.load(str(tiny_dir))[:2]
+
+
+@contextlib.contextmanager
+def cancel_at_core_step(model, n: int) -> Iterator[tuple[threading.Event, dict]]:
+    """A cancel event that the model's ``n``-th core step sets, and the count of core steps run (``calls["n"]``)."""
+    cancel = threading.Event()
+    calls = {"n": 0}
+    original = model.core_step
+
+    def counting_core_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            cancel.set()
+        return original(*args, **kwargs)
+
+    model.core_step = counting_core_step
+    try:
+        yield cancel, calls
+    finally:
+        del model.core_step
 
 
 def pytest_configure(config) -> None:

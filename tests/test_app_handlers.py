@@ -11,7 +11,7 @@ import engine
 from app import handlers, render
 from app.handlers import AppConfig, Limits, ModelSlot, Studio, UserError, settings_from_form
 from app.views import model_messages
-from app.store import Message, Store
+from app.store import Message, Store, StoreError
 
 PAYLOAD = '<script>alert(1)</script><img src=x onerror="alert(2)"> ${value} {{this}}'
 
@@ -566,3 +566,54 @@ def test_the_depth_form_is_read_by_field_name():
     with pytest.raises(engine.SettingsError) as err:
         settings_from_form(Limits(), {"num_steps": 4, "nmu_steps": 5})
     assert err.value.field == "nmu_steps"
+
+
+def test_an_import_refuses_a_system_prompt_the_page_would_refuse(studio, tmp_path):
+    """A system prompt kept with an answer comes back into the page's box: an import holds it to the page's cap."""
+    session = run(studio.chat.send(studio.conversations.new_session(), "Keep my system", "Be brief.", fixed()))[-1][0]
+    data = studio.store.export_data(session.owner)
+    answer = data["conversations"][0]["messages"][-1]
+    assert answer["extra"]["system"] == "Be brief."
+    answer["extra"]["system"] = "s" * 3_000_000
+    path = tmp_path / "big-system.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    before = studio.store.export_data(session.owner)["conversations"]
+    with pytest.raises(StoreError, match=r"extra\.system: the system prompt is 3,000,000 characters; the limit "
+                                         r"here is 100,000"):
+        studio.conversations.import_file(session, str(path))
+    assert studio.store.export_data(session.owner)["conversations"] == before
+
+
+def test_after_the_hostile_corpus_a_restarted_app_still_serves_its_owner(tiny, tmp_path):
+    """Issue 16's worst case, re-checked for issue 22: a file that bricked the app for its owner across restarts.
+    Every corpus file goes through the page's import handler, then the app starts again on the same database."""
+    import gradio as gr
+
+    from app.ui import Page, on_load
+    from app.ui.common import friendly
+    from tests.hostile_corpus import cases
+
+    db = tmp_path / "restart.db"
+    with Store(db) as store:
+        studio = Studio(ModelSlot(*tiny, note="tiny"), store, AppConfig(stream_interval=0.0))
+        session = run(studio.chat.send(studio.conversations.new_session(), "Before the files", "", fixed()))[-1][0]
+        on_import = friendly(studio.conversations.import_file)
+        kept = 0
+        for i, case in enumerate(cases()):
+            path = tmp_path / f"case-{i}.json"
+            path.write_bytes(case.data)
+            try:
+                kept += on_import(session, str(path))[2]  # what is accepted stays, to be drawn after the restart
+            except gr.Error:
+                assert case.error is not None, case.name
+    assert kept > 0
+    with Store(db) as store:  # the next start
+        studio = Studio(ModelSlot(*tiny, note="tiny"), store, AppConfig(stream_interval=0.0))
+        fresh, html, listing, _, _ = on_load(Page(studio, None), None, None)
+        assert fresh.owner == session.owner and fresh.conversation_id is not None
+        assert "could not be shown" not in html and len(listing["choices"]) == kept + 1
+        for _, cid in listing["choices"]:  # every conversation, the hostile ones included, opens and draws
+            _, html = studio.conversations.open(fresh, cid)
+            assert "<script" not in html and "Traceback" not in html
+        after = run(studio.chat.send(studio.conversations.new_session(), "Still serving?", "", fixed()))[-1][0]
+        assert store.thread(after.owner, after.conversation_id)[-1].status == "complete"

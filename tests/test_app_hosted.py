@@ -333,13 +333,20 @@ class QueueCall:
 
 
 def form(num_steps: int = 4, max_new_tokens: int = 8) -> list[Any]:
-    """The depth panel's values in the order the page sends them."""
-    return [num_steps, False, "kl", "", 0, False, 0.0, 1.0, 0, 0.0, 1.0, 0, max_new_tokens, False]
+    """The depth panel's values in the order the page sends them (app.inputs.FORM_FIELDS)."""
+    from app.inputs import FORM_FIELDS
+
+    values = {"num_steps": num_steps, "adaptive": False, "criterion": "kl", "exit_threshold": "", "min_steps": 0,
+              "warm_start": False, "temperature": 0.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
+              "repetition_penalty": 1.0, "seed": 0, "max_new_tokens": max_new_tokens, "trace": False,
+              "sampler": "sequential", "inner_steps": 4, "freeze_threshold": 0.03, "max_window": 128,
+              "embed_ema": 0.1, "state_noise": 0.0}
+    return [values[name] for name in FORM_FIELDS]
 
 
 def open_tab(hosted, token: Any, name: str) -> tuple[QueueCall, dict[str, Any]]:
     call = QueueCall(hosted.url, name)
-    return call, call(hosted.events["init"], [None, token])
+    return call, call(hosted.events["init"], [None, token, None])
 
 
 def titles(init_output: dict[str, Any]) -> list[str]:
@@ -376,7 +383,7 @@ def test_a_forged_owner_sees_nothing_through_the_api(hosted):
     with pytest.raises((TypeError, ValueError)):
         client.predict("hi", FAST, owner=victim, api_name="/chat")
     with pytest.raises(ValueError):
-        client.predict(None, token, fn_index=hosted.events["init"])
+        client.predict(None, token, None, fn_index=hosted.events["init"])
 
 
 def test_caps_are_enforced_with_a_clear_message(hosted):
@@ -385,12 +392,12 @@ def test_caps_are_enforced_with_a_clear_message(hosted):
 
     client = Client(hosted.url, verbose=False)
     cases = [
-        (("hi", {"num_steps": 64}), "/chat", "num_steps: must be at most 32"),
+        (("hi", {"num_steps": 64}), "/chat", "num_steps: must be from 1 to 32 here, got 64"),
         (("hi", {"max_new_tokens": 1000}), "/chat", "max_new_tokens: must be at most 256"),
         (("x" * 2001, FAST), "/chat", "the limit here is 2,000"),
         (("hi", FAST, "", [{"role": "user", "content": "y" * 5000}]), "/chat", "the limit here is 2,000"),
         (("hi", [FAST] * 6), "/compare", "at most 5 settings"),
-        (("hi", [{"num_steps": 64}]), "/compare", "at most 32"),
+        (("hi", [{"num_steps": 64}]), "/compare", "from 1 to 32 here"),
     ]
     for args, api, message in cases:
         with pytest.raises(AppError, match=re.escape(message)):
@@ -456,8 +463,9 @@ def test_ten_queued_requests_from_several_clients_all_complete(hosted):
         call, out = open_tab(hosted, token, f"queue-tab-{i}")
         assert out["data"][4] is None or out["data"][4] == token
         tabs.append((token, call, f"question {i} from browser {i % 3}"))
-    hosted.studio.gpu.peak = 0
-    hosted.studio.gpu.runs = []
+    recording = hosted.studio.gpu.work  # the RecordingGpu behind the page's gate
+    recording.peak = 0
+    recording.runs = []
 
     def ask(tab):
         token, call, prompt = tab
@@ -480,12 +488,12 @@ def test_ten_queued_requests_from_several_clients_all_complete(hosted):
         assert all(a.role == "assistant" and a.status == "complete" and a.tokens for a in seen.values())
     worst = max(r["wait"] for r in results)
     print(f"\nqueue: {len(results)} requests from {len(clients)} browsers in {len(tabs)} tabs, concurrency limit "
-          f"{hosted.studio.config.concurrency_limit}, peak running {hosted.studio.gpu.peak}, worst wait "
+          f"{hosted.studio.config.concurrency_limit}, peak running {recording.peak}, worst wait "
           f"{worst:.2f} s, longest request {max(r['done'] for r in results):.2f} s, all done in {wall:.2f} s")
-    assert hosted.studio.gpu.peak == hosted.studio.config.concurrency_limit == 1
+    assert recording.peak == hosted.studio.config.concurrency_limit == 1
     # They really queued: the generations ran one after another, so the last to start waited for all the others
     # (less the time between the first and the last request joining the queue).
-    runs = sorted(hosted.studio.gpu.runs)
+    runs = sorted(recording.runs)
     assert len(runs) == len(tabs) and all(b[0] >= a[1] for a, b in zip(runs, runs[1:]))
     spread = max(r["joined"] for r in results) - min(r["joined"] for r in results)
     others = sum(end - start for start, end in runs[:-1])

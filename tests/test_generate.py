@@ -1,7 +1,6 @@
 """Generation: the authors' goldens through model.generate, and the app-facing stream / compare."""
 
 import json
-import threading
 
 import pytest
 import torch
@@ -10,6 +9,8 @@ from transformers import AutoModelForCausalLM, GenerationConfig
 import engine
 from engine import GenerationSettings, PromptError, SettingsError, Summary, TokenEvent
 from engine.generate import IncrementalDecoder
+
+from .conftest import cancel_at_core_step
 
 HELLO = [{"role": "user", "content": "Hello there"}]
 
@@ -155,22 +156,9 @@ def test_adaptive_exit_reports_steps_per_token(tiny):
 
 def test_cancel_returns_within_one_core_step(tiny):
     model, tok = tiny
-    cancel = threading.Event()
-    calls = {"n": 0}
-    original = model.core_step
-
-    def counting_core_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 50:
-            cancel.set()
-        return original(*args, **kwargs)
-
-    model.core_step = counting_core_step
-    try:
+    with cancel_at_core_step(model, 50) as (cancel, calls):
         events = list(engine.stream(model, tok, HELLO, GenerationSettings(num_steps=8, max_new_tokens=100, seed=0),
                                     cancel=cancel))
-    finally:
-        del model.core_step
     summary = events[-1]
     assert summary.stop_reason == "cancelled"
     assert calls["n"] == 50  # no recurrence step ran after the one during which cancel was set
@@ -434,22 +422,9 @@ def test_speculative_decoding_honours_the_repetition_penalty(tiny):
 
 def test_speculative_cancel_returns_within_one_core_step(tiny):
     model, tok = tiny
-    cancel = threading.Event()
-    calls = {"n": 0}
-    original = model.core_step
-
-    def counting_core_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 30:
-            cancel.set()
-        return original(*args, **kwargs)
-
-    model.core_step = counting_core_step
     settings = GenerationSettings(num_steps=8, max_new_tokens=100, seed=0, draft_steps=2, lookahead=4)
-    try:
+    with cancel_at_core_step(model, 30) as (cancel, calls):
         summary = list(engine.stream(model, tok, HELLO, settings, cancel=cancel))[-1]
-    finally:
-        del model.core_step
     assert summary.stop_reason == "cancelled"
     assert calls["n"] == 30
 

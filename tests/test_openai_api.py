@@ -14,6 +14,7 @@ import engine
 from tests.test_app_hosted import run_py
 
 QUESTION = [{"role": "user", "content": "What is 12 + 30?"}]
+JSON = {"content-type": "application/json"}
 pytestmark = pytest.mark.slow
 
 
@@ -67,6 +68,26 @@ def test_default_depth_is_the_models_own_for_the_api_and_the_page_api(client, se
     page = Client(server, verbose=False).predict("What is 1 + 1?", {"max_new_tokens": 2}, api_name="/chat")
     assert page["settings"]["num_steps"] == demo_depth()
 
+
+
+def test_the_parallel_sampler_through_the_api_and_the_page_api(client, server):
+    """The same settings fields in the OpenAI API's extra body and in /chat: the sampler and its parameters."""
+    fields = {"num_steps": 16, "sampler": "parallel", "inner_steps": 4, "max_window": 16}
+    answer = client.chat.completions.create(model="demo-model", messages=QUESTION, max_tokens=12, seed=3,
+                                            extra_body=fields)
+    summary = extension(answer)["summary"]
+    assert (summary["sampler"], summary["settings"]["inner_steps"], summary["fallback"]) == ("parallel", 4, None)
+    assert summary["diffusion_steps"] == len(summary["wavefront"].split()) > 0
+    assert summary["core_passes_per_token"] < 16
+    from gradio_client import Client
+
+    page = Client(server, verbose=False).predict(QUESTION[0]["content"], {**fields, "max_new_tokens": 12, "seed": 3},
+                                                  api_name="/chat")
+    assert page["stats"]["sampler"] == "parallel" and page["text"] == answer.choices[0].message.content
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="demo-model", messages=QUESTION, max_tokens=4,
+                                       extra_body={"sampler": "parallel", "num_steps": 8, "inner_steps": 9})
+    assert caught.value.body["param"] == "inner_steps"
 
 def test_streaming_gives_steps_on_every_chunk_and_matches_the_whole_answer(client):
     depth = {"num_steps": 8, "criterion": "kl", "exit_threshold": 1e-3, "min_steps": 1, "warm_start": False}
@@ -126,18 +147,19 @@ def test_bad_requests_get_openai_errors_naming_the_field(client, kwargs, param):
 
 def test_malformed_and_oversized_bodies_get_error_objects_not_tracebacks(server):
     with httpx.Client(base_url=server, timeout=60) as http:
-        for body in (b"{not json", b"[1, 2]", "\"just a string\"".encode(), b"\xff\xfe"):
-            r = http.post("v1/chat/completions", content=body, headers={"content-type": "application/json"})
+        deep = b'{"messages": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"  # 50,000 levels: the parser gives up
+        for body in (b"{not json", b"[1, 2]", "\"just a string\"".encode(), b"\xff\xfe", deep):
+            r = http.post("v1/chat/completions", content=body, headers=JSON)
             assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "param", "code"}
             assert "Traceback" not in r.text
         huge = json.dumps({"messages": [{"role": "user", "content": "x" * 1_000_000}]})
-        r = http.post("v1/chat/completions", content=huge)
+        r = http.post("v1/chat/completions", content=huge, headers=JSON)
         assert r.status_code == 413 and "bytes" in r.json()["error"]["message"]
         long = json.dumps({"messages": [{"role": "user", "content": "x" * 100_001}]})
-        r = http.post("v1/chat/completions", content=long)
+        r = http.post("v1/chat/completions", content=long, headers=JSON)
         assert r.status_code == 400 and r.json()["error"]["param"] == "messages[0].content"
         lone = b'{"messages": [{"role": "user", "content": "hi \\ud800"}]}'  # a lone surrogate: not Unicode
-        r = http.post("v1/chat/completions", content=lone)
+        r = http.post("v1/chat/completions", content=lone, headers=JSON)
         assert r.status_code == 400 and "Unicode" in r.json()["error"]["message"]
 
 
@@ -160,5 +182,9 @@ def test_hosted_with_a_login_keeps_the_pages_caps(tmp_path):
         answer = client.chat.completions.create(model="m", messages=QUESTION, max_tokens=4,
                                                 extra_body={"num_steps": 32})
         assert extension(answer)["summary"]["max_steps"] == 32
+        # The login is one prompt-cache owner: its own prompt again reuses the cache (per key, not per request).
+        again = client.chat.completions.create(model="m", messages=QUESTION, max_tokens=4,
+                                               extra_body={"num_steps": 32})
+        assert extension(again)["summary"]["reused_tokens"] > 0
         basic = httpx.get(f"{url}v1/models", auth=("colleague", "pass:word"), timeout=30)
         assert basic.status_code == 200

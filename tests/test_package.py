@@ -53,16 +53,36 @@ def test_wheel_holds_every_package_the_demo_model_and_the_page_assets(wheel):
     entry_points = meta.read(f"{dist_info}/entry_points.txt").decode()
     assert "huginn-studio = app.cli:main" in entry_points
     requires = meta.read(f"{dist_info}/METADATA").decode()
-    for needed in ("psutil", "pandas", "gradio", "openai"):
+    for needed in ("psutil", "pandas", "gradio", "httpx"):
         assert f"Requires-Dist: {needed}" in requires
+
+
+def site_dirs() -> list[str]:
+    """The folders this interpreter imports installed packages from: its own (a virtual environment's, where torch
+    may be installed and the base interpreter may have none), its base's, and any a .pth file added."""
+    return [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir()]
+
+
+def env_seeing_these_packages(env_dir: Path, base: str | None = None) -> Path:
+    """A fresh virtual environment (of ``base``, else of this interpreter's base) that imports what this interpreter
+    imports, without a download: its own site-packages first, then ours, listed in a .pth file (plain paths: the
+    .pth files in them, an editable install's say, are not run)."""
+    if base is None:
+        venv.EnvBuilder(with_pip=False).create(env_dir)
+    else:
+        subprocess.run([base, "-m", "venv", "--without-pip", str(env_dir)], check=True, capture_output=True)
+    python = env_dir / "bin" / "python"
+    own = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    Path(own, "_huginn_test_site.pth").write_text("\n".join(site_dirs()) + "\n", encoding="utf-8")
+    return python
 
 
 @pytest.mark.slow
 def test_installed_wheel_imports_and_serves_the_page_outside_the_checkout(wheel, tmp_path):
     env_dir = tmp_path / "venv"
-    # System site-packages for torch and the other dependencies (no downloads); the wheel itself goes into the venv.
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
-    python = env_dir / "bin" / "python"
+    # torch and the other dependencies as this interpreter has them (no downloads); the wheel goes into the venv.
+    python = env_seeing_these_packages(env_dir)
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index",
                     "--quiet", str(wheel)], check=True, capture_output=True, text=True)
     run_dir = tmp_path / "elsewhere"
@@ -101,3 +121,29 @@ def test_installed_wheel_imports_and_serves_the_page_outside_the_checkout(wheel,
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def interpreter_without_torch() -> str | None:
+    """Another Python of this version that has no torch (Debian's, beside a pyenv one), if the machine has one."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for candidate in (f"/usr/bin/{version}", f"/usr/local/bin/{version}", shutil.which(version)):
+        if not candidate or not Path(candidate).is_file():
+            continue
+        if Path(candidate).resolve() == Path(sys.executable).resolve():
+            continue
+        probe = subprocess.run([candidate, "-c", "import torch"], capture_output=True)
+        if probe.returncode != 0:
+            return candidate
+    return None
+
+
+@pytest.mark.slow
+def test_the_wheel_test_passes_inside_a_virtual_environment(tmp_path):
+    """As in a user's venv: torch and the rest installed in the venv, none of it in the base interpreter (where the
+    machine has such a base; otherwise this interpreter's). The wheel test, run from that venv, must pass."""
+    outer = env_seeing_these_packages(tmp_path / "user-venv", interpreter_without_torch())
+    test = "tests/test_package.py::test_installed_wheel_imports_and_serves_the_page_outside_the_checkout"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = subprocess.run([str(outer), "-m", "pytest", "-q", "-p", "no:cacheprovider", test], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0 and "1 passed" in run.stdout, run.stdout[-3000:] + run.stderr[-2000:]

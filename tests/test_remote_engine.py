@@ -8,17 +8,18 @@ import contextlib
 import json
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from gradio_client import Client
 
 import engine
 from app.handlers import AppConfig, Studio
+from app.inputs import arena_presets
 from app.remote import RemoteEngine, api_base
 from app.store import Store
 from tests.test_app_hosted import free_port, run_py
@@ -83,6 +84,14 @@ def test_the_remote_page_serves_the_api_too_and_keeps_the_servers_limits(page):
     assert "remote engine" in config
 
 
+def test_the_arena_defaults_to_the_remote_models_suggested_depths(engine_server):
+    suggested = json.loads((engine.DEMO_MODEL / "generation_config.json").read_text())["suggested_depths"]
+    remote = RemoteEngine(engine_server)
+    assert list(remote.info().suggested_depths) == sorted(suggested)
+    presets, default = arena_presets(remote.info().suggested_depths, remote.app_config(AppConfig()).limits)
+    assert default == [str(d) for d in sorted(suggested)] + ["adaptive"]
+
+
 def test_chat_turns_are_stored_with_the_remote_steps(engine_server, tmp_path):
     remote = RemoteEngine(engine_server)
     with Store(tmp_path / "s.db") as store:
@@ -102,28 +111,35 @@ def test_chat_turns_are_stored_with_the_remote_steps(engine_server, tmp_path):
 WORDS = ["The", " answer", " is", " 42", "."]
 
 
+def sse(chunks: list[dict[str, Any]], done: bool = True) -> StreamingResponse:
+    body = [f"data: {json.dumps(c)}\n\n" for c in chunks] + (["data: [DONE]\n\n"] if done else [])
+    return StreamingResponse(iter(body), media_type="text/event-stream")
+
+
+def chunk(word: str | None = None, finish: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "plain-llm",
+            "choices": [{"index": 0, "delta": {"content": word} if word else {}, "finish_reason": finish}], **extra}
+
+
+def fixed_answer(body: dict[str, Any]) -> StreamingResponse:
+    return sse([chunk(w) for w in WORDS] + [chunk(finish="stop")])
+
+
 @contextlib.contextmanager
-def stand_in_server() -> Iterator[tuple[str, list[dict]]]:
-    """A minimal OpenAI-compatible server (think vLLM or llama.cpp): a fixed answer, no steps, no extensions."""
+def stand_in_server(reply: Callable[[dict], Any] = fixed_answer, model: str = "plain-llm"
+                    ) -> Iterator[tuple[str, list[dict]]]:
+    """A minimal OpenAI-compatible server (think vLLM or llama.cpp): by default a fixed answer, no steps, no
+    extensions; ``reply`` makes it answer otherwise (a hostile or broken server)."""
     app, seen = FastAPI(), []
 
     @app.get("/v1/models")
     def models():
-        return {"object": "list", "data": [{"id": "plain-llm", "object": "model", "created": 0, "owned_by": "x"}]}
+        return {"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": "x"}]}
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         seen.append(await request.json())
-
-        def chunks():
-            for i, word in enumerate(WORDS + [None]):
-                choice = {"index": 0, "delta": {"content": word} if word else {},
-                          "finish_reason": None if word else "stop"}
-                chunk = {"id": "c", "object": "chat.completion.chunk", "created": i, "model": "plain-llm",
-                         "choices": [choice]}
-                yield f"data: {json.dumps(chunk)}\n\n"
-            yield "data: [DONE]\n\n"
-        return StreamingResponse(chunks(), media_type="text/event-stream")
+        return reply(seen[-1])
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -145,12 +161,20 @@ def test_a_server_without_steps_shows_the_fixed_depth_asked_for_and_says_so(tmp_
             assert "plain-llm" in out and "no per-token depth" in out
             answer = Client(url, verbose=False).predict(QUESTION, {"num_steps": 6, "max_new_tokens": 16},
                                                         api_name="/chat")
+            # The depth lens needs per-step depth: refused by name, through the page's OpenAI API too.
+            refused = httpx.post(f"{url}v1/chat/completions", timeout=60, json={
+                "messages": [{"role": "user", "content": QUESTION}], "trace": True})
+            assert refused.status_code == 400 and refused.json()["error"]["param"] == "trace", refused.text
+            assert "no depth lens" in refused.json()["error"]["message"]
     assert answer["text"] == "".join(WORDS)
     assert [t["steps"] for t in answer["tokens"]] == [6] * len(WORDS)
     assert "no per-token depth" in answer["stats"]["notice"] and "r=6" in answer["stats"]["notice"]
     assert answer["stats"]["mean_steps"] == 6 and answer["stats"]["stop_reason"] == "end_of_turn"
-    assert seen[-1]["num_steps"] == 6 and seen[-1]["max_tokens"] == 16 and seen[-1]["model"] == "plain-llm"
-    assert "criterion" not in seen[-1]  # a plain server gets only the standard fields and the depth asked for
+    assert seen[-1]["max_tokens"] == 16 and seen[-1]["model"] == "plain-llm"
+    # a plain server gets only the standard fields (OpenAI's own API refuses any other)
+    assert set(seen[-1]) <= {"model", "messages", "stream", "stream_options", "max_tokens", "temperature", "top_p",
+                             "seed", "stop"}
+    assert all(set(m) == {"role", "content"} for m in seen[-1]["messages"])
 
 
 def test_unreachable_or_wrong_engines_are_clear_errors():
@@ -163,3 +187,122 @@ def test_unreachable_or_wrong_engines_are_clear_errors():
     with stand_in_server() as (base, _):
         with pytest.raises(engine.LoadError, match="plain-llm"):
             RemoteEngine(base, model="other-model")
+
+
+# ---- an untrusted server -----------------------------------------------------------------------------------------
+
+def store_answer(base: str, tmp_path, settings: engine.GenerationSettings | None = None, turns: int = 1,
+                 **engine_args: Any):
+    """Ask the page's handlers ``turns`` questions on the remote engine at ``base``; the stored answers."""
+    remote = RemoteEngine(base, **engine_args)
+    settings = settings or engine.GenerationSettings(num_steps=6, max_new_tokens=16)
+    with Store(tmp_path / f"s{time.monotonic_ns()}.db") as store:
+        studio = Studio(remote, store, remote.app_config(AppConfig()), gpu=remote)
+        session = studio.conversations.new_session()
+        for i in range(turns):
+            for session, *_ in studio.chat.send(session, f"{QUESTION} ({i})", "", settings):
+                pass
+        return [m for m in store.thread(session.owner, session.conversation_id) if m.role == "assistant"]
+
+
+def endless(body: dict[str, Any]) -> StreamingResponse:
+    """A server that ignores max_tokens."""
+    def chunks():
+        for i in range(100_000):
+            yield f"data: {json.dumps(chunk(f' w{i}'))}\n\n"
+    return StreamingResponse(chunks(), media_type="text/event-stream")
+
+
+def test_max_new_tokens_hold_whatever_the_server_sends(tmp_path):
+    with stand_in_server(endless) as (base, _):
+        [answer] = store_answer(base, tmp_path)
+    assert answer.status == "complete" and len(answer.tokens) == 16 and answer.stats["stop_reason"] == "max_tokens"
+    assert answer.stats["tokens"] == 16 and answer.content.startswith(" w0 w1")
+
+
+@pytest.mark.parametrize("slowloris", [False, True])
+def test_wall_time_holds_and_a_cut_answer_is_kept_as_interrupted(tmp_path, slowloris):
+    def trickle(body):
+        def chunks():
+            yield f"data: {json.dumps(chunk(' w0'))}\n\n"
+            for i in range(1, 1_000):
+                time.sleep(0.1)
+                yield "d" if slowloris else f"data: {json.dumps(chunk(f' w{i}'))}\n\n"  # slowloris: no event ends
+        return StreamingResponse(chunks(), media_type="text/event-stream")
+
+    settings = engine.GenerationSettings(num_steps=6, max_new_tokens=1_000)
+    with stand_in_server(trickle) as (base, _):
+        start = time.monotonic()
+        [answer] = store_answer(base, tmp_path, settings, max_seconds=1.0)
+        assert time.monotonic() - start < 10
+    assert answer.status == "interrupted" and "took over 1 s" in answer.error and base in answer.error
+    assert 0 < len(answer.tokens) < 50 and answer.content.startswith(" w0")
+
+
+def test_a_stream_without_its_end_is_kept_as_interrupted(tmp_path):
+    with stand_in_server(lambda body: sse([chunk(w) for w in WORDS[:3]], done=False)) as (base, _):
+        [answer] = store_answer(base, tmp_path)
+    assert answer.status == "interrupted" and answer.content == "".join(WORDS[:3])
+    assert "ended the stream before the answer's end" in answer.error and base in answer.error
+
+
+@pytest.mark.parametrize("reply, message", [
+    (lambda body: JSONResponse({"choices": [{"message": {"content": "hi"}}]}), "not a stream of server-sent events"),
+    (lambda body: sse([chunk("a"), chunk(finish="stop", huginn={"summary": {"mean_steps": "deep"}})]),
+     "summary.mean_steps must be a number"),
+    (lambda body: sse([chunk("a", huginn={"tokens": [{"text": "a", "steps": "x"}]})]), "token.steps must be"),
+    (lambda body: sse([chunk("a", huginn={"tokens": [{"text": "a", "steps": 4, "id": 2**32}]})]), "token.id"),
+    (lambda body: sse([{"error": {"message": "out of memory " + "!" * 10_000}}]), "failed: 'out of memory"),
+    (lambda body: JSONResponse({"error": {"message": "<b>down</b>" * 5_000}}, status_code=503), "failed: '<b>down"),
+    (lambda body: sse(["not an object"]), "not an object"),
+])
+def test_a_broken_reply_is_a_clear_error_naming_the_server(tmp_path, reply, message):
+    with stand_in_server(reply) as (base, _):
+        [answer] = store_answer(base, tmp_path)
+    assert answer.status == "failed" and message in answer.error and base in answer.error, answer.error
+    assert len(answer.error) < 600 and "Traceback" not in answer.error
+
+
+def test_a_servers_summary_adds_only_what_it_alone_knows(tmp_path):
+    huge = {"stop_reason": "end_of_turn" + "!" * 100, "prompt_tokens": 9, "tokens": 1}  # a partial summary
+    with stand_in_server(lambda body: sse([chunk(w) for w in WORDS] + [chunk(finish="stop", huginn={
+            "summary": huge})])) as (base, _):
+        [answer] = store_answer(base, tmp_path)
+    assert answer.status == "complete" and answer.content == "".join(WORDS)
+    assert answer.stats["stop_reason"] == "end_of_turn" and answer.stats["prompt_tokens"] == 9
+    assert answer.stats["tokens"] == len(WORDS)  # counted here, not as the server says
+
+
+def test_a_plain_servers_answers_carry_no_ids_and_nothing_non_standard_goes_back(tmp_path):
+    with stand_in_server() as (base, seen):
+        answers = store_answer(base, tmp_path, turns=2)
+    assert [a.status for a in answers] == ["complete", "complete"]
+    assert all("id" not in t for a in answers for t in a.tokens)
+    assert [m["role"] for m in seen[-1]["messages"]] == ["user", "assistant", "user"]
+    assert all(set(m) == {"role", "content"} for m in seen[-1]["messages"])
+
+
+def test_a_model_id_that_is_not_plain_text_is_refused():
+    with stand_in_server(model="[click](javascript:alert(1))") as (base, _):
+        with pytest.raises(engine.LoadError, match="model id this page cannot show"):
+            RemoteEngine(base)
+
+
+def test_stop_holds_while_the_server_is_silent():
+    def silent(body):
+        def chunks():
+            yield f"data: {json.dumps(chunk('a'))}\n\n"
+            time.sleep(20)
+            yield "data: [DONE]\n\n"
+        return StreamingResponse(chunks(), media_type="text/event-stream")
+
+    with stand_in_server(silent) as (base, _):
+        cancel = threading.Event()
+        events = RemoteEngine(base).stream([{"role": "user", "content": QUESTION}],
+                                           engine.GenerationSettings(num_steps=4, max_new_tokens=16), cancel)
+        assert next(events).text == "a"
+        threading.Timer(0.3, cancel.set).start()
+        start = time.monotonic()
+        summary = next(events)
+        assert time.monotonic() - start < 2, "Stop waited for the server"
+        assert isinstance(summary, engine.Summary) and summary.stop_reason == "cancelled" and summary.text == "a"

@@ -287,7 +287,7 @@ def test_auto_title_from_first_user_message_only(store: Store):
     store.add_message(OWNER, conv.id, "system", "system prompt is not a title")
     store.add_message(OWNER, conv.id, "user", "\n  \x1b[1mExplain\x00   recurrent\tdepth " + "x" * 100)
     title = store.get_conversation(OWNER, conv.id).title
-    assert title.startswith("[1mExplain recurrent depth x") and len(title) == 60 and title.endswith("…")
+    assert title == "[1mExplain recurrent depth…"  # cut at a word
     store.add_message(OWNER, conv.id, "user", "second question")
     assert store.get_conversation(OWNER, conv.id).title == title
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from .records import (
@@ -88,13 +88,27 @@ def check_object(value: Any, field: str) -> dict[str, Any] | None:
     return value
 
 
-def auto_title(content: str) -> str | None:
+def auto_title(content: str, taken: Collection[str] = ()) -> str | None:
     # First non-blank line, control characters dropped and whitespace folded, so the sidebar stays
-    # one tidy line whatever the user pasted.
+    # one tidy line whatever the user pasted; cut at a word where one is near the limit.
     for line in content.splitlines():
         kept = "".join(ch if ch.isprintable() else " " if ch.isspace() else "" for ch in line)
         clean = " ".join(kept.split())
         if clean:
-            return clean if len(clean) <= AUTO_TITLE_CHARS else clean[: AUTO_TITLE_CHARS - 1] + "…"
+            return unique_title(clean if len(clean) <= AUTO_TITLE_CHARS else _cut(clean), taken)
     return None
 
+
+def _cut(text: str) -> str:
+    head = text[: AUTO_TITLE_CHARS - 1]
+    space = len(head) if text[len(head)] == " " else head.rfind(" ")
+    return (head[:space] if space >= AUTO_TITLE_CHARS // 2 else head).rstrip(" ,.;:-") + "…"
+
+
+def unique_title(title: str, taken: Collection[str]) -> str:
+    """``title``, or ``title (2)``, ``(3)``, ... when the owner already has a conversation of that name: the
+    same first question asked twice still gives two entries one can tell apart."""
+    taken = set(taken)
+    if title not in taken:
+        return title
+    return next(f"{title} ({n})" for n in range(2, len(taken) + 3) if f"{title} ({n})" not in taken)

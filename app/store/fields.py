@@ -129,6 +129,10 @@ def check_extra(extra: Any, field: str, limits: RecordLimits) -> dict[str, Any] 
     out = dict(extra)
     if extra.get("system") is not None:
         out["system"] = check_text(extra["system"], f"{field}.system")
+        cap = limits.max_system_chars
+        if cap is not None and len(out["system"]) > cap:
+            raise InvalidData(f"{field}.system: the system prompt is {len(out['system']):,} characters; "
+                              f"the limit here is {cap:,}")
     if "columns" in extra:
         columns = extra["columns"]
         if not isinstance(columns, list) or len(columns) > MAX_COLUMNS:

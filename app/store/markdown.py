@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any
 
 from .records import Message
+
+
+_MESSAGE_FIELDS = {f.name for f in fields(Message)} - {"conversation_id"}
 
 
 def render(data: Mapping[str, Any]) -> str:
@@ -19,7 +23,9 @@ def render(data: Mapping[str, Any]) -> str:
 
 
 def _conversation(conv: Mapping[str, Any]) -> str:
-    msgs = {m["id"]: Message(conversation_id=0, **m) for m in conv["messages"]}
+    # An export's messages carry more than a Message holds (a depth-lens trace, say): the transcript needs none of it.
+    msgs = {m["id"]: Message(conversation_id=0, **{k: v for k, v in m.items() if k in _MESSAGE_FIELDS})
+            for m in conv["messages"]}
     branch: list[Message] = []
     node = conv["current_leaf"]
     while node is not None:

@@ -30,7 +30,7 @@ MAX_OWNER_CHARS = 256
 MAX_IMPORT_BYTES = 512 * 1024 * 1024
 # Lists and objects inside one another; deeper values are refused (json and the page recurse).
 MAX_JSON_DEPTH = 32
-AUTO_TITLE_CHARS = 60
+AUTO_TITLE_CHARS = 48
 
 
 
@@ -59,6 +59,7 @@ class RecordLimits:
     token: RecordCheck | None = None
     stats: RecordCheck | None = None
     settings_validator: Callable[[dict[str, Any]], object] | None = None
+    max_system_chars: int | None = None  # a system prompt kept in a message's extra (the app's cap)
 
 
 # --------------------------------------------------------------------------------------- errors

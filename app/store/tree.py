@@ -68,7 +68,9 @@ def insert(
     message_id = table.last_rowid
     conv_update: dict[str, Any] = {"current_leaf": message_id, "updated": now}
     if conv["auto_title"] and row["role"] == "user":
-        title = auto_title(row["content"])
+        taken = [r["title"] for r in db.query(
+            "SELECT title FROM conversations WHERE owner = ? AND id != ?", [owner, conversation_id])]
+        title = auto_title(row["content"], taken)
         if title:
             conv_update.update(title=title, auto_title=0)
     db["conversations"].update(conversation_id, conv_update)

@@ -50,19 +50,28 @@ def build_demo(studio: Studio) -> gr.Blocks:
                         arena = ArenaPanel(page)
                     with gr.Tab("Model", id="model"):
                         model = ModelPanel(page)
+                # Where assets/lens.js draws a clicked token's convergence: in the page's flow, over nothing.
+                gr.HTML('<div id="lens-panel"></div>', elem_id="lens-dock", container=False)
             with gr.Column(scale=1, min_width=280, elem_id="depth-panel"):
                 depth = DepthPanel(page)
 
-        def init(stored: Any, tok: Any) -> tuple:
-            return on_load(page, stored, tok)
+        keep = depth.keep
 
-        demo.load(friendly(init, needs_session=False), [page.session, token],
-                  [page.session, page.transcript, page.conv_list, page.system, token], **PRIVATE)
+        def init(stored: Any, tok: Any, kept: Any = None) -> tuple:
+            sess, html, listing, system, tok = on_load(page, stored, tok)
+            *values, kept_system = keep.restored(kept)  # the panel as this browser left it
+            # The open conversation's own system prompt wins over the kept one.
+            return sess, html, listing, system if isinstance(system, str) else kept_system, tok, *values
+
+        demo.load(friendly(init, needs_session=False), [page.session, token, keep.kept],
+                  [page.session, page.transcript, page.conv_list, page.system, token, *keep.widgets[:-1]],
+                  **PRIVATE)
         sidebar.wire()
         chat.wire()
         arena.wire(chat.on_stop)
         model.wire(depth.num_steps, arena.presets)
         depth.wire()
+        keep.wire()
         add_endpoints(studio)
 
     demo.queue(max_size=config.queue_size, default_concurrency_limit=4)
@@ -96,7 +105,8 @@ def _choices(studio: Studio, sess: Session) -> list[tuple[str, int]]:
 
 def page_js() -> str:
     """The page's scripts (each a ``() => {...}`` function) as the one function Gradio runs at load."""
-    return "() => {\n" + "".join(f"({asset(name).strip()})();\n" for name in ("shortcuts.js", "lens.js")) + "}"
+    scripts = ("shortcuts.js", "layout.js", "lens.js")
+    return "() => {\n" + "".join(f"({asset(name).strip()})();\n" for name in scripts) + "}"
 
 
 def launch(demo: gr.Blocks, **kwargs: Any) -> tuple[Any, str, str]:

@@ -26,7 +26,8 @@ def plot_frame(result: dict[str, Any] | None, key: str) -> pd.DataFrame:
 
 
 def preset_choices(presets: list[str]) -> list[tuple[str, str]]:
-    return [(f"{p} steps" if p != "adaptive" else "adaptive exit", p) for p in presets]
+    names = {"adaptive": "adaptive exit", "parallel": "parallel sampler"}
+    return [(names.get(p) or render.plural(int(p), "step"), p) for p in presets]
 
 
 class ArenaPanel:

@@ -55,8 +55,11 @@ class ChatPanel:
     def on_send(self, sess: Session, text: str, system_prompt: str, *values: Any) -> Iterator[tuple]:
         gen = self.page.settings(values)
         turn = lambda: self.page.studio.chat.send(sess, text, system_prompt, gen)  # noqa: E731
+        cleared = False
         for out in self._stream(sess, turn):
-            yield *out, ""
+            # The box is emptied once, when the question is stored; later updates leave what is typed meanwhile.
+            yield *out, (gr.skip() if cleared else "")
+            cleared = True
 
     def on_regenerate(self, sess: Session, system_prompt: str, *values: Any) -> Iterator[tuple]:
         gen = self.page.settings(values)

@@ -12,14 +12,14 @@ import gradio as gr
 import engine
 
 from .. import render, resources
-from ..config import UserError
+from ..config import EngineError, UserError
 from ..handlers import Studio, settings_from_form
 from ..session import Session
 from ..store import StoreError
 
 ASSETS = resources.ASSETS  # assets/ in a checkout, package data in a wheel
 GEN = "model"  # the concurrency id shared by every event that runs the model: one queue per loaded model
-USER_ERRORS = (UserError, StoreError, engine.SettingsError, engine.PromptError, engine.LoadError)
+USER_ERRORS = (UserError, StoreError, engine.SettingsError, engine.PromptError, engine.LoadError, EngineError)
 PRIVATE = dict(api_visibility="private")  # page events: reachable by the page's own client, not listed as API
 
 

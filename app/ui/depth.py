@@ -8,6 +8,7 @@ import engine
 
 from ..inputs import threshold_choices
 from .common import PRIVATE, Page
+from .presets import KeptSettings
 
 
 class DepthPanel:
@@ -15,17 +16,33 @@ class DepthPanel:
         limits, info = page.studio.limits, page.studio.slot.info()
         thresholds, default_threshold = threshold_choices("kl")
         gr.Markdown("### Depth")
+        self.keep = KeptSettings(page, info.num_steps_default)
         self.num_steps = gr.Slider(1, limits.max_num_steps, value=min(info.num_steps_default, limits.max_num_steps),
                                    step=1, label="Recurrence steps", elem_id="num-steps")
-        adaptive = gr.Checkbox(label="Adaptive exit (stop early on easy tokens)", value=False, elem_id="adaptive")
+        self.adaptive = adaptive = gr.Checkbox(label="Adaptive exit (stop early on easy tokens)", value=False,
+                                               elem_id="adaptive")
+        # What only adaptive exit uses is greyed out while it is off.
         self.criterion = gr.Dropdown([c for c in engine.CRITERIA if c != "none"], value="kl", label="Exit criterion",
-                                     elem_id="criterion")
+                                     elem_id="criterion", interactive=False)
         self.threshold = gr.Dropdown(thresholds, value=default_threshold, allow_custom_value=True,
-                                     label="Exit threshold", elem_id="threshold")
-        min_steps = gr.Slider(0, limits.max_num_steps, value=0, step=1, label="Min steps")
+                                     label="Exit threshold", elem_id="threshold", interactive=False)
+        self.min_steps = min_steps = gr.Slider(0, limits.max_num_steps, value=0, step=1, label="Min steps",
+                                               elem_id="min-steps", interactive=False)
         warm_start = gr.Checkbox(label="Warm start (continue from the previous token's state)", value=False)
-        trace = gr.Checkbox(label="Depth lens (trace every step; click a token to see it converge)", value=False,
-                            elem_id="trace")
+        trace = gr.Checkbox(label="Depth lens (trace every step; then an answer's Depth button, and click a token)",
+                            value=False, elem_id="trace")
+        sampler = gr.Radio([("sequential", "sequential"), ("parallel (diffusion forcing)", "parallel")],
+                           value="sequential", label="Sampler", elem_id="sampler")
+        with gr.Accordion("Parallel sampler", open=False, elem_id="parallel-params"):
+            base = engine.GenerationSettings()
+            inner_steps = gr.Slider(1, limits.max_num_steps, value=base.inner_steps, step=1,
+                                    label="Core steps per diffusion step", elem_id="inner-steps")
+            freeze_threshold = gr.Number(value=base.freeze_threshold, label="Freeze threshold (relative state change)",
+                                         elem_id="freeze-threshold")
+            max_window = gr.Slider(1, engine.MAX_WINDOW, value=base.max_window, step=1,
+                                   label="Window (positions at once)", elem_id="max-window")
+            embed_ema = gr.Slider(0, 0.99, value=base.embed_ema, step=0.01, label="Embedding EMA")
+            state_noise = gr.Slider(0, 1, value=base.state_noise, step=0.05, label="State noise")
         page.system = gr.Textbox(label="System prompt", lines=2, placeholder="Optional", elem_id="system",
                                  max_length=limits.max_system_chars)
         with gr.Accordion("Advanced", open=False):
@@ -43,10 +60,15 @@ class DepthPanel:
                      "exit_threshold": self.threshold, "min_steps": min_steps, "warm_start": warm_start,
                      "temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": min_p,
                      "repetition_penalty": repetition_penalty, "seed": seed, "max_new_tokens": max_new_tokens,
-                     "trace": trace}
+                     "trace": trace, "sampler": sampler, "inner_steps": inner_steps,
+                     "freeze_threshold": freeze_threshold, "max_window": max_window, "embed_ema": embed_ema,
+                     "state_noise": state_noise}
 
     def wire(self) -> None:
-        self.criterion.change(on_criterion, [self.criterion], [self.threshold], **PRIVATE)
+        # On the user's choice only: a preset or the kept settings set criterion and threshold together.
+        self.criterion.input(on_criterion, [self.criterion], [self.threshold], **PRIVATE)
+        self.adaptive.change(lambda on: [gr.update(interactive=on is True)] * 3, [self.adaptive],
+                             [self.criterion, self.threshold, self.min_steps], queue=False, **PRIVATE)
 
 
 def on_criterion(name: str) -> dict:

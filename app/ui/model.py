@@ -10,6 +10,7 @@ import engine
 
 from .. import render
 from ..inputs import arena_presets
+from ..slot import public_name
 from .arena import preset_choices
 from .common import GEN, PRIVATE, Page, friendly
 
@@ -53,7 +54,8 @@ class ModelPanel:
         except engine.LoadError as err:
             return gr.skip(), gr.skip(), render.error_box(str(err)), *(gr.skip(),) * 4
         choices, default = arena_presets(loaded.suggested_depths, studio.limits)
-        return (studio.model_summary(), render.banner(studio.slot.note), render.banner(f"Loaded {loaded.name}."),
+        return (studio.model_summary(), render.banner(studio.slot.note),
+                render.banner(f"Loaded {public_name(loaded.name)}."),
                 gr.update(value=min(loaded.num_steps_default, studio.limits.max_num_steps)),
                 gr.update(choices=preset_choices(choices), value=default), gr.update(visible=bool(loaded.depth_table)),
                 loaded.depth_table)
