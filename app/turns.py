@@ -88,7 +88,9 @@ class ChatTurns:
         turns = messages[len(head):][-self.limits.max_history_messages:]
         turns, _ = inputs.fit_prompt(head, turns, self.limits.max_prompt_tokens, self.count_tokens)
         context = self.slot.info().context
-        if context > context_policy.ANSWER_RESERVE:  # old turns leave in blocks: the prompt cache keeps its prefix
+        # Old turns leave in blocks, so the prompt cache keeps its prefix. A remote engine has no tokenizer here: it
+        # drops old turns itself.
+        if isinstance(self.slot, ModelSlot) and context > context_policy.ANSWER_RESERVE:
             turns, _ = context_policy.keep_recent(head, turns, context - context_policy.ANSWER_RESERVE,
                                                   self.count_tokens)
         return head + turns

@@ -20,7 +20,7 @@ from .test_prompt_cache import QUESTIONS, answer, same
 
 CHAT = [{"role": "user", "content": "Hello! Tell me something."}]
 SWAPS = [{"role": "user", "content": "Swap 12 23 13 31 12 on 312. Final?"}]
-PARALLEL = GenerationSettings(num_steps=16, max_new_tokens=60, sampler="parallel", seed=0)
+PARALLEL = GenerationSettings(num_steps=16, max_new_tokens=80, sampler="parallel", seed=0)
 
 
 def exact(settings: GenerationSettings, cache_strategy: str = "full") -> GenerationSettings:
@@ -68,7 +68,7 @@ def test_exact_setting_equals_sequential_decoding_on_the_goldens_layout(golden_m
 
 @pytest.mark.parametrize("messages", [CHAT, SWAPS])
 def test_exact_setting_equals_sequential_decoding_on_the_demo_model(demo, messages):
-    settings = GenerationSettings(num_steps=16, max_new_tokens=60, seed=0)
+    settings = GenerationSettings(num_steps=16, max_new_tokens=80, seed=0)
     events, plain = run(demo, messages, settings)
     pevents, parallel = run(demo, messages, exact(settings))
     assert [e.token_id for e in pevents] == [e.token_id for e in events]
@@ -78,8 +78,8 @@ def test_exact_setting_equals_sequential_decoding_on_the_demo_model(demo, messag
 
 
 def test_default_parallel_sampler_answers_like_sequential_with_fewer_serial_passes(demo):
-    _, plain = run(demo, CHAT, GenerationSettings(num_steps=32, max_new_tokens=60, seed=0))
-    _, parallel = run(demo, CHAT, PARALLEL.replace(num_steps=32, max_new_tokens=60))
+    _, plain = run(demo, CHAT, GenerationSettings(num_steps=32, max_new_tokens=80, seed=0))
+    _, parallel = run(demo, CHAT, PARALLEL.replace(num_steps=32, max_new_tokens=80))
     assert parallel.text == plain.text  # the demo model's states converge
     assert parallel.fallback is None and parallel.sampler == "parallel"
     assert parallel.core_passes_per_token < 8 < plain.core_passes_per_token == 32
@@ -150,7 +150,7 @@ def test_a_non_converging_model_falls_back_to_sequential_decoding_and_says_so(ti
 @pytest.mark.parametrize("changes,reason", [(dict(max_diffusion_steps=3), "step cap: 3 diffusion steps reached"),
                                             (dict(max_parallel_seconds=1e-6), "time cap: 1e-06 s reached")])
 def test_the_caps_fall_back_to_sequential_decoding(demo, changes, reason):
-    _, plain = run(demo, CHAT, GenerationSettings(num_steps=16, max_new_tokens=60, seed=0))
+    _, plain = run(demo, CHAT, GenerationSettings(num_steps=16, max_new_tokens=80, seed=0))
     _, summary = run(demo, CHAT, PARALLEL.replace(**changes))
     assert summary.fallback == reason
     assert summary.diffusion_steps == changes.get("max_diffusion_steps", 0)
@@ -182,12 +182,13 @@ def test_parallel_settings_round_trip_and_label():
 
 
 def test_seeded_sampling_is_reproducible_with_every_sampling_setting(demo):
-    sampled = PARALLEL.replace(temperature=0.9, top_k=40, top_p=0.95, min_p=0.01, repetition_penalty=1.2, seed=7,
-                               max_new_tokens=16)
+    sampled = PARALLEL.replace(temperature=1.5, top_k=40, top_p=0.95, min_p=0.01, repetition_penalty=1.2, seed=7,
+                               max_new_tokens=24)
     first = run(demo, CHAT, sampled)[1]
     again = run(demo, CHAT, sampled)[1]
     assert (first.text, first.steps, first.wavefront) == (again.text, again.steps, again.wavefront)
-    assert run(demo, CHAT, sampled.replace(seed=8))[1].text != first.text
+    # The demo model is confident on this chat: some other seed (not necessarily the next) samples another answer.
+    assert any(run(demo, CHAT, sampled.replace(seed=seed))[1].text != first.text for seed in range(8, 14))
 
 
 def test_compare_runs_a_parallel_column_beside_sequential_ones(demo):
