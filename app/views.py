@@ -44,13 +44,13 @@ def clean_tokens(tokens: Any, damaged: list[str], name: str = "tokens") -> list[
     """A stored answer's token records if every one is what ``engine.records.TOKEN`` defines."""
     if tokens is None:
         return None
-    try:
-        if not isinstance(tokens, list):
-            raise engine.RecordError(name)
-        return [engine.TOKEN.check(t) for t in tokens]
-    except engine.RecordError:
-        damaged.append(name)
-        return None
+    if isinstance(tokens, list):
+        try:
+            return [engine.TOKEN.check(t) for t in tokens]
+        except engine.RecordError:
+            pass
+    damaged.append(name)
+    return None
 
 
 def clean_stats(stats: Any, damaged: list[str], name: str = "stats") -> dict[str, Any] | None:
