@@ -18,7 +18,31 @@ from torch import Tensor
 from .sampling import sample_token
 from .step import BlockResult, Cancelled, RowPlan, run_block
 
-__all__ = ["DecodeStep", "RowPlan", "RowStops", "decode"]
+__all__ = ["DecodeStep", "PromptDepth", "RowPlan", "RowStops", "decode", "prefill"]
+
+
+@dataclass(frozen=True)
+class PromptDepth:
+    """Per row, what each prompt position run in this call received, the last one excepted (its steps are the
+    first ``DecodeStep``'s: it chose the first answer token). ``exit_values`` is None where no exit was checked."""
+
+    steps: list[list[int]]
+    exit_values: list[list[float | None]]
+    changes: list[list[float]]  # the state's relative change at the position's last step
+
+    @classmethod
+    def of_block(cls, block: BlockResult, width: int | None = None) -> "PromptDepth":
+        """The first ``width`` positions (default all) of a block run at one depth per row, without exits."""
+        changes = block.change[:, :width].tolist()
+        return cls([[steps] * len(c) for steps, c in zip(block.steps, changes)], [[None] * len(c) for c in changes],
+                   changes)
+
+    def extend(self, block: BlockResult) -> None:
+        """Add one position run alone (``block`` of width 1)."""
+        for r in range(len(self.steps)):
+            self.steps[r].append(block.steps[r])
+            self.exit_values[r].append(block.exit_values[r][-1] if block.exit_values[r] else None)
+            self.changes[r].append(float(block.change[r, -1]))
 
 
 @dataclass
@@ -33,6 +57,8 @@ class DecodeStep:
     cancelled: bool = False
     finished: tuple[bool, ...] = field(default_factory=tuple)
     traces: list | None = None  # per row, with traced plans: (steps, states) from engine.trace.StepRecorder
+    changes: list[float] | None = None  # per row: the state's relative change at the token's last step
+    prompt: PromptDepth | None = None  # on the first step of decode(split_prompt=True): the prompt's positions
 
 
 class RowStops:
@@ -92,7 +118,8 @@ def decode(
     the prompt (``engine.prompt_cache``) is continued: the prefill runs only the tokens after ``cache.seq_len``.
     ``split_prompt`` runs the prompt but its last token as one block at full depth, then the last token alone
     like a decoded one: the prompt's positions then never depend on where the prompt ends, and the first answer
-    token exits like the others. A set ``cancel`` event ends the loop before the next recurrence step, with a
+    token exits like the others. With plans that ask for ``prompt_exits`` every prompt position runs alone instead,
+    exiting by the row's criterion. The first ``DecodeStep`` then carries the prompt's depth. A set ``cancel`` event ends the loop before the next recurrence step, with a
     final ``DecodeStep`` marked ``cancelled``.
     """
     batch = len(plans)
@@ -106,10 +133,12 @@ def decode(
     finished = [False] * batch
     carried: Tensor | None = None
     x = input_ids[:, cache.seq_len:]
+    prompt = None
+    if len({p.prompt_exits for p in plans}) > 1:
+        raise ValueError("the rows of one batch must agree on prompt_exits")
     try:
-        if split_prompt and x.shape[1] > 1:
-            body = [replace(p, exit_in_prefill=False, trace_top_k=None) for p in plans]
-            run_block(model, x[:, :-1], body, cache, cancel=cancel)
+        if split_prompt:
+            prompt, carried = prefill(model, x, plans, cache, cancel)
             x = x[:, -1:]
         while not all(finished):
             block = run_block(model, x, plans, cache, carried=carried, active=[not f for f in finished],
@@ -117,7 +146,9 @@ def decode(
             carried = block.carry(plans)
             tokens = chooser.choose(block, finished)
             yield DecodeStep(tokens, block.steps, block.exit_values, block.core_iterations,
-                             finished=tuple(finished), traces=block.traces)
+                             finished=tuple(finished), traces=block.traces, changes=block.change[:, -1].tolist(),
+                             prompt=prompt)
+            prompt = None
             if stops is not None:
                 finished = [f or r in stops for r, f in enumerate(finished)]
             x = torch.tensor([[t if t >= 0 else config.pad_token_id or 0] for t in tokens], device=input_ids.device)
@@ -126,3 +157,23 @@ def decode(
                 break
     except Cancelled:
         yield DecodeStep([-1] * batch, [0] * batch, [[] for _ in plans], 0, cancelled=True, finished=tuple(finished))
+
+
+def prefill(model, x: Tensor, plans: list[RowPlan], cache, cancel: threading.Event | None = None
+            ) -> tuple[PromptDepth, Tensor | None]:
+    """Run the new prompt tokens ``x`` but the last (``decode(split_prompt=True)``); their depth, and the warm-start
+    states the last token starts from (None: a fresh state, as after a block)."""
+    body = x[:, :-1]
+    if not plans[0].prompt_exits:
+        if body.shape[1] == 0:
+            return PromptDepth([[] for _ in plans], [[] for _ in plans], [[] for _ in plans]), None
+        block = run_block(model, body, [replace(p, exit_in_prefill=False, trace_top_k=None) for p in plans], cache,
+                          cancel=cancel)
+        return PromptDepth.of_block(block), None
+    alone = [replace(p, trace_top_k=None) for p in plans]
+    depth, carried = PromptDepth([[] for _ in plans], [[] for _ in plans], [[] for _ in plans]), None
+    for i in range(body.shape[1]):
+        block = run_block(model, body[:, i:i + 1], alone, cache, carried=carried, prefill=False, cancel=cancel)
+        depth.extend(block)
+        carried = block.carry(alone)
+    return depth, carried

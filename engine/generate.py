@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from .cache import CacheStrategy, kv_cache_bytes, memory_budget
-from .decode import RowPlan, RowStops, decode
+from .decode import PromptDepth, RowPlan, RowStops, decode
 from .parallel import ParallelParams, ParallelStats, parallel_decode, wavefront_text
 from .prompt_cache import PromptCache, TurnCache, reuse_refusal
 from .records import STATS
@@ -47,17 +47,30 @@ class TokenEvent:
     exit_value: float | None
     seconds: float  # since the start of generation
     trace: TokenTrace | None = None  # its steps through the depth lens, with settings.trace (xy comes in Summary)
+    change: float | None = None  # how far its state still moved at its last step (relative L2): its convergence
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def record(self) -> dict[str, Any]:
         """The token as the store keeps it and the APIs return it (``engine.records.TOKEN``)."""
-        exit_value = self.exit_value if self.exit_value is None or math.isfinite(self.exit_value) else None
-        out = {"text": self.text, "steps": self.steps, "exit_value": exit_value}
-        if self.token_id >= 0:  # the last event may be held-back text, not a token
-            out["id"] = self.token_id
-        return out
+        return token_record(self.text, self.steps, self.exit_value, self.token_id, self.change)
+
+
+def token_record(text: str, steps: int, exit_value: float | None, token_id: int = -1,
+                 change: float | None = None) -> dict[str, Any]:
+    """One position as ``engine.records.TOKEN`` (answer tokens and prompt positions alike); non-finite values
+    become None."""
+    out: dict[str, Any] = {"text": text, "steps": steps, "exit_value": _finite(exit_value)}
+    if token_id >= 0:  # the last event may be held-back text, not a token
+        out["id"] = token_id
+    if _finite(change) is not None:
+        out["change"] = float(f"{change:.4g}")
+    return out
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is None or math.isfinite(value) else None
 
 
 @dataclass(frozen=True)
@@ -90,6 +103,11 @@ class Summary:
     # tokens below done are final after the step), space-separated (engine.parallel.wavefront_text)
     wavefront: str | None = None
     cache_strategy: str = "full"  # the KV cache the answer ran with (cache_strategy_for, after fit_cache_strategy)
+    # The prompt's positions run for this answer (after the reused ones), as TOKEN records, the last one excepted:
+    # it chose the first answer token, so its steps are that token's. Their core steps are prompt_core_steps;
+    # core_iterations counts the answer's tokens.
+    prompt: list[dict[str, Any]] = field(default_factory=list)
+    prompt_core_steps: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -295,6 +313,7 @@ def _plan(settings: GenerationSettings, seed: int, max_new_tokens: int) -> RowPl
         max_new_tokens=max_new_tokens,
         seed=seed,
         state_seed=settings.state_seed,
+        prompt_exits=settings.prompt_exits and settings.adaptive,
         trace_top_k=settings.trace_top_k if settings.trace else None,
     )
 
@@ -315,7 +334,7 @@ class _Row:
         self.done_at: float | None = None
 
     def add(self, token: int, steps: int, exit_values: list[float], traced, now: float, stop_ids: set[int],
-            text_of: Callable[[int], str]) -> TokenEvent:
+            text_of: Callable[[int], str], change: float | None = None) -> TokenEvent:
         self.tokens.append(token)
         self.steps.append(steps)
         self.first_token = self.first_token or now
@@ -324,14 +343,14 @@ class _Row:
         trace = self.lens.add(index, token, steps, *traced, text_of) if self.lens and traced is not None else None
         if token in stop_ids:
             self.reason = "end_of_turn"
-            return TokenEvent(index, token, "", steps, exit_value, now, trace)
+            return TokenEvent(index, token, "", steps, exit_value, now, trace, change)
         piece = self.stop_filter.feed(self.decoder.add(token))
         self.text += piece
         if self.stop_filter.hit:
             self.reason = "stop_string"
         elif len(self.steps) >= self.plan.max_new_tokens:
             self.reason = "max_tokens" if self.plan.max_new_tokens == self.settings.max_new_tokens else "context_full"
-        return TokenEvent(index, token, piece, steps, exit_value, now, trace)
+        return TokenEvent(index, token, piece, steps, exit_value, now, trace, change)
 
     def finish(self, elapsed: float) -> TokenEvent | None:
         """End the row; the text still held back (an unfinished character, a possible stop string's start)."""
@@ -393,9 +412,12 @@ def _run_rows(model, tokenizer, prompt_ids: list[int], settings_list: Sequence[G
     else:
         steps_iter = decode(model, input_ids, plans, strategy, stop_ids, cancel, cache, row_stops, split_prompt=True)
     start = time.perf_counter()
+    prompts: list[list[dict[str, Any]]] = [[] for _ in rows]
     try:
         for out in steps_iter:
             now = time.perf_counter() - start
+            if out.prompt is not None:
+                prompts = _prompt_records(out.prompt, prompt_ids[reused:-1], text_of)
             if out.cancelled:
                 for row in rows:
                     row.reason = row.reason or "cancelled"
@@ -403,7 +425,9 @@ def _run_rows(model, tokenizer, prompt_ids: list[int], settings_list: Sequence[G
             for r, token in enumerate(out.tokens):
                 if token >= 0 and rows[r].reason is None:
                     traced = out.traces[r] if out.traces else None
-                    yield r, rows[r].add(token, out.steps[r], out.exit_values[r], traced, now, stop_ids, text_of)
+                    change = out.changes[r] if out.changes else None
+                    yield r, rows[r].add(token, out.steps[r], out.exit_values[r], traced, now, stop_ids, text_of,
+                                         change)
                     if rows[r].reason == "stop_string":
                         row_stops.stop(r)
             for row in rows:
@@ -423,7 +447,14 @@ def _run_rows(model, tokenizer, prompt_ids: list[int], settings_list: Sequence[G
             elapsed, prompt_tokens=len(prompt_ids), kv_cache_bytes=cache.nbytes() // len(rows),
             trimmed_messages=trimmed, notice="; ".join(part for part in notices if part) or None,
             acceptance=speculation.acceptance if speculation else None, reused_tokens=reused,
-            cache_strategy=strategy, **_sampler_fields(first, speculation, parallel, len(row.steps)))
+            cache_strategy=strategy, prompt=prompts[r], prompt_core_steps=sum(p["steps"] for p in prompts[r]),
+            **_sampler_fields(first, speculation, parallel, len(row.steps)))
+
+
+def _prompt_records(depth: PromptDepth, ids: list[int], text_of: Callable[[int], str]) -> list[list[dict[str, Any]]]:
+    """Per row, the prompt positions run for this answer as TOKEN records."""
+    return [[token_record(text_of(i), s, e, i, c) for i, s, e, c in zip(ids, steps, values, changes)]
+            for steps, values, changes in zip(depth.steps, depth.exit_values, depth.changes)]
 
 
 def _sampler_fields(settings: GenerationSettings, speculation: SpeculationStats | None,
@@ -481,7 +512,8 @@ def compare(model, tokenizer, messages: Any, settings_list: Sequence[GenerationS
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(settings_list):
         # Speculative and parallel rows run several positions per pass, so they run alone.
-        groups.setdefault(f"alone-{i}" if s.draft_steps or s.parallel else cache_strategy_for(s), []).append(i)
+        key = f"alone-{i}" if s.draft_steps or s.parallel else f"{cache_strategy_for(s)}/{_plan(s, 0, 1).prompt_exits}"
+        groups.setdefault(key, []).append(i)
     events: list[list[TokenEvent]] = [[] for _ in settings_list]
     summaries: list[Summary | None] = [None] * len(settings_list)
     for members in groups.values():

@@ -41,7 +41,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from .decode import DecodeStep, RowPlan, RowStops, decode
+from .decode import DecodeStep, RowPlan, RowStops, decode, prefill
 from .sampling import sample_token
 from .settings import MAX_NUM_STEPS, GenerationSettings
 from .step import Cancelled, run_block, seeded_initial_states
@@ -196,11 +196,10 @@ def parallel_decode(
 
     try:
         x = input_ids[:, cache.seq_len:]
-        if x.shape[1] > 1:  # as decode(split_prompt=True): the body, then the last token alone
-            run_block(model, x[:, :-1], [replace(plan, exit_in_prefill=False)], cache, cancel=cancel)
+        prompt, _ = prefill(model, x, [plan], cache, cancel)  # as decode(split_prompt=True), then the last token
         block = run_block(model, x[:, -1:], [plan], cache, cancel=cancel)
         stats.core_passes += r
-        step = final(chooser.choose(block.logits[0, -1], prompt_len - 1, history), r)
+        step = replace(final(chooser.choose(block.logits[0, -1], prompt_len - 1, history), r), prompt=prompt)
         yield step
         if step.finished[0] or (stops is not None and 0 in stops):
             return

@@ -5,7 +5,8 @@ way (up to floating-point rounding):
 
 * the same depth, ``init_scale``, initial-state key (``state_seed``) and cache strategy;
 * the prompt but its last token runs at full depth, with no exits (``decode(split_prompt=True)``), so a prompt
-  position's depth never depends on the rest of its block; the last token runs alone, like an answer token;
+  position's depth never depends on the rest of its block; the last token runs alone, like an answer token. With
+  ``prompt_exits`` every prompt position ran alone with its exit rule, which is then part of the key;
 * answer positions (and the prompt's last one) count only when the answer was decoded at fixed depth without
   warm start (plain or speculative): then each of its positions is what a prefill of the same tokens computes.
   An answer with early exits or warm start is re-read by the next turn;
@@ -44,6 +45,7 @@ class ReuseKey:
     state_seed: int
     cache_strategy: str
     owner: str = ""  # whose conversation: a shared server keeps visitors' prefixes apart
+    prompt_exits: str = ""  # the exit rule prompt positions ran with (settings.prompt_exits), "" at full depth
 
 
 def reuse_refusal(cache_strategy: str) -> str | None:
@@ -157,7 +159,9 @@ class TurnCache:
         if reuse_refusal(cache_strategy) is not None:
             return None, 0
         s = self.settings
-        self.key = ReuseKey(s.num_steps, float(s.init_scale), s.state_seed, cache_strategy, self.owner)
+        exits = (f"{s.criterion}:{s.threshold!r}:{s.min_steps}:{s.check_every}:{s.warm_start}"
+                 if s.prompt_exits and s.adaptive else "")
+        self.key = ReuseKey(s.num_steps, float(s.init_scale), s.state_seed, cache_strategy, self.owner, exits)
         taken = self.pool.take(self.model, self.key, prompt_ids, capacity)
         return taken if taken is not None else (None, 0)
 

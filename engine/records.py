@@ -123,6 +123,7 @@ TOKEN = Record("token", (
     Field("steps", int, 0, MAX_NUM_STEPS),  # core iterations this token received
     Field("exit_value", float, -INT_BOUND),  # the exit criterion's last value (None at fixed depth)
     Field("id", int, 0, MAX_TOKEN_ID),  # absent on held-back text and on answers from before ids were kept
+    Field("change", float, 0),  # the state's relative change at its last step (absent on older answers)
 ), closed=True, required=("text", "steps"))
 
 STATS = Record("stats", (
@@ -132,7 +133,8 @@ STATS = Record("stats", (
     Field("mean_steps", float, 0, MAX_NUM_STEPS),
     Field("min_steps", int, 0, MAX_NUM_STEPS),
     Field("max_steps", int, 0, MAX_NUM_STEPS),
-    Field("core_iterations", int),
+    Field("core_iterations", int),  # the answer tokens' core steps
+    Field("prompt_core_steps", int),  # the prompt positions' run for this answer (Summary.prompt)
     Field("kv_cache_bytes", int),
     Field("elapsed_s", float),
     Field("first_token_s", float),

@@ -38,6 +38,9 @@ class GenerationSettings:
     min_steps: int = 0
     check_every: int = 1
     warm_start: bool = False  # continuous chain of thought: start each token from the previous token's state
+    # With an exit criterion: the prompt's positions also exit early, each run alone (the authors'
+    # _prefill_with_varied_exit_steps); otherwise the prompt runs as one block at full depth. Ignored at fixed depth.
+    prompt_exits: bool = False
     cache_strategy: str | None = None  # None: chosen where the answer is planned (engine.generate.cache_strategy_for)
     init_scale: float = 1.0  # 0 makes the initial state zeros, i.e. deterministic
     max_new_tokens: int = 256
@@ -77,8 +80,9 @@ class GenerationSettings:
             _float_range("exit_threshold", self.exit_threshold, 0.0, 1e6, low_open=True)
         _int_range("min_steps", self.min_steps, 0, self.num_steps)
         _int_range("check_every", self.check_every, 1, MAX_NUM_STEPS)
-        if not isinstance(self.warm_start, bool):
-            raise SettingsError("warm_start", f"must be true or false, got {self.warm_start!r}")
+        for name in ("warm_start", "prompt_exits"):
+            if not isinstance(getattr(self, name), bool):
+                raise SettingsError(name, f"must be true or false, got {getattr(self, name)!r}")
         if self.cache_strategy is not None:
             try:
                 CacheStrategy.parse(self.cache_strategy)

@@ -20,7 +20,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from .decode import DecodeStep, RowPlan, RowStops
+from .decode import DecodeStep, PromptDepth, RowPlan, RowStops
 from .sampling import sample_token
 from .step import Cancelled, run_block
 
@@ -44,6 +44,7 @@ class _Speculator:
         self.model, self.plan, self.cache, self.cancel = model, plan, cache, cancel
         self.draft_plan = replace(plan, num_steps=draft_steps)
         self.history, self.device = history, device
+        self.prompt: PromptDepth | None = None  # set by first()
 
     def choose(self, logits: Tensor, extra: list[int]) -> int:
         seen = torch.tensor(self.history + extra, device=logits.device)
@@ -52,7 +53,9 @@ class _Speculator:
     def first(self, input_ids: Tensor) -> int:
         """The first token, after prefilling the prompt positions the cache does not hold yet."""
         rest = input_ids[:, self.cache.seq_len:]
-        return self.choose(run_block(self.model, rest, [self.plan], self.cache, cancel=self.cancel).logits[0, -1], [])
+        block = run_block(self.model, rest, [self.plan], self.cache, cancel=self.cancel)
+        self.prompt = PromptDepth.of_block(block, rest.shape[1] - 1)
+        return self.choose(block.logits[0, -1], [])
 
     def draft(self, room: int, stop_ids: set[int] | frozenset[int]) -> list[int]:
         drafts: list[int] = []
@@ -102,7 +105,8 @@ def speculative_decode(
                 spec.history.append(token)
                 produced += 1
                 done = token in stop_ids or produced >= plan.max_new_tokens
-                yield DecodeStep([token], [plan.num_steps], [[]], plan.num_steps, finished=(done,))
+                yield DecodeStep([token], [plan.num_steps], [[]], plan.num_steps, finished=(done,),
+                                 prompt=spec.prompt if produced == 1 else None)
                 if done or (stops is not None and 0 in stops):
                     return
             start = cache.seq_len

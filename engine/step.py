@@ -43,6 +43,9 @@ class RowPlan:
     seed: int | None = 0
     state_seed: int | None = None
     exit_in_prefill: bool = True  # False: the prompt always runs all steps (the reference's do_not_exit_in_prefill)
+    # decode(split_prompt=True): the prompt's positions run one at a time, each exiting like a decoded token (the
+    # authors' _prefill_with_varied_exit_steps), instead of one block at full depth
+    prompt_exits: bool = False
     trace_top_k: int | None = None  # the depth lens (engine.trace): tokens kept per step; None = not traced
 
 
@@ -61,6 +64,9 @@ class BlockResult:
     exit_values: list[list[float]]
     core_iterations: int
     traces: list[tuple[list[StepTrace], Tensor] | None] | None = None  # per row, for traced plans (StepRecorder)
+    # (B, S): per position, how far its state still moved at the row's last step (|s_t - s_t-1| / |s_t|); how
+    # converged each position was when its row stopped
+    change: Tensor | None = None
 
     def carry(self, plans: list[RowPlan]) -> Tensor:
         """Each row's warm-start state for the next token (see ``RowPlan``)."""
@@ -190,6 +196,7 @@ class _Recurrence:
         self.core_iterations = 0
         self.logits: list[Tensor | None] = [None] * batch
         self.latent: list[Tensor | None] = [None] * batch
+        self.change: list[Tensor | None] = [None] * batch
         self.whole: tuple[Tensor, Tensor] | None = None  # set when every row stopped at one head run (forward)
         self.traced = [p.trace_top_k is not None and a for p, a in zip(plans, active)]
         self.recorder = None  # no tracing, no extra work
@@ -208,14 +215,15 @@ class _Recurrence:
             rows = _mask(self.iterating, device)
             with torch.set_grad_enabled(torch.is_grad_enabled() and step >= num_steps - grad_steps):
                 new_state = model.core_step(self.state, embedded, step, cache, pos0, rows, rope)
-            self.state = new_state if rows is None else torch.where(rows[:, None, None], new_state, self.state)
+            before, self.state = self.state, (new_state if rows is None
+                                              else torch.where(rows[:, None, None], new_state, self.state))
             self.core_iterations += sum(self.iterating)
-            self._after_step(step, cache, pos0, rope, last_only)
+            self._after_step(step, cache, pos0, rope, last_only, before)
             if not any(self.iterating):
                 break
         return self._result(embedded, last_only)
 
-    def _after_step(self, step: int, cache, pos0: int, rope: Tensor, last_only: bool) -> None:
+    def _after_step(self, step: int, cache, pos0: int, rope: Tensor, last_only: bool, before: Tensor) -> None:
         """Exit checks and head runs after recurrence ``step``; rows that exit or reach their depth stop here."""
         ending = [it and step + 1 >= p.num_steps for p, it in zip(self.plans, self.iterating)]
         checking = self.exits.checking(step, self.iterating)
@@ -242,6 +250,7 @@ class _Recurrence:
             if exiting[r] or ending[r]:
                 source_logits, source_latent = (late_logits, late_latent) if late[r] else (logits, latent)
                 self.logits[r], self.latent[r] = source_logits[r:r + 1], source_latent[r:r + 1]
+                self.change[r] = _relative_change(self.state[r], before[r])
                 self.steps[r] = step + 1
                 self.iterating[r] = False
 
@@ -251,9 +260,12 @@ class _Recurrence:
 
     def _result(self, embedded: Tensor, last_only: bool) -> BlockResult:
         traces = self.recorder.end() if self.recorder is not None else None
+        change = torch.stack([c if c is not None else embedded.new_zeros(embedded.shape[1], dtype=torch.float32)
+                              for c in self.change])
         if self.whole is not None:
             logits, latent = self.whole
-            return BlockResult(logits, latent, self.state, self.steps, self.exits.values, self.core_iterations, traces)
+            return BlockResult(logits, latent, self.state, self.steps, self.exits.values, self.core_iterations, traces,
+                               change)
         done = [r for r, lg in enumerate(self.logits) if lg is not None]
         if len(done) == len(self.plans):
             logits, latent = torch.cat(self.logits), torch.cat(self.latent)
@@ -263,4 +275,11 @@ class _Recurrence:
             latent = self.model.transformer.ln_f(self.state).clone()
             for r in done:
                 logits[r:r + 1], latent[r:r + 1] = self.logits[r], self.latent[r]
-        return BlockResult(logits, latent, self.state, self.steps, self.exits.values, self.core_iterations, traces)
+        return BlockResult(logits, latent, self.state, self.steps, self.exits.values, self.core_iterations, traces,
+                           change)
+
+
+def _relative_change(state: Tensor, before: Tensor) -> Tensor:
+    """Per position of one row: |state - before| / |state|, in fp32 and without gradients."""
+    state, before = state.detach().float(), before.detach().float()
+    return (state - before).norm(dim=-1) / state.norm(dim=-1).clamp_min(1e-12)

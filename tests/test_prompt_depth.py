@@ -1,0 +1,137 @@
+"""The prompt's depth: what each prompt position received (steps, exit value, convergence), the prompt's core steps
+apart from the answer's, and exits in the prefill (``prompt_exits``) checked against the authors' prefill."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import engine
+from engine import TOKEN, GenerationSettings, PromptCache, SettingsError, Summary
+from engine.decode import RowPlan, decode
+
+from .conftest import GOLDEN_DIR, require
+
+GOLDENS = Path(__file__).parent / "goldens" / "prefill_tiny-1-2-1.json"
+SWAPS = [{"role": "user", "content": "Swap 12 23 13 12 23 13 12 23 12 13 23 12 on 312. Final?"}]
+ADAPTIVE = GenerationSettings(num_steps=32, criterion="kl", seed=0, max_new_tokens=8)
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return engine.load(engine.DEMO_MODEL)[:2]
+
+
+@pytest.fixture(scope="module")
+def golden_model():
+    return AutoModelForCausalLM.from_pretrained(require(GOLDEN_DIR)).eval()
+
+
+def answer(pair, messages, settings, **kwargs) -> tuple[list, Summary]:
+    events = list(engine.stream(*pair, messages, settings, **kwargs))
+    assert isinstance(events[-1], Summary)
+    return events[:-1], events[-1]
+
+
+@pytest.mark.parametrize("case", sorted(json.loads(GOLDENS.read_text())["cases"]))
+def test_prompt_exits_take_the_steps_of_the_authors_prefill(golden_model, case):
+    golden = json.loads(GOLDENS.read_text())
+    spec = golden["cases"][case]
+    prompt = torch.tensor([golden["prompt"]])
+    plan = RowPlan(num_steps=spec["num_steps"], criterion=spec["criterion"], threshold=spec["threshold"],
+                   init_scale=0.0, seed=0, state_seed=0, max_new_tokens=1, prompt_exits=True)
+    first = next(decode(golden_model, prompt, [plan], "full", split_prompt=True))
+    # their prefill runs every prompt position alone; our last one is the first answer token's step
+    assert first.prompt.steps[0] + first.steps == spec["their_steps"]
+    assert len(set(spec["their_steps"])) > 2, "the golden should show positions exiting at different depths"
+
+
+def test_a_full_depth_prompt_reports_every_position_at_the_answers_depth(demo):
+    events, summary = answer(demo, SWAPS, GenerationSettings(num_steps=12, seed=0, max_new_tokens=4))
+    tokenizer = demo[1]
+    ids = engine.generate.build_prompt(tokenizer, SWAPS, 256, 4)[0]
+    assert [p["id"] for p in summary.prompt] == ids[:-1]
+    assert all(p["steps"] == 12 and p["exit_value"] is None for p in summary.prompt)
+    assert summary.prompt_core_steps == 12 * (len(ids) - 1)
+    assert summary.core_iterations == 12 * summary.tokens  # the answer's own, the prompt's last position included
+    assert summary.stats()["prompt_core_steps"] == summary.prompt_core_steps
+    for record in summary.prompt + [e.record() for e in events]:
+        assert TOKEN.check(record) == record
+        assert record["change"] >= 0 and math.isfinite(record["change"])
+
+
+def test_a_shallow_prompt_is_still_moving_where_the_swaps_are(demo):
+    """Convergence per position: at 4 steps the swap list is not computed yet, at 32 it has settled."""
+    _, shallow = answer(demo, SWAPS, GenerationSettings(num_steps=4, seed=0, max_new_tokens=4))
+    _, deep = answer(demo, SWAPS, GenerationSettings(num_steps=32, seed=0, max_new_tokens=4))
+    assert max(p["change"] for p in deep.prompt) < 0.01 < max(p["change"] for p in shallow.prompt)
+
+
+def test_prompt_exits_spend_fewer_prompt_steps_and_vary_by_position(demo):
+    _, block = answer(demo, SWAPS, ADAPTIVE)
+    _, alone = answer(demo, SWAPS, ADAPTIVE.replace(prompt_exits=True))
+    assert len(alone.prompt) == len(block.prompt)
+    steps = [p["steps"] for p in alone.prompt]
+    assert alone.prompt_core_steps == sum(steps) < block.prompt_core_steps == 32 * len(steps)
+    assert len(set(steps)) > 3 and min(steps) >= 1
+    assert all(p["exit_value"] is not None for p in alone.prompt)
+    assert alone.text == block.text  # on this question the answer survives the shallower prompt
+
+
+def test_prompt_exits_are_ignored_at_fixed_depth(demo):
+    _, plain = answer(demo, SWAPS, GenerationSettings(num_steps=8, seed=0, max_new_tokens=4))
+    _, asked = answer(demo, SWAPS, GenerationSettings(num_steps=8, seed=0, max_new_tokens=4, prompt_exits=True))
+    assert [p["steps"] for p in asked.prompt] == [p["steps"] for p in plain.prompt]
+    assert asked.text == plain.text
+
+
+@pytest.mark.parametrize("value", [1, "yes", None])
+def test_prompt_exits_must_be_true_or_false(value):
+    with pytest.raises(SettingsError, match="prompt_exits"):
+        GenerationSettings(prompt_exits=value)
+
+
+def test_a_later_turn_reports_only_the_positions_it_ran_and_reuses_only_the_same_exit_rule(demo):
+    pool = PromptCache()
+    first = SWAPS
+    _, one = answer(demo, first, ADAPTIVE.replace(prompt_exits=True), prompt_cache=pool)
+    second = first + [{"role": "assistant", "content": one.text}, {"role": "user", "content": "Swap 12 on 123. Final?"}]
+    _, two = answer(demo, second, ADAPTIVE.replace(prompt_exits=True), prompt_cache=pool)
+    assert two.reused_tokens > 0
+    assert len(two.prompt) == two.prompt_tokens - two.reused_tokens - 1
+    # the same question from scratch: the reused positions were computed as this turn would have
+    _, fresh = answer(demo, second, ADAPTIVE.replace(prompt_exits=True))
+    assert fresh.text == two.text
+    assert [p["steps"] for p in fresh.prompt][-len(two.prompt):] == [p["steps"] for p in two.prompt]
+    # another exit rule does not read positions computed under this one
+    _, other = answer(demo, second, ADAPTIVE.replace(prompt_exits=True, exit_threshold=1e-2), prompt_cache=pool)
+    assert other.reused_tokens == 0
+    # nor does a full-depth prompt
+    _, block = answer(demo, second, ADAPTIVE, prompt_cache=pool)
+    assert block.reused_tokens == 0
+
+
+def test_compare_gives_each_column_its_own_prompt_depth(demo):
+    model, tok = demo
+    results = engine.compare(model, tok, SWAPS, [ADAPTIVE, ADAPTIVE.replace(prompt_exits=True),
+                                                  GenerationSettings(num_steps=4, seed=0, max_new_tokens=8)])
+    block, alone, shallow = (r.summary for r in results)
+    assert {p["steps"] for p in block.prompt} == {32}
+    assert len({p["steps"] for p in alone.prompt}) > 3
+    assert {p["steps"] for p in shallow.prompt} == {4}
+    _, single = answer(demo, SWAPS, ADAPTIVE.replace(prompt_exits=True))
+    assert [p["steps"] for p in single.prompt] == [p["steps"] for p in alone.prompt]
+
+
+def test_the_parallel_and_speculative_samplers_report_their_full_depth_prompt(demo):
+    for settings in (GenerationSettings(num_steps=8, seed=0, max_new_tokens=6, sampler="parallel"),
+                     GenerationSettings(num_steps=8, seed=0, max_new_tokens=6, draft_steps=2)):
+        _, summary = answer(demo, SWAPS, settings)
+        assert {p["steps"] for p in summary.prompt} == {8}
+        assert len(summary.prompt) == summary.prompt_tokens - 1
+        assert summary.prompt_core_steps == 8 * len(summary.prompt)
