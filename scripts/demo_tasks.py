@@ -81,6 +81,22 @@ def swap_question(start: str, pairs: Sequence[str]) -> str:
     return f"Swap {' '.join(pairs)} on {start}. Final?"
 
 
+# Gaps a respelled list may use between two swaps (train_*(spacing=...)): one or two tokens each.
+SWAP_GAPS = (" ", " ", ", ", "  ")
+
+
+def respell_swaps(question: str, rng: random.Random) -> str:
+    """The same swap question with a random gap of one or two tokens between successive swaps.
+
+    The distance from the first swap to the answer then no longer tells the number of swaps (and so
+    its parity), which the model could otherwise read off the position instead of composing the swaps.
+    """
+    head, tail = question.split(" on ", 1)
+    pairs = head.removeprefix("Swap ").split(" ")
+    spelled = pairs[0] + "".join(rng.choice(SWAP_GAPS) + pair for pair in pairs[1:])
+    return f"Swap {spelled} on {tail}"
+
+
 def swap_start(question: str) -> str:
     """The start order of a swap question (the trivial baseline answers it)."""
     return question.rsplit(" on ", 1)[1].split(".", 1)[0]
@@ -240,8 +256,12 @@ SYSTEM_FRACTION = 0.1
 
 
 def _turn_maker(rng: random.Random, mix: dict[tuple[str, int], float], chat_fraction: float,
-                max_tier: Callable[[], int] | None) -> Callable[[], list[dict[str, str]]]:
-    """One (user, assistant) exchange at a time: a chat turn, a question in another format, or a problem."""
+                max_tier: Callable[[], int] | None, spacing: float = 0.0) -> Callable[[], list[dict[str, str]]]:
+    """One (user, assistant) exchange at a time: a chat turn, a question in another format, or a problem.
+
+    A `spacing` share of the swap lists is respelled with random gaps (`respell_swaps`); the held-out
+    split is decided on the single-spaced text, so no held-out list is trained in another spelling.
+    """
 
     def turn() -> list[dict[str, str]]:
         u = rng.random()
@@ -255,6 +275,8 @@ def _turn_maker(rng: random.Random, mix: dict[tuple[str, int], float], chat_frac
             task, tier = rng.choices(keys, [mix[k] for k in keys])[0]
             p = sample_problem(task, tier, rng, heldout=False)
             q, a = p.question, p.answer
+            if spacing and rng.random() < spacing:  # no draw at 0: earlier stages' streams stay as they were
+                q = respell_swaps(q, rng)
         return [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
 
     return turn
@@ -262,7 +284,7 @@ def _turn_maker(rng: random.Random, mix: dict[tuple[str, int], float], chat_frac
 
 def train_conversations(
     seed: int, mix: dict[tuple[str, int], float] | None = None, chat_fraction: float = CHAT_FRACTION,
-    max_tier: Callable[[], int] | None = None,
+    max_tier: Callable[[], int] | None = None, spacing: float = 0.0,
 ) -> Iterator[list[dict[str, str]]]:
     """An endless, seeded stream of training conversations (never containing a held-out question).
 
@@ -271,7 +293,7 @@ def train_conversations(
     before every problem, is the curriculum: tiers above it are not drawn for now.
     """
     rng = random.Random(f"train-{seed}")
-    turn = _turn_maker(rng, mix or DEFAULT_MIX, chat_fraction, max_tier)
+    turn = _turn_maker(rng, mix or DEFAULT_MIX, chat_fraction, max_tier, spacing)
     while True:
         msgs: list[dict[str, str]] = []
         if rng.random() < SYSTEM_FRACTION:
@@ -283,7 +305,7 @@ def train_conversations(
 
 def train_chats(
     seed: int, fits: Callable[[list[dict[str, str]]], bool], mix: dict[tuple[str, int], float] | None = None,
-    chat_fraction: float = CHAT_FRACTION, max_tier: Callable[[], int] | None = None,
+    chat_fraction: float = CHAT_FRACTION, max_tier: Callable[[], int] | None = None, spacing: float = 0.0,
 ) -> Iterator[list[dict[str, str]]]:
     """An endless, seeded stream of long chats: exchanges are added while `fits(messages)` holds.
 
@@ -293,7 +315,7 @@ def train_chats(
     chat always has at least one exchange.
     """
     rng = random.Random(f"chats-{seed}")
-    turn = _turn_maker(rng, mix or DEFAULT_MIX, chat_fraction, max_tier)
+    turn = _turn_maker(rng, mix or DEFAULT_MIX, chat_fraction, max_tier, spacing)
     pending = turn()
     while True:
         msgs: list[dict[str, str]] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import random
 import re
 import sys
@@ -168,3 +169,32 @@ def test_swap_start_is_the_order_the_cups_start_in() -> None:
         p = dt.make_swap(tier, rng)
         start = dt.swap_start(p.question)
         assert sorted(start) == ["1", "2", "3"] and p.question.endswith(f" on {start}. Final?")
+
+
+def _canonical(question: str) -> str:
+    """The single-spaced spelling of a respelled swap question."""
+    return re.sub(r"(?<=\d)(?:, |  )(?=\d)", " ", question)
+
+
+def test_respelled_lists_keep_their_swaps_answer_and_split() -> None:
+    rng = random.Random(11)
+    p = dt.make_swap(16, rng)
+    spelled = {dt.respell_swaps(p.question, rng) for _ in range(50)}
+    assert len(spelled) > 40 and all(_canonical(q) == p.question for q in spelled)
+    assert any(", " in q for q in spelled) and any("  " in q for q in spelled)
+    convs = list(itertools.islice(dt.train_conversations(0, spacing=0.5), 3000))
+    questions = [m["content"] for c in convs for m in c if m["role"] == "user" and _is_problem(_canonical(m["content"]))]
+    respelled = [q for q in questions if not _is_problem(q)]
+    assert 0.35 < len(respelled) / len(questions) < 0.65  # the spacing share of the lists (1 in 2 keeps single gaps)
+    assert not any(dt.is_heldout(_canonical(q)) for q in questions)  # split on the single-spaced text
+    answers = {m["content"] for c in convs for m in c if m["role"] == "assistant"}
+    assert all(_follow(_canonical(q)) in answers for q in respelled[:200])
+
+
+def test_streams_without_spacing_are_those_the_shipped_stages_trained_on() -> None:
+    """Fingerprints of the streams as they were before `spacing` existed: the recorded commands still reproduce."""
+    def digest(items) -> str:
+        return hashlib.sha256(json.dumps(list(items)).encode()).hexdigest()[:16]
+
+    assert digest(itertools.islice(dt.train_conversations(0), 300)) == "2e8701002da131f1"
+    assert digest(itertools.islice(dt.train_chats(0, lambda m: _words(m) <= 200), 100)) == "baa910d662ee7092"
