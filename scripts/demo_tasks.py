@@ -91,10 +91,29 @@ def respell_swaps(question: str, rng: random.Random) -> str:
     The distance from the first swap to the answer then no longer tells the number of swaps (and so
     its parity), which the model could otherwise read off the position instead of composing the swaps.
     """
-    head, tail = question.split(" on ", 1)
-    pairs = head.removeprefix("Swap ").split(" ")
+    pairs, start = swap_parts(question)
     spelled = pairs[0] + "".join(rng.choice(SWAP_GAPS) + pair for pair in pairs[1:])
-    return f"Swap {spelled} on {tail}"
+    return f"Swap {spelled} on {start}. Final?"
+
+
+IDENTITY_PAIRS = tuple(f"{i}{i}" for i in range(1, SWAP_CUPS + 1))  # `11` leaves the cups as they are
+
+
+def with_identities(p: Problem, rng: random.Random, share: float = 0.25) -> Problem:
+    """The same number of list entries, about `share` of them replaced by a swap of a cup with itself.
+
+    The number of entries (or digits) then no longer fixes the parity of the final order, so a model
+    that reads the parity off a count of the swaps, instead of composing them, is wrong on these.
+    """
+    pairs, start = swap_parts(p.question)
+    pairs = [rng.choice(IDENTITY_PAIRS) if rng.random() < share else pair for pair in pairs]
+    return Problem(p.task, p.tier, swap_question(start, pairs), apply_swaps(start, pairs))
+
+
+def swap_parts(question: str) -> tuple[list[str], str]:
+    """The swaps and the start order of a single-spaced swap question."""
+    head, tail = question.rsplit(" on ", 1)
+    return head.removeprefix("Swap ").split(" "), tail.split(".", 1)[0]
 
 
 def swap_start(question: str) -> str:
@@ -256,11 +275,14 @@ SYSTEM_FRACTION = 0.1
 
 
 def _turn_maker(rng: random.Random, mix: dict[tuple[str, int], float], chat_fraction: float,
-                max_tier: Callable[[], int] | None, spacing: float = 0.0) -> Callable[[], list[dict[str, str]]]:
+                max_tier: Callable[[], int] | None, spacing: float = 0.0,
+                identity: float = 0.0) -> Callable[[], list[dict[str, str]]]:
     """One (user, assistant) exchange at a time: a chat turn, a question in another format, or a problem.
 
     A `spacing` share of the swap lists is respelled with random gaps (`respell_swaps`); the held-out
     split is decided on the single-spaced text, so no held-out list is trained in another spelling.
+    An `identity` share has some entries replaced by no-op swaps (`with_identities`); such a list is
+    never an evaluation question (those have none).
     """
 
     def turn() -> list[dict[str, str]]:
@@ -274,6 +296,8 @@ def _turn_maker(rng: random.Random, mix: dict[tuple[str, int], float], chat_frac
             keys = [k for k in mix if cap is None or k[1] <= cap] or [min(mix, key=lambda k: k[1])]
             task, tier = rng.choices(keys, [mix[k] for k in keys])[0]
             p = sample_problem(task, tier, rng, heldout=False)
+            if identity and rng.random() < identity:  # no draw at 0, as for spacing
+                p = with_identities(p, rng)
             q, a = p.question, p.answer
             if spacing and rng.random() < spacing:  # no draw at 0: earlier stages' streams stay as they were
                 q = respell_swaps(q, rng)
@@ -284,7 +308,7 @@ def _turn_maker(rng: random.Random, mix: dict[tuple[str, int], float], chat_frac
 
 def train_conversations(
     seed: int, mix: dict[tuple[str, int], float] | None = None, chat_fraction: float = CHAT_FRACTION,
-    max_tier: Callable[[], int] | None = None, spacing: float = 0.0,
+    max_tier: Callable[[], int] | None = None, spacing: float = 0.0, identity: float = 0.0,
 ) -> Iterator[list[dict[str, str]]]:
     """An endless, seeded stream of training conversations (never containing a held-out question).
 
@@ -293,7 +317,7 @@ def train_conversations(
     before every problem, is the curriculum: tiers above it are not drawn for now.
     """
     rng = random.Random(f"train-{seed}")
-    turn = _turn_maker(rng, mix or DEFAULT_MIX, chat_fraction, max_tier, spacing)
+    turn = _turn_maker(rng, mix or DEFAULT_MIX, chat_fraction, max_tier, spacing, identity)
     while True:
         msgs: list[dict[str, str]] = []
         if rng.random() < SYSTEM_FRACTION:
@@ -306,6 +330,7 @@ def train_conversations(
 def train_chats(
     seed: int, fits: Callable[[list[dict[str, str]]], bool], mix: dict[tuple[str, int], float] | None = None,
     chat_fraction: float = CHAT_FRACTION, max_tier: Callable[[], int] | None = None, spacing: float = 0.0,
+    identity: float = 0.0,
 ) -> Iterator[list[dict[str, str]]]:
     """An endless, seeded stream of long chats: exchanges are added while `fits(messages)` holds.
 
@@ -315,7 +340,7 @@ def train_chats(
     chat always has at least one exchange.
     """
     rng = random.Random(f"chats-{seed}")
-    turn = _turn_maker(rng, mix or DEFAULT_MIX, chat_fraction, max_tier, spacing)
+    turn = _turn_maker(rng, mix or DEFAULT_MIX, chat_fraction, max_tier, spacing, identity)
     pending = turn()
     while True:
         msgs: list[dict[str, str]] = []

@@ -86,7 +86,8 @@ def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tuple[t
 
 def batches(tok, seed: int, rows: int, row_len: int, max_tier: Callable[[], int] | None = None,
             mix: dict[tuple[str, int], float] | None = None,
-            multi_turn: bool = False, spacing: float = 0.0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            multi_turn: bool = False, spacing: float = 0.0,
+            identity: float = 0.0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """`rows` rows of at most `row_len` tokens per batch.
 
     By default whole short conversations are packed greedily into a row, as in the paper's pretraining
@@ -98,12 +99,13 @@ def batches(tok, seed: int, rows: int, row_len: int, max_tier: Callable[[], int]
         def fits(messages: list[dict[str, str]]) -> bool:
             return len(tok.apply_chat_template(messages, tokenize=True, return_dict=False)) <= row_len
 
-        chats = demo_tasks.train_chats(seed, fits, mix=mix, max_tier=max_tier, spacing=spacing)
+        chats = demo_tasks.train_chats(seed, fits, mix=mix, max_tier=max_tier, spacing=spacing,
+                                       identity=identity)
         while True:
             yield collate([tuple(x[:row_len] for x in encode_conversation(tok, next(chats))) for _ in range(rows)],
                           tok.pad_token_id)
     stream = (encode_conversation(tok, m) for m in demo_tasks.train_conversations(seed, mix, max_tier=max_tier,
-                                                                                    spacing=spacing))
+                                                                                    spacing=spacing, identity=identity))
     pending = next(stream)
     while True:
         packed = []
@@ -237,6 +239,8 @@ def main() -> None:
                          f"{demo_tasks.FIRST_STAGES_MAX_SWAPS})")
     ap.add_argument("--spacing", type=float, default=0.0,
                     help="share of swap lists respelled with random gaps of one or two tokens between the swaps")
+    ap.add_argument("--identity", type=float, default=0.0,
+                    help="share of swap lists with about a quarter of their entries replaced by no-op swaps (11, 22, 33)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--n-embd", type=int, default=128)
@@ -289,7 +293,8 @@ def main() -> None:
             return progress["cap"]
         return curriculum_cap(progress["step"], args.steps, args.curriculum_start, longest, args.curriculum_ramp)
 
-    data = batches(tok, args.seed, args.batch_size, args.row_len, max_tier, mix, args.multi_turn, args.spacing)
+    data = batches(tok, args.seed, args.batch_size, args.row_len, max_tier, mix, args.multi_turn, args.spacing,
+                   args.identity)
     num_steps = None if args.fixed_depth is None else (0, args.fixed_depth)
     logf = args.log.open("a") if args.log else None
 

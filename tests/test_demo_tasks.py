@@ -191,8 +191,28 @@ def test_respelled_lists_keep_their_swaps_answer_and_split() -> None:
     assert all(_follow(_canonical(q)) in answers for q in respelled[:200])
 
 
-def test_streams_without_spacing_are_those_the_shipped_stages_trained_on() -> None:
-    """Fingerprints of the streams as they were before `spacing` existed: the recorded commands still reproduce."""
+def test_lists_with_no_op_swaps_keep_their_length_and_follow_the_cups() -> None:
+    rng = random.Random(12)
+    flips = 0
+    for _ in range(300):
+        p = dt.make_swap(9, rng)
+        q = dt.with_identities(p, rng)
+        pairs, start = dt.swap_parts(q.question)
+        assert len(pairs) == 9 and q.tier == 9 and dt.swap_parts(p.question)[1] == start
+        real = [pair for pair in pairs if pair[0] != pair[1]]
+        assert q.answer == dt.apply_swaps(start, real)  # a cup swapped with itself stays where it is
+        flips += len(real) % 2 != 9 % 2
+    assert 50 < flips < 250  # the count of entries often no longer gives the parity
+    convs = list(itertools.islice(dt.train_conversations(0, identity=0.5), 2000))
+    questions = [m["content"] for c in convs for m in c if m["role"] == "user" and m["content"].startswith("Swap")]
+    with_ids = [q for q in questions if any(pair[0] == pair[1] for pair in dt.swap_parts(q)[0])]
+    assert 0.3 < len(with_ids) / len(questions) < 0.5  # half the lists, less those where no entry was replaced
+    assert all(_is_problem(q) for q in questions)
+    assert not any(dt.is_heldout(q) for q in questions if q not in with_ids)  # (evaluation lists have no no-ops)
+
+
+def test_streams_without_variants_are_those_the_shipped_stages_trained_on() -> None:
+    """Fingerprints of the streams from before `spacing` and `identity`: the recorded commands still reproduce."""
     def digest(items) -> str:
         return hashlib.sha256(json.dumps(list(items)).encode()).hexdigest()[:16]
 
