@@ -118,6 +118,8 @@ def message_view(m: Message, siblings: Sequence[int], streaming: bool = False) -
         status = "interrupted"
     system = extra.get("system", "")
     view_extra = {"system": system if isinstance(system, str) else ""}
+    if extra.get("prompt") is not None:
+        view_extra["prompt"] = clean_tokens(extra["prompt"], damaged, "prompt")
     if m.kind == "comparison":
         view_extra["columns"] = clean_columns(extra.get("columns"), damaged)
     i = siblings.index(m.id) if m.id in siblings else 0

@@ -133,6 +133,8 @@ def check_extra(extra: Any, field: str, limits: RecordLimits) -> dict[str, Any] 
         if cap is not None and len(out["system"]) > cap:
             raise InvalidData(f"{field}.system: the system prompt is {len(out['system']):,} characters; "
                               f"the limit here is {cap:,}")
+    if "prompt" in extra:  # the prompt positions' token records: what each received (render.prompt_depth)
+        out["prompt"] = check_tokens(extra["prompt"], f"{field}.prompt", limits)
     if "columns" in extra:
         columns = extra["columns"]
         if not isinstance(columns, list) or len(columns) > MAX_COLUMNS:
