@@ -297,7 +297,8 @@ def test_buttons_say_what_they_can_do_and_copy_works_on_plain_http(served, brows
 
 
 def test_the_prompts_depth_opens_under_the_answer_with_exits_in_the_prompt(served, browser):
-    """Issue 23: the prompt's positions get their own heatmap; with "exit early in the prompt" they differ."""
+    """Issue 23: the prompt's positions get their own heatmap and depth lens; with "exit early in the prompt" their
+    depths differ."""
     url, store = served
     page = open_page(browser, url)
     assert page.locator("#prompt-exits input").is_disabled()  # greyed until adaptive exit is on
@@ -320,10 +321,14 @@ def test_the_prompts_depth_opens_under_the_answer_with_exits_in_the_prompt(serve
                                            "els => els.map(e => e.className)"))
     assert spans.count() > 20 and len(shades) > 2, shades  # positions exited at different depths
     assert "step" in (spans.first.get_attribute("title") or "")
-    spans.nth(1).click()  # a prompt token is not an answer token: the lens (the answer has a trace) stays shut
-    page.wait_for_timeout(300)
-    assert page.locator("#lens-panel .lens-chart").count() == 0
+    spans.nth(1).click()  # a prompt token opens the lens on its own steps, not on an answer token's
+    page.wait_for_selector("#lens-panel .lens-chart", timeout=5_000)
+    head = page.locator("#lens-panel .lens-meta").inner_text()
+    assert "predicted at prompt position 2" in head, head
+    steps = int(spans.nth(1).get_attribute("data-steps"))
+    assert page.locator("#lens-panel .lens-step").count() == steps
     answer = page.locator("#transcript .msg.assistant.complete").last
     answer.locator(".depth-toggle").first.click()
     answer.locator(".msg-text .tok[data-i='0']").first.click()
-    page.wait_for_selector("#lens-panel .lens-chart", timeout=5_000)
+    page.wait_for_function("document.querySelector('#lens-panel .lens-meta').innerText.includes('token 1 ·')",
+                           timeout=5_000)

@@ -137,6 +137,27 @@ def test_the_parallel_and_speculative_samplers_report_their_full_depth_prompt(de
         assert summary.prompt_core_steps == 8 * len(summary.prompt)
 
 
+
+@pytest.mark.parametrize("prompt_exits", [False, True])
+def test_a_traced_answer_traces_its_prompt_positions_too(demo, prompt_exits):
+    settings = ADAPTIVE.replace(prompt_exits=prompt_exits, init_scale=0.0)
+    _, plain = answer(demo, SWAPS, settings)
+    _, traced = answer(demo, SWAPS, settings.replace(trace=True))
+    assert traced.text == plain.text and traced.steps == plain.steps  # the lens changes nothing
+    lens = traced.trace["prompt"]
+    ids = [p["id"] for p in traced.prompt]
+    assert [t["index"] for t in lens] == list(range(len(ids)))
+    assert [t["token_id"] for t in lens] == ids[1:] + [engine.generate.build_prompt(demo[1], SWAPS, 256, 8)[0][-1]]
+    assert [t["exit_step"] for t in lens] == [p["steps"] for p in traced.prompt]
+    for t, p in zip(lens, traced.prompt):
+        assert t["latent_change"][-1] == pytest.approx(p["change"], rel=1e-3, abs=1e-6)
+    if not prompt_exits:  # at full depth the last step's leader is what a plain forward pass predicts there
+        model = demo[0]
+        with torch.no_grad():
+            logits = model(torch.tensor([ids]), num_steps=32, init_scale=0.0).logits[0]
+        assert [t["top"][-1][0] for t in lens] == logits.argmax(-1).tolist()
+
+
 # ---- the page and the store ---------------------------------------------------------------------------------------
 
 @pytest.fixture()
