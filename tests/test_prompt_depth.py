@@ -226,3 +226,9 @@ def test_a_damaged_or_hostile_prompt_record_is_named_and_nothing_saved_is_lost(s
                     [json.dumps({"prompt": [{"text": "<b>x</b>", "steps": "many"}]}), answer.id])
     html = studio.conversations.transcript(session)
     assert "damaged record (prompt)" in html and "<b>x</b>" not in html and "Prompt depth" not in html
+
+
+def test_the_chat_api_returns_the_prompts_depth(studio):
+    out = studio.chat.chat_api("Swap 12 23 on 312. Final?", {"num_steps": 6, "seed": 0, "max_new_tokens": 4})
+    assert out["stats"]["prompt_core_steps"] == 6 * len(out["prompt"]) > 0
+    assert all(TOKEN.check(p) == p for p in out["prompt"])
