@@ -281,7 +281,7 @@ def answer_body(tokens: Sequence[dict[str, Any]] | None, content: str, scale: in
 
 
 def column(title: str, tokens: Sequence[dict[str, Any]], content: str, stats: dict[str, Any] | None,
-           scale: int, trace: dict[str, Any] | None = None) -> str:
+           scale: int, trace: dict[str, Any] | None = None, prompt: Sequence[dict[str, Any]] | None = None) -> str:
     """One depth-arena column: heading, heatmap, stats, agreement (and its depth-lens trace). No tokens/s where
     columns ran batched (they share one clock); a parallel or speculative column ran alone and keeps its own."""
     alone = (stats or {}).get("sampler") in ("parallel", "speculative")
@@ -291,7 +291,7 @@ def column(title: str, tokens: Sequence[dict[str, Any]], content: str, stats: di
                   if isinstance(agree, (int, float)) else "")
     return (f'<div class="col"><div class="col-title">{esc(title)}</div>'
             f'<div class="msg-text">{answer_body(tokens, content, scale)}</div>{stats_line(shown)}{agree_html}'
-            f'{wavefront(stats)}{lens_holder(trace)}</div>')
+            f'{prompt_depth(prompt, stats, scale)}{wavefront(stats)}{lens_holder(trace)}</div>')
 
 
 def columns(cols: Sequence[dict[str, Any]]) -> str:
@@ -300,7 +300,8 @@ def columns(cols: Sequence[dict[str, Any]]) -> str:
         return ""
     scale = max(scale_of(c.get("settings"), c.get("tokens")) for c in cols)
     body = "".join(column(c.get("label") or _settings_label(c.get("settings")), c.get("tokens") or [],
-                          c.get("content", ""), c.get("stats"), scale, c.get("trace")) for c in cols)
+                          c.get("content", ""), c.get("stats"), scale, c.get("trace"), c.get("prompt"))
+                   for c in cols)
     return f'<div class="arena-grid" style="--cols:{len(cols)}">{body}</div>{legend(scale)}'
 
 

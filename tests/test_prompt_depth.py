@@ -232,3 +232,15 @@ def test_the_chat_api_returns_the_prompts_depth(studio):
     out = studio.chat.chat_api("Swap 12 23 on 312. Final?", {"num_steps": 6, "seed": 0, "max_new_tokens": 4})
     assert out["stats"]["prompt_core_steps"] == 6 * len(out["prompt"]) > 0
     assert all(TOKEN.check(p) == p for p in out["prompt"])
+
+
+def test_each_arena_column_shows_its_own_prompt_depth_and_keeps_it_when_saved(studio):
+    settings = [GenerationSettings(num_steps=r, seed=0, max_new_tokens=6) for r in (4, 32)]
+    result = studio.arena.compare(SWAPS[0]["content"], "", settings)
+    shallow, deep = result["columns"]
+    assert {p["steps"] for p in shallow["prompt"]} == {4} and {p["steps"] for p in deep["prompt"]} == {32}
+    session, html = studio.arena.save(studio.conversations.new_session(), result)
+    saved = studio.store.thread(session.owner, session.conversation_id)[-1]
+    assert [c["prompt"] for c in saved.extra["columns"]] == [shallow["prompt"], deep["prompt"]]
+    assert html.count('class="prompt-depth"') == 2
+    assert f"{4 * len(shallow['prompt']):,} core steps" in html and f"{32 * len(deep['prompt']):,} core steps" in html

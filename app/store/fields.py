@@ -21,7 +21,7 @@ _INT_BOUND = 2**63  # SQLite's integers; also keeps formatting of any value chea
 MAX_COLUMNS = 16  # columns of one saved comparison
 _SHORT = 1_000  # characters of a label, a stop reason or an unknown scalar value
 
-_COLUMN_KEYS = {"label", "settings", "tokens", "content", "stats", "trace"}
+_COLUMN_KEYS = {"label", "settings", "tokens", "content", "stats", "trace", "prompt"}
 
 
 def _plain(value: Any) -> Any:
@@ -152,7 +152,8 @@ def _check_column(column: Any, field: str, limits: RecordLimits) -> dict[str, An
         out["label"] = check_text(column["label"], f"{field}.label", _SHORT * 4)
     if column.get("content") is not None:
         out["content"] = check_text(column["content"], f"{field}.content")
-    for key, check in (("settings", check_settings), ("tokens", check_tokens), ("stats", check_stats)):
+    for key, check in (("settings", check_settings), ("tokens", check_tokens), ("stats", check_stats),
+                       ("prompt", check_tokens)):
         if key in column:
             out[key] = check(column[key], f"{field}.{key}", limits)
     if "trace" in column:  # the column's depth-lens trace (app.store.traces)
