@@ -135,7 +135,8 @@ def check_num_steps(limits: Limits, value: Any) -> Any:
 
 # What the depth panel's widgets may set, by name: engine settings fields, and "adaptive" (the checkbox that turns
 # the criterion on; off means fixed depth).
-FORM_FIELDS = ("num_steps", "adaptive", "criterion", "exit_threshold", "min_steps", "warm_start", "temperature",
+FORM_FIELDS = ("num_steps", "adaptive", "criterion", "exit_threshold", "min_steps", "prompt_exits", "warm_start",
+               "temperature",
                "top_p", "top_k", "min_p", "repetition_penalty", "seed", "max_new_tokens", "trace", "sampler",
                "inner_steps", "freeze_threshold", "max_window", "embed_ema", "state_noise")
 
@@ -159,7 +160,7 @@ def settings_from_form(limits: Limits, form: dict[str, Any]) -> engine.Generatio
         criterion=criterion if adaptive else "none",
         exit_threshold=parse_threshold(form.get("exit_threshold")) if adaptive else None,
         min_steps=min(_as_int("min_steps", value("min_steps")), num_steps),
-        warm_start=bool(value("warm_start")),
+        warm_start=bool(value("warm_start")), prompt_exits=bool(value("prompt_exits")) and adaptive,
         max_new_tokens=_as_int("max_new_tokens", value("max_new_tokens")),
         temperature=_as_float("temperature", value("temperature")), top_p=_as_float("top_p", value("top_p")),
         top_k=_as_int("top_k", value("top_k")), min_p=_as_float("min_p", value("min_p")),

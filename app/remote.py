@@ -48,7 +48,7 @@ MODEL_ID = re.compile(r"^[\w][\w./:@+-]{0,199}$")  # hub ids, file names, tags; 
 # Summary fields only the server knows; the rest is counted here from what arrived.
 SUMMARY_FIELDS = {f.name for f in dataclasses.fields(engine.Summary)}
 SERVER_STATS = ("prompt_tokens", "core_iterations", "kv_cache_bytes", "seed", "trimmed_messages", "reused_tokens",
-                "acceptance", "cache_strategy", "notice")
+                "acceptance", "cache_strategy", "notice", "prompt_core_steps")
 
 
 def add_arguments(parser: Any) -> None:
@@ -298,6 +298,7 @@ class RemoteEngine:
                 start: float, upstream: _Upstream) -> Iterator[engine.TokenEvent | engine.Summary]:
         text, tokens, summary, finish, usage, first, counted = "", [], None, None, {}, 0.0, 0
         max_chars = settings.max_new_tokens * CHARS_PER_TOKEN
+        cut = False  # a token past max_new_tokens arrived: the server ignores the budget
         for data in events:
             now = time.perf_counter() - start
             if cancel is not None and cancel.is_set():
@@ -312,14 +313,20 @@ class RemoteEngine:
             finish = chunk["finish"] or finish
             upstream.done = upstream.done or chunk["finish"] is not None
             for record in chunk["tokens"] if chunk["tokens"] is not None else self._pieces(chunk["piece"], settings):
+                if record["steps"] > 0 and counted >= settings.max_new_tokens:
+                    finish = "length"  # the server ignored max_tokens: cut here
+                    upstream.done = cut = True
+                    break
                 first = first or now
                 event = engine.TokenEvent(len(tokens), record.get("id", -1), record["text"], record["steps"],
-                                          record.get("exit_value"), now)
+                                          record.get("exit_value"), now, change=record.get("change"))
                 tokens.append(event)
                 text += event.text
                 counted += event.steps > 0  # held-back text (no steps) is not a token
                 yield event
-            if not upstream.done and (counted >= settings.max_new_tokens or len(text) >= max_chars):
+            if cut:
+                break
+            if not upstream.done and len(text) >= max_chars:
                 finish = "length"  # the server ignored max_tokens: cut here
                 upstream.done = True
                 break

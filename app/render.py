@@ -70,8 +70,10 @@ def _exit_text(value: float | None) -> str:
     return f"{value:.2e}"
 
 
-def heatmap(tokens: Sequence[dict[str, Any]], scale: int) -> str:
-    """The answer text as one span per token, coloured by its steps; the tooltip gives steps and exit value."""
+def heatmap(tokens: Sequence[dict[str, Any]], scale: int, index: str = "i") -> str:
+    """The answer text as one span per token, coloured by its steps; the tooltip gives steps, exit value and how far
+    the state still moved at the last step. ``index`` names the attribute holding the token's place (``data-i``:
+    the depth lens opens answer tokens by it)."""
     parts = []
     for i, tok in enumerate(tokens):
         text = tok.get("text") or ""
@@ -82,7 +84,10 @@ def heatmap(tokens: Sequence[dict[str, Any]], scale: int) -> str:
             parts.append(f'<span class="tok tail" title="held-back text released at the end">{esc(text)}</span>')
             continue
         tip = f"token {i + 1}: {plural(steps, 'step')}, exit value {_exit_text(tok.get('exit_value'))}"
-        parts.append(f'<span class="tok d{bucket(steps, scale)}" data-i="{i}" data-steps="{steps}" title="{esc(tip)}">'
+        if tok.get("change") is not None:
+            tip += f", last step moved the state {_exit_text(tok['change'])}"
+        parts.append(f'<span class="tok d{bucket(steps, scale)}" data-{index}="{i}" data-steps="{steps}" '
+                     f'title="{esc(tip)}">'
                      f"{esc(text)}</span>")
     return "".join(parts)
 
@@ -134,6 +139,8 @@ def stats_line(stats: dict[str, Any] | None) -> str:
         parts.append(f"steps mean {stats['mean_steps']:.1f}, max {stats.get('max_steps', 0)}")
     if stats.get("materialized_parameters"):
         parts.append(f"materialized {human_count(stats['materialized_parameters'])} params")
+    if stats.get("prompt_core_steps"):
+        parts.append(f"core steps: prompt {stats['prompt_core_steps']:,}, answer {stats.get('core_iterations', 0):,}")
     if stats.get("reused_tokens"):
         parts.append(f"{stats['reused_tokens']} of {stats.get('prompt_tokens', '?')} prompt tokens from the cache")
     if stats.get("acceptance") is not None:
@@ -252,6 +259,20 @@ def _nav(m: MessageView) -> str:
     return f'<span class="siblings">{prev}<span class="pos">{m.sibling_index} / {m.sibling_count}</span>{nxt}</span>'
 
 
+def prompt_depth(prompt: Sequence[dict[str, Any]] | None, stats: dict[str, Any] | None, scale: int) -> str:
+    """The prompt positions this answer ran, coloured by their steps like the answer (what the prompt's depth was:
+    with a deep prompt the answer's tokens may need few steps of their own), folded away under one line."""
+    if not prompt:
+        return ""
+    steps = [int(t.get("steps") or 0) for t in prompt]
+    reused = (stats or {}).get("reused_tokens") or 0
+    head = (f"Prompt depth: {plural(len(prompt), 'position')}, {sum(steps):,} core steps (mean "
+            f"{sum(steps) / len(steps):.1f}, min {min(steps)}, max {max(steps)})"
+            + (f"; {reused} earlier positions came from the cache" if reused else ""))
+    return (f'<details class="prompt-depth"><summary>{esc(head)}</summary>'
+            f'<div class="msg-text prompt-tokens">{heatmap(prompt, scale, index="p")}</div></details>')
+
+
 def answer_body(tokens: Sequence[dict[str, Any]] | None, content: str, scale: int) -> str:
     """Heatmap when per-token records exist (answers), plain escaped text otherwise (imported or typed text)."""
     if tokens:
@@ -260,7 +281,7 @@ def answer_body(tokens: Sequence[dict[str, Any]] | None, content: str, scale: in
 
 
 def column(title: str, tokens: Sequence[dict[str, Any]], content: str, stats: dict[str, Any] | None,
-           scale: int, trace: dict[str, Any] | None = None) -> str:
+           scale: int, trace: dict[str, Any] | None = None, prompt: Sequence[dict[str, Any]] | None = None) -> str:
     """One depth-arena column: heading, heatmap, stats, agreement (and its depth-lens trace). No tokens/s where
     columns ran batched (they share one clock); a parallel or speculative column ran alone and keeps its own."""
     alone = (stats or {}).get("sampler") in ("parallel", "speculative")
@@ -270,7 +291,7 @@ def column(title: str, tokens: Sequence[dict[str, Any]], content: str, stats: di
                   if isinstance(agree, (int, float)) else "")
     return (f'<div class="col"><div class="col-title">{esc(title)}</div>'
             f'<div class="msg-text">{answer_body(tokens, content, scale)}</div>{stats_line(shown)}{agree_html}'
-            f'{wavefront(stats)}{lens_holder(trace)}</div>')
+            f'{prompt_depth(prompt, stats, scale)}{wavefront(stats)}{lens_holder(trace)}</div>')
 
 
 def columns(cols: Sequence[dict[str, Any]]) -> str:
@@ -279,7 +300,8 @@ def columns(cols: Sequence[dict[str, Any]]) -> str:
         return ""
     scale = max(scale_of(c.get("settings"), c.get("tokens")) for c in cols)
     body = "".join(column(c.get("label") or _settings_label(c.get("settings")), c.get("tokens") or [],
-                          c.get("content", ""), c.get("stats"), scale, c.get("trace")) for c in cols)
+                          c.get("content", ""), c.get("stats"), scale, c.get("trace"), c.get("prompt"))
+                   for c in cols)
     return f'<div class="arena-grid" style="--cols:{len(cols)}">{body}</div>{legend(scale)}'
 
 
@@ -314,7 +336,8 @@ def message(m: MessageView) -> str:
         live = m.status == "partial"
         body = (markdown_view.answer(m.content, m.tokens, answer_body(m.tokens, m.content, scale), live)
                 if m.role == "assistant" else f'<div class="msg-text">{answer_body(m.tokens, m.content, scale)}</div>')
-        footer = (stats_line(m.stats) + (legend(scale) if m.tokens else "") + wavefront(m.stats)
+        footer = (stats_line(m.stats) + prompt_depth(m.extra.get("prompt"), m.stats, scale)
+                  + (legend(scale) if m.tokens else "") + wavefront(m.stats)
                   + lens_holder(m.trace) + (LENS_HINT if m.trace and m.tokens else "") if m.role == "assistant" else "")
     error = f'<div class="error">{esc(m.error)}</div>' if m.error else ""
     if m.status == "interrupted":

@@ -162,7 +162,7 @@ class ChatTurns:
             writer.finish_stream(None)
             return
         stats = summary.stats(materialized_parameters=self.slot.materialized(summary.mean_steps))
-        writer.finish_stream(summary.stop_reason, stats, content=summary.text)
+        writer.finish_stream(summary.stop_reason, stats, content=summary.text, prompt=summary.prompt)
         if summary.trace is not None:
             self.store.save_trace(writer.owner, writer.message_id, summary.trace)
 
@@ -198,7 +198,7 @@ class ChatTurns:
         assert summary is not None
         out = {"text": summary.text, "tokens": tokens,
                "stats": summary.stats(materialized_parameters=self.slot.materialized(summary.mean_steps)),
-               "settings": summary.settings}
+               "settings": summary.settings, "prompt": summary.prompt}
         if summary.trace is not None:  # asked for with settings {"trace": true}; the engine's compact form
             out["trace"] = summary.trace
         return out

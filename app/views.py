@@ -89,7 +89,8 @@ def clean_columns(columns: Any, damaged: list[str]) -> list[dict[str, Any]] | No
                "tokens": clean_tokens(c.get("tokens"), damaged), "stats": clean_stats(c.get("stats"), damaged),
                "settings": clean_settings(c.get("settings"), damaged),
                "content": c.get("content") if isinstance(c.get("content"), str) else "",
-               "trace": clean_trace(c.get("trace"), damaged, "trace")}
+               "trace": clean_trace(c.get("trace"), damaged, "trace"),
+               "prompt": clean_tokens(c.get("prompt"), damaged, "prompt")}
         if len(damaged) > before:
             del damaged[before:]
             damaged.append(f"columns[{i}]")
@@ -118,6 +119,8 @@ def message_view(m: Message, siblings: Sequence[int], streaming: bool = False) -
         status = "interrupted"
     system = extra.get("system", "")
     view_extra = {"system": system if isinstance(system, str) else ""}
+    if extra.get("prompt") is not None:
+        view_extra["prompt"] = clean_tokens(extra["prompt"], damaged, "prompt")
     if m.kind == "comparison":
         view_extra["columns"] = clean_columns(extra.get("columns"), damaged)
     i = siblings.index(m.id) if m.id in siblings else 0

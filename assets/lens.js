@@ -139,7 +139,7 @@
     return root;
   }
 
-  function image(trace, tok, source) {
+  function image(trace, tok, source, kind) {
     // Tokens x steps: the probability each step gave to the token finally chosen (dark = settled).
     const rows = trace.tokens, cols = Math.max(...rows.map((t) => t.top.length));
     const cell = Math.max(3, Math.min(24, Math.floor(480 / Math.max(cols, 1))));
@@ -162,15 +162,21 @@
     });
     canvas.addEventListener('click', (event) => {
       const r = Math.floor(event.offsetY * canvas.height / canvas.clientHeight / h);  // the canvas may be scaled down
-      if (rows[r]) show(source, rows[r].index);
+      if (rows[r]) show(source, rows[r].index, kind);
     });
     const box = el('div', 'lens-image-box');
-    box.append(el('div', 'lens-title', `answer: ${rows.length} tokens × ${cols} steps (the final token's probability: darker = closer to 1, on a log scale near 1)`), canvas);
+    const what = kind === 'prompt' ? `prompt: ${rows.length} positions` : `answer: ${rows.length} tokens`;
+    box.append(el('div', 'lens-title', `${what} × ${cols} steps (the final token's probability: darker = closer to 1, on a log scale near 1)`), canvas);
     return box;
   }
 
-  function show(source, index) {
-    const trace = traceFor(source);
+  // A prompt token's lens reads the trace's "prompt" positions (each predicted the prompt's next token) the way an
+  // answer token's reads its "tokens".
+  const part = (trace, kind) => (trace && kind === 'prompt'
+    ? { ...trace, tokens: Array.isArray(trace.prompt) ? trace.prompt : [], cut: false } : trace);
+
+  function show(source, index, kind) {
+    const trace = part(traceFor(source), kind);
     const root = panel();
     root.replaceChildren();
     const close = el('button', 'lens-close', '×');
@@ -184,21 +190,25 @@
                                             : 'no trace for this token';
       return;
     }
-    head.append(el('span', 'lens-token', textOf(trace, tok.token_id)),
-                el('span', 'lens-meta', ` token ${tok.index + 1} · exit at step ${tok.exit_step}` +
-                  (trace.cut ? ' · trace cut (the answer is longer than what was kept)' : '')));
+    const meta = kind === 'prompt'
+      ? ` predicted at prompt position ${tok.index + 1} · exit at step ${tok.exit_step}`
+      : ` token ${tok.index + 1} · exit at step ${tok.exit_step}` +
+        (trace.cut ? ' · trace cut (the answer is longer than what was kept)' : '');
+    head.append(el('span', 'lens-token', textOf(trace, tok.token_id)), el('span', 'lens-meta', meta));
     const mid = el('div', 'lens-row');
     mid.append(chart(tok), trajectory(trace, tok));
-    root.append(strip(trace, tok), mid, image(trace, tok, source));
+    root.append(strip(trace, tok), mid, image(trace, tok, source, kind));
     root.scrollIntoView({ block: 'nearest' });
   }
 
   document.addEventListener('click', (event) => {
-    const target = event.target instanceof Element ? event.target.closest('.tok[data-i]') : null;
+    const target = event.target instanceof Element ? event.target.closest('.tok[data-i], .tok[data-p]') : null;
     if (!target) return;
     const holder = target.closest('.col') || target.closest('.msg');
     const source = holder && holder.querySelector(':scope > .lens-src');
     if (!source || !traceFor(source)) return;
-    show(source, Number(target.dataset.i));
+    const prompt = target.dataset.p !== undefined;
+    if (prompt && !Array.isArray(traceFor(source).prompt)) return;  // a prompt without a trace of its own
+    show(source, Number(prompt ? target.dataset.p : target.dataset.i), prompt ? 'prompt' : 'answer');
   });
 }

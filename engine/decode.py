@@ -18,6 +18,8 @@ from torch import Tensor
 from .sampling import sample_token
 from .step import BlockResult, Cancelled, RowPlan, run_block
 
+MAX_TRACED_PROMPT = 256  # a traced answer also traces the prompt's last positions, at most this many
+
 __all__ = ["DecodeStep", "PromptDepth", "RowPlan", "RowStops", "decode", "prefill"]
 
 
@@ -29,13 +31,22 @@ class PromptDepth:
     steps: list[list[int]]
     exit_values: list[list[float | None]]
     changes: list[list[float]]  # the state's relative change at the position's last step
+    # traced rows: per position its (steps, states) from engine.trace.StepRecorder, or None where not recorded
+    traces: list[list[tuple | None]] | None = None
 
     @classmethod
     def of_block(cls, block: BlockResult, width: int | None = None) -> "PromptDepth":
-        """The first ``width`` positions (default all) of a block run at one depth per row, without exits."""
+        """The first ``width`` positions (default all) of a block run at one depth per row, without exits; the
+        traced ones are the block's last ones."""
         changes = block.change[:, :width].tolist()
+        traces = None
+        if block.position_traces is not None:
+            traces = []
+            for c, recorded in zip(changes, block.position_traces):
+                recorded = (recorded or [])[:len(c)]
+                traces.append([None] * (len(c) - len(recorded)) + list(recorded))
         return cls([[steps] * len(c) for steps, c in zip(block.steps, changes)], [[None] * len(c) for c in changes],
-                   changes)
+                   changes, traces)
 
     def extend(self, block: BlockResult) -> None:
         """Add one position run alone (``block`` of width 1)."""
@@ -43,6 +54,8 @@ class PromptDepth:
             self.steps[r].append(block.steps[r])
             self.exit_values[r].append(block.exit_values[r][-1] if block.exit_values[r] else None)
             self.changes[r].append(float(block.change[r, -1]))
+            if self.traces is not None:
+                self.traces[r].append(block.traces[r] if block.traces else None)
 
 
 @dataclass
@@ -164,16 +177,20 @@ def prefill(model, x: Tensor, plans: list[RowPlan], cache, cancel: threading.Eve
     """Run the new prompt tokens ``x`` but the last (``decode(split_prompt=True)``); their depth, and the warm-start
     states the last token starts from (None: a fresh state, as after a block)."""
     body = x[:, :-1]
+    traced = any(p.trace_top_k is not None for p in plans)
     if not plans[0].prompt_exits:
         if body.shape[1] == 0:
             return PromptDepth([[] for _ in plans], [[] for _ in plans], [[] for _ in plans]), None
-        block = run_block(model, body, [replace(p, exit_in_prefill=False, trace_top_k=None) for p in plans], cache,
-                          cancel=cancel)
+        block = run_block(model, body, [replace(p, exit_in_prefill=False) for p in plans], cache, cancel=cancel,
+                          trace_positions=MAX_TRACED_PROMPT if traced else 1)
         return PromptDepth.of_block(block), None
-    alone = [replace(p, trace_top_k=None) for p in plans]
-    depth, carried = PromptDepth([[] for _ in plans], [[] for _ in plans], [[] for _ in plans]), None
+    depth = PromptDepth([[] for _ in plans], [[] for _ in plans], [[] for _ in plans],
+                        [[] for _ in plans] if traced else None)
+    carried, alone = None, plans
     for i in range(body.shape[1]):
-        block = run_block(model, body[:, i:i + 1], alone, cache, carried=carried, prefill=False, cancel=cancel)
+        traced_here = traced and body.shape[1] - i <= MAX_TRACED_PROMPT
+        step_plans = alone if traced_here else [replace(p, trace_top_k=None) for p in alone]
+        block = run_block(model, body[:, i:i + 1], step_plans, cache, carried=carried, prefill=False, cancel=cancel)
         depth.extend(block)
-        carried = block.carry(alone)
+        carried = block.carry(step_plans)
     return depth, carried

@@ -326,6 +326,7 @@ class _Row:
         self.decoder = IncrementalDecoder(tokenizer)
         self.stop_filter = StopStrings(settings.stop_strings)
         self.lens = AnswerTraceBuilder(settings.trace_top_k) if settings.trace else None
+        self.prompt_lens = AnswerTraceBuilder(settings.trace_top_k) if settings.trace else None
         self.text = ""
         self.tokens: list[int] = []
         self.steps: list[int] = []
@@ -373,7 +374,26 @@ class _Row:
             core_iterations=sum(self.steps), elapsed_s=row_elapsed, first_token_s=self.first_token,
             stop_reason=self.reason, seed=self.plan.seed,
             settings=self.settings.replace(seed=self.plan.seed).to_dict(),
-            steps=list(self.steps), trace=self.lens.finish().to_dict() if self.lens is not None else None, **shared)
+            steps=list(self.steps), trace=self._trace(), **shared)
+
+    def trace_prompt(self, traces: list, next_ids: list[int], text_of: Callable[[int], str]) -> None:
+        """The prompt positions' lens: position j predicted ``next_ids[j]`` (the prompt's next token)."""
+        if self.prompt_lens is None:
+            return
+        for j, (traced, token) in enumerate(zip(traces, next_ids)):
+            if traced is not None:
+                self.prompt_lens.add(j, token, len(traced[0]), *traced, text_of)
+
+    def _trace(self) -> dict[str, Any] | None:
+        """The answer's trace; with a traced prompt its positions under "prompt" (indices into Summary.prompt)."""
+        if self.lens is None:
+            return None
+        trace = self.lens.finish().to_dict()
+        if self.prompt_lens is not None and self.prompt_lens.tokens:
+            prompt = self.prompt_lens.finish().to_dict()
+            trace["texts"] = {**prompt["texts"], **trace["texts"]}
+            trace["prompt"] = prompt["tokens"]
+        return trace
 
 
 def _run_rows(model, tokenizer, prompt_ids: list[int], settings_list: Sequence[GenerationSettings],
@@ -418,6 +438,8 @@ def _run_rows(model, tokenizer, prompt_ids: list[int], settings_list: Sequence[G
             now = time.perf_counter() - start
             if out.prompt is not None:
                 prompts = _prompt_records(out.prompt, prompt_ids[reused:-1], text_of)
+                for row, traces in zip(rows, out.prompt.traces or []):
+                    row.trace_prompt(traces, prompt_ids[reused + 1:], text_of)
             if out.cancelled:
                 for row in rows:
                     row.reason = row.reason or "cancelled"

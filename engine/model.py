@@ -320,18 +320,22 @@ class HuginnForCausalLM(PreTrainedModel, GenerationMixin):
 
     def predict(self, state: Tensor, cache: RecurrentCache | None = None, pos0: int = 0,
                 rows: Tensor | None = None, rope: Tensor | None = None,
-                last_only: bool = False, head_rows: list[int] | None = None) -> tuple[Tensor, Tensor]:
+                last_only: bool = False, head_rows: list[int] | None = None,
+                last: int | None = None) -> tuple[Tensor, Tensor]:
         """ln_f, coda, ln_f, head. Returns (fp32 logits, the normalised latent that entered the coda).
 
         ``last_only`` runs the head on the last position only: generation needs no more, and a long prompt's
-        full (S, vocab) logits would cost more memory than the rest of the step. ``head_rows`` runs the head only for
-        those batch rows (the others get zero logits): in a batch where one row stops, the others need no head."""
+        full (S, vocab) logits would cost more memory than the rest of the step; ``last`` on the last ``last``
+        positions instead (a traced prompt). ``head_rows`` runs the head only for those batch rows (the others get
+        zero logits): in a batch where one row stops, the others need no head."""
         rope = self.rotations(slice(pos0, pos0 + state.shape[1])) if rope is None else rope
         latent = self.transformer.ln_f(state)
         x = latent
         for j, layer in enumerate(self.transformer.coda):
             x = layer(x, rope, ("coda", j), cache, pos0, rows)
-        if last_only:
+        if last is not None:
+            x = x[:, -last:]
+        elif last_only:
             x = x[:, -1:]
         if head_rows is None or len(head_rows) == x.shape[0]:
             return self.lm_head(self.transformer.ln_f(x)).float(), latent

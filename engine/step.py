@@ -64,6 +64,8 @@ class BlockResult:
     exit_values: list[list[float]]
     core_iterations: int
     traces: list[tuple[list[StepTrace], Tensor] | None] | None = None  # per row, for traced plans (StepRecorder)
+    # per row, per traced position (the block's last ``trace_positions``), for traced plans
+    position_traces: list[list[tuple[list[StepTrace], Tensor]] | None] | None = None
     # (B, S): per position, how far its state still moved at the row's last step (|s_t - s_t-1| / |s_t|); how
     # converged each position was when its row stopped
     change: Tensor | None = None
@@ -91,15 +93,17 @@ def run_block(model, input_ids: Tensor | None, plans: list[RowPlan], cache=None,
               input_embeds: Tensor | None = None, input_states: Tensor | None = None, carried: Tensor | None = None,
               active: list[bool] | None = None, prefill: bool = True, cancel: threading.Event | None = None,
               pos0: int | None = None, positions: Tensor | None = None, grad_steps: int = 0,
-              last_only: bool = True, mix_embedded: Callable[[Tensor], Tensor] | None = None) -> BlockResult:
+              last_only: bool = True, mix_embedded: Callable[[Tensor], Tensor] | None = None,
+              trace_positions: int = 1) -> BlockResult:
     """Run a (B, S) block of tokens at the cache position (or ``pos0``) through the whole model.
 
     ``carried`` holds each row's state from the previous token, used by rows with warm start; ``input_states``
     replaces every initial state (the authors' ``forward``). Rows not ``active`` run the prelude only. The last
     ``grad_steps`` recurrences record gradients when gradients are enabled. ``last_only`` runs the head on the last
     position only. ``mix_embedded`` maps the prelude's output before it is injected at every recurrence (the
-    parallel sampler's moving average of a window's embeddings). Raises ``Cancelled`` when ``cancel`` is set before
-    a recurrence step.
+    parallel sampler's moving average of a window's embeddings). Traced plans record the block's last
+    ``trace_positions`` positions (a traced prompt). Raises ``Cancelled`` when ``cancel`` is set before a recurrence
+    step.
     """
     seq = (input_ids if input_embeds is None else input_embeds).shape[1]
     pos0 = (cache.seq_len if cache is not None else 0) if pos0 is None else pos0
@@ -113,7 +117,7 @@ def run_block(model, input_ids: Tensor | None, plans: list[RowPlan], cache=None,
     if input_states is None:
         input_states = _initial_states(model, embedded, plans, carried, pos0)
     active = [True] * len(plans) if active is None else list(active)
-    result = _Recurrence(model, plans, active, input_states, prefill).run(
+    result = _Recurrence(model, plans, active, input_states, prefill, min(trace_positions, seq)).run(
         embedded, cache, pos0, rope, cancel, grad_steps, last_only)
     if cache is not None:
         cache.seq_len = max(cache.seq_len, pos0 + seq)  # the one place where the cache position moves
@@ -187,8 +191,10 @@ class _ExitChecks:
 class _Recurrence:
     """The recurrence of one block: core steps for the rows still iterating, exit checks, the head per row."""
 
-    def __init__(self, model, plans: list[RowPlan], active: list[bool], state: Tensor, prefill: bool) -> None:
+    def __init__(self, model, plans: list[RowPlan], active: list[bool], state: Tensor, prefill: bool,
+                 trace_positions: int = 1) -> None:
         self.model, self.plans, self.state = model, plans, state
+        self.trace_positions = trace_positions
         self.iterating = list(active)
         self.exits = _ExitChecks(plans, active, state, model.config.vocab_size, prefill)
         batch = len(plans)
@@ -202,7 +208,7 @@ class _Recurrence:
         self.recorder = None  # no tracing, no extra work
         if any(self.traced):
             self.recorder = StepRecorder([p.trace_top_k if t else None for p, t in zip(plans, self.traced)],
-                                         state.shape[-1], state.device)
+                                         state.shape[-1], state.device, trace_positions)
             self.recorder.begin(state)
 
     def run(self, embedded: Tensor, cache, pos0: int, rope: Tensor, cancel: threading.Event | None,
@@ -232,9 +238,11 @@ class _Recurrence:
             wants = [w or (t and it) for w, t, it in zip(wants, self.traced, self.iterating)]
         logits = latent = None
         if any(wants):
-            logits, latent = self._head(wants, cache, pos0, rope, last_only)
+            traced = self.recorder is not None and self.trace_positions > 1
+            logits, latent = self._head(wants, cache, pos0, rope, last_only, self.trace_positions if traced else None)
         if self.recorder is not None and logits is not None:  # None: no traced row is iterating any more
             self.recorder.observe(self.state, logits, self.iterating)
+            logits = logits[:, -1:] if last_only else logits
         exiting = self.exits.check(self.state, logits, checking) if any(checking) else [False] * len(checking)
         # The hard part: a row that exits on a latent criterion (latent-diff, cosine) had no head run at this step.
         # It gets one now, alone, so that its logits and its coda cache entries come from its final state. Rows
@@ -254,18 +262,20 @@ class _Recurrence:
                 self.steps[r] = step + 1
                 self.iterating[r] = False
 
-    def _head(self, rows: list[bool], cache, pos0: int, rope: Tensor, last_only: bool) -> tuple[Tensor, Tensor]:
+    def _head(self, rows: list[bool], cache, pos0: int, rope: Tensor, last_only: bool,
+              last: int | None = None) -> tuple[Tensor, Tensor]:
         return self.model.predict(self.state, cache, pos0, _mask(rows, self.state.device), rope, last_only=last_only,
-                                  head_rows=[r for r, w in enumerate(rows) if w])
+                                  head_rows=[r for r, w in enumerate(rows) if w], last=last)
 
     def _result(self, embedded: Tensor, last_only: bool) -> BlockResult:
-        traces = self.recorder.end() if self.recorder is not None else None
+        positions = self.recorder.end() if self.recorder is not None else None
+        traces = [row[-1] if row else None for row in positions] if positions is not None else None
         change = torch.stack([c if c is not None else embedded.new_zeros(embedded.shape[1], dtype=torch.float32)
                               for c in self.change])
         if self.whole is not None:
             logits, latent = self.whole
             return BlockResult(logits, latent, self.state, self.steps, self.exits.values, self.core_iterations, traces,
-                               change)
+                               change=change, position_traces=positions)
         done = [r for r, lg in enumerate(self.logits) if lg is not None]
         if len(done) == len(self.plans):
             logits, latent = torch.cat(self.logits), torch.cat(self.latent)
@@ -276,7 +286,7 @@ class _Recurrence:
             for r in done:
                 logits[r:r + 1], latent[r:r + 1] = self.logits[r], self.latent[r]
         return BlockResult(logits, latent, self.state, self.steps, self.exits.values, self.core_iterations, traces,
-                           change)
+                           change=change, position_traces=positions)
 
 
 def _relative_change(state: Tensor, before: Tensor) -> Tensor:

@@ -98,11 +98,12 @@ class AnswerTrace:
 # ---- recording (used by the token loop) -------------------------------------------------------------------------
 
 class StepRecorder:
-    """Records the lens for the traced rows of a batch, one position at a time, without host syncs until the
-    position ends. ``top_k`` holds each row's k, or None for rows that are not traced."""
+    """Records the lens for the traced rows of a batch, for the last ``positions`` positions of a block (one for a
+    decoded token, more for a traced prompt), without host syncs until the block ends. ``top_k`` holds each row's
+    k, or None for rows that are not traced."""
 
-    def __init__(self, top_k: list[int | None], hidden: int, device: torch.device) -> None:
-        self.top_k = top_k
+    def __init__(self, top_k: list[int | None], hidden: int, device: torch.device, positions: int = 1) -> None:
+        self.top_k, self.positions = top_k, positions
         self.k = max(k for k in top_k if k is not None)
         self.rows = [k is not None for k in top_k]
         self.projection: Tensor | None = None
@@ -113,20 +114,21 @@ class StepRecorder:
         self._steps: list[tuple[list[bool], Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]] = []
 
     def begin(self, initial_state: Tensor) -> None:
-        """A new position: step 1 compares against the uniform distribution and the initial state."""
+        """A new block: step 1 compares against the uniform distribution and the initial state."""
         self._prev_logp: Tensor | None = None
-        self._prev_state = initial_state[:, -1].float()
+        self._prev_state = initial_state[:, -self.positions:].float()
         self._steps = []
 
     def observe(self, state: Tensor, logits: Tensor, iterating: list[bool]) -> None:
-        """After one recurrence: ``state`` (B, S, h), ``logits`` (B, 1, V) from the coda and head at this step."""
-        logp = F.log_softmax(logits[:, -1].float(), -1)
+        """After one recurrence: ``state`` (B, S, h), ``logits`` (B, >= positions, V) from the coda and head at this
+        step."""
+        logp = F.log_softmax(logits[:, -self.positions:].float(), -1)
         if self._prev_logp is None:
             self._prev_logp = torch.full_like(logp, -math.log(logp.shape[-1]))
         probs = logp.exp()
         kl = (self._prev_logp.exp() * (self._prev_logp - logp)).sum(-1)
         entropy = -(probs * logp).sum(-1)
-        last = state[:, -1].float()
+        last = state[:, -self.positions:].float()
         change = (last - self._prev_state).norm(dim=-1) / last.norm(dim=-1).clamp_min(1e-12)
         top_p, top_i = probs.topk(min(self.k, probs.shape[-1]), -1)
         point = last if self.projection is None else last @ self.projection
@@ -134,22 +136,26 @@ class StepRecorder:
         self._steps.append((live, top_i, top_p, kl, entropy, change, point))
         self._prev_logp, self._prev_state = logp, last
 
-    def end(self) -> list[tuple[list[StepTrace], Tensor] | None]:
-        """Per row: its steps (without texts or xy) and its states (steps, d) for the PCA; None if not traced."""
+    def end(self) -> list[list[tuple[list[StepTrace], Tensor]] | None]:
+        """Per row, per recorded position (oldest first): its steps (without texts or xy) and its states (steps, d)
+        for the PCA; None for a row that is not traced."""
         if not self._steps:
             return [None] * len(self.rows)
         host = [(live, top_i.tolist(), top_p.tolist(), kl.tolist(), ent.tolist(), ch.tolist())
                 for live, top_i, top_p, kl, ent, ch, _ in self._steps]
-        out: list[tuple[list[StepTrace], Tensor] | None] = []
+        out: list[list[tuple[list[StepTrace], Tensor]] | None] = []
         for r, k in enumerate(self.top_k):
             if k is None:
                 out.append(None)
                 continue
             taken = [n for n, step in enumerate(host) if step[0][r]]
-            steps = [StepTrace(n + 1, tuple(host[n][1][r][:k]), (), tuple(host[n][2][r][:k]), host[n][3][r],
-                               host[n][4][r], host[n][5][r]) for n in taken]
-            points = torch.stack([self._steps[n][6][r] for n in taken]).cpu() if taken else torch.empty(0)
-            out.append((steps, points))
+            row = []
+            for p in range(self.positions):
+                steps = [StepTrace(n + 1, tuple(host[n][1][r][p][:k]), (), tuple(host[n][2][r][p][:k]),
+                                   host[n][3][r][p], host[n][4][r][p], host[n][5][r][p]) for n in taken]
+                points = torch.stack([self._steps[n][6][r, p] for n in taken]).cpu() if taken else torch.empty(0)
+                row.append((steps, points))
+            out.append(row)
         self._steps = []
         return out
 

@@ -307,12 +307,15 @@ def test_a_damaged_record_shows_as_damaged_and_the_page_keeps_working(studio, co
         with sqlite3.connect(studio.store.path) as con:
             con.execute("UPDATE messages SET kind = ? WHERE id = ?", [kind, answer.id])
 
-    # Drawing costs at most the answer's length, whatever step counts the record claims.
+    # Drawing costs at most the answer's length (its tokens and the prompt positions it ran), whatever step counts
+    # the record claims.
+    length = len(answer.tokens) + len((answer.extra or {}).get("prompt", []))
+    assert 0 < len(answer.tokens) <= 10
     drawn = []
     real_bucket = render.bucket
     monkeypatch.setattr(render, "bucket", lambda *a: drawn.append(a) or real_bucket(*a))
     fresh, html, listing, system, token = on_load(Page(studio, None), None, None)
-    assert fresh.conversation_id == session.conversation_id and len(drawn) <= 10
+    assert fresh.conversation_id == session.conversation_id and len(drawn) <= length
     assert "damaged record" in html and "Hello" in html
     assert "Type a message" not in html and listing["choices"]
 

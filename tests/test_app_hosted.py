@@ -337,7 +337,7 @@ def form(num_steps: int = 4, max_new_tokens: int = 8) -> list[Any]:
     from app.inputs import FORM_FIELDS
 
     values = {"num_steps": num_steps, "adaptive": False, "criterion": "kl", "exit_threshold": "", "min_steps": 0,
-              "warm_start": False, "temperature": 0.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
+              "prompt_exits": False, "warm_start": False, "temperature": 0.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
               "repetition_penalty": 1.0, "seed": 0, "max_new_tokens": max_new_tokens, "trace": False,
               "sampler": "sequential", "inner_steps": 4, "freeze_threshold": 0.03, "max_window": 128,
               "embed_ema": 0.1, "state_noise": 0.0}

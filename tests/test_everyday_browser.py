@@ -294,3 +294,41 @@ def test_buttons_say_what_they_can_do_and_copy_works_on_plain_http(served, brows
     page.wait_for_function("document.querySelector('#regen-btn').disabled && "
                            "document.querySelector('#edit-btn').disabled")
     context.close()
+
+
+def test_the_prompts_depth_opens_under_the_answer_with_exits_in_the_prompt(served, browser):
+    """Issue 23: the prompt's positions get their own heatmap and depth lens; with "exit early in the prompt" their
+    depths differ."""
+    url, store = served
+    page = open_page(browser, url)
+    assert page.locator("#prompt-exits input").is_disabled()  # greyed until adaptive exit is on
+    page.locator("#adaptive input").check()
+    page.wait_for_function("!document.querySelector('#prompt-exits input').disabled", timeout=5_000)
+    page.locator("#prompt-exits input").check()
+    page.locator("#trace input").check()
+    box = page.locator("#prompt textarea")
+    box.fill("Swap 12 23 13 12 23 13 12 23 on 312. Final?")
+    box.press("Enter")
+    page.wait_for_selector("#transcript .msg.assistant.complete .prompt-depth summary", timeout=60_000)
+    summary = page.locator("#transcript .msg.assistant.complete .prompt-depth summary").last
+    assert "Prompt depth:" in summary.inner_text()
+    tokens = page.locator("#transcript .msg.assistant.complete .prompt-depth .tok").last
+    assert not tokens.is_visible()  # folded until asked for
+    summary.click()
+    spans = page.locator("#transcript .msg.assistant.complete .prompt-depth .tok")
+    spans.first.wait_for(state="visible", timeout=5_000)
+    shades = set(page.eval_on_selector_all("#transcript .msg.assistant.complete .prompt-depth .tok",
+                                           "els => els.map(e => e.className)"))
+    assert spans.count() > 20 and len(shades) > 2, shades  # positions exited at different depths
+    assert "step" in (spans.first.get_attribute("title") or "")
+    spans.nth(1).click()  # a prompt token opens the lens on its own steps, not on an answer token's
+    page.wait_for_selector("#lens-panel .lens-chart", timeout=5_000)
+    head = page.locator("#lens-panel .lens-meta").inner_text()
+    assert "predicted at prompt position 2" in head, head
+    steps = int(spans.nth(1).get_attribute("data-steps"))
+    assert page.locator("#lens-panel .lens-step").count() == steps
+    answer = page.locator("#transcript .msg.assistant.complete").last
+    answer.locator(".depth-toggle").first.click()
+    answer.locator(".msg-text .tok[data-i='0']").first.click()
+    page.wait_for_function("document.querySelector('#lens-panel .lens-meta').innerText.includes('token 1 ·')",
+                           timeout=5_000)

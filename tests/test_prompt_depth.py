@@ -135,3 +135,112 @@ def test_the_parallel_and_speculative_samplers_report_their_full_depth_prompt(de
         assert {p["steps"] for p in summary.prompt} == {8}
         assert len(summary.prompt) == summary.prompt_tokens - 1
         assert summary.prompt_core_steps == 8 * len(summary.prompt)
+
+
+
+@pytest.mark.parametrize("prompt_exits", [False, True])
+def test_a_traced_answer_traces_its_prompt_positions_too(demo, prompt_exits):
+    settings = ADAPTIVE.replace(prompt_exits=prompt_exits, init_scale=0.0)
+    _, plain = answer(demo, SWAPS, settings)
+    _, traced = answer(demo, SWAPS, settings.replace(trace=True))
+    assert traced.text == plain.text and traced.steps == plain.steps  # the lens changes nothing
+    lens = traced.trace["prompt"]
+    ids = [p["id"] for p in traced.prompt]
+    assert [t["index"] for t in lens] == list(range(len(ids)))
+    assert [t["token_id"] for t in lens] == ids[1:] + [engine.generate.build_prompt(demo[1], SWAPS, 256, 8)[0][-1]]
+    assert [t["exit_step"] for t in lens] == [p["steps"] for p in traced.prompt]
+    for t, p in zip(lens, traced.prompt):
+        assert t["latent_change"][-1] == pytest.approx(p["change"], rel=1e-3, abs=1e-6)
+    if not prompt_exits:  # at full depth the last step's leader is what a plain forward pass predicts there
+        model = demo[0]
+        with torch.no_grad():
+            logits = model(torch.tensor([ids]), num_steps=32, init_scale=0.0).logits[0]
+        assert [t["top"][-1][0] for t in lens] == logits.argmax(-1).tolist()
+
+
+# ---- the page and the store ---------------------------------------------------------------------------------------
+
+@pytest.fixture()
+def studio(demo, tmp_path):
+    from app.config import AppConfig
+    from app.handlers import Studio
+    from app.slot import ModelSlot
+    from app.store import Store
+
+    store = Store(tmp_path / "app.db")
+    yield Studio(ModelSlot(*demo, note="demo"), store, AppConfig(stream_interval=0.0))
+    store.close()
+
+
+def chat(studio, text: str, settings: GenerationSettings):
+    session = list(studio.chat.send(studio.conversations.new_session(), text, "", settings))[-1][0]
+    return session, studio.store.thread(session.owner, session.conversation_id)[-1]
+
+
+def test_an_answer_keeps_its_prompts_depth_and_the_page_draws_it(studio):
+    question = SWAPS[0]["content"]
+    session, answer = chat(studio, question, ADAPTIVE.replace(prompt_exits=True))
+    prompt = answer.extra["prompt"]
+    assert answer.stats["prompt_core_steps"] == sum(p["steps"] for p in prompt) > 0
+    assert len({p["steps"] for p in prompt}) > 3
+    assert "".join(p["text"] for p in prompt).count("Swap 12 23 13") == 1
+    html = studio.conversations.transcript(session)
+    assert "Prompt depth: " in html and f"{answer.stats['prompt_core_steps']:,} core steps" in html
+    assert f"core steps: prompt {answer.stats['prompt_core_steps']:,}, answer" in html
+    part = html[html.index('class="prompt-depth"'):]
+    part = part[:part.index("</details>")]
+    assert part.count('data-p="') == sum(1 for p in prompt if p["text"]) and 'data-i="' not in part
+    assert "last step moved the state" in part
+
+
+def test_the_form_sends_prompt_exits_only_with_adaptive_exit():
+    from app.inputs import FORM_FIELDS, settings_from_form
+    from app.config import Limits
+
+    assert "prompt_exits" in FORM_FIELDS
+    on = settings_from_form(Limits(), {"num_steps": 8, "adaptive": True, "criterion": "kl", "prompt_exits": True})
+    off = settings_from_form(Limits(), {"num_steps": 8, "adaptive": False, "prompt_exits": True})
+    assert on.prompt_exits and not off.prompt_exits
+
+
+def test_a_damaged_or_hostile_prompt_record_is_named_and_nothing_saved_is_lost(studio, tmp_path):
+    import sqlite3
+
+    from app.store import StoreError
+
+    session, answer = chat(studio, "Swap 12 on 123. Final?", GenerationSettings(num_steps=8, seed=0))
+    data = studio.store.export_data(session.owner)
+    before = data["conversations"]
+    for bad, named in (([{"text": "x", "steps": 10**9}], r"extra\.prompt\[0\]\.steps"),
+                       ("not a list", r"extra\.prompt"),
+                       ([{"text": "x", "steps": 1, "change": -1.0}], r"extra\.prompt\[0\]\.change")):
+        hostile = json.loads(json.dumps(data))
+        hostile["conversations"][0]["messages"][-1]["extra"]["prompt"] = bad
+        path = tmp_path / "hostile.json"
+        path.write_text(json.dumps(hostile), encoding="utf-8")
+        with pytest.raises(StoreError, match=named):
+            studio.conversations.import_file(session, str(path))
+        assert studio.store.export_data(session.owner)["conversations"] == before
+    with sqlite3.connect(studio.store.path) as con:  # a hand-edited database
+        con.execute("UPDATE messages SET extra = ? WHERE id = ?",
+                    [json.dumps({"prompt": [{"text": "<b>x</b>", "steps": "many"}]}), answer.id])
+    html = studio.conversations.transcript(session)
+    assert "damaged record (prompt)" in html and "<b>x</b>" not in html and "Prompt depth" not in html
+
+
+def test_the_chat_api_returns_the_prompts_depth(studio):
+    out = studio.chat.chat_api("Swap 12 23 on 312. Final?", {"num_steps": 6, "seed": 0, "max_new_tokens": 4})
+    assert out["stats"]["prompt_core_steps"] == 6 * len(out["prompt"]) > 0
+    assert all(TOKEN.check(p) == p for p in out["prompt"])
+
+
+def test_each_arena_column_shows_its_own_prompt_depth_and_keeps_it_when_saved(studio):
+    settings = [GenerationSettings(num_steps=r, seed=0, max_new_tokens=6) for r in (4, 32)]
+    result = studio.arena.compare(SWAPS[0]["content"], "", settings)
+    shallow, deep = result["columns"]
+    assert {p["steps"] for p in shallow["prompt"]} == {4} and {p["steps"] for p in deep["prompt"]} == {32}
+    session, html = studio.arena.save(studio.conversations.new_session(), result)
+    saved = studio.store.thread(session.owner, session.conversation_id)[-1]
+    assert [c["prompt"] for c in saved.extra["columns"]] == [shallow["prompt"], deep["prompt"]]
+    assert html.count('class="prompt-depth"') == 2
+    assert f"{4 * len(shallow['prompt']):,} core steps" in html and f"{32 * len(deep['prompt']):,} core steps" in html

@@ -104,6 +104,9 @@ def test_chat_turns_are_stored_with_the_remote_steps(engine_server, tmp_path):
         assert answer.status == "complete" and answer.content and answer.model_id == "demo-model"
         assert {t["steps"] for t in answer.tokens if t["steps"]} == {4}
         assert answer.stats["mean_steps"] == 4
+        # the server's prompt depth and each token's convergence come through (issue 23)
+        assert answer.stats["prompt_core_steps"] == 4 * (answer.stats["prompt_tokens"] - 1), sorted(answer.stats.items())
+        assert all(t["change"] >= 0 for t in answer.tokens if t["steps"])
 
 
 # ---- a server without per-token depth ---------------------------------------------------------------------------

@@ -160,3 +160,37 @@ def test_a_database_of_schema_1_gains_the_traces_table(tmp_path: Path):
     s.save_trace("local", mid, synthetic_trace())
     assert s.traces("local", cid)[mid]["tokens"]
     s.close()
+
+
+def with_prompt(trace: dict, positions: int, steps: int = 4, seed: int = 1) -> dict:
+    prompt = synthetic_trace(tokens=positions, steps=steps, top_k=trace["top_k"], seed=seed)["tokens"]
+    return {**trace, "prompt": prompt}
+
+
+def test_a_trace_keeps_its_prompt_positions_and_checks_them(store: Store):
+    _, mid = _answer(store)
+    trace = with_prompt(synthetic_trace(), 5)
+    assert store.save_trace("local", mid, trace) == trace
+    assert store.trace("local", mid)["prompt"] == trace["prompt"]
+    bad = copy.deepcopy(trace)
+    bad["prompt"][3]["probs"][1][0] = 7.0
+    with pytest.raises(InvalidData, match=r"trace\.prompt\[3\]\.probs\[1\]\[0\]"):
+        store.save_trace("local", mid, bad)
+    with pytest.raises(InvalidData, match=r"trace\.prompt must be a list"):
+        store.save_trace("local", mid, {**trace, "prompt": {"0": 1}})
+    assert store.trace("local", mid) == trace  # what was saved stays
+
+
+def test_over_the_cap_the_prompt_positions_go_first_the_latest_kept(store: Store):
+    _, mid = _answer(store)
+    answer = synthetic_trace(tokens=40, steps=32, top_k=8)
+    big = with_prompt(answer, 300, steps=32)
+    assert len(json.dumps(big, separators=(",", ":"))) > MAX_TRACE_BYTES
+    kept = store.save_trace("local", mid, big)
+    assert kept["tokens"] == answer["tokens"] and kept["cut"] is False  # the answer's own trace is whole
+    assert 0 < len(kept["prompt"]) < 300 and kept["prompt"] == big["prompt"][-len(kept["prompt"]):]
+    assert len(json.dumps(kept, ensure_ascii=False, separators=(",", ":")).encode()) <= MAX_TRACE_BYTES
+    # an answer too large on its own loses the prompt entirely, then its tail
+    huge = with_prompt(synthetic_trace(tokens=400, steps=64, top_k=8), 10)
+    cut = store.save_trace("local", mid, huge)
+    assert "prompt" not in cut and cut["cut"] is True

@@ -21,7 +21,7 @@ _INT_BOUND = 2**63  # SQLite's integers; also keeps formatting of any value chea
 MAX_COLUMNS = 16  # columns of one saved comparison
 _SHORT = 1_000  # characters of a label, a stop reason or an unknown scalar value
 
-_COLUMN_KEYS = {"label", "settings", "tokens", "content", "stats", "trace"}
+_COLUMN_KEYS = {"label", "settings", "tokens", "content", "stats", "trace", "prompt"}
 
 
 def _plain(value: Any) -> Any:
@@ -133,6 +133,8 @@ def check_extra(extra: Any, field: str, limits: RecordLimits) -> dict[str, Any] 
         if cap is not None and len(out["system"]) > cap:
             raise InvalidData(f"{field}.system: the system prompt is {len(out['system']):,} characters; "
                               f"the limit here is {cap:,}")
+    if "prompt" in extra:  # the prompt positions' token records: what each received (render.prompt_depth)
+        out["prompt"] = check_tokens(extra["prompt"], f"{field}.prompt", limits)
     if "columns" in extra:
         columns = extra["columns"]
         if not isinstance(columns, list) or len(columns) > MAX_COLUMNS:
@@ -150,7 +152,8 @@ def _check_column(column: Any, field: str, limits: RecordLimits) -> dict[str, An
         out["label"] = check_text(column["label"], f"{field}.label", _SHORT * 4)
     if column.get("content") is not None:
         out["content"] = check_text(column["content"], f"{field}.content")
-    for key, check in (("settings", check_settings), ("tokens", check_tokens), ("stats", check_stats)):
+    for key, check in (("settings", check_settings), ("tokens", check_tokens), ("stats", check_stats),
+                       ("prompt", check_tokens)):
         if key in column:
             out[key] = check(column[key], f"{field}.{key}", limits)
     if "trace" in column:  # the column's depth-lens trace (app.store.traces)

@@ -7,9 +7,11 @@ because the store must not import the engine)::
      "tokens": [{"index", "token_id", "exit_step", "top": [[id] * <=k] * n, "probs": [[p] * <=k] * n,
                  "kl": [x] * n, "entropy": [x] * n, "latent_change": [x] * n, "xy"?: [[x, y]] * n}]}
 
-with ``n == exit_step`` steps per token. A trace is stored as zlib-compressed JSON in its own table (one row per
-answer; the transcript's queries never read it). Its JSON may be at most ``MAX_TRACE_BYTES``: a larger one keeps the
-tokens from the start that fit and gets ``"cut": true``, which the page shows as "trace cut".
+with ``n == exit_step`` steps per token, and optionally ``"prompt"``: the prompt positions the answer ran, in the
+same form (``index`` into the answer's prompt records, ``token_id`` the prompt's next token, which that position
+predicted). A trace is stored as zlib-compressed JSON in its own table (one row per answer; the transcript's queries
+never read it). Its JSON may be at most ``MAX_TRACE_BYTES``: a larger one first loses prompt positions (the earliest),
+then keeps the tokens from the start that fit and gets ``"cut": true``, which the page shows as "trace cut".
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import zlib
-from typing import Any
+from typing import Any, Callable
 
 from sqlite_utils import Database
 
@@ -90,8 +92,9 @@ def check_trace(value: Any, field: str = "trace") -> dict[str, Any] | None:
     """A trace as described above, else ``InvalidData`` naming the field; None stays None."""
     if value is None:
         return None
-    if not isinstance(value, dict) or set(value) != _KEYS:
-        raise InvalidData(f"{field} must be an object with exactly the fields {', '.join(sorted(_KEYS))}")
+    if not isinstance(value, dict) or set(value) - {"prompt"} != _KEYS:
+        raise InvalidData(f"{field} must be an object with exactly the fields {', '.join(sorted(_KEYS))} "
+                          "(and optionally prompt)")
     if value["version"] != TRACE_VERSION or isinstance(value["version"], bool):
         raise InvalidData(f"{field}.version must be {TRACE_VERSION}, got {value['version']!r}"[:300])
     top_k = _int(value["top_k"], f"{field}.top_k", 1, MAX_TRACE_TOP_K)
@@ -104,8 +107,9 @@ def check_trace(value: Any, field: str = "trace") -> dict[str, Any] | None:
         if not (isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 10):
             raise InvalidData(f"{field}.texts has a key that is not a token id: {key!r}"[:300])
         check_text(text, f"{field}.texts[{key}]", MAX_TOKEN_TEXT_BYTES)
-    for i, tok in enumerate(_list(value["tokens"], f"{field}.tokens", high=10**7)):
-        _check_token(tok, f"{field}.tokens[{i}]", top_k)
+    for part in ("tokens", "prompt"):
+        for i, tok in enumerate(_list(value[part], f"{field}.{part}", high=10**7) if part in value else ()):
+            _check_token(tok, f"{field}.{part}[{i}]", top_k)
     return value
 
 
@@ -118,22 +122,38 @@ def _keep(trace: dict[str, Any], count: int) -> dict[str, Any]:
     tokens = trace["tokens"][:count]
     used = {str(i) for tok in tokens for ids in tok["top"] for i in ids}
     texts = {k: v for k, v in trace["texts"].items() if k in used}
-    return {**trace, "texts": texts, "tokens": tokens, "cut": trace["cut"] or count < len(trace["tokens"])}
+    out = {k: v for k, v in trace.items() if k != "prompt"}  # the prompt's positions are left out first
+    return {**out, "texts": texts, "tokens": tokens, "cut": trace["cut"] or count < len(trace["tokens"])}
 
 
-def fit_trace(trace: dict[str, Any], max_bytes: int = MAX_TRACE_BYTES) -> dict[str, Any]:
-    """The trace itself when its JSON fits ``max_bytes``; else the longest prefix of its tokens that fits, marked
-    ``cut``."""
-    if _size(trace) <= max_bytes:
-        return trace
-    low, high = 0, len(trace["tokens"])  # invariant: `low` tokens fit, `high` + 1 do not
+def _keep_prompt(trace: dict[str, Any], count: int) -> dict[str, Any]:
+    """The trace with only the last ``count`` prompt positions (the ones nearest the answer)."""
+    prompt = trace["prompt"][len(trace["prompt"]) - count:] if count else []
+    used = {str(i) for tok in trace["tokens"] + prompt for ids in tok["top"] for i in ids}
+    used |= {str(tok["token_id"]) for tok in prompt}
+    return {**trace, "prompt": prompt, "texts": {k: v for k, v in trace["texts"].items() if k in used}}
+
+
+def _longest(fits: Callable[[int], bool], high: int) -> int:
+    low = 0  # invariant: `low` fits, `high` + 1 does not
     while low < high:
         mid = (low + high + 1) // 2
-        if _size(_keep(trace, mid)) <= max_bytes:
+        if fits(mid):
             low = mid
         else:
             high = mid - 1
-    return _keep(trace, low)
+    return low
+
+
+def fit_trace(trace: dict[str, Any], max_bytes: int = MAX_TRACE_BYTES) -> dict[str, Any]:
+    """The trace itself when its JSON fits ``max_bytes``; else with fewer prompt positions (the latest kept); else
+    without them and with the longest prefix of its tokens that fits, marked ``cut``."""
+    if _size(trace) <= max_bytes:
+        return trace
+    if trace.get("prompt") and _size(_keep_prompt(trace, 0)) <= max_bytes:
+        count = _longest(lambda n: _size(_keep_prompt(trace, n)) <= max_bytes, len(trace["prompt"]))
+        return _keep_prompt(trace, count)
+    return _keep(trace, _longest(lambda n: _size(_keep(trace, n)) <= max_bytes, len(trace["tokens"])))
 
 
 def prepare(trace: Any, field: str = "trace") -> dict[str, Any] | None:

@@ -95,6 +95,7 @@ class AnswerWriter:
         self.message_id: int = message.id
         self.conversation_id: int = message.conversation_id
         self.tokens: list[dict[str, Any]] = []
+        self._extra: dict[str, Any] = dict(message.extra or {})  # as begun; finish may add the prompt's depth
         self.flush_interval = flush_interval
         self.finished: bool = False
         self.flushes = 0
@@ -106,12 +107,14 @@ class AnswerWriter:
         return "".join(t["text"] for t in self.tokens)
 
     def add_token(self, text: str, steps: int, exit_value: float | None = None,
-                  id: int | None = None) -> None:  # noqa: A002 - the record's own key
-        """Record one generated token with the recurrent steps it took, its exit value and its token id (a later
-        turn sends the answer back as these ids, so the engine can reuse its cache positions)."""
+                  id: int | None = None, change: float | None = None) -> None:  # noqa: A002 - the record's own key
+        """Record one generated token with the recurrent steps it took, its exit value, its token id (a later
+        turn sends the answer back as these ids, so the engine can reuse its cache positions) and how far its
+        state still moved at its last step."""
         if self.finished:
             raise StoreError(f"answer {self.message_id} is already finished")
-        raw = {"text": text, "steps": steps, "exit_value": exit_value, **({"id": id} if id is not None else {})}
+        raw = {"text": text, "steps": steps, "exit_value": exit_value, **({"id": id} if id is not None else {}),
+               **({"change": change} if change is not None else {})}
         [record] = check_tokens([raw], "token", self._limits)
         check_text(text, "token text")
         self.tokens.append(record)
@@ -131,9 +134,11 @@ class AnswerWriter:
         *,
         content: str | None = None,
         error: str | None = None,
+        prompt: list[dict[str, Any]] | None = None,
     ) -> Message:
         """Write the final state. ``content`` replaces the joined token texts when given (e.g. the
-        detokenised text, which can differ from the pieces)."""
+        detokenised text, which can differ from the pieces); ``prompt`` is the prompt positions' token
+        records (what each received), kept in the message's ``extra``."""
         if self.finished:
             raise StoreError(f"answer {self.message_id} is already finished")
         check_choice(status, "status", STATUSES)
@@ -143,17 +148,21 @@ class AnswerWriter:
         }
         if content is not None:
             values["content"] = check_text(content, "content")
+        if prompt:
+            self._extra["prompt"] = check_tokens(prompt, "prompt", self._limits)
+            values["extra"] = dump_json(self._extra, "extra")
         self._save(values, status=status)
         self.finished = True
         return self._file.read(lambda db: tree.get(db, self.owner, self.message_id))
 
     def finish_stream(
-        self, stop_reason: str | None, stats: dict[str, Any] | None = None, *, content: str | None = None
+        self, stop_reason: str | None, stats: dict[str, Any] | None = None, *, content: str | None = None,
+        prompt: list[dict[str, Any]] | None = None,
     ) -> Message:
         """End with the engine's outcome: ``stop_reason`` "cancelled", or None when the stream ended
         without a summary (stopped from this side), saves "cancelled"; any other reason "complete"."""
         status: Status = "cancelled" if stop_reason in (None, "cancelled") else "complete"
-        return self.finish(status, stats, content=content)
+        return self.finish(status, stats, content=content, prompt=prompt)
 
     def fail(self, error: BaseException | str) -> Message:
         """End as "failed". An exception is saved as ``"<Type>: <message>"``, a string as it is."""

@@ -28,6 +28,8 @@ class DepthPanel:
                                      label="Exit threshold", elem_id="threshold", interactive=False)
         self.min_steps = min_steps = gr.Slider(0, limits.max_num_steps, value=0, step=1, label="Min steps",
                                                elem_id="min-steps", interactive=False)
+        self.prompt_exits = gr.Checkbox(label="Exit early in the prompt too (each prompt token runs alone)",
+                                        value=False, elem_id="prompt-exits", interactive=False)
         warm_start = gr.Checkbox(label="Warm start (continue from the previous token's state)", value=False)
         trace = gr.Checkbox(label="Depth lens (trace every step; then an answer's Depth button, and click a token)",
                             value=False, elem_id="trace")
@@ -57,7 +59,8 @@ class DepthPanel:
                                        label="Max new tokens", elem_id="max-new-tokens")
         # Each widget under the settings field it sets (app.inputs.FORM_FIELDS).
         page.form = {"num_steps": self.num_steps, "adaptive": adaptive, "criterion": self.criterion,
-                     "exit_threshold": self.threshold, "min_steps": min_steps, "warm_start": warm_start,
+                     "exit_threshold": self.threshold, "min_steps": min_steps, "prompt_exits": self.prompt_exits,
+                     "warm_start": warm_start,
                      "temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": min_p,
                      "repetition_penalty": repetition_penalty, "seed": seed, "max_new_tokens": max_new_tokens,
                      "trace": trace, "sampler": sampler, "inner_steps": inner_steps,
@@ -67,8 +70,9 @@ class DepthPanel:
     def wire(self) -> None:
         # On the user's choice only: a preset or the kept settings set criterion and threshold together.
         self.criterion.input(on_criterion, [self.criterion], [self.threshold], **PRIVATE)
-        self.adaptive.change(lambda on: [gr.update(interactive=on is True)] * 3, [self.adaptive],
-                             [self.criterion, self.threshold, self.min_steps], queue=False, **PRIVATE)
+        greyed = [self.criterion, self.threshold, self.min_steps, self.prompt_exits]
+        self.adaptive.change(lambda on: [gr.update(interactive=on is True)] * len(greyed), [self.adaptive], greyed,
+                             queue=False, **PRIVATE)
 
 
 def on_criterion(name: str) -> dict:
