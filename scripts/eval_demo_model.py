@@ -173,6 +173,25 @@ def trivial_baselines(problems: Sequence[demo_tasks.Problem]) -> dict[str, float
     return {"parity": round(1 / 3, 4), "start": round(sum(start) / max(len(start), 1), 4)}
 
 
+def odd(start: str, order: str) -> bool:
+    """Whether `order` is an odd permutation of `start` (an odd number of swaps leads there)."""
+    where = [start.index(c) for c in order]
+    return sum(where[i] > where[j] for i in range(len(where)) for j in range(i + 1, len(where))) % 2 == 1
+
+
+def wrong_parity(texts: Sequence[str], problems: Sequence[demo_tasks.Problem]) -> float:
+    """Share of the answers that are an order of the cups of the wrong parity.
+
+    Such an answer got the parity of the number of swaps wrong, whatever else it got right; a wrong
+    order of the right parity went wrong in composing the swaps.
+    """
+    bad = 0
+    for text, p in zip(texts, problems):
+        start = demo_tasks.swap_start(p.question)
+        bad += sorted(text) == sorted(start) and odd(start, text) != odd(start, p.answer)
+    return bad / max(len(problems), 1)
+
+
 def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
     """95 % Wilson interval for a success fraction `p` measured on `n` problems."""
     if n == 0:
@@ -216,18 +235,23 @@ def evaluate(
             answers = [p.answer for p in problems]
             max_new = max(len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers) + 1
 
+            parity_errors: list[float] = []  # of the last run
+
             def run(m, r: int, answer=generate_answers, **kw: Any) -> tuple[list[list[bool]], list[list[int]]]:
                 hits, steps = [], []
+                parity_errors.clear()
                 for seed in seeds:
                     texts, _, st = answer(m, tok, questions, r, max_new_tokens=max_new, seed=seed, **kw)
                     hits.append([t == a for t, a in zip(texts, answers)])
+                    parity_errors.append(wrong_parity(texts, problems))
                     steps += st
                 return hits, steps
 
             row: dict[str, Any] = {"name": demo_tasks.TIER_NAMES[task][tier], "n": len(problems), "acc": {},
                                    "baselines": trivial_baselines(problems)}
             for r in depths:
-                row["acc"][str(r)] = _cell(run(model, r)[0])
+                row["acc"][str(r)] = {**_cell(run(model, r)[0]),
+                                      "wrong_parity": round(sum(parity_errors) / len(parity_errors), 4)}
             if adaptive:
                 hits, steps = run(model, adaptive_cap, criterion=ADAPTIVE_CRITERION, cache_strategy=ADAPTIVE_CACHE)
                 flat = [s for st in steps for s in st]
@@ -432,6 +456,13 @@ def findings(report: dict[str, Any]) -> list[str]:
             out.append(f"{t} swaps ({t / demo_tasks.TRAIN_MAX_SWAPS:.2g}× the longest trained list): "
                        f"{acc(t, 8):.1f} % at r = 8, {acc(t, 32):.1f} % at r = 32, {acc(t, 64):.1f} % at r = 64, "
                        f"against {best_trivial(t):.1f} % for the better trivial baseline.")
+    for t in beyond:
+        deepest = str(max(depths))
+        cell = rows[t]["acc"][deepest]
+        if "wrong_parity" in cell and cell["acc"] < 1:
+            wrong = 100 * (1 - cell["acc"])
+            out.append(f"{t} swaps at r = {deepest}: {100 * cell['wrong_parity']:.1f} % of the answers are an order "
+                       f"of the wrong parity, out of {wrong:.1f} % wrong answers.")
     if 32 in depths and 64 in depths and rows:
         gap = max(abs(acc(t, 64) - acc(t, 32)) for t in rows)
         out.append(f"r = 64 differs from r = 32 by at most {gap:.1f} points on any tier.")

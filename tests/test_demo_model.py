@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import sys
 from pathlib import Path
 
@@ -186,6 +187,17 @@ def test_trivial_baselines_are_what_their_names_say() -> None:
     assert base["parity"] == round(1 / 3, 4)
     assert base["start"] == round(sum(p.question.endswith(f"on {p.answer}. Final?") for p in problems) / 60, 4)
     assert 0 < base["start"] < 1
+
+
+def test_wrong_parity_counts_orders_an_odd_number_of_swaps_away() -> None:
+    rng = random.Random(3)
+    problems = [demo_tasks.make_swap(k, rng) for k in (1, 2, 7, 24) for _ in range(30)]
+    assert eval_demo_model.wrong_parity([p.answer for p in problems], problems) == 0
+    one_more = [demo_tasks.apply_swaps(p.answer, ["12"]) for p in problems]  # one swap more flips the parity
+    assert eval_demo_model.wrong_parity(one_more, problems) == 1
+    two_more = [demo_tasks.apply_swaps(p.answer, ["12", "23"]) for p in problems]
+    assert eval_demo_model.wrong_parity(two_more, problems) == 0  # wrong, but of the right parity
+    assert eval_demo_model.wrong_parity(["113", "", "12"] * 40, problems) == 0  # not an order of the cups
 
 
 def test_the_prompt_at_the_answers_depth_is_the_apps_split_prefill(model, tok) -> None:
