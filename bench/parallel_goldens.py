@@ -12,23 +12,21 @@ it was made; ``tests/test_parallel.py`` checks our sampler against their tokens.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, GenerationConfig
+from transformers import GenerationConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.reference import import_reference, reference_model  # noqa: E402
+from bench.reference import golden_pair  # noqa: E402
 from engine import GenerationSettings  # noqa: E402
 from engine.decode import RowPlan, decode  # noqa: E402
 from engine.parallel import ParallelParams, parallel_decode  # noqa: E402
 
-GOLDEN_DIR = ROOT.parent / "shared" / "reference-goldens" / "tiny-1-2-1"
 OUT = ROOT / "tests" / "goldens" / "parallel_tiny-1-2-1.json"
 NEW_TOKENS = 16
 # case: (num_steps, inner steps, their cache, our cache, EMA)
@@ -61,13 +59,7 @@ def ours(model, prompt: torch.Tensor, r: int, inner: int, cache: str, ema: float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reference-dir", required=True, help="a checkout of seal-rg/recurrent-pretraining")
-    args = parser.parse_args()
-    module = import_reference(args.reference_dir)
-    model = AutoModelForCausalLM.from_pretrained(GOLDEN_DIR).eval()
-    reference = reference_model(module, model)
-    prompt = torch.tensor([json.loads((GOLDEN_DIR / "golden.json").read_text())["prompt"]])
+    _, model, reference, prompt = golden_pair(__doc__)
     cases = {}
     for name, (r, inner, their_cache, our_cache, ema) in CASES.items():
         tokens, steps = theirs(reference, prompt, r, inner, their_cache, ema)

@@ -11,21 +11,17 @@ entries an earlier position never wrote, as our ``full`` cache does. ``tests/tes
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.reference import import_reference, reference_model  # noqa: E402
-import engine  # noqa: E402,F401  (registers the huginn_raven model type with transformers)
+from bench.reference import golden_pair  # noqa: E402
 
-GOLDEN_DIR = ROOT.parent / "shared" / "reference-goldens" / "tiny-1-2-1"
 OUT = ROOT / "tests" / "goldens" / "prefill_tiny-1-2-1.json"
 CASES = {  # name: (criterion, threshold, their mean_recurrence)
     "kl_1e-3_r32": ("kl", 1e-3, 32),
@@ -36,13 +32,7 @@ CASES = {  # name: (criterion, threshold, their mean_recurrence)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reference-dir", required=True, help="a checkout of seal-rg/recurrent-pretraining")
-    args = parser.parse_args()
-    module = import_reference(args.reference_dir)
-    model = AutoModelForCausalLM.from_pretrained(GOLDEN_DIR).eval()
-    reference = reference_model(module, model)
-    prompt = torch.tensor([json.loads((GOLDEN_DIR / "golden.json").read_text())["prompt"]])
+    module, _, reference, prompt = golden_pair(__doc__)
     cases = {}
     for name, (criterion, threshold, depth) in CASES.items():
         reference.config.mean_recurrence = depth  # their prefill iterates up to the config's depth

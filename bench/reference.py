@@ -103,3 +103,23 @@ def reference_model(module: types.ModuleType, ours) -> torch.nn.Module:
     theirs.lm_head.weight = theirs.transformer.wte.weight
     theirs.freqs_cis = ours.freqs_cis.clone()
     return theirs.to(ours.transformer.wte.weight.dtype).eval()
+
+
+def golden_pair(doc: str) -> tuple[types.ModuleType, torch.nn.Module, torch.nn.Module, torch.Tensor]:
+    """For the scripts that make goldens from the authors' code (``--reference-dir``): their module, our model of
+    the reference goldens' tiny checkpoint, theirs with the same weights, and the goldens' prompt."""
+    import argparse
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    import engine  # noqa: F401  (registers the huginn_raven model type with transformers)
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--reference-dir", required=True, help="a checkout of seal-rg/recurrent-pretraining")
+    args = parser.parse_args()
+    module = import_reference(args.reference_dir)
+    golden_dir = Path(__file__).resolve().parent.parent.parent / "shared" / "reference-goldens" / "tiny-1-2-1"
+    model = AutoModelForCausalLM.from_pretrained(golden_dir).eval()
+    prompt = torch.tensor([json.loads((golden_dir / "golden.json").read_text())["prompt"]])
+    return module, model, reference_model(module, model), prompt

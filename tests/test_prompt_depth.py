@@ -9,27 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 import engine
 from engine import TOKEN, GenerationSettings, PromptCache, SettingsError, Summary
 from engine.decode import RowPlan, decode
 
-from .conftest import GOLDEN_DIR, require
+from .test_parallel import demo, golden_model  # noqa: F401 - fixtures
 
 GOLDENS = Path(__file__).parent / "goldens" / "prefill_tiny-1-2-1.json"
 SWAPS = [{"role": "user", "content": "Swap 12 23 13 12 23 13 12 23 12 13 23 12 on 312. Final?"}]
 ADAPTIVE = GenerationSettings(num_steps=32, criterion="kl", seed=0, max_new_tokens=8)
-
-
-@pytest.fixture(scope="module")
-def demo():
-    return engine.load(engine.DEMO_MODEL)[:2]
-
-
-@pytest.fixture(scope="module")
-def golden_model():
-    return AutoModelForCausalLM.from_pretrained(require(GOLDEN_DIR)).eval()
 
 
 def answer(pair, messages, settings, **kwargs) -> tuple[list, Summary]:
