@@ -132,8 +132,8 @@ def decode(
     ``split_prompt`` runs the prompt but its last token as one block at full depth, then the last token alone
     like a decoded one: the prompt's positions then never depend on where the prompt ends, and the first answer
     token exits like the others. With plans that ask for ``prompt_exits`` every prompt position runs alone instead,
-    exiting by the row's criterion. The first ``DecodeStep`` then carries the prompt's depth. A set ``cancel`` event ends the loop before the next recurrence step, with a
-    final ``DecodeStep`` marked ``cancelled``.
+    exiting by the row's criterion. The first ``DecodeStep`` then carries the prompt's depth. A set ``cancel`` event
+    ends the loop before the next recurrence step, with a final ``DecodeStep`` marked ``cancelled``.
     """
     batch = len(plans)
     if input_ids.shape[0] == 1 and batch > 1:
@@ -186,10 +186,9 @@ def prefill(model, x: Tensor, plans: list[RowPlan], cache, cancel: threading.Eve
         return PromptDepth.of_block(block), None
     depth = PromptDepth([[] for _ in plans], [[] for _ in plans], [[] for _ in plans],
                         [[] for _ in plans] if traced else None)
-    carried, alone = None, plans
+    carried, untraced = None, [replace(p, trace_top_k=None) for p in plans]
     for i in range(body.shape[1]):
-        traced_here = traced and body.shape[1] - i <= MAX_TRACED_PROMPT
-        step_plans = alone if traced_here else [replace(p, trace_top_k=None) for p in alone]
+        step_plans = plans if traced and body.shape[1] - i <= MAX_TRACED_PROMPT else untraced
         block = run_block(model, body[:, i:i + 1], step_plans, cache, carried=carried, prefill=False, cancel=cancel)
         depth.extend(block)
         carried = block.carry(step_plans)

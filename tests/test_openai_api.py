@@ -89,6 +89,21 @@ def test_the_parallel_sampler_through_the_api_and_the_page_api(client, server):
                                        extra_body={"sampler": "parallel", "num_steps": 8, "inner_steps": 9})
     assert caught.value.body["param"] == "inner_steps"
 
+def test_the_prompts_depth_and_prompt_exits_through_the_openai_client(client):
+    swaps = [{"role": "user", "content": "Swap 12 23 13 12 23 13 on 312. Final?"}]
+    depth = {"num_steps": 32, "criterion": "kl"}
+    block = extension(client.chat.completions.create(model="demo-model", messages=swaps, max_tokens=6, seed=0,
+                                                     extra_body=depth))["summary"]
+    alone = extension(client.chat.completions.create(model="demo-model", messages=swaps, max_tokens=6, seed=0,
+                                                     extra_body={**depth, "prompt_exits": True}))["summary"]
+    assert block["prompt_core_steps"] == 32 * (block["prompt_tokens"] - 1)
+    assert 0 < alone["prompt_core_steps"] < block["prompt_core_steps"] and alone["settings"]["prompt_exits"] is True
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="demo-model", messages=swaps, max_tokens=4,
+                                       extra_body={**depth, "prompt_exits": "yes"})
+    assert caught.value.body["param"] == "prompt_exits"
+
+
 def test_streaming_gives_steps_on_every_chunk_and_matches_the_whole_answer(client):
     depth = {"num_steps": 8, "criterion": "kl", "exit_threshold": 1e-3, "min_steps": 1, "warm_start": False}
     whole = client.chat.completions.create(model="demo-model", messages=QUESTION, max_tokens=12, seed=5,
