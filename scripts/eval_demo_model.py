@@ -510,9 +510,11 @@ def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
             merged["depths"], merged["seeds"] = report["depths"], report["seeds"]
         for task, tiers in report["results"].items():
             for tier, row in tiers.items():
+                into = merged["results"].setdefault(task, {}).setdefault(tier, {})
+                if into.get("n", row["n"]) != row["n"]:  # one row has one n and one set of baselines
+                    raise SystemExit(f"--merge: {task} tier {tier} was run on {into['n']} and on {row['n']} problems")
                 # a split-only row has an empty "acc": it must not hide the depth table's
-                merged["results"].setdefault(task, {}).setdefault(tier, {}).update(
-                    {k: v for k, v in row.items() if v != {}})
+                into.update({k: v for k, v in row.items() if v != {}})
         merged["multi_turn"] += report.get("multi_turn") or []
         merged["baseline"] = merged.get("baseline") or report.get("baseline")
     for task, tiers in merged["results"].items():

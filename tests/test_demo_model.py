@@ -20,7 +20,7 @@ import eval_demo_model  # noqa: E402
 
 # What the depth-curve tests demand of the --quick sample (24 problems, one seed): the hardest trained
 # tier right at r=32 at least this often, and this many points above r=4. The card's full run measured
-# 100 % and 51.4 % there on 16 swaps (assets/demo-model/README.md); a model without the curve fails.
+# 100 % and 38.8 % there on 16 swaps (assets/demo-model/README.md, 200 problems); a model without the curve fails.
 CURVE = {"r32_min": 0.85, "gain_min": 0.4}
 # What the --quick chats demand: every question of a chat right at least this often, the first always.
 CHAT = {"min": 0.5}
@@ -198,6 +198,17 @@ def test_wrong_parity_counts_orders_an_odd_number_of_swaps_away() -> None:
     two_more = [demo_tasks.apply_swaps(p.answer, ["12", "23"]) for p in problems]
     assert eval_demo_model.wrong_parity(two_more, problems) == 0  # wrong, but of the right parity
     assert eval_demo_model.wrong_parity(["113", "", "12"] * 40, problems) == 0  # not an order of the cups
+
+
+def test_merge_refuses_one_tier_run_on_different_problem_counts() -> None:
+    def report(n: int, start: float) -> dict:
+        row = {"name": "16 swaps", "n": n, "acc": {"4": {"acc": 0.5}}, "baselines": {"parity": 0.3333, "start": start}}
+        return {"depths": [4], "seeds": [0], "results": {"swap": {"16": row}}, "multi_turn": []}
+
+    merged = eval_demo_model.merge_reports([report(24, 0.5), report(24, 0.5)])
+    assert merged["results"]["swap"]["16"]["n"] == 24
+    with pytest.raises(SystemExit, match="tier 16 was run on 24 and on 200 problems"):
+        eval_demo_model.merge_reports([report(24, 0.458), report(200, 0.375)])
 
 
 def test_the_prompt_at_the_answers_depth_is_the_apps_split_prefill(model, tok) -> None:
