@@ -118,7 +118,7 @@ def swap_parts(question: str) -> tuple[list[str], str]:
 
 def swap_start(question: str) -> str:
     """The start order of a swap question (the trivial baseline answers it)."""
-    return question.rsplit(" on ", 1)[1].split(".", 1)[0]
+    return swap_parts(question)[1]
 
 
 def make_swap(tier: int, rng: random.Random) -> Problem:
