@@ -16,6 +16,7 @@ from .session import Session
 from .slot import ModelSlot, public_name
 from .store import Store, prepare_trace
 from .turns import ChatTurns
+from .views import kept_prompt
 
 
 class Arena:
@@ -74,7 +75,7 @@ def result(prompt: str, system: str, results: Sequence[engine.CompareResult], sl
         stats["agreement"] = render.agreement(token_ids, ids[reference])
         column = {"label": r.settings.label(), "settings": r.summary.settings,
                   "tokens": [e.record() for e in r.events], "text": r.summary.text, "content": r.summary.text,
-                  "stats": stats, "prompt": r.summary.prompt}
+                  "stats": stats, "prompt": kept_prompt(r.summary.prompt)}
         if r.summary.trace is not None:  # kept with the column when saved, within the store's cap
             column["trace"] = prepare_trace(r.summary.trace)
         columns.append(column)

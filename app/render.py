@@ -265,10 +265,13 @@ def prompt_depth(prompt: Sequence[dict[str, Any]] | None, stats: dict[str, Any] 
     if not prompt:
         return ""
     steps = [int(t.get("steps") or 0) for t in prompt]
-    reused = (stats or {}).get("reused_tokens") or 0
-    head = (f"Prompt depth: {plural(len(prompt), 'position')}, {sum(steps):,} core steps (mean "
-            f"{sum(steps) / len(steps):.1f}, min {min(steps)}, max {max(steps)})"
-            + (f"; {reused} earlier positions came from the cache" if reused else ""))
+    stats = stats or {}
+    reused = stats.get("reused_tokens") or 0
+    ran = (stats.get("prompt_tokens") or 0) - reused - 1  # an answer keeps only the latest (views.PROMPT_KEPT)
+    shown = (f"the last {len(prompt):,} of {ran:,} positions" if ran > len(prompt)
+             else plural(len(prompt), "position"))
+    head = (f"Prompt depth: {shown}, {sum(steps):,} core steps (mean {sum(steps) / len(steps):.1f}, min "
+            f"{min(steps)}, max {max(steps)})" + (f"; {reused} earlier positions came from the cache" if reused else ""))
     return (f'<details class="prompt-depth"><summary>{esc(head)}</summary>'
             f'<div class="msg-text prompt-tokens">{heatmap(prompt, scale, index="p")}</div></details>')
 

@@ -20,7 +20,7 @@ from .running import Running
 from .session import Session
 from .slot import ModelSlot, public_name
 from .store import AnswerWriter, Message
-from .views import message_views, model_messages
+from .views import kept_prompt, message_views, model_messages
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class ChatTurns:
             writer.finish_stream(None)
             return
         stats = summary.stats(materialized_parameters=self.slot.materialized(summary.mean_steps))
-        writer.finish_stream(summary.stop_reason, stats, content=summary.text, prompt=summary.prompt)
+        writer.finish_stream(summary.stop_reason, stats, content=summary.text, prompt=kept_prompt(summary.prompt))
         if summary.trace is not None:
             self.store.save_trace(writer.owner, writer.message_id, summary.trace)
 

@@ -19,7 +19,15 @@ from .store import InvalidData, Message, RecordLimits, check_trace
 # settings (``engine.records``, ``engine.GenerationSettings``).
 STORE_LIMITS = RecordLimits(token=engine.TOKEN, stats=engine.STATS, settings_validator=engine.GenerationSettings.from_dict)
 STATUSES = ("complete", "cancelled", "failed", "partial", "interrupted")
+# The prompt positions an answer keeps (the latest): without them every answer of a long chat would hold, and the
+# page draw, the whole conversation again, growing with the square of its length.
+PROMPT_KEPT = 256
 ROLES = ("user", "assistant", "system")
+
+
+def kept_prompt(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The prompt positions an answer keeps: the last ``PROMPT_KEPT`` (the stats keep the whole prompt's count)."""
+    return list(records[-PROMPT_KEPT:])
 
 
 # ---- store to engine ---------------------------------------------------------------------------------------------

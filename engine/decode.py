@@ -18,7 +18,8 @@ from torch import Tensor
 from .sampling import sample_token
 from .step import BlockResult, Cancelled, RowPlan, run_block
 
-MAX_TRACED_PROMPT = 256  # a traced answer also traces the prompt's last positions, at most this many
+# A traced answer also traces the prompt's last positions, at most this many (shared by a batch's traced rows).
+MAX_TRACED_PROMPT = 256
 
 __all__ = ["DecodeStep", "PromptDepth", "RowPlan", "RowStops", "decode", "prefill"]
 
@@ -41,10 +42,9 @@ class PromptDepth:
         changes = block.change[:, :width].tolist()
         traces = None
         if block.position_traces is not None:
-            traces = []
-            for c, recorded in zip(changes, block.position_traces):
-                recorded = (recorded or [])[:len(c)]
-                traces.append([None] * (len(c) - len(recorded)) + list(recorded))
+            length = block.change.shape[1]
+            traces = [([None] * (length - len(recorded or [])) + list(recorded or []))[:len(c)]
+                      for c, recorded in zip(changes, block.position_traces)]
         return cls([[steps] * len(c) for steps, c in zip(block.steps, changes)], [[None] * len(c) for c in changes],
                    changes, traces)
 
@@ -168,8 +168,9 @@ def decode(
             chooser.append(x)
             if cache.seq_len + 1 > config.block_size:
                 break
-    except Cancelled:
-        yield DecodeStep([-1] * batch, [0] * batch, [[] for _ in plans], 0, cancelled=True, finished=tuple(finished))
+    except Cancelled as stop:  # the prompt positions that ran before the cancel still count
+        yield DecodeStep([-1] * batch, [0] * batch, [[] for _ in plans], 0, cancelled=True, finished=tuple(finished),
+                         prompt=prompt or getattr(stop, "prompt", None))
 
 
 def prefill(model, x: Tensor, plans: list[RowPlan], cache, cancel: threading.Event | None = None
@@ -177,19 +178,26 @@ def prefill(model, x: Tensor, plans: list[RowPlan], cache, cancel: threading.Eve
     """Run the new prompt tokens ``x`` but the last (``decode(split_prompt=True)``); their depth, and the warm-start
     states the last token starts from (None: a fresh state, as after a block)."""
     body = x[:, :-1]
-    traced = any(p.trace_top_k is not None for p in plans)
+    traced_rows = sum(p.trace_top_k is not None for p in plans)
+    # The traced rows share the budget: a batch of traced columns holds no more logits than one row would.
+    traced = MAX_TRACED_PROMPT // traced_rows if traced_rows else 0
     if not plans[0].prompt_exits:
         if body.shape[1] == 0:
             return PromptDepth([[] for _ in plans], [[] for _ in plans], [[] for _ in plans]), None
         block = run_block(model, body, [replace(p, exit_in_prefill=False) for p in plans], cache, cancel=cancel,
-                          trace_positions=MAX_TRACED_PROMPT if traced else 1)
+                          trace_positions=max(traced, 1))
         return PromptDepth.of_block(block), None
     depth = PromptDepth([[] for _ in plans], [[] for _ in plans], [[] for _ in plans],
                         [[] for _ in plans] if traced else None)
     carried, untraced = None, [replace(p, trace_top_k=None) for p in plans]
-    for i in range(body.shape[1]):
-        step_plans = plans if traced and body.shape[1] - i <= MAX_TRACED_PROMPT else untraced
-        block = run_block(model, body[:, i:i + 1], step_plans, cache, carried=carried, prefill=False, cancel=cancel)
-        depth.extend(block)
-        carried = block.carry(step_plans)
+    try:
+        for i in range(body.shape[1]):
+            step_plans = plans if body.shape[1] - i <= traced else untraced
+            block = run_block(model, body[:, i:i + 1], step_plans, cache, carried=carried, prefill=False,
+                              cancel=cancel)
+            depth.extend(block)
+            carried = block.carry(step_plans)
+    except Cancelled as stop:
+        stop.prompt = depth  # type: ignore[attr-defined]
+        raise
     return depth, carried

@@ -6,7 +6,8 @@ way (up to floating-point rounding):
 * the same depth, ``init_scale``, initial-state key (``state_seed``) and cache strategy;
 * the prompt but its last token runs at full depth, with no exits (``decode(split_prompt=True)``), so a prompt
   position's depth never depends on the rest of its block; the last token runs alone, like an answer token. With
-  ``prompt_exits`` every prompt position ran alone with its exit rule, which is then part of the key;
+  ``prompt_exits`` every prompt position ran alone with its exit rule, which is then part of the key (not with
+  warm start as well: a position then starts from the previous one's final state, which the cache does not keep);
 * answer positions (and the prompt's last one) count only when the answer was decoded at fixed depth without
   warm start (plain or speculative): then each of its positions is what a prefill of the same tokens computes.
   An answer with early exits or warm start is re-read by the next turn;
@@ -156,11 +157,10 @@ class TurnCache:
 
     def open(self, prompt_ids: list[int], cache_strategy: str, capacity: int) -> tuple[RecurrentCache | None, int]:
         """A cache already holding a prefix of the prompt and how many positions it holds, or (None, 0)."""
-        if reuse_refusal(cache_strategy) is not None:
-            return None, 0
         s = self.settings
-        exits = (f"{s.criterion}:{s.threshold!r}:{s.min_steps}:{s.check_every}:{s.warm_start}"
-                 if s.prompt_exits and s.adaptive else "")
+        if reuse_refusal(cache_strategy) is not None or (s.prompt_exits and s.adaptive and s.warm_start):
+            return None, 0  # with warm start a prompt position starts from the previous one's state, kept nowhere
+        exits = f"{s.criterion}:{s.threshold!r}:{s.min_steps}:{s.check_every}" if s.prompt_exits and s.adaptive else ""
         self.key = ReuseKey(s.num_steps, float(s.init_scale), s.state_seed, cache_strategy, self.owner, exits)
         taken = self.pool.take(self.model, self.key, prompt_ids, capacity)
         return taken if taken is not None else (None, 0)

@@ -233,3 +233,68 @@ def test_each_arena_column_shows_its_own_prompt_depth_and_keeps_it_when_saved(st
     assert [c["prompt"] for c in saved.extra["columns"]] == [shallow["prompt"], deep["prompt"]]
     assert html.count('class="prompt-depth"') == 2
     assert f"{4 * len(shallow['prompt']):,} core steps" in html and f"{32 * len(deep['prompt']):,} core steps" in html
+
+
+def test_warm_start_with_prompt_exits_does_not_reuse_a_prefix_it_would_compute_otherwise(demo):
+    """Review finding: with warm start each prompt position starts from the previous one's state, which the cache
+    does not keep, so a reused prefix would change every later position."""
+    settings = ADAPTIVE.replace(prompt_exits=True, warm_start=True, init_scale=0.0)
+    pool = PromptCache()
+    _, one = answer(demo, SWAPS, settings, prompt_cache=pool)
+    second = SWAPS + [{"role": "assistant", "content": one.text}, {"role": "user", "content": "Swap 12 on 123. Final?"}]
+    _, cached = answer(demo, second, settings, prompt_cache=pool)
+    _, fresh = answer(demo, second, settings)
+    assert cached.reused_tokens == 0
+    assert [p["steps"] for p in cached.prompt] == [p["steps"] for p in fresh.prompt] and cached.text == fresh.text
+
+
+def test_a_cancel_in_the_prompt_keeps_the_positions_that_ran(demo):
+    from .conftest import cancel_at_core_step
+
+    settings = ADAPTIVE.replace(prompt_exits=True)
+    _, whole = answer(demo, SWAPS, settings)
+    with cancel_at_core_step(demo[0], 40) as (cancel, _):
+        _, cut = answer(demo, SWAPS, settings, cancel=cancel)
+    assert cut.stop_reason == "cancelled" and cut.tokens == 0
+    assert 0 < len(cut.prompt) < len(whole.prompt)
+    assert [p["steps"] for p in cut.prompt] == [p["steps"] for p in whole.prompt][:len(cut.prompt)]
+    assert cut.prompt_core_steps == sum(p["steps"] for p in cut.prompt)
+
+
+def test_traced_columns_share_the_prompts_trace_budget(demo, monkeypatch):
+    from engine import decode as decode_module
+
+    monkeypatch.setattr(decode_module, "MAX_TRACED_PROMPT", 12)
+    model, tok = demo
+    traced = GenerationSettings(num_steps=6, seed=0, max_new_tokens=2, trace=True)
+    alone = engine.stream(model, tok, SWAPS, traced)
+    *_, summary = alone
+    assert [t["index"] for t in summary.trace["prompt"]] == list(range(len(summary.prompt)))[-12:]
+    results = engine.compare(model, tok, SWAPS, [traced, traced.replace(num_steps=8), traced.replace(num_steps=4)])
+    for r in results:  # three traced rows in one batch: 12 // 3 positions each, the latest ones
+        lens = r.summary.trace["prompt"]
+        assert [t["index"] for t in lens] == list(range(len(r.summary.prompt)))[-4:]
+        assert [t["exit_step"] for t in lens] == [p["steps"] for p in r.summary.prompt][-4:]
+
+
+def test_an_answer_keeps_the_latest_prompt_positions_and_says_how_many_ran(studio, monkeypatch):
+    from app import views
+
+    monkeypatch.setattr(views, "PROMPT_KEPT", 10)
+    session, answer_ = chat(studio, SWAPS[0]["content"], GenerationSettings(num_steps=4, seed=0, max_new_tokens=4))
+    kept = answer_.extra["prompt"]
+    ran = answer_.stats["prompt_tokens"] - 1
+    assert len(kept) == 10 < ran and answer_.stats["prompt_core_steps"] == 4 * ran
+    html = studio.conversations.transcript(session)
+    assert f"Prompt depth: the last 10 of {ran} positions, 40 core steps" in html
+
+
+def test_a_blocks_traced_positions_are_its_last_ones_whatever_width_is_kept():
+    from engine.decode import PromptDepth
+    from engine.step import BlockResult
+
+    third, fourth = ("steps of 3", None), ("steps of 4", None)
+    block = BlockResult(torch.zeros(1, 1, 2), torch.zeros(1, 5, 2), torch.zeros(1, 5, 2), [3], [[]], 15,
+                        change=torch.zeros(1, 5), position_traces=[[third, fourth]])
+    assert PromptDepth.of_block(block).traces == [[None, None, None, third, fourth]]
+    assert PromptDepth.of_block(block, 4).traces == [[None, None, None, third]]
