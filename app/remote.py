@@ -332,7 +332,9 @@ class RemoteEngine:
                 break
         if not upstream.done and cancel is not None and cancel.is_set():
             finish = "cancelled"
-        if not upstream.done and finish != "cancelled":
+        if not upstream.done and finish != "cancelled" and counted >= settings.max_new_tokens:
+            finish = "length"  # the whole budget came, then the stream closed without its end marker
+        elif not upstream.done and finish != "cancelled":
             raise Interrupted(f"the engine at {self.url} ended the stream before the answer's end")
         yield self._summary(text, tokens, settings, finish, usage, summary, first, time.perf_counter() - start)
 

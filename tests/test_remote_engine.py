@@ -249,6 +249,18 @@ def test_a_stream_without_its_end_is_kept_as_interrupted(tmp_path):
     assert "ended the stream before the answer's end" in answer.error and base in answer.error
 
 
+def test_a_stream_that_closes_after_the_whole_budget_is_a_length_cut_and_one_past_it_is_cut(tmp_path):
+    settings = engine.GenerationSettings(num_steps=6, max_new_tokens=3)
+    with stand_in_server(lambda body: sse([chunk(w) for w in WORDS[:3]], done=False)) as (base, _):
+        [answer] = store_answer(base, tmp_path, settings)
+    assert answer.status == "complete" and answer.stats["stop_reason"] == "max_tokens"
+    assert answer.content == "".join(WORDS[:3])
+    with stand_in_server(lambda body: sse([chunk("".join(WORDS[:4]), huginn={"tokens": [
+            {"text": w, "steps": 6} for w in WORDS[:4]]})])) as (base, _):
+        [answer] = store_answer(base, tmp_path, settings)
+    assert answer.content == "".join(WORDS[:3]) and answer.stats["stop_reason"] == "max_tokens"
+
+
 @pytest.mark.parametrize("reply, message", [
     (lambda body: JSONResponse({"choices": [{"message": {"content": "hi"}}]}), "not a stream of server-sent events"),
     (lambda body: sse([chunk("a"), chunk(finish="stop", huginn={"summary": {"mean_steps": "deep"}})]),
