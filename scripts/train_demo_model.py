@@ -221,7 +221,7 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "assets" / "demo-model")
     ap.add_argument("--seed", type=int, default=0)
@@ -267,8 +267,11 @@ def main() -> None:
     ap.add_argument("--eval-per-tier", type=int, default=32)
     ap.add_argument("--save-every", type=int, default=100)
     ap.add_argument("--log", type=Path, default=None, help="also append JSON lines here")
-    args = ap.parse_args()
+    return ap.parse_args()
 
+
+def main() -> None:
+    args = parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
