@@ -2,6 +2,8 @@
 
 Everything the demo model ever sees comes from here: cup-swap problems (follow k swaps of three
 cups) in tiers of k, plus a little plain conversation so that chatting with the model is coherent.
+Hops problems (a walk along links, written out in the answer) are a task mix for a later stage
+(`train_demo_model.py --hops`); the shipped model was not trained on them (docs/demo-model.md).
 Problems are split into train and held-out by a hash of the question text, so the split is exact
 and does not depend on the seed or the order in which problems were generated.
 """
@@ -24,13 +26,15 @@ SWAP_PAIRS = tuple(f"{i}{j}" for i in range(1, SWAP_CUPS + 1) for j in range(i +
 TRAIN_MAX_SWAPS = 16  # the shipped model trained on 1..16 swaps; longer lists are never trained on
 # Stages 1 and 2 of the shipped model trained on 1..12 swaps (train_demo_model.py --max-swaps).
 FIRST_STAGES_MAX_SWAPS = 12
+TRAIN_MAX_HOPS = 6  # hops problems (below): longer walks per value are never trained on
 
-TASKS = ("swap",)
+TASKS = ("swap",)  # the shipped model's tasks; TIERS has every task the evaluation knows
 # The tier is the number of swaps, i.e. the number of serial steps. 24 (1.5 times the longest trained
 # list) and 32 are longer than anything in training.
-TIERS: dict[str, tuple[int, ...]] = {"swap": (4, 8, 12, 16, 24, 32)}
+TIERS: dict[str, tuple[int, ...]] = {"swap": (4, 8, 12, 16, 24, 32), "hops": (1, 2, 4, 6, 8)}
 TIER_NAMES: dict[str, dict[int, str]] = {
-    "swap": {k: f"{k} swaps" + (" (longer than trained)" if k > TRAIN_MAX_SWAPS else "") for k in TIERS["swap"]}
+    "swap": {k: f"{k} swaps" + (" (longer than trained)" if k > TRAIN_MAX_SWAPS else "") for k in TIERS["swap"]},
+    "hops": {k: f"{k} hops per value" + (" (longer than trained)" if k > TRAIN_MAX_HOPS else "") for k in TIERS["hops"]},
 }
 
 SYSTEM_PROMPTS = (
@@ -134,7 +138,55 @@ def make_swap(tier: int, rng: random.Random) -> Problem:
     return Problem("swap", tier, swap_question(start, pairs), apply_swaps(start, pairs))
 
 
-_MAKERS = {"swap": make_swap}
+# ----------------------------------------------------------------------------------------------
+# hops: serial work in the answer
+
+# Nine places 1-9, each linked to one other (a random permutation, written as source-target pairs in
+# the order of the sources). The answer is HOP_VALUES places, each `h` links on from the one before it,
+# the first `h` links on from the start. The hop count and the start come last, so no position of the
+# link table can know where the walk goes; and a value is h links on from the previous *answer* token,
+# which is the token its position holds: each answer token has h hops of its own to do, so the
+# per-token heatmap shows the work growing with h.
+HOP_PLACES = 9
+HOP_VALUES = 3
+
+
+def walk(links: dict[str, str], start: str, hops: int, values: int = HOP_VALUES) -> str:
+    out, here = [], start
+    for _ in range(values):
+        for _ in range(hops):
+            here = links[here]
+        out.append(here)
+    return "".join(out)
+
+
+def hops_question(links: dict[str, str], start: str, hops: int) -> str:
+    table = " ".join(f"{a}{links[a]}" for a in sorted(links))
+    return f"Follow {table} by {hops} from {start}. Final?"
+
+
+def hops_parts(question: str) -> tuple[dict[str, str], int, str]:
+    """The links, the hop count and the start of a hops question."""
+    head, tail = question.removeprefix("Follow ").split(" by ", 1)
+    hops, rest = tail.split(" from ", 1)
+    return {pair[0]: pair[1] for pair in head.split(" ")}, int(hops), rest.split(".", 1)[0]
+
+
+def make_hops(tier: int, rng: random.Random) -> Problem:
+    """`tier` hops per answer value on a random permutation of the places (no place linked to itself)."""
+    if not 1 <= tier <= 9:
+        raise ValueError(f"a hops problem takes 1 to 9 hops per value, got {tier}")
+    places = "123456789"[:HOP_PLACES]
+    while True:
+        targets = rng.sample(places, HOP_PLACES)
+        if all(a != b for a, b in zip(places, targets)):
+            break
+    links = dict(zip(places, targets))
+    start = rng.choice(places)
+    return Problem("hops", tier, hops_question(links, start, tier), walk(links, start, tier))
+
+
+_MAKERS = {"swap": make_swap, "hops": make_hops}
 
 
 def make_problem(task: str, tier: int, rng: random.Random) -> Problem:
@@ -266,6 +318,13 @@ def chat_turn(rng: random.Random) -> tuple[str, str]:
 def swap_mix(max_swaps: int = TRAIN_MAX_SWAPS) -> dict[tuple[str, int], float]:
     """Sampling weights per (task, tier) for training: every length from 1 to `max_swaps` alike."""
     return {("swap", k): 1.0 for k in range(1, max_swaps + 1)}
+
+
+def hops_mix(share: float, max_swaps: int = TRAIN_MAX_SWAPS, max_hops: int = TRAIN_MAX_HOPS
+             ) -> dict[tuple[str, int], float]:
+    """`swap_mix` with a `share` of the problems being hops problems, every hop count alike."""
+    mix = {k: (1 - share) / max_swaps for k in swap_mix(max_swaps)}
+    return mix | {("hops", h): share / max_hops for h in range(1, max_hops + 1)}
 
 
 DEFAULT_MIX = swap_mix()

@@ -163,14 +163,38 @@ def parallel_answers(model, tok, questions: Sequence[str], num_steps: int, max_n
     return texts, [sum(st) / max(len(st), 1) for st in token_steps], token_steps
 
 
-def trivial_baselines(problems: Sequence[demo_tasks.Problem]) -> dict[str, float]:
-    """What answering without following the swaps scores on these problems.
+BASELINE_LABELS = {"parity": "parity guess", "start": "start order", "one_hop": "one hop per value",
+                   "stay": "the start for every value", "chance": "chance"}
 
-    `parity`: a random order of the right parity (the parity of the number of swaps is all one needs to
-    know): right 1 time in 3 in expectation. `start`: always answering the start order.
+
+def trivial_baselines(problems: Sequence[demo_tasks.Problem]) -> dict[str, float]:
+    """What answering without doing the task's serial work scores on these problems.
+
+    Swaps: `parity`, a random order of the right parity (the parity of the number of swaps is all one
+    needs to know), right 1 time in 3 in expectation; `start`, always answering the start order.
+    Hops: `one_hop`, every value one link on from the one before (ignoring the hop count; not given at
+    one hop, where it is the task); `stay`, the start for every value; `chance`, a random place for each.
     """
+    n = max(len(problems), 1)
+    if problems and problems[0].task == "hops":
+        one = stay = 0
+        for p in problems:
+            links, _, start = demo_tasks.hops_parts(p.question)
+            one += demo_tasks.walk(links, start, 1) == p.answer
+            stay += start * demo_tasks.HOP_VALUES == p.answer
+        base = {"stay": round(stay / n, 4), "chance": round(demo_tasks.HOP_PLACES ** -demo_tasks.HOP_VALUES, 4)}
+        # at one hop per value, one hop is the task itself, not a baseline
+        return base if problems[0].tier == 1 else {"one_hop": round(one / n, 4), **base}
     start = [demo_tasks.swap_start(p.question) == p.answer for p in problems]
-    return {"parity": round(1 / 3, 4), "start": round(sum(start) / max(len(start), 1), 4)}
+    return {"parity": round(1 / 3, 4), "start": round(sum(start) / n, 4)}
+
+
+def by_value(texts: Sequence[str], problems: Sequence[demo_tasks.Problem]) -> list[float]:
+    """Share of the answers right at each value (digit) of the answer; a hops answer's first value is
+    chosen by the prompt's last position, every later one by an answer token."""
+    width = max(len(p.answer) for p in problems)
+    return [sum(len(t) > i and len(p.answer) > i and t[i] == p.answer[i] for t, p in zip(texts, problems))
+            / max(len(problems), 1) for i in range(width)]
 
 
 def odd(start: str, order: str) -> bool:
@@ -187,6 +211,8 @@ def wrong_parity(texts: Sequence[str], problems: Sequence[demo_tasks.Problem]) -
     """
     bad = 0
     for text, p in zip(texts, problems):
+        if p.task != "swap":
+            continue
         start = demo_tasks.swap_start(p.question)
         bad += sorted(text) == sorted(start) and odd(start, text) != odd(start, p.answer)
     return bad / max(len(problems), 1)
@@ -236,30 +262,39 @@ def evaluate(
             max_new = max(len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers) + 1
 
             parity_errors: list[float] = []  # of the last run
+            values: list[list[float]] = []  # of the last run, per seed
 
             def run(m, r: int, answer=generate_answers, **kw: Any) -> tuple[list[list[bool]], list[list[int]]]:
                 hits, steps = [], []
                 parity_errors.clear()
+                values.clear()
                 for seed in seeds:
                     texts, _, st = answer(m, tok, questions, r, max_new_tokens=max_new, seed=seed, **kw)
                     hits.append([t == a for t, a in zip(texts, answers)])
                     parity_errors.append(wrong_parity(texts, problems))
+                    values.append(by_value(texts, problems))
                     steps += st
                 return hits, steps
+
+            def by_value_cell() -> dict[str, Any]:
+                if task != "hops":
+                    return {}
+                return {"by_value": [round(sum(v[i] for v in values) / len(values), 4) for i in range(len(values[0]))]}
 
             row: dict[str, Any] = {"name": demo_tasks.TIER_NAMES[task][tier], "n": len(problems), "acc": {},
                                    "baselines": trivial_baselines(problems)}
             for r in depths:
-                row["acc"][str(r)] = {**_cell(run(model, r)[0]),
-                                      "wrong_parity": round(sum(parity_errors) / len(parity_errors), 4)}
+                row["acc"][str(r)] = {**_cell(run(model, r)[0]), **by_value_cell()}
+                if task == "swap":
+                    row["acc"][str(r)]["wrong_parity"] = round(sum(parity_errors) / len(parity_errors), 4)
             if adaptive:
                 hits, steps = run(model, adaptive_cap, criterion=ADAPTIVE_CRITERION, cache_strategy=ADAPTIVE_CACHE)
                 flat = [s for st in steps for s in st]
                 width = max(len(st) for st in steps)
                 by_position = [[st[i] for st in steps if len(st) > i] for i in range(width)]
-                row["adaptive"] = {**_cell(hits), "mean_steps": round(sum(flat) / max(len(flat), 1), 2),
+                row["adaptive"] = {**_cell(hits), **by_value_cell(), "mean_steps": round(sum(flat) / max(len(flat), 1), 2),
                                    "steps_by_position": [round(sum(c) / len(c), 2) for c in by_position]}
-            if tier in split_tiers:
+            if task == "swap" and tier in split_tiers:
                 row["prompt_depth"] = {str(d): _cell(run(model, 1, prompt_steps=d, cache_strategy=SPLIT_CACHE)[0])
                                        for d in split_depths}
                 row["answer_depth"] = {str(d): _cell(run(model, d, prompt_steps=1, cache_strategy=SPLIT_CACHE)[0])
@@ -354,8 +389,9 @@ def markdown_table(report: dict[str, Any]) -> str:
         return ""
     extra = (["adaptive kl", "mean steps"] if any("adaptive" in row for row in rows) else []) + (
         ["no recurrence (r=1 trained)"] if report.get("baseline") else []) + (
-        [f"parallel r={_adaptive_cap()}", "its mean steps"] if any("parallel" in row for row in rows) else []) + [
-        "parity guess", "start order"]
+        [f"parallel r={_adaptive_cap()}", "its mean steps"] if any("parallel" in row for row in rows) else [])
+    trivial = list(dict.fromkeys(k for row in rows for k in row["baselines"]))  # each task has its own
+    extra += [BASELINE_LABELS[k] for k in trivial]
     head = "| task | tier | n | " + " | ".join([f"r={r}" for r in depths] + extra) + " |"
     lines = [head, "|" + "---|" * (len(depths) + len(extra) + 3)]
     for task, tiers in report["results"].items():
@@ -369,7 +405,7 @@ def markdown_table(report: dict[str, Any]) -> str:
                 cells.append(_fmt(row["baseline"]))
             if "parallel" in row:
                 cells += [_fmt(row["parallel"]), f"{row['parallel']['mean_steps']:.1f}"]
-            cells += [_pct(row["baselines"]["parity"]), _pct(row["baselines"]["start"])]
+            cells += [_pct(row["baselines"][k]) if k in row["baselines"] else "–" for k in trivial]
             lines.append(f"| {task} | {row['name']} | {row['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -490,12 +526,35 @@ def findings(report: dict[str, Any]) -> list[str]:
             out.append(f"{t} swaps with the prompt and the answer at different depths: prompt at P = {max(p)} with "
                        f"one answer step {p[max(p)]:.1f} %, prompt at P = {min(p)} with answer steps up to A = "
                        f"{max(a)} at most {max(a.values()):.1f} %.")
+    out += hops_findings(report)
     for chat in report.get("multi_turn") or []:
         by_q = [100 * c["acc"] for c in chat["by_question"]]
         reuse = sum(chat["reused_tokens"]) / sum(chat["prompt_tokens"])
         out.append(f"Chats of {chat['questions']} questions of {chat['name']} at r = {chat['depth']} ({chat['policy']} "
                    f"policy): question 1 {by_q[0]:.1f} %, question {chat['questions']} {by_q[-1]:.1f} %, lowest "
                    f"{min(by_q):.1f} %; {100 * reuse:.0f} % of the prompt tokens came from the prompt cache.")
+    return out
+
+
+def hops_findings(report: dict[str, Any]) -> list[str]:
+    """The hops tiers' sentences: accuracy by depth, by answer value, and the adaptive steps per answer token."""
+    rows = {int(t): row for t, row in report["results"].get("hops", {}).items() if row.get("acc")}
+    out: list[str] = []
+    deepest = str(max(int(r) for r in report["depths"])) if report["depths"] else None
+    for t, row in rows.items():
+        curve = ", ".join(f"r = {r}: {100 * c['acc']:.1f} %" for r, c in row["acc"].items())
+        values = ", ".join(f"{100 * v:.1f}" for v in row["acc"][deepest].get("by_value", []))
+        best = max(row["baselines"], key=row["baselines"].get)
+        out.append(f"{row['name']}: {curve}; right by answer value at r = {deepest}: {values} % (the first value is "
+                   f"chosen by the prompt, the later ones by answer tokens); {BASELINE_LABELS[best]} baseline "
+                   f"{100 * row['baselines'][best]:.1f} %.")
+    adaptive = {t: row["adaptive"] for t, row in rows.items() if "adaptive" in row}
+    if len(adaptive) > 1:
+        easy, hard = min(adaptive), max(adaptive)
+        e, h = adaptive[easy]["mean_steps"], adaptive[hard]["mean_steps"]
+        out.append(f"Hops, mean steps per answer token with adaptive exit: {e:.2f} at {easy} hops per value, {h:.2f} "
+                   f"at {hard} ({h / e:.2f}×); by answer position at {hard}: "
+                   + ", ".join(f"{x:.1f}" for x in adaptive[hard]["steps_by_position"]) + ".")
     return out
 
 
@@ -542,7 +601,8 @@ def main() -> None:
     ap.add_argument("--per-tier", type=int, default=None, help="problems per tier (default 200)")
     ap.add_argument("--seeds", type=int, default=len(SEEDS), help="initial-state seeds (default 3)")
     ap.add_argument("--tasks", default=",".join(demo_tasks.TASKS),
-                    help="comma-separated, from: " + ",".join(demo_tasks.TASKS))
+                    help="comma-separated, from: " + ",".join(demo_tasks.TIERS) + " (default: the shipped model's, "
+                         + ",".join(demo_tasks.TASKS) + ")")
     ap.add_argument("--tiers", default=None, help="comma-separated tiers of the depth table (default: all; --quick: "
                     + ",".join(map(str, QUICK_TIERS)) + ")")
     ap.add_argument("--split-tiers", default=",".join(map(str, SPLIT_TIERS)))
@@ -565,6 +625,10 @@ def main() -> None:
     sections = set(args.sections.split(","))
     if not sections <= set(SECTIONS):
         raise SystemExit(f"--sections: unknown {sorted(sections - set(SECTIONS))}; choose from {SECTIONS}")
+    tasks = args.tasks.split(",")
+    if not set(tasks) <= set(demo_tasks.TIERS):
+        raise SystemExit(f"--tasks: unknown {sorted(set(tasks) - set(demo_tasks.TIERS))}; choose from "
+                         f"{tuple(demo_tasks.TIERS)}")
     policies = args.policy.split(",")
     if not set(policies) <= set(POLICIES):
         raise SystemExit(f"--policy: choose from {POLICIES}, got {args.policy!r}")
@@ -581,10 +645,10 @@ def main() -> None:
     if "single" in sections or "split" in sections:
         split = [int(t) for t in args.split_tiers.split(",")] if "split" in sections and not args.quick else []
         if "single" in sections:
-            results = evaluate(model, tok, args.tasks.split(","), per_tier, depths, not (args.quick or parallel),
+            results = evaluate(model, tok, tasks, per_tier, depths, not (args.quick or parallel),
                                seeds, baseline, tiers, split, parallel=parallel)
         else:  # only the split rows
-            results = evaluate(model, tok, args.tasks.split(","), per_tier, (), False, seeds, None, split, split)
+            results = evaluate(model, tok, tasks, per_tier, (), False, seeds, None, split, split)
     chats = []
     if "chats" in sections:
         if args.quick:

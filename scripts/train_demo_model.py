@@ -40,6 +40,7 @@ LOG_DEPTHS = (1, 2, 4, 8, 16, 32)
 # The in-run evaluation's tiers, fixed: its initial states come from the training RNG, so the tiers
 # are part of what reproduces a run (the first stages ran with these).
 LOG_TIERS = (4, 8, 12, 16, 24)
+LOG_HOPS_TIERS = (1, 2, 4, 6, 8)  # logged only by runs that train on hops problems
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,7 +150,7 @@ def depth_table(model, tok, per_tier: int, depths: Sequence[int] = LOG_DEPTHS,
     model.eval()
     table = {}
     for task in tasks:
-        for tier in LOG_TIERS:
+        for tier in LOG_HOPS_TIERS if task == "hops" else LOG_TIERS:
             probs = demo_tasks.eval_problems(task, tier, per_tier)
             table[f"{task}/{tier}"] = {r: teacher_forced_accuracy(model, tok, probs, r) for r in depths}
     model.train(was_training)
@@ -241,6 +242,11 @@ def parse_args() -> argparse.Namespace:
                     help="share of swap lists respelled with random gaps of one or two tokens between the swaps")
     ap.add_argument("--identity", type=float, default=0.0,
                     help="share of swap lists with about a quarter of their entries replaced by no-op swaps (11, 22, 33)")
+    ap.add_argument("--hops", type=float, default=0.0,
+                    help="share of the problems that are hops problems (a walk written in the answer, "
+                         "demo_tasks.make_hops)")
+    ap.add_argument("--max-hops", type=int, default=demo_tasks.TRAIN_MAX_HOPS,
+                    help="most hops per answer value trained on")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--n-embd", type=int, default=128)
@@ -287,7 +293,9 @@ def main() -> None:
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
-    mix = demo_tasks.swap_mix(args.max_swaps)
+    mix = (demo_tasks.hops_mix(args.hops, args.max_swaps, args.max_hops) if args.hops
+           else demo_tasks.swap_mix(args.max_swaps))
+    log_tasks = ("swap", "hops") if args.hops else ("swap",)
     longest = args.max_swaps
     progress = {"step": 0, "cap": args.curriculum_start}
 
@@ -337,7 +345,7 @@ def main() -> None:
         # --eval-every and --eval-per-tier are part of what reproduces a run.
         if step % args.eval_every == 0 or step == args.steps:
             depths = LOG_DEPTHS if args.fixed_depth is None else (args.fixed_depth,)
-            log({"step": step, "depth_acc": depth_table(model, tok, args.eval_per_tier, depths),
+            log({"step": step, "depth_acc": depth_table(model, tok, args.eval_per_tier, depths, log_tasks),
                  "min": round((time.time() - t0) / 60, 2)})
         if args.gate and step % 50 == 0 and progress["cap"] < longest:
             rng = random.Random(f"gate-{args.seed}-{step}")

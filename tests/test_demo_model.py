@@ -219,3 +219,29 @@ def test_the_prompt_at_the_answers_depth_is_the_apps_split_prefill(model, tok) -
     shallow = eval_demo_model.generate_answers(model, tok, questions, 6, seed=3, prompt_steps=1,
                                                cache_strategy=eval_demo_model.SPLIT_CACHE)
     assert shallow[0] != plain[0]  # the prompt's depth is its own setting
+
+
+def test_hops_rows_have_their_own_baselines_and_answers_by_value(model, tok) -> None:
+    """The eval's hops tiers: baselines of their own (no parity), accuracy per answer value, the swap columns '–'."""
+    problems = demo_tasks.eval_problems("hops", 2, 40)
+    base = eval_demo_model.trivial_baselines(problems)
+    one = sum(demo_tasks.walk(*demo_tasks.hops_parts(p.question)[::2], 1) == p.answer for p in problems)
+    stay = sum(p.answer == demo_tasks.hops_parts(p.question)[2] * 3 for p in problems)
+    assert base == {"one_hop": round(one / 40, 4), "stay": round(stay / 40, 4), "chance": round(9 ** -3, 4)}
+    assert "one_hop" not in eval_demo_model.trivial_baselines(demo_tasks.eval_problems("hops", 1, 10))
+    answers = [p.answer for p in problems]
+    first_only = [a[0] + "xx" for a in answers]
+    assert eval_demo_model.by_value(first_only, problems) == [1.0, 0.0, 0.0]
+    assert eval_demo_model.wrong_parity(answers, problems) == 0  # not a swap problem
+    report = {"depths": [1], "seeds": [0], "multi_turn": [],
+              "results": eval_demo_model.evaluate(model, tok, ["swap", "hops"], 4, (1,), adaptive=False, seeds=(0,),
+                                                  tiers=[4])}
+    cell = report["results"]["hops"]["4"]["acc"]["1"]
+    assert len(cell["by_value"]) == demo_tasks.HOP_VALUES and "wrong_parity" not in cell
+    assert "wrong_parity" in report["results"]["swap"]["4"]["acc"]["1"]
+    table = eval_demo_model.markdown_table(report)
+    assert all(label in table.splitlines()[0] for label in ("parity guess", "start order", "one hop per value",
+                                                             "the start for every value", "chance"))
+    hops_line = next(line for line in table.splitlines() if line.startswith("| hops"))
+    assert hops_line.count("| – ") == 2  # no parity guess nor start order for a walk
+    assert any(line.startswith("4 hops per value: r = 1:") for line in eval_demo_model.findings(report))

@@ -218,3 +218,42 @@ def test_streams_without_variants_are_those_the_shipped_stages_trained_on() -> N
 
     assert digest(itertools.islice(dt.train_conversations(0), 300)) == "2e8701002da131f1"
     assert digest(itertools.islice(dt.train_chats(0, lambda m: _words(m) <= 200), 100)) == "baa910d662ee7092"
+
+
+HOPS = re.compile(r"Follow ((?:[1-9]{2} ){8}[1-9]{2}) by ([1-9]) from ([1-9])\. Final\?")
+
+
+@pytest.mark.parametrize("tier", dt.TIERS["hops"])
+def test_hops_answers_walk_the_links_from_the_start(tier: int) -> None:
+    rng = random.Random(tier)
+    for _ in range(200):
+        p = dt.make_hops(tier, rng)
+        m = HOPS.fullmatch(p.question)
+        assert m, p.question
+        links = dict(pair for pair in m[1].split())
+        assert sorted(links) == sorted(links.values()) == list("123456789")  # each place linked to one other
+        assert all(a != b for a, b in links.items()) and int(m[2]) == tier
+        here, walked = m[3], ""
+        for _ in range(dt.HOP_VALUES):  # walked hop by hop, independently of the generator
+            for _ in range(tier):
+                here = links[here]
+            walked += here
+        assert p.answer == walked
+        assert dt.hops_parts(p.question) == (links, tier, m[3])
+    with pytest.raises(ValueError, match="1 to 9 hops"):
+        dt.make_hops(0, rng)
+
+
+def test_hops_problems_reach_training_only_as_the_mix_says() -> None:
+    mix = dt.hops_mix(0.4, max_swaps=4, max_hops=3)
+    assert sum(mix.values()) == pytest.approx(1)
+    assert sum(w for (task, _), w in mix.items() if task == "hops") == pytest.approx(0.4)
+    assert {t for task, t in mix if task == "hops"} == {1, 2, 3}
+    seen = [m[0]["content"] for m in itertools.islice(dt.train_conversations(0, mix, chat_fraction=0), 600)
+            if m[0]["role"] == "user"]
+    hops = [q for q in seen if q.startswith("Follow ")]
+    assert 0.3 < len(hops) / len(seen) < 0.5
+    assert all(HOPS.fullmatch(q) and int(HOPS.fullmatch(q)[2]) <= 3 for q in hops)
+    assert not any(dt.is_heldout(q) for q in hops)
+    held = dt.eval_problems("hops", 8, 20)
+    assert len(held) == 20 and all(dt.is_heldout(p.question) for p in held)
