@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,11 @@ class ModelSlot:
 
 def public_name(name: str) -> str:
     """A model's name as pages, exports and the API show it: a hub id as it is, a local folder by its own name (no
-    install paths: an export is shared, a page is seen by others)."""
-    return Path(name).name if Path(name).is_absolute() else name
+    install paths: an export is shared, a page is seen by others). Characters a model id does not hold (spaces,
+    markup) become `-`, so another Huginn Studio page can take this server as its remote engine."""
+    shown = Path(name).name if Path(name).is_absolute() else name
+    shown = re.sub(r"[^\w./:@+-]", "-", shown)[:200]
+    return shown if re.match(r"\w", shown) else "model-" + shown[:194]
 
 
 def describe_source(requested: str, loaded: str) -> str:

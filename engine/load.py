@@ -454,6 +454,7 @@ def load(
     local = Path(name).expanduser()
     if local.exists() or not _looks_like_hub_id(name):
         folder = _resolve_local(local)
+        name = str(folder.resolve())  # `./ckpt` or `~/x` would say nothing of the folder once shown elsewhere
     else:
         folder = download(name, revision, tqdm_class)
     config = _check_model_type(folder)

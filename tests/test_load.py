@@ -253,3 +253,21 @@ def test_what_load_did_is_returned_not_kept_on_the_model(tiny_dir):
     assert info.name == str(tiny_dir) and info.plan == report.plan.summary()
     bare = engine.model_info(model)  # a model built without engine.load
     assert bare.quantization == "none" and bare.plan == "" and bare.name == model.config.name_or_path
+
+
+def test_a_relative_or_home_path_is_reported_as_its_folder(tiny_dir, monkeypatch):
+    """A model given as `./ckpt` or `~/x` is named by its folder on the page, in exports and in /v1/models, and such
+    a server's model id is one another page takes as its remote engine."""
+    from app.remote import MODEL_ID
+    from app.slot import public_name
+
+    monkeypatch.chdir(tiny_dir.parent)
+    *_, report = engine.load(f"./{tiny_dir.name}", device="cpu")
+    assert report.source == str(tiny_dir.resolve())
+    assert public_name(report.source) == tiny_dir.name
+    monkeypatch.setenv("HOME", str(tiny_dir.parent))
+    *_, report = engine.load(f"~/{tiny_dir.name}", device="cpu")
+    assert public_name(report.source) == tiny_dir.name
+    for name, shown in (("/models/my model", "my-model"), ("tomg-group-umd/huginn-0125", "tomg-group-umd/huginn-0125"),
+                        ("/models/<i>x", "model--i-x")):
+        assert public_name(name) == shown and MODEL_ID.match(shown), name

@@ -1200,3 +1200,47 @@ def test_owners_cannot_see_or_touch_each_others_conversations(store: Store, tmp_
     for bad in ("", None, 7, "x" * 300):
         with pytest.raises(InvalidData, match="owner"):
             store.list_conversations(bad)
+
+
+@pytest.mark.parametrize("damage_kind", ["cycle", "foreign parent"])
+def test_a_damaged_parent_link_still_opens_exports_and_imports(tmp_path: Path, damage_kind: str):
+    """A hand-edited file whose messages are each other's parents, or whose parent sits in another
+    conversation, must not hang the thread or the export (a recursive walk would never end)."""
+    db_path = tmp_path / "damaged.db"
+    store = Store(db_path)
+    other = store.create_conversation(OWNER)
+    elsewhere = store.add_message(OWNER, other.id, "user", "in another conversation")
+    conv = store.create_conversation(OWNER)
+    first = store.add_message(OWNER, conv.id, "user", "first question")
+    second = store.add_message(OWNER, conv.id, "assistant", "first answer")
+    third = store.add_message(OWNER, conv.id, "user", "second question")
+    store.close()
+    conn = sqlite3.connect(db_path)
+    parent = second.id if damage_kind == "cycle" else elsewhere.id
+    conn.execute("UPDATE messages SET parent_id = ? WHERE id = ?", (parent, first.id))
+    conn.commit()
+    conn.close()
+
+    store = Store(db_path)
+    result: dict[str, object] = {}
+
+    def work() -> None:
+        result["thread"] = [m.id for m in store.thread(OWNER, conv.id)]
+        result["json"] = store.export_json(OWNER, [conv.id])
+        result["markdown"] = store.export_markdown(OWNER, [conv.id])
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    worker.join(20)
+    assert not worker.is_alive(), "the thread or the export of a damaged conversation never returned"
+    thread = result["thread"]
+    assert thread[-1] == third.id and len(thread) == len(set(thread))
+    if damage_kind == "foreign parent":
+        assert thread == [first.id, second.id, third.id]
+    else:  # the walk stops where it meets a message twice: every message once, the leaf last
+        assert thread == [first.id, second.id, third.id][-len(thread):]
+    assert "second question" in result["markdown"]
+    imported = store.import_json(OWNER, result["json"])
+    assert [m.content for m in store.messages(OWNER, imported[0].id)] == [
+        "first question", "first answer", "second question"]
+    store.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
@@ -35,11 +35,12 @@ Plan = tuple[dict[str, Any], list[tuple[dict[str, Any], dict[str, Any]]]]
 
 
 # ---------------------------------------------------------------------------------------- export
-def _export_message(m: Message, local: Mapping[int, int], trace: dict[str, Any] | None) -> dict[str, Any]:
+def _export_message(m: Message, local: Mapping[int, int], parent: int | None,
+                    trace: dict[str, Any] | None) -> dict[str, Any]:
     out = asdict(m)
     del out["conversation_id"]
     out["id"] = local[m.id]
-    out["parent_id"] = local[m.parent_id] if m.parent_id is not None else None
+    out["parent_id"] = local[parent] if parent is not None else None
     if trace is not None:
         out["trace"] = trace
     return out
@@ -63,6 +64,7 @@ def export_data(db: Database, owner: str, conversation_ids: list[int] | None) ->
         # true for imported trees whose timestamps came from elsewhere.
         msgs.sort(key=lambda m: m.id)
         local = {m.id: i + 1 for i, m in enumerate(msgs)}
+        parents = _tree_parents(msgs)
         kept = traces.for_conversation(db, owner, conv.id)
         out.append(
             {
@@ -71,10 +73,29 @@ def export_data(db: Database, owner: str, conversation_ids: list[int] | None) ->
                 "updated": conv.updated,
                 "current_leaf": local.get(conv.current_leaf) if conv.current_leaf is not None else None,
                 "extra": conv.extra,
-                "messages": [_export_message(m, local, kept.get(m.id)) for m in msgs],
+                "messages": [_export_message(m, local, parents[m.id], kept.get(m.id)) for m in msgs],
             }
         )
     return {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "exported": now_iso(), "conversations": out}
+
+
+def _tree_parents(msgs: Sequence[Message]) -> dict[int, int | None]:
+    """Each message's parent, made a tree: in a damaged file, a parent in another conversation and the
+    link that closes a parent cycle become roots, so the export imports again and loses no message."""
+    ids = {m.id for m in msgs}
+    parents = {m.id: m.parent_id if m.parent_id in ids else None for m in msgs}
+    done: set[int] = set()
+    for start in parents:
+        path: dict[int, None] = {}  # insertion-ordered: the walk so far
+        node: int | None = start
+        while node is not None and node not in done:
+            if node in path:
+                parents[next(reversed(path))] = None  # the link back into the path closes the cycle
+                break
+            path[node] = None
+            node = parents[node]
+        done.update(path)
+    return parents
 
 
 # -------------------------------------------------------------------------------- import checks

@@ -87,23 +87,33 @@ def thread(db: Database, owner: str, conversation_id: int, leaf_id: int | None) 
     leaf = leaf_id if leaf_id is not None else conv["current_leaf"]
     if leaf is None:
         return []
-    chain = db.query(
+    # A damaged file (edited by hand, a bad restore) may hold a parent cycle or a parent in another
+    # conversation: the walk stays in this conversation and is no longer than its message count, and
+    # the branch ends at the first message met twice, so the conversation still opens.
+    size = db.execute("SELECT COUNT(*) FROM messages WHERE conversation_id = ?", [conversation_id]).fetchone()[0]
+    rows = db.query(
         """
         WITH RECURSIVE chain(id, depth) AS (
             SELECT id, 0 FROM messages WHERE id = ? AND conversation_id = ?
             UNION ALL
             SELECT m.parent_id, chain.depth + 1 FROM messages m JOIN chain ON m.id = chain.id
-            WHERE m.parent_id IS NOT NULL
+            WHERE m.parent_id IS NOT NULL AND m.conversation_id = ? AND chain.depth < ?
         )
-        SELECT messages.* FROM chain JOIN messages ON messages.id = chain.id
-        ORDER BY chain.depth DESC
+        SELECT messages.* FROM chain JOIN messages ON messages.id = chain.id AND messages.conversation_id = ?
+        ORDER BY chain.depth
         """,
-        [leaf, conversation_id],
+        [leaf, conversation_id, conversation_id, size, conversation_id],
     )
-    result = [message_from_row(r) for r in chain]
+    result: list[Message] = []
+    seen: set[int] = set()
+    for m in map(message_from_row, rows):
+        if m.id in seen:
+            break
+        seen.add(m.id)
+        result.append(m)
     if not result:
         raise NotFound(f"message {leaf} not found in conversation {conversation_id}")
-    return result
+    return result[::-1]
 
 
 def children(db: Database, owner: str, message_id: int) -> list[Message]:
