@@ -37,8 +37,8 @@ from .gpu import Gate
 from .handlers import Studio
 from .hosted import api_cache_owner
 from .inputs import check_text, settings_from_dict
-from .store import prepare_trace
 from .slot import public_name
+from .store import prepare_trace
 
 log = logging.getLogger(__name__)
 
