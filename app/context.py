@@ -56,3 +56,9 @@ def keep_recent(system: list[dict[str, Any]], turns: list[dict[str, Any]], budge
     fixed = count(system + [empty]) - header  # BOS, the system prompt, the generation prompt
     start = block_start(lengths, [m["role"] == "user" for m in turns], budget - fixed)
     return turns[start:], start
+
+
+def characters(messages: list[dict[str, Any]]) -> int:
+    """The messages' length in characters: ``keep_recent``'s count where no tokenizer is at hand (a remote engine,
+    whose server caps the characters of a request's messages together)."""
+    return sum(len(m["content"]) for m in messages)

@@ -38,6 +38,7 @@ from .handlers import Studio
 from .hosted import api_cache_owner
 from .inputs import check_text, settings_from_dict
 from .slot import public_name
+from .store import prepare_trace
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def parse_messages(value: Any, studio: Studio) -> list[dict[str, str]]:
     out = []
     for i, msg in enumerate(value):
         where = f"messages[{i}]"
-        if not isinstance(msg, dict) or msg.get("role") not in ROLES:
+        if not isinstance(msg, dict) or not isinstance(msg.get("role"), str) or msg["role"] not in ROLES:
             raise ApiError(400, f"{where}.role must be one of {', '.join(ROLES)}", f"{where}.role")
         content = msg.get("content")
         if isinstance(content, list):  # content parts: only text can reach this model
@@ -258,16 +259,14 @@ def parse_request(body: Any, studio: Studio) -> tuple[list[dict[str, str]], engi
 
 # ---- answers ----------------------------------------------------------------------------------------------------
 
-def api_token(event: engine.TokenEvent) -> dict[str, Any]:
-    return {"id": event.token_id, **event.record()}
-
-
 def api_summary(studio: Studio, summary: engine.Summary) -> dict[str, Any]:
     """What a client needs to draw the heatmap and the stats line: the page's stats, the settings used, the steps."""
     stats = summary.stats(materialized_parameters=studio.slot.materialized(summary.mean_steps))
     out = {**stats, "settings": summary.settings, "steps": list(summary.steps), "acceptance": summary.acceptance}
-    if summary.trace is not None:  # the depth lens, asked for with "trace": true in the body
-        out["trace"] = summary.trace
+    if summary.prompt:  # the prompt positions run for this answer, as TOKEN records
+        out["prompt"] = summary.prompt
+    if summary.trace is not None:  # the depth lens, asked for with "trace": true in the body; cut as the store keeps it
+        out["trace"] = prepare_trace(summary.trace)
     return out
 
 
@@ -362,7 +361,7 @@ class Completion:
             if isinstance(event, engine.Summary):
                 summary = event
                 break
-            tokens.append(api_token(event))
+            tokens.append(event.record())
             event = await self.next()
         if summary is None:
             raise ApiError(503, "the answer was stopped before it finished", kind="server_error")
@@ -390,7 +389,7 @@ class Completion:
                         body = {**self._head("chat.completion.chunk"), "choices": [], "usage": usage(event)}
                         yield f"data: {json.dumps(body)}\n\n"
                     break
-                yield self._chunk({"content": event.text}, **{EXTENSION: {"tokens": [api_token(event)]}})
+                yield self._chunk({"content": event.text}, **{EXTENSION: {"tokens": [event.record()]}})
                 event = await self.next()
             yield "data: [DONE]\n\n"
         except Exception as err:  # noqa: BLE001 - the client gets an error event, the log the details
@@ -492,7 +491,9 @@ def models_body(studio: Studio) -> dict[str, Any]:
     per_step = studio.slot.materialized(2) - studio.slot.materialized(1)
     depth = {"num_steps_default": min(info.num_steps_default, limits.max_num_steps),
              "max_num_steps": limits.max_num_steps, "max_new_tokens": limits.max_new_tokens,
-             "max_prompt_chars": limits.max_prompt_chars, "context": info.context,
+             # max_prompt_chars caps one message and all of them together (parse_messages)
+             "max_prompt_chars": limits.max_prompt_chars, "max_system_chars": limits.max_system_chars,
+             "max_history_messages": limits.max_history_messages, "context": info.context,
              "criteria": list(engine.CRITERIA), "suggested_depths": list(info.suggested_depths),
              "parameters": info.parameters, "quantization": info.quantization,
              "materialized_parameters": {"base": studio.slot.materialized(1) - per_step, "per_step": per_step}}

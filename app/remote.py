@@ -31,6 +31,7 @@ import httpx
 import engine
 
 from .config import AppConfig, EngineError, Interrupted, quoted
+from .store import MAX_TRACE_BYTES, InvalidData, prepare_trace
 
 KEY_ENV = "HUGINN_STUDIO_ENGINE_KEY"
 EXTENSION = "huginn"
@@ -45,10 +46,13 @@ MAX_EVENT_BYTES = 1 << 20  # one server-sent event; a token's chunk is a few hun
 CHARS_PER_TOKEN = 100  # a plain server's pieces are counted, not tokenized: the text is capped at this per token
 MAX_ERROR_CHARS = 300  # of a message the server sends
 MODEL_ID = re.compile(r"^[\w][\w./:@+-]{0,199}$")  # hub ids, file names, tags; nothing that draws as markup
-# Summary fields only the server knows; the rest is counted here from what arrived.
+# Summary fields only the server knows (every stat of engine.STATS but those counted here from what arrived).
 SUMMARY_FIELDS = {f.name for f in dataclasses.fields(engine.Summary)}
-SERVER_STATS = ("prompt_tokens", "core_iterations", "kv_cache_bytes", "seed", "trimmed_messages", "reused_tokens",
-                "acceptance", "cache_strategy", "notice", "prompt_core_steps")
+COUNTED = ("tokens", "tokens_per_s", "mean_steps", "min_steps", "max_steps", "elapsed_s", "first_token_s",
+           "stop_reason")
+SERVER_STATS = tuple(n for n in engine.STATS.names if n in SUMMARY_FIELDS and n not in COUNTED)
+# The server's caps on one request (app.openai_api.models_body); an older server sends only some.
+CAPS = ("max_num_steps", "max_new_tokens", "max_prompt_chars", "max_system_chars", "max_history_messages")
 
 
 def add_arguments(parser: Any) -> None:
@@ -86,8 +90,9 @@ def _message(body: Any, fallback: str) -> str:
     return quoted(message, MAX_ERROR_CHARS) if isinstance(message, str) else fallback
 
 
-def _events(response: httpx.Response, url: str, start: float, max_seconds: float) -> Iterator[str]:
-    """The data of each server-sent event; an event over MAX_EVENT_BYTES is refused, and bytes ``max_seconds``
+def _events(response: httpx.Response, url: str, start: float, max_seconds: float,
+            max_bytes: int = MAX_EVENT_BYTES) -> Iterator[str]:
+    """The data of each server-sent event; an event over ``max_bytes`` is refused, and bytes ``max_seconds``
     after ``start`` (``time.perf_counter()``) end the answer there, however slowly they come."""
     buffer, data = b"", []
     for part in response.iter_bytes():
@@ -102,10 +107,17 @@ def _events(response: httpx.Response, url: str, start: float, max_seconds: float
                 data = []
             elif line.startswith(b"data:"):
                 data.append(line[5:].strip().decode("utf-8", "replace"))
-        if len(buffer) + sum(map(len, data)) > MAX_EVENT_BYTES:
-            raise EngineError(f"the engine at {url} sent an event over {MAX_EVENT_BYTES:,} bytes")
+        if len(buffer) + sum(map(len, data)) > max_bytes:
+            raise EngineError(f"the engine at {url} sent an event over {max_bytes:,} bytes")
     if data:
         yield "\n".join(data)
+
+
+def _tail(record: Any) -> Any:
+    """A token record; an older Huginn Studio sent its held-back text (no steps) with the engine's id -1."""
+    if isinstance(record, dict) and record.get("steps") == 0 and record.get("id") == -1:
+        return {k: v for k, v in record.items() if k != "id"}
+    return record
 
 
 def _count(value: Any, where: str, upstream: _Upstream) -> int | None:
@@ -166,14 +178,18 @@ class RemoteEngine:
         if not isinstance(depth, dict):
             raise engine.LoadError(f"the engine at {self.url} sent a malformed huginn entry for {self.model}")
         out = dict(depth)
-        for name in ("num_steps_default", "max_num_steps", "max_new_tokens", "max_prompt_chars", "context",
-                     "parameters"):
+        for name in ("num_steps_default", "context", "parameters", *CAPS):
             value = depth.get(name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise engine.LoadError(f"the engine at {self.url} sent a malformed huginn.{name}: {quoted(value)}")
         size = depth.get("materialized_parameters") or {}
         if not isinstance(size, dict) or not all(isinstance(size.get(k, 0), int) for k in ("base", "per_step")):
             raise engine.LoadError(f"the engine at {self.url} sent a malformed huginn.materialized_parameters")
+        depths = [] if depth.get("suggested_depths") is None else depth["suggested_depths"]
+        if not isinstance(depths, list) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= engine.MAX_NUM_STEPS for d in depths):
+            raise engine.LoadError(f"the engine at {self.url} sent a malformed huginn.suggested_depths (a list of "
+                                   f"depths from 1 to {engine.MAX_NUM_STEPS}): {quoted(depths)}")
         out["quantization"] = quoted(depth.get("quantization", "unknown"), 32).strip("'\"")
         return out
 
@@ -189,7 +205,7 @@ class RemoteEngine:
             name=self.model, parameters=int(depth.get("parameters") or 0), dtype="remote",
             quantization=str(depth.get("quantization", "unknown")), device=self.url, memory_bytes=0,
             num_steps_default=max(1, default), context=int(depth.get("context") or 0),
-            suggested_depths=tuple(d for d in depth.get("suggested_depths") or () if isinstance(d, int) and d > 0))
+            suggested_depths=tuple(depth.get("suggested_depths") or ()))
 
     def materialized(self, num_steps: float) -> int:
         size = (self.depth or {}).get("materialized_parameters") or {}
@@ -201,8 +217,7 @@ class RemoteEngine:
     def app_config(self, config: AppConfig) -> AppConfig:
         """The page's config with no model loading, and no limit above the server's own."""
         depth, limits = self.depth or {}, config.limits
-        caps = {name: min(getattr(limits, name), int(depth[name]))
-                for name in ("max_num_steps", "max_new_tokens", "max_prompt_chars") if depth.get(name)}
+        caps = {name: min(getattr(limits, name), int(depth[name])) for name in CAPS if depth.get(name)}
         # Prompt tokens are counted by the server, which holds the tokenizer.
         capped = dataclasses.replace(limits, max_prompt_tokens=None, **caps)
         return dataclasses.replace(config, limits=capped, allow_model_loading=False)
@@ -252,7 +267,9 @@ class RemoteEngine:
                 if kind != "text/event-stream":
                     raise EngineError(f"the engine at {self.url} answered with {quoted(kind or 'no content type')}, "
                                       "not a stream of server-sent events")
-                for data in _events(response, self.url, start, self.max_seconds):
+                # A traced answer's last event holds its trace, which the server cuts as the store keeps it.
+                max_bytes = MAX_EVENT_BYTES + (MAX_TRACE_BYTES if body.get("trace") else 0)
+                for data in _events(response, self.url, start, self.max_seconds, max_bytes):
                     if gone.is_set():
                         return
                     out.put(data)
@@ -364,13 +381,19 @@ class RemoteEngine:
         if not isinstance(ext, dict) or not isinstance(ext.get("tokens", []), list) or \
                 not isinstance(ext.get("summary", {}), dict):
             raise upstream.fail(f"sent a malformed {EXTENSION} extension: {quoted(ext)}")
+        server = ext.get("summary") or {}
+        if not isinstance(server.get("prompt", []), list):
+            raise upstream.fail(f"sent a malformed {EXTENSION} summary.prompt: {quoted(server['prompt'])}")
         try:
-            tokens = None if "tokens" not in ext else [engine.TOKEN.check(t, "token") for t in ext["tokens"]]
+            tokens = None if "tokens" not in ext else [engine.TOKEN.check(_tail(t), "token") for t in ext["tokens"]]
             # The stop reason is taken only when it is one of the engine's own (``_summary``), so it is not checked.
-            summary = engine.STATS.check({k: v for k, v in (ext.get("summary") or {}).items()
+            summary = engine.STATS.check({k: v for k, v in server.items()
                                           if k in engine.STATS.names and k != "stop_reason"}, "summary")
-            summary["stop_reason"] = (ext.get("summary") or {}).get("stop_reason")
-        except engine.RecordError as err:
+            summary["stop_reason"] = server.get("stop_reason")
+            summary["prompt"] = [engine.TOKEN.check(r, f"summary.prompt[{i}]")
+                                 for i, r in enumerate(server.get("prompt", []))]
+            summary["trace"] = prepare_trace(server.get("trace"), "summary.trace")
+        except (engine.RecordError, InvalidData) as err:
             raise upstream.fail(f"sent a malformed record: {quoted(str(err), MAX_ERROR_CHARS)}") from None
         return {"piece": piece or "", "finish": finish, "usage": usage, "tokens": tokens,
                 "summary": summary if ext.get("summary") else None}
@@ -400,7 +423,7 @@ class RemoteEngine:
             kv_cache_bytes=0, elapsed_s=elapsed, first_token_s=first, stop_reason=reason, seed=settings.seed or 0,
             settings=settings.to_dict(), steps=steps,
             notice=None if self.depth is not None else NO_STEPS.format(steps=settings.num_steps))
-        values.update({k: server[k] for k in SERVER_STATS if server.get(k) is not None and k in SUMMARY_FIELDS})
+        values.update({k: server[k] for k in (*SERVER_STATS, "prompt", "trace") if server.get(k) is not None})
         return engine.Summary(**values)
 
     def compare(self, messages: list[dict[str, Any]], settings_list: Sequence[engine.GenerationSettings],

@@ -88,9 +88,12 @@ class ChatTurns:
         turns = messages[len(head):][-self.limits.max_history_messages:]
         turns, _ = inputs.fit_prompt(head, turns, self.limits.max_prompt_tokens, self.count_tokens)
         context = self.slot.info().context
-        # Old turns leave in blocks, so the prompt cache keeps its prefix. A remote engine has no tokenizer here: it
-        # drops old turns itself.
-        if isinstance(self.slot, ModelSlot) and context > context_policy.ANSWER_RESERVE:
+        # Old turns leave in blocks, so the prompt cache keeps its prefix. A remote engine has no tokenizer here (its
+        # server drops what its context cannot take) but refuses a request over its caps, all messages' characters
+        # together among them: old turns leave by characters for it.
+        if not isinstance(self.slot, ModelSlot):
+            turns, _ = context_policy.keep_recent(head, turns, self.limits.max_prompt_chars, context_policy.characters)
+        elif context > context_policy.ANSWER_RESERVE:
             turns, _ = context_policy.keep_recent(head, turns, context - context_policy.ANSWER_RESERVE,
                                                   self.count_tokens)
         return head + turns

@@ -1,6 +1,7 @@
 """``--engine-url``: a page whose model runs on another server. Real processes: ``run.py`` serving the API on the
-demo model, a second ``run.py`` page using it as its engine, and a stand-in OpenAI server (a few lines of FastAPI,
-run here) that sends no per-token steps."""
+demo model, a second ``run.py`` page using it as its engine, a Huginn Studio server in this process (the API's
+routes on the demo model, so its answers can be compared with ``engine.stream``'s), and a stand-in OpenAI server (a
+few lines of FastAPI, run here) that sends no per-token steps."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from gradio_client import Client
 
 import engine
-from app.handlers import AppConfig, Studio
+from app.config import Limits
+from app.handlers import AppConfig, ModelSlot, Studio
 from app.inputs import arena_presets
+from app.openai_api import add_routes
 from app.remote import RemoteEngine, api_base
 from app.store import Store
 from tests.test_app_hosted import free_port, run_py
@@ -46,6 +49,95 @@ def page(engine_server, tmp_path_factory) -> Iterator[tuple[str, str]]:
 def direct(engine_server: str, **body: Any) -> dict[str, Any]:
     request = {"messages": [{"role": "user", "content": QUESTION}], **body}
     return httpx.post(f"{engine_server}v1/chat/completions", json=request, timeout=120).json()
+
+
+@contextlib.contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """``app`` served by uvicorn in this process on a free port: its address."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def demo_model() -> tuple[Any, Any]:
+    return engine.load(str(engine.DEMO_MODEL), quantization="fp32", device="cpu", quantized_cache=False)[:2]
+
+
+@contextlib.contextmanager
+def huginn_server(pair: tuple[Any, Any], folder, limits: Limits | None = None) -> Iterator[tuple[str, ModelSlot]]:
+    """A Huginn Studio server's API on ``pair`` in this process, under ``limits``: its address and its slot."""
+    slot = ModelSlot(*pair)
+    with Store(folder / f"server{time.monotonic_ns()}.db") as store:
+        app = FastAPI()
+        add_routes(app, Studio(slot, store, AppConfig(limits=limits or Limits())))
+        with serving(app) as base:
+            yield base, slot
+
+
+def remote_and_local(base: str, slot: ModelSlot, messages: list[dict[str, str]],
+                     settings: engine.GenerationSettings) -> tuple[list[Any], list[Any]]:
+    """The events of one answer through a RemoteEngine and from engine.stream on the server's own model, the
+    server's prompt cache emptied first (a prefix it held would leave prompt positions out of its answer)."""
+    slot.prompt_cache.clear()
+    remote = list(RemoteEngine(base).stream(messages, settings))
+    return remote, list(engine.stream(*slot.pair, messages, settings))
+
+
+SWAPS = [{"role": "user", "content": "Swap 12 23 13 on 312. Final?"}]
+
+
+def test_held_back_text_at_the_end_comes_through_as_it_does_locally(demo_model, tmp_path):
+    settings = engine.GenerationSettings(num_steps=4, max_new_tokens=8, stop_strings=("1X",))
+    with huginn_server(demo_model, tmp_path) as (base, slot):
+        remote, local = remote_and_local(base, slot, SWAPS, settings)
+    assert local[-2].token_id == -1 and local[-2].steps == 0 and local[-2].text  # the case: a held-back tail
+    assert remote[-1].text == local[-1].text and [e.record() for e in remote[:-1]] == [e.record() for e in local[:-1]]
+    assert remote[-1].tokens == local[-1].tokens and remote[-1].stop_reason == local[-1].stop_reason
+
+
+def test_the_trace_the_prompt_records_and_the_parallel_samplers_stats_come_through(demo_model, tmp_path):
+    parallel = ("sampler", "wavefront", "diffusion_steps", "core_passes_per_token", "fallback")
+    with huginn_server(demo_model, tmp_path) as (base, slot):
+        traced, local = remote_and_local(base, slot, SWAPS, engine.GenerationSettings(
+            num_steps=4, max_new_tokens=4, trace=True, seed=3))
+        assert local[-1].trace is not None and local[-1].prompt
+        assert traced[-1].trace == local[-1].trace and traced[-1].prompt == local[-1].prompt
+        diffused, local = remote_and_local(base, slot, SWAPS, engine.GenerationSettings(
+            num_steps=8, max_new_tokens=6, sampler="parallel", seed=3))
+        assert local[-1].sampler == "parallel" and local[-1].wavefront and local[-1].diffusion_steps > 0
+        assert [getattr(diffused[-1], k) for k in parallel] == [getattr(local[-1], k) for k in parallel]
+        assert diffused[-1].text == local[-1].text
+
+
+@pytest.mark.parametrize("caps", [{"max_prompt_chars": 250}, {"max_history_messages": 4, "max_system_chars": 50}])
+def test_a_long_chat_drops_its_oldest_turns_to_fit_the_servers_caps(demo_model, tmp_path, caps):
+    """The server refuses a request whose messages are over max_prompt_chars together, or more than
+    max_history_messages + 2."""
+    question = "Swap 12 23 13 on 312. Final? " * 3  # 90 characters: the third question is over 250 together
+    with huginn_server(demo_model, tmp_path, Limits(**caps)) as (base, _):
+        remote = RemoteEngine(base)
+        config = remote.app_config(AppConfig(stream_interval=0))
+        assert {k: getattr(config.limits, k) for k in caps} == caps
+        with Store(tmp_path / "page.db") as store:
+            studio = Studio(remote, store, config, gpu=remote)
+            session = studio.conversations.new_session()
+            for _ in range(5):
+                for session, *_ in studio.chat.send(session, question, "", engine.GenerationSettings(
+                        num_steps=4, max_new_tokens=4)):
+                    pass
+            answers = [m for m in store.thread(session.owner, session.conversation_id) if m.role == "assistant"]
+    assert [a.status for a in answers] == ["complete"] * 5, [a.error for a in answers]
+    assert all(a.content for a in answers)
 
 
 def test_the_page_shows_the_servers_per_token_steps(engine_server, page):
@@ -129,33 +221,25 @@ def fixed_answer(body: dict[str, Any]) -> StreamingResponse:
 
 
 @contextlib.contextmanager
-def stand_in_server(reply: Callable[[dict], Any] = fixed_answer, model: str = "plain-llm"
-                    ) -> Iterator[tuple[str, list[dict]]]:
+def stand_in_server(reply: Callable[[dict], Any] = fixed_answer, model: str = "plain-llm",
+                    entry: dict[str, Any] | None = None) -> Iterator[tuple[str, list[dict]]]:
     """A minimal OpenAI-compatible server (think vLLM or llama.cpp): by default a fixed answer, no steps, no
-    extensions; ``reply`` makes it answer otherwise (a hostile or broken server)."""
+    extensions; ``reply`` makes it answer otherwise (a hostile or broken server), ``entry`` adds to its model
+    entry (a huginn extension)."""
     app, seen = FastAPI(), []
 
     @app.get("/v1/models")
     def models():
-        return {"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": "x"}]}
+        return {"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": "x",
+                                            **(entry or {})}]}
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         seen.append(await request.json())
         return reply(seen[-1])
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}", seen
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving(app) as base:
+        yield base, seen
 
 
 def test_a_server_without_steps_shows_the_fixed_depth_asked_for_and_says_so(tmp_path):
@@ -321,3 +405,27 @@ def test_stop_holds_while_the_server_is_silent():
         summary = next(events)
         assert time.monotonic() - start < 2, "Stop waited for the server"
         assert isinstance(summary, engine.Summary) and summary.stop_reason == "cancelled" and summary.text == "a"
+
+
+@pytest.mark.parametrize("depths", [5, True, "8", [4, "8"], [4, True], [0], [engine.MAX_NUM_STEPS + 1]])
+def test_malformed_suggested_depths_are_refused_by_name(depths):
+    with stand_in_server(entry={"huginn": {"suggested_depths": depths}}) as (base, _):
+        with pytest.raises(engine.LoadError, match=r"huginn\.suggested_depths"):
+            RemoteEngine(base)
+
+
+def test_an_older_huginn_server_without_the_newer_caps_and_fields_still_works(tmp_path):
+    """No history or system caps in its model entry, and its held-back text sent with the engine's id -1."""
+    def older(body):
+        return sse([chunk("a", huginn={"tokens": [{"id": 5, "text": "a", "steps": 6}]}),
+                    chunk("é", huginn={"tokens": [{"id": -1, "text": "é", "steps": 0, "exit_value": None}]}),
+                    chunk(finish="stop", huginn={"summary": {"stop_reason": "end_of_turn"}})])
+
+    with stand_in_server(older, entry={"huginn": {"num_steps_default": 6, "max_prompt_chars": 500}}) as (base, _):
+        remote = RemoteEngine(base)
+        limits = remote.app_config(AppConfig()).limits
+        assert (limits.max_prompt_chars, limits.max_history_messages) == (500, Limits().max_history_messages)
+        assert remote.info().suggested_depths == ()
+        [answer] = store_answer(base, tmp_path)
+    assert answer.status == "complete" and answer.content == "aé", answer.error
+    assert answer.tokens[-1] == {"text": "é", "steps": 0, "exit_value": None}
