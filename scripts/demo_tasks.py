@@ -34,7 +34,8 @@ TASKS = ("swap",)  # the shipped model's tasks; TIERS has every task the evaluat
 TIERS: dict[str, tuple[int, ...]] = {"swap": (4, 8, 12, 16, 24, 32), "hops": (1, 2, 4, 6, 8)}
 TIER_NAMES: dict[str, dict[int, str]] = {
     "swap": {k: f"{k} swaps" + (" (longer than trained)" if k > TRAIN_MAX_SWAPS else "") for k in TIERS["swap"]},
-    "hops": {k: f"{k} hops per value" + (" (longer than trained)" if k > TRAIN_MAX_HOPS else "") for k in TIERS["hops"]},
+    "hops": {k: f"{k} hops per value" + (" (longer than trained)" if k > TRAIN_MAX_HOPS else "")
+             for k in TIERS["hops"]},
 }
 
 SYSTEM_PROMPTS = (

@@ -292,7 +292,8 @@ def evaluate(
                 flat = [s for st in steps for s in st]
                 width = max(len(st) for st in steps)
                 by_position = [[st[i] for st in steps if len(st) > i] for i in range(width)]
-                row["adaptive"] = {**_cell(hits), **by_value_cell(), "mean_steps": round(sum(flat) / max(len(flat), 1), 2),
+                row["adaptive"] = {**_cell(hits), **by_value_cell(),
+                                   "mean_steps": round(sum(flat) / max(len(flat), 1), 2),
                                    "steps_by_position": [round(sum(c) / len(c), 2) for c in by_position]}
             if task == "swap" and tier in split_tiers:
                 row["prompt_depth"] = {str(d): _cell(run(model, 1, prompt_steps=d, cache_strategy=SPLIT_CACHE)[0])
