@@ -25,6 +25,9 @@ from typing import Any
 
 FORMAT = "huginn-studio.conversations"
 STAMP = "2026-01-01T00:00:00.000000+00:00"
+# A title is stored as one clean line (control and format characters dropped, whitespace folded): what it becomes.
+HOSTILE_TITLE = "\u202eevil\x00\n# heading\x1b[31m\r\n\u2066x\ufeff\u200b"
+CLEAN_TITLES = {HOSTILE_TITLE: "evil # heading[31m x"}
 HTML = '<a href="//evil.example/x">click</a><img src=x onerror=alert(1)><form action=//evil.example>'
 SETTINGS = {
     "num_steps": 32, "criterion": "kl", "exit_threshold": 5e-4, "min_steps": 0, "check_every": 1,
@@ -156,7 +159,8 @@ def hostile_files() -> Iterator[Case]:
     col = (*ans, "extra", "columns", 0)
     text = _dump(base).decode()
     column = base["conversations"][0]["messages"][1]["extra"]["columns"][0]
-    # 100,000 of these make a 7.5 MB file, under the hosted upload cap of 10 MB
+    # 100,000 of these make a 7.5 MB file, under the hosted upload cap of 10 MB (the count is refused before the
+    # short dates are read)
     empty_conv = {"title": "", "created": "2026-01-01", "updated": "2026-01-01", "current_leaf": None, "messages": []}
     yield from [
         Case("empty file", b"", "not valid JSON"),
@@ -208,6 +212,21 @@ def hostile_files() -> Iterator[Case]:
         Case("1 MB field name", _dump(_set(base, ("conversations", 0, "k" * 1_000_000), 1)), "unknown fields"),
         Case("title over the limit", _dump(_set(base, ("conversations", 0, "title"), "t" * 3000)), "title"),
         Case("time that is not a time", _dump(_set(base, (*ans, "created"), "yesterday")), "ISO 8601"),
+        # times Python's fromisoformat takes but the store cannot order or show as UTC
+        Case("date only, year 9999", _dump(_set(base, ("conversations", 0, "updated"), "9999-12-31")),
+             r"conversations\[0\]\.updated is not an ISO 8601 date and time"),
+        Case("week date", _dump(_set(base, (*ans, "created"), "2024-W01-1")), r"created is not an ISO 8601"),
+        Case("basic format", _dump(_set(base, (*ans, "updated"), "20240101T000000")), r"updated is not an ISO 8601"),
+        Case("no UTC offset", _dump(_set(base, (*ans, "created"), "2026-01-01T00:00:00")), "with its UTC offset"),
+        Case("far future", _dump(_set(base, ("conversations", 0, "updated"), "9999-12-31T23:59:59+00:00")),
+             r"conversations\[0\]\.updated must be a time from 2000 to now"),
+        Case("exported in 1900", _dump({**base, "exported": "1900-01-01T00:00:00+00:00"}),
+             r"the file\.exported must be a time from 2000"),
+        Case("NaN in a conversation's extra", text.replace('"pinned":true', '"pinned":NaN').encode(),
+             r"conversations\[0\]\.extra holds NaN or Infinity"),
+        Case("Infinity in an answer's extra",
+             text.replace('"system":"Be brief."', '"system":"Be brief.","x":[-Infinity]').encode(),
+             r"messages\[1\]\.extra holds NaN or Infinity"),
         Case("status halfway", _dump(_set(base, (*ans, "status"), "halfway")), "status must be one of"),
         Case("missing parent", _dump(_set(base, (*ans, "parent_id"), 42)), "not in the file"),
         Case("cycle", _dump(_set(base, ("conversations", 0, "messages", 0, "parent_id"), 2)), "cycle"),
@@ -221,6 +240,7 @@ def hostile_files() -> Iterator[Case]:
                                                   (*ans, "content"), HTML)), None),
         Case("control characters and NUL", _dump(_set(base, (*ans, "content"), "a\x00b\x1b[31mc\u202ed\ufeff")),
              None),
+        Case("control characters in a title", _dump(_set(base, ("conversations", 0, "title"), HOSTILE_TITLE)), None),
     ]  # fmt: skip
 
 

@@ -388,14 +388,18 @@ def test_hostile_text_round_trips_byte_for_byte(store: Store, tmp_path: Path):
     assert store.get_message(OWNER, user.id).content.encode() == big.encode()
     got = store.get_message(OWNER, msg.id)
     assert got.content == HOSTILE and got.tokens[0]["text"] == HOSTILE and got.settings == {HOSTILE: HOSTILE}
-    assert store.get_conversation(OWNER, conv.id).title == HOSTILE
+    # A title is one line: control and format characters go, joiners stay (test_titles_are_one_clean_line).
+    title = store.get_conversation(OWNER, conv.id).title
+    assert title.startswith("<script>alert('x')</script>") and "'single' NUL [31mANSI[0m RTL override line sep" in title
+    assert not {"\n", "\r", "\x00", "\x1b", "\u202e", "\u2028", "\ufeff", "\u200b"} & set(title)
+    assert "😀👩\u200d👩\u200d👧 emoji" in title
     assert [h.conversation_id for h in store.search(OWNER, "RTL override")] == [conv.id]
 
     with Store(tmp_path / "other.db") as other:
         [copy_] = other.import_json(OWNER, store.export_json(OWNER))
         copied = other.thread(OWNER, copy_.id)
         assert [m.content for m in copied] == [big, HOSTILE]
-        assert copy_.title == HOSTILE
+        assert copy_.title == title
     assert HOSTILE in store.export_markdown(OWNER)
 
 
@@ -428,6 +432,28 @@ def test_full_text_search_titles_and_messages(store: Store):
     assert bread.conversation_id == b.id and bread.message_id is not None
     assert store.search(OWNER, "adapt")[0].conversation_id == a.id  # last word is a prefix
     assert store.search(OWNER, "absent") == []
+
+
+def test_search_finds_every_conversation_when_one_has_many_matches(store: Store):
+    other = store.create_conversation(OWNER, "Cups")
+    store.add_message(OWNER, other.id, "user", "Can you swap these two cups for me, then tell me the order?")
+    stamp = "2026-01-01T00:00:00.000000+00:00"
+    messages = [{"id": i + 1, "parent_id": i or None, "role": ("user", "assistant")[i % 2],
+                 "content": "Swap 12 23 on 312" if i % 2 == 0 else f"swap done {i}", "created": stamp,
+                 "updated": stamp} for i in range(260)]  # fmt: skip
+    doc = {"format": EXPORT_FORMAT, "version": 1, "conversations": [
+        {"title": "Puzzles", "created": stamp, "updated": stamp, "current_leaf": 260, "messages": messages}]}
+    [busy] = store.import_json(OWNER, doc)  # 130 pairs: the demo model's "Swap ..." asked over and over
+    stranger = store.create_conversation("mallory", "swap")
+    store.add_message("mallory", stranger.id, "user", "swap swap swap")
+
+    hits = store.search(OWNER, "swap")
+    assert sorted(h.conversation_id for h in hits) == sorted([busy.id, other.id])
+    assert all(h.message_id is not None and "[swap]" in h.snippet.lower() for h in hits)
+    assert [h.conversation_id for h in store.search(OWNER, "swap cups")] == [other.id]
+    assert len(store.search(OWNER, "swap", limit=1)) == 1
+    [titled] = store.search(OWNER, "puzzles")
+    assert (titled.conversation_id, titled.message_id) == (busy.id, None)
 
 
 @pytest.mark.parametrize(
@@ -474,6 +500,69 @@ def test_json_export_import_is_lossless(store: Store, tmp_path: Path):
         assert (old.content, old.settings, old.tokens, old.stats, old.status, old.kind, old.extra) == (
             new.content, new.settings, new.tokens, new.stats, new.status, new.kind, new.extra
         )
+
+
+def strict_json(text: str):
+    """``json.loads`` that refuses NaN and Infinity, as a strict parser (a browser's JSON.parse) does."""
+    def refuse(name: str):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_imported_times_are_kept_in_utc_with_microseconds(store: Store):
+    doc = answer_export()
+    conv = doc["conversations"][0]
+    conv["created"], conv["updated"] = "2026-01-01T05:30:00+05:30", "2026-01-02T00:00:00Z"
+    conv["messages"][0]["created"] = "2025-12-31T19:00:00.5-05:00"
+    [imported] = store.import_json(OWNER, doc)
+    assert (imported.created, imported.updated) == ("2026-01-01T00:00:00.000000+00:00",
+                                                    "2026-01-02T00:00:00.000000+00:00")
+    assert store.thread(OWNER, imported.id)[0].created == "2026-01-01T00:00:00.500000+00:00"
+    assert "*Created 2026-01-01 00:00:00 UTC" in store.export_markdown(OWNER, [imported.id])
+    # the store's own exports keep importing, unchanged
+    first = store.export_data(OWNER, [imported.id])
+    [again] = store.import_json(OWNER, store.export_json(OWNER, [imported.id]))
+    assert store.export_data(OWNER, [again.id])["conversations"] == first["conversations"]
+    newest = store.create_conversation(OWNER, "made now")
+    assert store.list_conversations(OWNER)[0].id == newest.id
+
+
+def test_nan_and_infinity_are_refused_and_every_export_is_strict_json(store: Store, db_path: Path):
+    with pytest.raises(InvalidData, match="extra holds NaN or Infinity; numbers must be finite"):
+        store.create_conversation(OWNER, "x", extra={"score": float("nan")})
+    conv = store.create_conversation(OWNER, "kept", extra={"score": 1.5})
+    with pytest.raises(InvalidData, match="extra holds NaN or Infinity"):
+        store.add_message(OWNER, conv.id, "user", "hi", extra={"deep": [{"x": float("inf")}]})
+    with pytest.raises(InvalidData, match="extra holds NaN or Infinity"):
+        store.begin_answer(OWNER, conv.id, extra={"x": float("-inf")})
+    assert store.messages(OWNER, conv.id) == []
+    # a value some older version let in reads as null, so the export still parses and imports
+    answer(store, conv.id)
+    raw = sqlite3.connect(db_path)
+    with raw:
+        raw.execute("UPDATE conversations SET extra = ? WHERE id = ?", ['{"score": NaN}', conv.id])
+        raw.execute("UPDATE messages SET extra = ? WHERE conversation_id = ?", ['{"x": [Infinity]}', conv.id])
+    raw.close()
+    text = store.export_json(OWNER)
+    [exported] = strict_json(text)["conversations"]
+    assert exported["extra"] == {"score": None} and exported["messages"][0]["extra"] == {"x": [None]}
+    assert strict_json(store.export_json(OWNER, [store.import_json(OWNER, text)[0].id]))
+
+
+def test_titles_are_one_clean_line(store: Store):
+    conv = store.create_conversation(OWNER, "first\nsecond")
+    assert conv.title == "first second"
+    renamed = store.rename_conversation(OWNER, conv.id, "  a\x00b\u202ec\u2066\ufeff\r\nd\x1b[31m\t e\u200d ")
+    assert renamed.title == "abc d[31m e\u200d"  # a joiner stays: emoji sequences and Persian need it
+    assert [c.title for c in store.list_conversations(OWNER)] == ["abc d[31m e\u200d"]
+    assert store.export_markdown(OWNER).startswith("# abc d[31m e\u200d\n\n*Created")
+    with pytest.raises(InvalidData, match="title has no visible characters"):
+        store.rename_conversation(OWNER, conv.id, "\u202e\x00\n\u200b")
+    assert store.get_conversation(OWNER, conv.id).title == "abc d[31m e\u200d"
+    [imported] = store.import_json(OWNER, {**store.export_data(OWNER), "conversations": [
+        {**store.export_data(OWNER)["conversations"][0], "title": "line one\n# line two\u202e"}]})
+    assert imported.title == "line one # line two"
 
 
 def _valid_export(store: Store) -> dict:
@@ -578,8 +667,17 @@ RECORD_MUTATIONS = [
     ((*COLUMN, "settings", "num_steps"), "deep", r"columns\[0\]\.settings: num_steps: must be an integer"),
     ((*COLUMN, "label"), {"x": 1}, r"columns\[0\]\.label must be a string"),
     ((*COLUMN, "surprise"), 1, r"columns\[0\] has unknown fields: 'surprise'"),
-    ((*ANSWER, "created"), "yesterday", r"messages\[1\]\.created is not an ISO 8601 time"),
-    (("conversations", 0, "updated"), "soon", r"conversations\[0\]\.updated is not an ISO 8601 time"),
+    ((*ANSWER, "created"), "yesterday", r"messages\[1\]\.created is not an ISO 8601 date and time"),
+    (("conversations", 0, "updated"), "soon", r"conversations\[0\]\.updated is not an ISO 8601 date and time"),
+    # Python's fromisoformat takes these; stored as given they sorted wrong or were printed as UTC when not
+    (("conversations", 0, "updated"), "9999-12-31", r"conversations\[0\]\.updated is not an ISO 8601 date and"),
+    ((*ANSWER, "created"), "2024-W01-1", r"messages\[1\]\.created is not an ISO 8601 date and time"),
+    ((*ANSWER, "updated"), "20240101T000000+0000", r"messages\[1\]\.updated is not an ISO 8601 date and time"),
+    ((*ANSWER, "created"), "2026-01-01T00:00:00", r"messages\[1\]\.created .*with its UTC offset"),
+    (("conversations", 0, "updated"), "9999-12-31T00:00:00+00:00", r"updated must be a time from 2000 to now"),
+    (("conversations", 0, "created"), "1970-01-01T00:00:00Z", r"created must be a time from 2000 to now"),
+    ((*ANSWER, "extra", "note"), float("nan"), r"messages\[1\]\.extra holds NaN or Infinity"),
+    (("conversations", 0, "extra"), {"x": [float("-inf")]}, r"conversations\[0\]\.extra holds NaN or Infinity"),
 ]
 
 

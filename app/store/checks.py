@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Collection, Sequence
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .records import (
@@ -16,6 +18,11 @@ from .records import (
     InvalidData,
     shown,
 )
+
+# Stored times are compared as text, so each is kept in one form (``now_iso()``'s). Imported ones must be full
+# date-times with an offset, from EARLIEST_TIME to a day from now: "9999-12-31" would sort first forever.
+EARLIEST_TIME = datetime(2000, 1, 1, tzinfo=timezone.utc)
+_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})")
 
 
 def check_owner(owner: str) -> str:
@@ -40,6 +47,22 @@ def check_text(value: Any, field: str, max_bytes: int = MAX_CONTENT_BYTES) -> st
 
 def check_optional_text(value: Any, field: str) -> str | None:
     return None if value is None else check_text(value, field, MAX_TITLE_CHARS * 4)
+
+
+def check_time(value: Any, field: str) -> str:
+    """An ISO 8601 date and time with its UTC offset, in range, as UTC with microseconds (``now_iso()``'s form)."""
+    text = check_text(value, field, 100)
+    try:
+        moment = datetime.fromisoformat(text) if _TIME.fullmatch(text) else None
+    except ValueError:  # e.g. month 13
+        moment = None
+    if moment is None:
+        raise InvalidData(f"{field} is not an ISO 8601 date and time with its UTC offset, "
+                          f"e.g. 2026-01-31T12:00:00+00:00; got {shown(text)}")
+    latest = datetime.now(timezone.utc) + timedelta(days=1)
+    if not EARLIEST_TIME <= moment <= latest:
+        raise InvalidData(f"{field} must be a time from {EARLIEST_TIME.year} to now; got {shown(text)}")
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 
 def check_choice(value: Any, field: str, choices: Sequence[str]) -> str:
@@ -76,10 +99,20 @@ def dump_json(value: Any, field: str) -> str | None:
         return None
     check_depth(value, field)
     try:
-        text = json.dumps(value, ensure_ascii=False, default=_json_default)
-    except (TypeError, ValueError) as exc:
+        # allow_nan=False: NaN and Infinity are not JSON, and an export holding them would not parse.
+        text = json.dumps(value, ensure_ascii=False, default=_json_default, allow_nan=False)
+    except ValueError as exc:
+        problem = "holds NaN or Infinity; numbers must be finite" if "float" in str(exc) else str(exc)
+        raise InvalidData(f"{field} {problem}") from None
+    except TypeError as exc:
         raise InvalidData(f"{field}: {exc}") from None
     return check_text(text, field, MAX_JSON_BYTES)
+
+
+def load_json(text: str | None) -> Any:
+    """A stored JSON value; a NaN or Infinity written before the store refused them reads as null, so every export
+    is strict JSON."""
+    return None if text is None else json.loads(text, parse_constant=lambda _: None)
 
 
 def check_object(value: Any, field: str) -> dict[str, Any] | None:
@@ -88,12 +121,25 @@ def check_object(value: Any, field: str) -> dict[str, Any] | None:
     return value
 
 
+_JOINERS = "\u200c\u200d"  # zero-width (non-)joiners: Persian and Indic spelling and emoji sequences need them
+
+
+def clean_title(text: str) -> str:
+    """One tidy line for the sidebar and the Markdown export's heading: control and format characters (NUL,
+    escapes, bidi overrides, zero-width marks) dropped, whitespace (newlines included) folded to single spaces."""
+    kept = "".join(ch if ch.isprintable() or ch in _JOINERS else " " if ch.isspace() else "" for ch in text)
+    return " ".join(kept.split())
+
+
+def check_title(value: Any, field: str = "title") -> str:
+    """A title as given (a string of at most ``MAX_TITLE_CHARS * 4`` bytes), cleaned as ``clean_title`` does."""
+    return clean_title(check_text(value, field, MAX_TITLE_CHARS * 4))
+
+
 def auto_title(content: str, taken: Collection[str] = ()) -> str | None:
-    # First non-blank line, control characters dropped and whitespace folded, so the sidebar stays
-    # one tidy line whatever the user pasted; cut at a word where one is near the limit.
+    # The first non-blank line, cleaned; cut at a word where one is near the limit.
     for line in content.splitlines():
-        kept = "".join(ch if ch.isprintable() else " " if ch.isspace() else "" for ch in line)
-        clean = " ".join(kept.split())
+        clean = clean_title(line)
         if clean:
             return unique_title(clean if len(clean) <= AUTO_TITLE_CHARS else _cut(clean), taken)
     return None

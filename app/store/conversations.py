@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from sqlite_utils import Database
 
+from .checks import load_json
 from .records import DEFAULT_TITLE, HIDDEN_OWNER, Conversation, NotFound, now_iso
 
 
@@ -20,7 +20,7 @@ def conversation_from_row(row: Mapping[str, Any]) -> Conversation:
         created=row["created"],
         updated=row["updated"],
         current_leaf=row["current_leaf"],
-        extra=json.loads(row["extra"]) if row["extra"] is not None else None,
+        extra=load_json(row["extra"]),
     )
 
 

@@ -19,15 +19,15 @@ import platformdirs
 from sqlite_utils import Database
 
 from . import conversations, markdown, search, traces, transfer, tree
-from .checks import check_object, check_owner, check_text, dump_json
+from .checks import check_object, check_owner, check_text, check_title, dump_json
 from .fields import message_row
 from .connection import StoreFile
 from .records import (
     ENV_VAR,
     HIDDEN_OWNER,
     LEAF,
-    MAX_TITLE_CHARS,
     Conversation,
+    InvalidData,
     Message,
     RecordLimits,
     Role,
@@ -114,7 +114,7 @@ class Store:
     ) -> Conversation:
         """A new empty conversation. Without a title, the first user message will name it."""
         if title is not None:
-            check_text(title, "title", MAX_TITLE_CHARS * 4)
+            title = check_title(title)
         extra_json = dump_json(check_object(extra, "extra"), "extra")
         return self._write(owner, lambda db: conversations.create(db, owner, title, extra_json))
 
@@ -128,7 +128,10 @@ class Store:
         return self._read(owner, lambda db: conversations.listing(db, owner, limit, offset))
 
     def rename_conversation(self, owner: str, conversation_id: int, title: str) -> Conversation:
-        check_text(title, "title", MAX_TITLE_CHARS * 4)
+        """Give a conversation a title (one line: control characters dropped, whitespace folded)."""
+        title = check_title(title)
+        if not title:
+            raise InvalidData("title has no visible characters")
         return self._write(owner, lambda db: conversations.rename(db, owner, conversation_id, title))
 
     def delete_conversation(self, owner: str, conversation_id: int) -> None:
@@ -284,7 +287,8 @@ class Store:
 
     def export_json(self, owner: str, conversation_ids: Iterable[int] | None = None) -> str:
         """One conversation, several, or all (None) of the owner's, as JSON text."""
-        return json.dumps(self.export_data(owner, conversation_ids), ensure_ascii=False, indent=1)
+        # Stored JSON is finite (``dump_json``, ``load_json``): allow_nan=False keeps the export strict JSON.
+        return json.dumps(self.export_data(owner, conversation_ids), ensure_ascii=False, indent=1, allow_nan=False)
 
     def export_markdown(self, owner: str, conversation_ids: Iterable[int] | None = None) -> str:
         """A readable Markdown transcript of the current branch of each conversation."""

@@ -33,25 +33,32 @@ def search(
     hits: dict[int, SearchHit] = {}
     for r in title_rows:
         hits[r["id"]] = SearchHit(r["id"], r["title"], r["updated"], None, r["snippet"])
-    # Several matching messages in one conversation collapse to the best one, so fetch more rows
-    # than hits wanted.
+    # The best message per conversation, chosen in SQL before the limit: one busy conversation with hundreds of
+    # matches must not crowd out the others. Snippets are made for those winners only.
     message_rows = db.query(
         """
+        WITH ranked AS (
+            SELECT messages_fts.rowid AS id, messages_fts.rank AS rank,
+                   ROW_NUMBER() OVER (PARTITION BY m.conversation_id ORDER BY messages_fts.rank) AS n
+            FROM messages_fts
+            JOIN messages m ON m.id = messages_fts.rowid
+            JOIN conversations c ON c.id = m.conversation_id
+            WHERE messages_fts MATCH ? AND c.owner = ?
+        ), best AS (SELECT id, rank FROM ranked WHERE n = 1 ORDER BY rank LIMIT ?)
         SELECT m.id, m.conversation_id, c.title, c.updated,
                snippet(messages_fts, 0, ?, ?, '…', 16) AS snippet
-        FROM messages_fts
-        JOIN messages m ON m.id = messages_fts.rowid
+        FROM best
+        JOIN messages_fts ON messages_fts.rowid = best.id
+        JOIN messages m ON m.id = best.id
         JOIN conversations c ON c.id = m.conversation_id
-        WHERE messages_fts MATCH ? AND c.owner = ?
-        ORDER BY messages_fts.rank LIMIT ?
+        WHERE messages_fts MATCH ?
+        ORDER BY best.rank
         """,
-        [open_mark, close_mark, fts_query, owner, limit * 5],
+        [fts_query, owner, limit, open_mark, close_mark, fts_query],
     )
     for r in message_rows:
-        if len(hits) >= limit:
-            break
         cid = r["conversation_id"]
-        if cid not in hits or hits[cid].message_id is None:
+        if cid in hits or len(hits) < limit:
             # A title hit stays first but points at the best message.
             hits[cid] = SearchHit(cid, r["title"], r["updated"], r["id"], r["snippet"])
-    return list(hits.values())[:limit]
+    return list(hits.values())

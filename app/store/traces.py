@@ -162,7 +162,9 @@ def prepare(trace: Any, field: str = "trace") -> dict[str, Any] | None:
 
 
 def encode(trace: dict[str, Any]) -> bytes:
-    return zlib.compress(json.dumps(trace, ensure_ascii=False, separators=(",", ":")).encode("utf-8"), 6)
+    # check_trace let only finite numbers in; allow_nan=False keeps it so should that ever change.
+    text = json.dumps(trace, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return zlib.compress(text.encode("utf-8"), 6)
 
 
 def decode(data: bytes) -> dict[str, Any] | None:

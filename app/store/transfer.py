@@ -6,13 +6,12 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
-from datetime import datetime
 from typing import Any
 
 from sqlite_utils import Database
 
 from . import conversations, traces, tree
-from .checks import check_depth, check_object, check_text, dump_json
+from .checks import check_depth, check_object, check_time, check_title, dump_json
 from .conversations import conversation_from_row
 from .fields import message_row
 from .records import (
@@ -21,7 +20,6 @@ from .records import (
     HIDDEN_OWNER,
     MAX_IMPORT_BYTES,
     MAX_JSON_DEPTH,
-    MAX_TITLE_CHARS,
     ImportInvalid,
     InvalidData,
     Message,
@@ -184,12 +182,10 @@ def _check_keys(obj: Mapping[str, Any], allowed: set[str], where: str) -> None:
 
 
 def _timestamp(obj: Mapping[str, Any], key: str, where: str) -> str:
-    value = check_text(_field(obj, key, where, str), f"{where}.{key}", 100)
     try:
-        datetime.fromisoformat(value)
-    except ValueError:
-        raise ImportInvalid(f"{where}.{key} is not an ISO 8601 time") from None
-    return value
+        return check_time(_field(obj, key, where, str), f"{where}.{key}")
+    except InvalidData as exc:
+        raise ImportInvalid(str(exc)) from None
 
 
 def _plan_message(m: Any, where: str, limits: RecordLimits) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -200,8 +196,7 @@ def _plan_message(m: Any, where: str, limits: RecordLimits) -> tuple[dict[str, A
     _field(m, "parent_id", where, int, optional=True)
     for key in ("role", "content"):
         _field(m, key, where, str)
-    for key in ("created", "updated"):
-        _timestamp(m, key, where)
+    times = {key: _timestamp(m, key, where) for key in ("created", "updated")}
     values = {k: m.get(k, d) for k, d in _MESSAGE_FIELDS.items()}
     if values["status"] == "partial":
         values["status"] = "interrupted"  # no process here is writing it
@@ -210,7 +205,7 @@ def _plan_message(m: Any, where: str, limits: RecordLimits) -> tuple[dict[str, A
         trace = traces.prepare(m.get("trace"), f"{where}.trace")
     except InvalidData as exc:
         raise ImportInvalid(str(exc)) from None
-    return {**m, "trace": trace}, row
+    return {**m, **times, "trace": trace}, row
 
 
 def plan_conversation(conv: Any, where: str, limits: RecordLimits = RecordLimits()) -> Plan:
@@ -219,13 +214,12 @@ def plan_conversation(conv: Any, where: str, limits: RecordLimits = RecordLimits
         raise ImportInvalid(f"{where} must be an object")
     _check_keys(conv, _CONVERSATION_KEYS, where)
     try:
-        check_text(_field(conv, "title", where, str), f"{where}.title", MAX_TITLE_CHARS * 4)
+        title = check_title(_field(conv, "title", where, str), f"{where}.title")
         check_object(conv.get("extra"), f"{where}.extra")
         dump_json(conv.get("extra"), f"{where}.extra")
     except InvalidData as exc:
         raise ImportInvalid(str(exc)) from None
-    for key in ("created", "updated"):
-        _timestamp(conv, key, where)
+    times = {key: _timestamp(conv, key, where) for key in ("created", "updated")}
     leaf = _field(conv, "current_leaf", where, int, optional=True)
     by_id: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
     for j, m in enumerate(_field(conv, "messages", where, list)):
@@ -235,7 +229,7 @@ def plan_conversation(conv: Any, where: str, limits: RecordLimits = RecordLimits
         by_id[planned[0]["id"]] = planned
     if leaf is not None and leaf not in by_id:
         raise ImportInvalid(f"{where}.current_leaf {leaf} is not one of its messages")
-    return dict(conv), _parents_first(by_id, where)
+    return {**conv, "title": title, **times}, _parents_first(by_id, where)
 
 
 def _parents_first(

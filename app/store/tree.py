@@ -5,14 +5,13 @@ Each function runs inside a transaction the caller opened (``StoreFile.read``/``
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
 from sqlite_utils import Database
 
-from .checks import auto_title
+from .checks import auto_title, load_json
 from .conversations import conversation_row
 from .records import LEAF, InvalidData, Message, NotFound, now_iso
 
@@ -22,8 +21,7 @@ _MESSAGE_JSON_FIELDS = ("settings", "tokens", "stats", "extra")
 def message_from_row(row: Mapping[str, Any]) -> Message:
     values = {f.name: row[f.name] for f in fields(Message)}
     for name in _MESSAGE_JSON_FIELDS:
-        if values[name] is not None:
-            values[name] = json.loads(values[name])
+        values[name] = load_json(values[name])
     return Message(**values)
 
 
