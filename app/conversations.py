@@ -8,18 +8,16 @@ import hashlib
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import inputs, render
 from .config import AppConfig, UserError
+from .hosted import HourlyCap, OwnerKeys
 from .render import MessageView
 from .running import Running
 from .session import Session
 from .store import Store
-from .views import STORE_LIMITS, message_views
-
-if TYPE_CHECKING:
-    from .hosted import OwnerKeys
+from .views import message_views
 
 EMPTY_CHAT = "Ask something. Every answer shows how many recurrent steps each token took."
 Update = tuple[Session, str]
@@ -30,6 +28,7 @@ class Conversations:
         if config.per_browser_owner and owners is None:
             raise ValueError("per-browser owners need OwnerKeys")
         self.store, self.config, self.running, self.owners = store, config, running, owners
+        self.imports = HourlyCap(config.limits.max_imports_per_hour, "import files")
         # Export files live here, one folder per owner, so "delete all my conversations" removes them too.
         self.exports = Path(tempfile.mkdtemp(prefix="huginn-exports-"))
 
@@ -134,9 +133,11 @@ class Conversations:
         return str(path)
 
     def import_file(self, session: Session, path: str) -> tuple[Session, str, int]:
+        self.imports.take(session.owner)
         data = Path(path).read_bytes()
-        # A system prompt comes back into the page's box with its answer: no longer than the page itself takes.
-        limits = dataclasses.replace(STORE_LIMITS, max_system_chars=self.config.limits.max_system_chars)
+        # A system prompt comes back into the page's box with its answer: no longer than the page itself takes. The
+        # store's limits hold the record definitions and the owner's caps.
+        limits = dataclasses.replace(self.store.limits, max_system_chars=self.config.limits.max_system_chars)
         imported = self.store.import_json(session.owner, data, limits)
         session, html = self.open(session, imported[0].id if imported else session.conversation_id)
         return session, html, len(imported)

@@ -15,6 +15,7 @@ its own. Every input is checked against ``AppConfig.limits`` (``app.inputs``), w
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import engine
@@ -47,9 +48,11 @@ class Studio:
     def __init__(self, slot: ModelSlot, store: Store, config: AppConfig | None = None,
                  owners: OwnerKeys | None = None, gpu: EngineWork | None = None) -> None:
         self.slot = slot
-        store.limits = STORE_LIMITS  # every write and import is checked against the engine's record definitions
-        self.store = store
         self.config = config or AppConfig()
+        # Every write and import is checked against the engine's record definitions and this server's storage caps.
+        store.limits = dataclasses.replace(STORE_LIMITS, max_owner_conversations=self.limits.max_conversations,
+                                           max_owner_bytes=self.limits.max_stored_bytes)
+        self.store = store
         self.owners = owners
         # One gate for the page and the OpenAI API together (app.openai_api serves behind it).
         self.gate = Gate(self.config.concurrency_limit, self.config.queue_size)

@@ -10,12 +10,16 @@ import hmac
 import os
 import re
 import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import platformdirs
 
-from .config import AppConfig, Limits
+from .config import AppConfig, Limits, UserError
 from .store import new_owner_key
 
 DATA_DIR_ENV = "HUGINN_STUDIO_DATA_DIR"
@@ -28,7 +32,9 @@ SPACE_DATA_DIR = Path("/tmp/huginn-studio")  # a Space's disk is local and ephem
 # Public caps: small enough that one visitor cannot hold the single model for minutes, big enough to see depth matter.
 HOSTED_LIMITS = Limits(max_num_steps=32, max_new_tokens=256, max_prompt_chars=2000, max_system_chars=2000,
                        max_history_messages=32, max_prompt_tokens=4096, max_stop_strings=4, max_stop_string_chars=64,
-                       max_compare_settings=5, max_title_chars=200, max_query_chars=200)
+                       max_compare_settings=5, max_title_chars=200, max_query_chars=200,
+                       # every new browser is a new owner: these bound what each fills of the Space's disk
+                       max_conversations=200, max_stored_bytes=20_000_000, max_imports_per_hour=10)
 HOSTED_QUEUE_SIZE = 20
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{24,64}$")
@@ -107,6 +113,35 @@ class OwnerKeys:
         return hmac.new(self._secret, b"browser-state", hashlib.sha256).hexdigest()
 
 
+# ---- imports per hour -------------------------------------------------------------------------------------------
+
+class HourlyCap:
+    """At most ``per_hour`` tries per owner in any hour (a sliding window, in memory; None: no cap). Every try counts,
+    refused files too: checking a file is the work being bounded."""
+
+    def __init__(self, per_hour: int | None, what: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_hour, self.what, self.clock = per_hour, what, clock
+        self._tries: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, owner: str) -> None:
+        """Count one try of ``owner``'s, or refuse it (``UserError``) when the last hour already had ``per_hour``."""
+        if self.per_hour is None:
+            return
+        now = self.clock()
+        with self._lock:
+            if len(self._tries) > 10_000:  # forget owners idle for an hour, so fresh tokens cannot grow the dict
+                self._tries = {k: v for k, v in self._tries.items() if now - v[-1] < 3600}
+            tries = self._tries.setdefault(owner, deque())
+            while tries and now - tries[0] >= 3600:
+                tries.popleft()
+            if len(tries) >= self.per_hour:
+                wait = max(1, round((3600 - (now - tries[0])) / 60))
+                raise UserError(f"This visitor may {self.what} at most {self.per_hour} times an hour; "
+                                f"try again in {wait} minute{'s' if wait > 1 else ''}.")
+            tries.append(now)
+
+
 # ---- API clients' prompt caches -------------------------------------------------------------------------------
 
 def api_cache_owner(key: str | None, *, isolated: bool, login: bool = False) -> str:
@@ -133,7 +168,14 @@ def limits_text(limits: Limits, queue_size: int | None) -> str:
     return (f"Limits here: up to {limits.max_num_steps} recurrence steps, {limits.max_new_tokens} new tokens, "
             f"{limits.max_prompt_chars:,} characters per message and {limits.max_system_chars:,} per system prompt, "
             f"the last {limits.max_history_messages} messages as history, {limits.max_compare_settings} settings per "
-            f"comparison{queue}.")
+            f"comparison{queue}{storage_text(limits)}.")
+
+
+def storage_text(limits: Limits) -> str:
+    caps = [f"{limits.max_conversations:,} conversations" if limits.max_conversations is not None else "",
+            f"{limits.max_stored_bytes / 1e6:,.0f} MB" if limits.max_stored_bytes is not None else "",
+            f"{limits.max_imports_per_hour} imports an hour" if limits.max_imports_per_hour is not None else ""]
+    return "; each visitor keeps up to " + ", ".join(c for c in caps if c) if any(caps) else ""
 
 
 def hosted_banner(limits: Limits, queue_size: int | None) -> str:

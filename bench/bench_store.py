@@ -206,6 +206,14 @@ def main() -> None:
             times = search_times(store, queries)
             for q, (ms, n) in times.items():
                 rows.append((f"search {q!r} over {args.messages:,} messages", f"{ms:.1f} ms ({n} hits)"))
+            # One busy conversation whose messages all match and rank first: read before any other hit.
+            busy = synthetic_export(args.messages * 4 // 5, per_conversation=args.messages * 4 // 5)
+            for m in busy["conversations"][0]["messages"]:
+                m["content"] = "depth recur depth"
+            store.import_json(LOCAL_OWNER, busy)
+            for q, (ms, n) in search_times(store, ["depth"], repeat=10).items():
+                rows.append((f"search {q!r}, plus one conversation of {args.messages * 4 // 5:,} matching messages",
+                             f"{ms:.1f} ms ({n} hits)"))
 
         hold = lock_hold_during_import(tmp_path, args.import_conversations, args.import_messages)
         rows.append((

@@ -33,8 +33,10 @@ from packaging.version import Version
 import engine
 from app.gpu import GPU_MAX_SECONDS, GpuWork, compare_duration, stream_duration, zero_gpu_requested
 from app.handlers import ModelSlot, Studio, UserError, describe_source
-from app.hosted import DB_FILE, OwnerKeys, hosted_config, on_space
-from app.store import LOCAL_OWNER, Store
+from app.config import AppConfig
+from app.hosted import DB_FILE, HOSTED_LIMITS, HourlyCap, OwnerKeys, hosted_config, on_space
+from app.store import LOCAL_OWNER, Store, StoreFull
+from tests.hostile_corpus import valid_export
 from tests.test_app_browser import browser, demo_model_ready, set_number  # noqa: F401 (browser: a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,6 +159,48 @@ def test_detection_reads_the_platform_variables(monkeypatch):
     assert parse_args([]).host == "127.0.0.1"
     monkeypatch.setenv("SPACE_ID", "a/b")
     assert parse_args([]).host == "0.0.0.0"  # the Space's proxy must reach it
+
+
+# ---- storage caps -----------------------------------------------------------------------------------------------
+
+def test_hosted_storage_caps_reach_the_store_and_imports_are_counted_per_visitor(tiny, tmp_path):
+    limits = dataclasses.replace(HOSTED_LIMITS, max_conversations=2, max_imports_per_hour=3)
+    store = Store(tmp_path / DB_FILE)
+    studio = Studio(ModelSlot(*tiny, note="tiny"), store, hosted_config(limits), owners=OwnerKeys(b"k" * 32))
+    assert (store.limits.max_owner_conversations, store.limits.max_owner_bytes) == (2, 20_000_000)
+    assert store.limits.token is not None  # the engine's record definitions stay
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(valid_export()), encoding="utf-8")
+    visitor, _ = studio.conversations.browser_session(None)
+    for _ in range(2):
+        studio.conversations.import_file(visitor, str(path))
+    saved = store.export_data(visitor.owner)["conversations"]
+    with pytest.raises(StoreFull, match="this visitor's space holds at most 2 conversations .*delete some first"):
+        studio.conversations.import_file(visitor, str(path))
+    with pytest.raises(UserError, match="This visitor may import files at most 3 times an hour; try again in 60"):
+        studio.conversations.import_file(visitor, str(path))
+    assert store.export_data(visitor.owner)["conversations"] == saved
+    other, _ = studio.conversations.browser_session(None)  # another browser has its own caps
+    assert studio.conversations.import_file(other, str(path))[2] == 1
+
+    banner = hosted_config().banner
+    assert "each visitor keeps up to 200 conversations, 20 MB, 10 imports an hour" in banner
+    local = Studio(ModelSlot(*tiny, note="tiny"), Store(tmp_path / "local.db"), AppConfig())
+    assert (local.store.limits.max_owner_conversations, local.store.limits.max_owner_bytes) == (None, None)
+    local.store.close()
+    store.close()
+
+
+def test_the_hourly_cap_is_a_sliding_window():
+    now = [0.0]
+    cap = HourlyCap(2, "import files", clock=lambda: now[0])
+    cap.take("a"), cap.take("a"), cap.take("b")
+    now[0] = 1800.0
+    with pytest.raises(UserError, match="try again in 30 minutes"):
+        cap.take("a")
+    now[0] = 3600.0  # the first two tries are an hour old
+    cap.take("a"), cap.take("a")
+    HourlyCap(None, "import files").take("a")  # no cap
 
 
 # ---- ZeroGPU ----------------------------------------------------------------------------------------------------

@@ -24,9 +24,11 @@ from app.store import (
     ImportInvalid,
     InvalidData,
     NotFound,
+    RecordLimits,
     Store,
     StoreBusy,
     StoreError,
+    StoreFull,
     StoreLocationError,
     default_db_path,
     new_owner_key,
@@ -563,6 +565,36 @@ def test_titles_are_one_clean_line(store: Store):
     [imported] = store.import_json(OWNER, {**store.export_data(OWNER), "conversations": [
         {**store.export_data(OWNER)["conversations"][0], "title": "line one\n# line two\u202e"}]})
     assert imported.title == "line one # line two"
+
+
+def test_owner_caps_refuse_the_next_conversation_or_import_and_keep_what_was_saved(db_path: Path):
+    with Store(db_path, limits=RecordLimits(max_owner_conversations=2, max_owner_bytes=5_000)) as store:
+        a = store.create_conversation(OWNER, "one")
+        store.add_message(OWNER, a.id, "user", "x" * 2_000)
+        b = store.create_conversation(OWNER, "two")
+        store.create_conversation("bob", "his")  # the caps are per owner
+        saved = store.export_data(OWNER)["conversations"]
+        with pytest.raises(StoreFull, match=r"^this visitor's space holds at most 2 conversations \(2 now\); "
+                                            r"delete some first$"):
+            store.create_conversation(OWNER, "three")
+        with pytest.raises(StoreFull, match="at most 2 conversations"):
+            store.import_json(OWNER, answer_export())
+        store.add_message(OWNER, b.id, "user", "y" * 2_500)
+        with pytest.raises(StoreFull, match=r"at most 5.0 kB of conversations \(4.5 kB used, this needs 1.0 kB more\)"):
+            store.add_message(OWNER, b.id, "user", "z" * 1_000)
+        with pytest.raises(StoreFull, match="at most 5.0 kB"):
+            answer(store, b.id)  # the records count too
+        assert store.export_data(OWNER)["conversations"][0] == saved[0]
+        assert [m.content for m in store.messages(OWNER, b.id)] == ["y" * 2_500]
+
+        store.delete_conversation(OWNER, a.id)  # deleting makes room
+        [c] = store.import_json(OWNER, answer_export())
+        assert [m.role for m in store.thread(OWNER, c.id)] == ["user", "assistant"]
+        with pytest.raises(StoreFull, match="at most 2 conversations .*this would add 2"):
+            store.import_json(OWNER, {**answer_export(), "conversations": answer_export()["conversations"] * 2})
+        assert len(store.list_conversations(OWNER)) == 2 and store.integrity_check() == "ok"
+    with Store(db_path) as unlimited:  # no caps by default (a local store)
+        assert len([unlimited.create_conversation(OWNER) for _ in range(3)]) == 3
 
 
 def _valid_export(store: Store) -> dict:

@@ -8,7 +8,7 @@ Schema (version ``SCHEMA_VERSION``, kept in ``PRAGMA user_version``)
 
 ``conversations``
     ``id`` INTEGER PRIMARY KEY, ``owner`` TEXT (the owner key; every query filters on it),
-    ``title`` TEXT, ``auto_title`` INTEGER (1 while the title may still be replaced by one made from
+    ``title`` TEXT (one clean line), ``auto_title`` INTEGER (1 while the title may still be replaced by one made from
     the first user message; renaming clears it), ``created`` / ``updated`` TEXT (UTC ISO 8601 with
     microseconds, so text order is time order), ``current_leaf`` INTEGER -> messages.id (the message
     the UI shows last; NULL for an empty conversation), ``extra`` TEXT (JSON object or NULL).
@@ -53,7 +53,7 @@ transaction; imports and deletes are split into short ones. A file that is not a
 renamed to ``<name>.corrupt-<timestamp>`` (never overwritten) and ``Store.recovered_from`` says
 where it went. An unwritable location raises ``StoreLocationError`` in ``Store()``.
 
-Text is stored exactly as given, NUL characters included (SQL functions such as ``length()`` stop at
+Text is stored exactly as given (titles: one line, ``checks.clean_title``), NUL characters included (SQL functions such as ``length()`` stop at
 a NUL, the store does not use them on content). Strings that are not valid Unicode (lone surrogates)
 are refused with ``InvalidData``, as is content over ``MAX_CONTENT_BYTES``.
 """
@@ -61,7 +61,7 @@ are refused with ``InvalidData``, as is content over ``MAX_CONTENT_BYTES``.
 # The package is split by what each module holds: records.py (constants, errors, record types),
 # checks.py (checks of plain values), fields.py (the records a message holds), schema.py (schema version and migrations), connection.py (the
 # SQLite file: opening, recovery, transactions), conversations.py, tree.py (messages and their tree),
-# search.py, transfer.py (export documents, import checks and writes), markdown.py (the Markdown
+# search.py, quota.py (per-owner caps), transfer.py (export documents, import checks and writes), markdown.py (the Markdown
 # export), writer.py (AnswerWriter) and core.py (the Store facade).
 from __future__ import annotations
 
@@ -85,6 +85,7 @@ from .records import (
     SearchHit,
     StoreBusy,
     StoreError,
+    StoreFull,
     StoreLocationError,
 )
 from .schema import SCHEMA_VERSION
@@ -115,6 +116,7 @@ __all__ = [
     "Store",
     "StoreBusy",
     "StoreError",
+    "StoreFull",
     "StoreLocationError",
     "check_trace",
     "default_db_path",

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import platformdirs
 from sqlite_utils import Database
 
-from . import conversations, markdown, search, traces, transfer, tree
+from . import conversations, markdown, quota, search, traces, transfer, tree
 from .checks import check_object, check_owner, check_text, check_title, dump_json
 from .fields import message_row
 from .connection import StoreFile
@@ -116,7 +116,12 @@ class Store:
         if title is not None:
             title = check_title(title)
         extra_json = dump_json(check_object(extra, "extra"), "extra")
-        return self._write(owner, lambda db: conversations.create(db, owner, title, extra_json))
+
+        def create(db: Database) -> Conversation:
+            quota.check_room(db, owner, self.limits, conversations=1)
+            return conversations.create(db, owner, title, extra_json)
+
+        return self._write(owner, create)
 
     def get_conversation(self, owner: str, conversation_id: int) -> Conversation:
         return self._read(owner, lambda db: conversations.get(db, owner, conversation_id))
@@ -172,7 +177,7 @@ class Store:
             model_revision=model_revision, quantization=quantization, settings=settings,
             tokens=tokens, stats=stats, extra=extra, limits=self.limits,
         )  # fmt: skip
-        return self._write(owner, lambda db: tree.insert(db, owner, conversation_id, parent_id, row))
+        return self._write(owner, lambda db: self._insert(db, owner, conversation_id, parent_id, row))
 
     def begin_answer(
         self,
@@ -200,8 +205,14 @@ class Store:
             extra=extra, limits=self.limits,
         )  # fmt: skip
         row["writer"] = process_identity()
-        message = self._write(owner, lambda db: tree.insert(db, owner, conversation_id, parent_id, row))
+        # Only the start is checked against the owner's caps: an answer's growth is bounded by its settings.
+        message = self._write(owner, lambda db: self._insert(db, owner, conversation_id, parent_id, row))
         return AnswerWriter(self.file, owner, message, flush_interval, clock, self.limits)
+
+    def _insert(self, db: Database, owner: str, conversation_id: int, parent_id: int | None | Literal["leaf"],
+                row: dict[str, Any]) -> Message:
+        quota.check_room(db, owner, self.limits, new_bytes=quota.row_bytes(row))
+        return tree.insert(db, owner, conversation_id, parent_id, row)
 
     def get_message(self, owner: str, message_id: int) -> Message:
         return self._read(owner, lambda db: tree.get(db, owner, message_id))
@@ -300,11 +311,16 @@ class Store:
         """Import an export (text, bytes or parsed dict) as new conversations of ``owner``.
 
         The whole file is checked first, every field against ``limits`` (default: the store's);
-        any problem raises ``ImportInvalid`` naming the field, and nothing is written. The rows are
+        any problem raises ``ImportInvalid`` naming the field, and nothing is written; so does ``StoreFull`` when
+        the owner's caps have no room for all of it. The rows are
         then written in short transactions, hidden until all are in, with new ids.
         """
         check_owner(owner)
-        importer = transfer.ImportWriter(transfer.plan_import(transfer.parse(data), limits or self.limits))
+        limits = limits or self.limits
+        plans = transfer.plan_import(transfer.parse(data), limits)
+        size = transfer.plan_bytes(plans) if limits.max_owner_bytes is not None else 0
+        self._read(owner, lambda db: quota.check_room(db, owner, limits, len(plans), size))
+        importer = transfer.ImportWriter(plans)
         try:
             self.file.write_in_steps(importer.write_step)
             self.file.write_in_steps(importer.hand_over_step(owner))

@@ -56,6 +56,10 @@ class RecordLimits:
     max_tokens: int = 65_536  # token records of one answer or comparison column
     max_conversations: int = 10_000  # conversations in one import
     max_messages: int = 100_000  # messages in one import, all conversations together
+    # What one owner may hold in all (``quota.py``); None: no cap. A hosted app sets them, so that fresh visitors
+    # cannot fill the server's disk one import after another.
+    max_owner_conversations: int | None = None
+    max_owner_bytes: int | None = None  # message text, JSON records and compressed traces, as stored
     token: RecordCheck | None = None
     stats: RecordCheck | None = None
     settings_validator: Callable[[dict[str, Any]], object] | None = None
@@ -102,6 +106,11 @@ class InvalidData(StoreError):
 
 class ImportInvalid(InvalidData):
     """An import file was refused; nothing was written. The message names the offending field."""
+
+
+class StoreFull(StoreError):
+    """A per-owner cap (``RecordLimits.max_owner_conversations``, ``max_owner_bytes``) refused a write; nothing was
+    written and nothing saved changed."""
 
 
 class StoreBusy(StoreError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import closing
+
 from sqlite_utils import Database
 
 from .records import SearchHit
@@ -33,32 +35,27 @@ def search(
     hits: dict[int, SearchHit] = {}
     for r in title_rows:
         hits[r["id"]] = SearchHit(r["id"], r["title"], r["updated"], None, r["snippet"])
-    # The best message per conversation, chosen in SQL before the limit: one busy conversation with hundreds of
-    # matches must not crowd out the others. Snippets are made for those winners only.
-    message_rows = db.query(
+    # FTS5 yields the rows best first (it sorts by rank itself); each conversation keeps its first (best) one, and
+    # reading stops at the first conversation past `limit`. No LIMIT on messages: with one, a busy conversation's
+    # hundreds of matches filled it and hid every other conversation. (A window query choosing the best row per
+    # conversation measured 3-5x slower: it joins and sorts every match.)
+    rows = db.execute(
         """
-        WITH ranked AS (
-            SELECT messages_fts.rowid AS id, messages_fts.rank AS rank,
-                   ROW_NUMBER() OVER (PARTITION BY m.conversation_id ORDER BY messages_fts.rank) AS n
-            FROM messages_fts
-            JOIN messages m ON m.id = messages_fts.rowid
-            JOIN conversations c ON c.id = m.conversation_id
-            WHERE messages_fts MATCH ? AND c.owner = ?
-        ), best AS (SELECT id, rank FROM ranked WHERE n = 1 ORDER BY rank LIMIT ?)
-        SELECT m.id, m.conversation_id, c.title, c.updated,
-               snippet(messages_fts, 0, ?, ?, '…', 16) AS snippet
-        FROM best
-        JOIN messages_fts ON messages_fts.rowid = best.id
-        JOIN messages m ON m.id = best.id
+        SELECT m.id, m.conversation_id, c.title, c.updated, snippet(messages_fts, 0, ?, ?, '…', 16)
+        FROM messages_fts
+        JOIN messages m ON m.id = messages_fts.rowid
         JOIN conversations c ON c.id = m.conversation_id
-        WHERE messages_fts MATCH ?
-        ORDER BY best.rank
+        WHERE messages_fts MATCH ? AND c.owner = ?
+        ORDER BY messages_fts.rank
         """,
-        [fts_query, owner, limit, open_mark, close_mark, fts_query],
+        [open_mark, close_mark, fts_query, owner],
     )
-    for r in message_rows:
-        cid = r["conversation_id"]
-        if cid in hits or len(hits) < limit:
+    with closing(rows):
+        for message_id, cid, title, updated, snippet in rows:
+            if cid in hits and hits[cid].message_id is not None:
+                continue  # a better message of this conversation came first
+            if cid not in hits and len(hits) >= limit:
+                break
             # A title hit stays first but points at the best message.
-            hits[cid] = SearchHit(cid, r["title"], r["updated"], r["id"], r["snippet"])
+            hits[cid] = SearchHit(cid, title, updated, message_id, snippet)
     return list(hits.values())

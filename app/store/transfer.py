@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from . import conversations, traces, tree
+from . import conversations, quota, traces, tree
 from .checks import check_depth, check_object, check_time, check_title, dump_json
 from .conversations import conversation_from_row
 from .fields import message_row
@@ -277,6 +277,12 @@ def plan_import(doc: Mapping[str, Any], limits: RecordLimits) -> list[Plan]:
     except InvalidData as exc:
         raise ImportInvalid(str(exc).replace(f"{MAX_JSON_DEPTH - 1} levels", f"{MAX_JSON_DEPTH} levels")) from None
     return [plan_conversation(c, f"conversations[{i}]", limits) for i, c in enumerate(convs)]
+
+
+def plan_bytes(plans: list[Plan]) -> int:
+    """What a checked import adds to its owner's stored bytes (``quota.stored_bytes``)."""
+    return sum(quota.row_bytes(row) + (len(traces.encode(m["trace"])) if m["trace"] is not None else 0)
+               for _, ordered in plans for m, row in ordered)
 
 
 class ImportWriter:
