@@ -131,12 +131,12 @@ class HourlyCap:
         now = self.clock()
         with self._lock:
             if len(self._tries) > 10_000:  # forget owners idle for an hour, so fresh tokens cannot grow the dict
-                self._tries = {k: v for k, v in self._tries.items() if now - v[-1] < 3600}
+                self._tries = {k: v for k, v in self._tries.items() if v and now - v[-1] < 3600}
             tries = self._tries.setdefault(owner, deque())
             while tries and now - tries[0] >= 3600:
                 tries.popleft()
             if len(tries) >= self.per_hour:
-                wait = max(1, round((3600 - (now - tries[0])) / 60))
+                wait = max(1, round((3600 - (now - tries[0])) / 60)) if tries else 60
                 raise UserError(f"This visitor may {self.what} at most {self.per_hour} times an hour; "
                                 f"try again in {wait} minute{'s' if wait > 1 else ''}.")
             tries.append(now)

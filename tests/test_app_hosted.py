@@ -201,6 +201,8 @@ def test_the_hourly_cap_is_a_sliding_window():
     now[0] = 3600.0  # the first two tries are an hour old
     cap.take("a"), cap.take("a")
     HourlyCap(None, "import files").take("a")  # no cap
+    with pytest.raises(UserError, match="at most 0 times an hour"):
+        HourlyCap(0, "import files").take("a")
 
 
 # ---- ZeroGPU ----------------------------------------------------------------------------------------------------

@@ -53,16 +53,17 @@ transaction; imports and deletes are split into short ones. A file that is not a
 renamed to ``<name>.corrupt-<timestamp>`` (never overwritten) and ``Store.recovered_from`` says
 where it went. An unwritable location raises ``StoreLocationError`` in ``Store()``.
 
-Text is stored exactly as given (titles: one line, ``checks.clean_title``), NUL characters included (SQL functions such as ``length()`` stop at
-a NUL, the store does not use them on content). Strings that are not valid Unicode (lone surrogates)
-are refused with ``InvalidData``, as is content over ``MAX_CONTENT_BYTES``.
+Text is stored exactly as given (titles: one line, ``checks.clean_title``), NUL characters included
+(SQL functions such as ``length()`` stop at a NUL, the store does not use them on content). Strings that
+are not valid Unicode (lone surrogates) are refused with ``InvalidData``, as is content over
+``MAX_CONTENT_BYTES``.
 """
 
 # The package is split by what each module holds: records.py (constants, errors, record types),
 # checks.py (checks of plain values), fields.py (the records a message holds), schema.py (schema version and migrations), connection.py (the
 # SQLite file: opening, recovery, transactions), conversations.py, tree.py (messages and their tree),
-# search.py, quota.py (per-owner caps), transfer.py (export documents, import checks and writes), markdown.py (the Markdown
-# export), writer.py (AnswerWriter) and core.py (the Store facade).
+# search.py, quota.py (per-owner caps), transfer.py (export documents, import checks and writes),
+# markdown.py (the Markdown export), writer.py (AnswerWriter) and core.py (the Store facade).
 from __future__ import annotations
 
 from .core import Store, default_db_path, new_owner_key

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
+from .checks import clean_title
 from .records import Message
 
 
@@ -32,7 +33,7 @@ def _conversation(conv: Mapping[str, Any]) -> str:
         branch.append(msgs[node])
         node = msgs[node].parent_id
     branch.reverse()
-    lines = [f"# {conv['title']}", ""]
+    lines = [f"# {clean_title(conv['title'])}", ""]  # a title stored before titles were cleaned may hold a newline
     note = f"*Created {conv['created'][:19].replace('T', ' ')} UTC"
     if len(msgs) > len(branch):
         note += f"; showing the current branch ({len(branch)} of {len(msgs)} messages)"
