@@ -290,6 +290,10 @@ DAMAGE = [
     dict(kind="comparison", extra={"columns": [1, 2], "system": 7}),
     dict(kind="comparison", extra={"columns": [{"tokens": [{"text": "a", "steps": 3e7}], "stats": "x",
                                                 "settings": {"num_steps": 30_000_000}, "label": 3}]}),
+    # Numbers past a float's range: math.isfinite raises OverflowError on them.
+    dict(settings={"num_steps": 4, "temperature": 10**400}, stats={"tokens": 1, "tokens_per_s": -10**400},
+         tokens=[{"text": "a", "steps": 3, "exit_value": 10**400}]),
+    dict(kind="comparison", extra={"columns": [{"tokens": [], "settings": {"exit_threshold": 10**400}}]}),
 ]
 
 
