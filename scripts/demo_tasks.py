@@ -336,7 +336,7 @@ SYSTEM_FRACTION = 0.1
 
 def _turn_maker(rng: random.Random, mix: dict[tuple[str, int], float], chat_fraction: float,
                 max_tier: Callable[[], int] | None, spacing: float = 0.0,
-                identity: float = 0.0) -> Callable[[], list[dict[str, str]]]:
+                identity: float = 0.0, curriculum_task: str = "swap") -> Callable[[], list[dict[str, str]]]:
     """One (user, assistant) exchange at a time: a chat turn, a question in another format, or a problem.
 
     A `spacing` share of the swap lists is respelled with random gaps (`respell_swaps`); the held-out
@@ -353,7 +353,8 @@ def _turn_maker(rng: random.Random, mix: dict[tuple[str, int], float], chat_frac
             q, a = other_question_turn(rng)
         else:
             cap = max_tier() if max_tier else None
-            keys = [k for k in mix if cap is None or k[1] <= cap] or [min(mix, key=lambda k: k[1])]
+            keys = [k for k in mix if cap is None or k[0] != curriculum_task or k[1] <= cap] or [
+                min(mix, key=lambda k: k[1])]
             task, tier = rng.choices(keys, [mix[k] for k in keys])[0]
             p = sample_problem(task, tier, rng, heldout=False)
             if identity and rng.random() < identity:  # no draw at 0, as for spacing
@@ -369,15 +370,16 @@ def _turn_maker(rng: random.Random, mix: dict[tuple[str, int], float], chat_frac
 def train_conversations(
     seed: int, mix: dict[tuple[str, int], float] | None = None, chat_fraction: float = CHAT_FRACTION,
     max_tier: Callable[[], int] | None = None, spacing: float = 0.0, identity: float = 0.0,
+    curriculum_task: str = "swap",
 ) -> Iterator[list[dict[str, str]]]:
     """An endless, seeded stream of training conversations (never containing a held-out question).
 
     Most conversations are one problem; some are greetings, some carry a system prompt, and some
     have two turns so the model sees that earlier turns do not change the answer. `max_tier`, read
-    before every problem, is the curriculum: tiers above it are not drawn for now.
+    before every problem, is the curriculum: tiers of `curriculum_task` above it are not drawn for now.
     """
     rng = random.Random(f"train-{seed}")
-    turn = _turn_maker(rng, mix or DEFAULT_MIX, chat_fraction, max_tier, spacing, identity)
+    turn = _turn_maker(rng, mix or DEFAULT_MIX, chat_fraction, max_tier, spacing, identity, curriculum_task)
     while True:
         msgs: list[dict[str, str]] = []
         if rng.random() < SYSTEM_FRACTION:
@@ -390,7 +392,7 @@ def train_conversations(
 def train_chats(
     seed: int, fits: Callable[[list[dict[str, str]]], bool], mix: dict[tuple[str, int], float] | None = None,
     chat_fraction: float = CHAT_FRACTION, max_tier: Callable[[], int] | None = None, spacing: float = 0.0,
-    identity: float = 0.0,
+    identity: float = 0.0, curriculum_task: str = "swap",
 ) -> Iterator[list[dict[str, str]]]:
     """An endless, seeded stream of long chats: exchanges are added while `fits(messages)` holds.
 
@@ -400,7 +402,7 @@ def train_chats(
     chat always has at least one exchange.
     """
     rng = random.Random(f"chats-{seed}")
-    turn = _turn_maker(rng, mix or DEFAULT_MIX, chat_fraction, max_tier, spacing, identity)
+    turn = _turn_maker(rng, mix or DEFAULT_MIX, chat_fraction, max_tier, spacing, identity, curriculum_task)
     pending = turn()
     while True:
         msgs: list[dict[str, str]] = []

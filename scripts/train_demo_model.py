@@ -87,8 +87,8 @@ def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tuple[t
 
 def batches(tok, seed: int, rows: int, row_len: int, max_tier: Callable[[], int] | None = None,
             mix: dict[tuple[str, int], float] | None = None,
-            multi_turn: bool = False, spacing: float = 0.0,
-            identity: float = 0.0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            multi_turn: bool = False, spacing: float = 0.0, identity: float = 0.0,
+            curriculum_task: str = "swap") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """`rows` rows of at most `row_len` tokens per batch.
 
     By default whole short conversations are packed greedily into a row, as in the paper's pretraining
@@ -101,12 +101,12 @@ def batches(tok, seed: int, rows: int, row_len: int, max_tier: Callable[[], int]
             return len(tok.apply_chat_template(messages, tokenize=True, return_dict=False)) <= row_len
 
         chats = demo_tasks.train_chats(seed, fits, mix=mix, max_tier=max_tier, spacing=spacing,
-                                       identity=identity)
+                                       identity=identity, curriculum_task=curriculum_task)
         while True:
             yield collate([tuple(x[:row_len] for x in encode_conversation(tok, next(chats))) for _ in range(rows)],
                           tok.pad_token_id)
-    stream = (encode_conversation(tok, m) for m in demo_tasks.train_conversations(seed, mix, max_tier=max_tier,
-                                                                                    spacing=spacing, identity=identity))
+    stream = (encode_conversation(tok, m) for m in demo_tasks.train_conversations(
+        seed, mix, max_tier=max_tier, spacing=spacing, identity=identity, curriculum_task=curriculum_task))
     pending = next(stream)
     while True:
         packed = []
@@ -266,6 +266,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--gate", type=float, default=None,
                     help="instead of the linear ramp, lengthen the lists by one swap whenever the longest ones are "
                          "solved this often (checked every 50 steps at --mean-recurrence on 64 training problems)")
+    ap.add_argument("--curriculum-task", choices=demo_tasks.TIERS, default="swap",
+                    help="the task whose tiers the curriculum (--curriculum-start, --gate) lengthens; the other "
+                         "task draws all its tiers throughout")
     ap.add_argument("--init-from", type=Path, default=None, help="start from this checkpoint's weights")
     ap.add_argument("--threads", type=int, default=1, help="torch threads; 1 leaves the other core free")
     ap.add_argument("--log-every", type=int, default=50)
@@ -296,7 +299,7 @@ def main() -> None:
     mix = (demo_tasks.hops_mix(args.hops, args.max_swaps, args.max_hops) if args.hops
            else demo_tasks.swap_mix(args.max_swaps))
     log_tasks = ("swap", "hops") if args.hops else ("swap",)
-    longest = args.max_swaps
+    longest = args.max_hops if args.curriculum_task == "hops" else args.max_swaps
     progress = {"step": 0, "cap": args.curriculum_start}
 
     def max_tier() -> int:
@@ -305,7 +308,7 @@ def main() -> None:
         return curriculum_cap(progress["step"], args.steps, args.curriculum_start, longest, args.curriculum_ramp)
 
     data = batches(tok, args.seed, args.batch_size, args.row_len, max_tier, mix, args.multi_turn, args.spacing,
-                   args.identity)
+                   args.identity, args.curriculum_task)
     num_steps = None if args.fixed_depth is None else (0, args.fixed_depth)
     logf = args.log.open("a") if args.log else None
 
@@ -349,7 +352,8 @@ def main() -> None:
                  "min": round((time.time() - t0) / 60, 2)})
         if args.gate and step % 50 == 0 and progress["cap"] < longest:
             rng = random.Random(f"gate-{args.seed}-{step}")
-            probe = [demo_tasks.sample_problem("swap", progress["cap"], rng, heldout=False) for _ in range(64)]
+            probe = [demo_tasks.sample_problem(args.curriculum_task, progress["cap"], rng, heldout=False)
+                     for _ in range(64)]
             model.eval()
             acc = teacher_forced_accuracy(model, tok, probe, args.mean_recurrence)
             model.train()

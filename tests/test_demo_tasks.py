@@ -257,3 +257,13 @@ def test_hops_problems_reach_training_only_as_the_mix_says() -> None:
     assert not any(dt.is_heldout(q) for q in hops)
     held = dt.eval_problems("hops", 8, 20)
     assert len(held) == 20 and all(dt.is_heldout(p.question) for p in held)
+
+
+def test_the_curriculum_lengthens_only_its_own_task() -> None:
+    mix = dt.hops_mix(0.5, max_swaps=8, max_hops=6)
+    seen = [m[0]["content"] for m in itertools.islice(
+        dt.train_conversations(1, mix, chat_fraction=0, max_tier=lambda: 2, curriculum_task="hops"), 800)
+        if m[0]["role"] == "user"]
+    hops = [int(HOPS.fullmatch(q)[2]) for q in seen if HOPS.fullmatch(q)]
+    swaps = [len(QUESTION.fullmatch(q)[1].split()) for q in seen if QUESTION.fullmatch(q)]
+    assert set(hops) == {1, 2} and max(swaps) == 8  # hops capped at 2; swaps draw every length
