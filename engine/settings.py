@@ -226,4 +226,4 @@ def _float_range(name: str, value: Any, low: float, high: float, low_open: bool 
         raise SettingsError(name, f"must be a number from {low} to {high}, got {shown(value)}")
     if value < low or value > high or (low_open and value == low):
         bound = f"greater than {low}" if low_open else f"at least {low}"
-        raise SettingsError(name, f"must be {bound} and at most {high}, got {value}")
+        raise SettingsError(name, f"must be {bound} and at most {high}, got {shown(value)}")

@@ -68,8 +68,8 @@ class ChatPanel:
 
     def on_edit(self, sess: Session) -> tuple:
         sess, text = self.page.studio.chat.start_edit(sess)
-        return sess, gr.skip(), gr.skip(), text, render.banner("Editing your last question: send it to add a new version beside the "
-                                         "old one.")
+        note = render.banner("Editing your last question: send it to add a new version beside the old one.")
+        return sess, gr.skip(), gr.skip(), text, note
 
     def on_stop(self, sess: Any) -> None:
         if isinstance(sess, Session):
