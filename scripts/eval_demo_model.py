@@ -391,7 +391,7 @@ def markdown_table(report: dict[str, Any]) -> str:
     extra = (["adaptive kl", "mean steps"] if any("adaptive" in row for row in rows) else []) + (
         ["no recurrence (r=1 trained)"] if report.get("baseline") else []) + (
         [f"parallel r={_adaptive_cap()}", "its mean steps"] if any("parallel" in row for row in rows) else [])
-    trivial = list(dict.fromkeys(k for row in rows for k in row["baselines"]))  # each task has its own
+    trivial = [k for k in BASELINE_LABELS if any(k in row["baselines"] for row in rows)]  # each task has its own
     extra += [BASELINE_LABELS[k] for k in trivial]
     head = "| task | tier | n | " + " | ".join([f"r={r}" for r in depths] + extra) + " |"
     lines = [head, "|" + "---|" * (len(depths) + len(extra) + 3)]
