@@ -48,7 +48,7 @@ class Arena:
         columns, whose text is the deepest answer so the chat can go on from it."""
         if not result:
             raise UserError("Run a comparison first.")
-        if session.conversation_id is None:
+        if session.conversation_id is None or self.turns.conversations.gone(session):
             session = session.opened(self.store.create_conversation(session.owner).id)
         save(self.store, session.owner, session.conversation_id, result)
         return session, self.turns.conversations.transcript(session)

@@ -54,7 +54,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     default_host = os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if hosted.on_space() else "127.0.0.1")
     p.add_argument("--host", default=default_host,
                    help="address to listen on (0.0.0.0 for the local network; the default on a Space)")
-    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    p.add_argument("--port", type=port, default=os.environ.get("GRADIO_SERVER_PORT", "7860"),
+                   help="port to listen on, 1 to 65535 (default: $GRADIO_SERVER_PORT, else 7860)")
     p.add_argument("--hosted", action="store_true",
                    help="run for many visitors (automatic on a Hugging Face Space): each browser has its own "
                         "conversations, public caps on depth, tokens, prompt length and queue, no model loading")
@@ -64,6 +65,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="also open a temporary public gradio.live link (needs internet access)")
     add_arguments(p)  # --engine-url, --engine-key
     return p.parse_args(argv)
+
+
+def port(value: str) -> int:
+    """A TCP port; checked here so a bad one is refused before the model loads."""
+    number = int(value) if value.strip().isdigit() else 0
+    if not 1 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"{value[:20]!r} is not a port (a whole number from 1 to 65535)")
+    return number
 
 
 def parse_auth(value: str | None) -> tuple[str, str] | None:
@@ -104,6 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         import_spaces()  # ZeroGPU patches torch's CUDA entry points; that has to happen before the model loads
     data_dir = Path(args.data_dir).expanduser() if args.data_dir else hosted.default_data_dir(space)
     db = args.db or (data_dir / hosted.DB_FILE if (is_hosted or args.data_dir) else None)
+    try:  # before the model loads: a bad secret should not wait for it
+        owners = hosted.OwnerKeys.from_data_dir(data_dir) if is_hosted else None
+    except (ValueError, OSError) as err:
+        where = f"${hosted.SECRET_ENV}" if os.environ.get(hosted.SECRET_ENV) else data_dir / hosted.SECRET_FILE
+        print(f"error: {where}: {err}", file=sys.stderr)
+        return 2
     from .openai_api import add_routes
     from .ui import build_demo, launch  # gradio is slow to import; --help should not wait for it
 
@@ -124,7 +139,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     try:
         store = Store(db)
-        owners = hosted.OwnerKeys.from_data_dir(data_dir) if is_hosted else None
     except (StoreError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -155,9 +169,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):  # before listening: a Ctrl-C right after start-up is caught too
         signal.signal(sig, lambda *_: stop.set())
-    _, url, share_url = launch(demo, server_name=args.host, server_port=args.port, share=share, auth=auth,
-                               auth_message="Huginn Studio: log in" if auth else None,
-                               max_file_size="10mb" if is_hosted else None, prevent_thread_lock=True, quiet=True)
+    try:
+        _, url, share_url = launch(demo, server_name=args.host, server_port=args.port, share=share, auth=auth,
+                                   auth_message="Huginn Studio: log in" if auth else None,
+                                   max_file_size="10mb" if is_hosted else None, prevent_thread_lock=True, quiet=True)
+    except (OSError, ValueError) as err:  # the port in use, a host name that does not resolve
+        reason = str(err).split(". ")[0]  # Gradio's advice after it names launch()'s parameters
+        print(f"error: cannot listen on --host {args.host} --port {args.port}: {reason}", file=sys.stderr)
+        store.close()
+        return 2
     add_routes(demo.app, studio, auth)  # the OpenAI-compatible API, on the page's server and port
     print(f"Huginn Studio is running at {url}" + (f" (public link: {share_url})" if share_url else ""), flush=True)
     wait_for_stop(stop)

@@ -16,10 +16,11 @@ from .hosted import HourlyCap, OwnerKeys
 from .render import MessageView
 from .running import Running
 from .session import Session
-from .store import Store
+from .store import NotFound, Store
 from .views import message_views
 
 EMPTY_CHAT = "Ask something. Every answer shows how many recurrent steps each token took."
+GONE = "This conversation was deleted, perhaps in another tab. Start a new one or open another from the list."
 Update = tuple[Session, str]
 
 
@@ -80,6 +81,8 @@ class Conversations:
     def open_latest(self, session: Session) -> tuple[Session, str, list[tuple[str, int]]]:
         """A page load: the most recent conversation open, with the sidebar's list."""
         recent = self.choices(session)
+        if self.gone(session):  # a reloaded tab whose conversation another tab deleted
+            session = session.opened(None)
         if session.conversation_id is None and recent:
             session = session.opened(recent[0][1])
         session, html = self.open(session, session.conversation_id)
@@ -92,17 +95,35 @@ class Conversations:
                 return view.extra.get("system", "")
         return None
 
+    def gone(self, session: Session) -> bool:
+        """Whether the open conversation was deleted elsewhere (another tab of this visitor) since it was opened."""
+        if session.conversation_id is None:
+            return False
+        try:
+            self.store.get_conversation(session.owner, session.conversation_id)
+        except NotFound:
+            return True
+        return False
+
+    def require(self, session: Session) -> int:
+        """The open conversation's id: a plain refusal when none is open or another tab deleted it."""
+        if session.conversation_id is None:
+            raise UserError("Open a conversation first.")
+        if self.gone(session):
+            raise ConversationGone(GONE)
+        return session.conversation_id
+
     def new(self, session: Session) -> Update:
         return self.open(session, None)
 
     def rename(self, session: Session, title: Any) -> None:
-        cid = require_conversation(session)
+        cid = self.require(session)
         title = inputs.check_text(title, "title", self.config.limits.max_title_chars,
                                   if_empty="Type a new title first.")
         self.store.rename_conversation(session.owner, cid, title.strip())
 
     def delete(self, session: Session) -> Update:
-        cid = require_conversation(session)
+        cid = self.require(session)
         self.store.delete_conversation(session.owner, cid)
         return self.open(session, None)
 
@@ -116,14 +137,14 @@ class Conversations:
         return session, html, len(conversations)
 
     def select_sibling(self, session: Session, message: Any) -> str:
-        cid = require_conversation(session)
+        cid = self.require(session)
         self.store.set_current_leaf(session.owner, cid, message_id(message, "message"))
         return self.transcript(session)
 
     # -- files --
     def export(self, session: Session, fmt: str, everything: bool) -> str:
         """Write an export file into this owner's export folder and return its path (for a download)."""
-        ids = None if everything else [require_conversation(session)]
+        ids = None if everything else [self.require(session)]
         text = (self.store.export_json if fmt == "json" else self.store.export_markdown)(session.owner, ids)
         name = "huginn-conversations" if everything else f"huginn-conversation-{ids[0]}"
         folder = self._export_folder(session)
@@ -147,10 +168,8 @@ class Conversations:
         return self.exports / hashlib.sha256(session.owner.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def require_conversation(session: Session) -> int:
-    if session.conversation_id is None:
-        raise UserError("Open a conversation first.")
-    return session.conversation_id
+class ConversationGone(UserError):
+    """The tab's open conversation no longer exists: the page closes it (``app.ui.common.friendly``)."""
 
 
 def message_id(value: Any, what: str) -> int:

@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 
 import engine
 
-from .config import Limits, UserError
+from .config import Limits, UserError, quoted
 
 ARENA_PRESETS = ("4", "8", "16", "32", "64", "128", "adaptive")
 ARENA_DEFAULT = ("4", "8", "16", "32", "adaptive")
@@ -94,13 +94,11 @@ def parse_threshold(value: Any) -> float | None:
     """'5e-4 (default)' -> 5e-4; '' -> None (the criterion's pinned default)."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    head = str(value).split()[0]
+    head = value if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value).split()[0]
     try:
         return float(head)
-    except ValueError:
-        raise engine.SettingsError("exit_threshold", f"{value!r} is not a number (e.g. 5e-4)") from None
+    except (ValueError, OverflowError):  # OverflowError: an int past a float's range
+        raise engine.SettingsError("exit_threshold", f"{quoted(value)} is not a number (e.g. 5e-4)") from None
 
 
 def threshold_choices(criterion: str) -> tuple[list[str], str]:

@@ -13,7 +13,7 @@ import engine
 from . import context as context_policy
 from . import inputs, render
 from .config import EngineError, Interrupted, Limits, UserError
-from .conversations import Conversations, require_conversation
+from .conversations import Conversations
 from .gpu import EngineWork
 from .render import MessageView
 from .running import Running
@@ -48,7 +48,7 @@ class ChatTurns:
         """Add the user's message (a sibling of the edited one when editing) and stream the answer."""
         text = inputs.check_message(text, self.limits)
         system = inputs.check_system(system, self.limits)
-        if session.conversation_id is None:
+        if session.conversation_id is None or self.conversations.gone(session):  # gone: deleted in another tab
             session = session.opened(self.store.create_conversation(session.owner).id)
         parent: Any = "leaf"
         if session.edit_id is not None:
@@ -77,7 +77,7 @@ class ChatTurns:
         self.running.stop(session)
 
     def _questions(self, session: Session) -> list[Message]:
-        cid = require_conversation(session)
+        cid = self.conversations.require(session)
         return [m for m in self.store.thread(session.owner, cid) if m.role == "user"]
 
     # -- prompts --

@@ -8,11 +8,10 @@ one ``Field`` here.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
-from .settings import MAX_NEW_TOKENS, MAX_NUM_STEPS
+from .settings import MAX_NEW_TOKENS, MAX_NUM_STEPS, field_name, finite, shown
 
 INT_BOUND = 2**63  # SQLite's integers
 MAX_TOKEN_ID = 2**31 - 1  # vocabularies are far smaller; ids past int32 are not token ids
@@ -47,8 +46,8 @@ class Field:
         rule = f"{where} must be {'an integer' if integer else 'a number'} from {self.low:g} to {high:g}"
         if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
             raise RecordError(f"{rule}, not {type(value).__name__}")
-        if not (math.isfinite(value) and self.low <= value <= high):
-            raise RecordError(f"{rule}, got {value:g}")
+        if not (finite(value) and self.low <= value <= high):
+            raise RecordError(f"{rule}, got {value:g}" if finite(value) else f"{rule}, got {shown(value)}")
         return value
 
 
@@ -76,7 +75,7 @@ class Record:
             raise RecordError(f"{where} must be an object, not {type(data).__name__}")
         unknown = [k for k in data if self.field(k) is None] if self.closed else []
         if unknown:
-            raise RecordError(f"{where} has unknown fields: {', '.join(_shown(k) for k in sorted(map(str, unknown))[:5])}")
+            raise RecordError(f"{where} has unknown fields: {', '.join(shown(k) for k in sorted(map(str, unknown))[:5])}")
         for name in self.required:
             if data.get(name) is None:
                 spec = self.field(name)
@@ -86,7 +85,7 @@ class Record:
         out = {}
         for key, value in data.items():
             spec = self.field(key)
-            label = f"{where}.{key if isinstance(key, str) and len(key) <= 40 and key.isprintable() else _shown(key)}"
+            label = f"{where}.{field_name(key)}"
             out[key] = spec.check(value, label) if spec is not None else _plain_value(value, label)
         return out
 
@@ -101,11 +100,6 @@ class Record:
             except RecordError:
                 bad.append(str(key))
         return good, bad
-
-
-def _shown(value: object, limit: int = 40) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _plain_value(value: Any, where: str) -> Any:

@@ -75,14 +75,14 @@ class GenerationSettings:
     def validate(self) -> None:
         _int_range("num_steps", self.num_steps, 1, MAX_NUM_STEPS)
         if self.criterion not in CRITERIA:
-            raise SettingsError("criterion", f"{self.criterion!r} is not one of {', '.join(CRITERIA)}")
+            raise SettingsError("criterion", f"{shown(self.criterion)} is not one of {', '.join(CRITERIA)}")
         if self.exit_threshold is not None:
             _float_range("exit_threshold", self.exit_threshold, 0.0, 1e6, low_open=True)
         _int_range("min_steps", self.min_steps, 0, self.num_steps)
         _int_range("check_every", self.check_every, 1, MAX_NUM_STEPS)
         for name in ("warm_start", "prompt_exits"):
             if not isinstance(getattr(self, name), bool):
-                raise SettingsError(name, f"must be true or false, got {getattr(self, name)!r}")
+                raise SettingsError(name, f"must be true or false, got {shown(getattr(self, name))}")
         if self.cache_strategy is not None:
             try:
                 CacheStrategy.parse(self.cache_strategy)
@@ -108,7 +108,7 @@ class GenerationSettings:
             raise SettingsError("draft_steps", "speculative decoding needs greedy sampling (temperature 0), fixed "
                                 "depth (criterion none), no warm start and the full cache")
         if not isinstance(self.trace, bool):
-            raise SettingsError("trace", f"must be true or false, got {self.trace!r}")
+            raise SettingsError("trace", f"must be true or false, got {shown(self.trace)}")
         _int_range("trace_top_k", self.trace_top_k, 1, MAX_TRACE_TOP_K)
         if self.trace and self.draft_steps:
             raise SettingsError("trace", "tracing needs plain decoding; set draft_steps to 0")
@@ -124,7 +124,7 @@ class GenerationSettings:
 
     def _validate_parallel(self) -> None:
         if self.sampler not in SAMPLERS:
-            raise SettingsError("sampler", f"{self.sampler!r} is not one of {', '.join(SAMPLERS)}")
+            raise SettingsError("sampler", f"{shown(self.sampler)} is not one of {', '.join(SAMPLERS)}")
         _int_range("inner_steps", self.inner_steps, 1, MAX_NUM_STEPS)
         _float_range("freeze_threshold", self.freeze_threshold, 0.0, 10.0, low_open=True)
         _int_range("max_window", self.max_window, 1, MAX_WINDOW)
@@ -171,9 +171,9 @@ class GenerationSettings:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GenerationSettings":
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - known, key=str)
         if unknown:
-            raise SettingsError(unknown[0], f"unknown setting (known: {', '.join(sorted(known))})")
+            raise SettingsError(field_name(unknown[0]), f"unknown setting (known: {', '.join(sorted(known))})")
         data = dict(data)
         if "stop_strings" in data:
             stops = data["stop_strings"]
@@ -191,16 +191,39 @@ class GenerationSettings:
         return f"{self.criterion}<{self.threshold:g}, r<={self.num_steps}" + (" warm" if self.warm_start else "")
 
 
+def shown(value: object, limit: int = 40) -> str:
+    """A value from outside as a message quotes it: its repr, cut to ``limit`` characters."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's limit on digits in str()
+        text = f"an integer of {value.bit_length():,} bits"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def field_name(key: object) -> str:
+    """A client's key as a message names it: as it is when short and printable, otherwise quoted and cut."""
+    return key if isinstance(key, str) and len(key) <= 40 and key.isprintable() else shown(key)
+
+
+def finite(value: Any) -> bool:
+    """A real number a float can hold. ``math.isfinite`` raises OverflowError on an int past a float's range
+    (10**400); that is refused like inf."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _int_range(name: str, value: Any, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise SettingsError(name, f"must be an integer from {low} to {high}, got {value!r}")
+        raise SettingsError(name, f"must be an integer from {low} to {high}, got {shown(value)}")
     if not low <= value <= high:
-        raise SettingsError(name, f"must be from {low} to {high}, got {value}")
+        raise SettingsError(name, f"must be from {low} to {high}, got {shown(value)}")
 
 
 def _float_range(name: str, value: Any, low: float, high: float, low_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SettingsError(name, f"must be a number from {low} to {high}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not finite(value):
+        raise SettingsError(name, f"must be a number from {low} to {high}, got {shown(value)}")
     if value < low or value > high or (low_open and value == low):
         bound = f"greater than {low}" if low_open else f"at least {low}"
-        raise SettingsError(name, f"must be {bound} and at most {high}, got {value}")
+        raise SettingsError(name, f"must be {bound} and at most {high}, got {shown(value)}")

@@ -31,11 +31,12 @@ TRAIN_MAX_HOPS = 6  # hops problems (below): longer walks per value are never tr
 TASKS = ("swap",)  # the shipped model's tasks; TIERS has every task the evaluation knows
 # The tier is the number of swaps, i.e. the number of serial steps. 24 (1.5 times the longest trained
 # list) and 32 are longer than anything in training.
-TIERS: dict[str, tuple[int, ...]] = {"swap": (4, 8, 12, 16, 24, 32), "hops": (1, 2, 4, 6, 8)}
+TIERS: dict[str, tuple[int, ...]] = {"swap": (4, 8, 12, 16, 24, 32), "hops": (1, 2, 4, 6, 8), "stops": (4, 5, 6, 7, 8)}
 TIER_NAMES: dict[str, dict[int, str]] = {
     "swap": {k: f"{k} swaps" + (" (longer than trained)" if k > TRAIN_MAX_SWAPS else "") for k in TIERS["swap"]},
     "hops": {k: f"{k} hops per value" + (" (longer than trained)" if k > TRAIN_MAX_HOPS else "")
              for k in TIERS["hops"]},
+    "stops": {k: f"a walk of {k} links" + (" (longer than trained)" if k > 6 else "") for k in TIERS["stops"]},
 }
 
 SYSTEM_PROMPTS = (
@@ -187,7 +188,42 @@ def make_hops(tier: int, rng: random.Random) -> Problem:
     return Problem("hops", tier, hops_question(links, start, tier), walk(links, start, tier))
 
 
-_MAKERS = {"swap": make_swap, "hops": make_hops}
+# ----------------------------------------------------------------------------------------------
+# stops: a walk with a fixed point at every answer value
+
+# The nine places on one cycle (each linked to the next, listed by source) and four stops; the answer is
+# the stops in the order a walk from the start meets them. Walking on from a stop to the next one is
+# `x <- link(x)` until x is a stop, which stops changing by itself there: no count to keep, and a longer
+# gap needs only more iterations. The stops come last, so no position of the link table knows where a
+# walk ends; each later answer value walks on from the previous answer token, the token at its position.
+STOPS = 4
+TRAIN_MAX_WALK = 6  # the tier: links from the start to the last stop; longer walks are never trained on
+
+
+def stops_question(links: dict[str, str], start: str, stops: Sequence[str]) -> str:
+    table = " ".join(f"{a}{links[a]}" for a in sorted(links))
+    return f"Walk {table} from {start} to {' '.join(sorted(stops))}. Final?"
+
+
+def make_stops(tier: int, rng: random.Random) -> Problem:
+    """Four stops on a random cycle of the places, the last one `tier` links on from the start."""
+    if not STOPS <= tier < HOP_PLACES:
+        raise ValueError(f"a stops walk takes {STOPS} to {HOP_PLACES - 1} links, got {tier}")
+    cycle = rng.sample("123456789"[:HOP_PLACES], HOP_PLACES)
+    links = {a: cycle[(i + 1) % HOP_PLACES] for i, a in enumerate(cycle)}
+    at = sorted(rng.sample(range(1, tier), STOPS - 1)) + [tier]  # how far on from the start each stop lies
+    answer = "".join(cycle[i] for i in at)
+    return Problem("stops", tier, stops_question(links, cycle[0], answer), answer)
+
+
+def stops_parts(question: str) -> tuple[dict[str, str], str, list[str]]:
+    """The links, the start and the stops of a stops question."""
+    head, tail = question.removeprefix("Walk ").split(" from ", 1)
+    start, rest = tail.split(" to ", 1)
+    return {pair[0]: pair[1] for pair in head.split(" ")}, start, rest.split(".", 1)[0].split(" ")
+
+
+_MAKERS = {"swap": make_swap, "hops": make_hops, "stops": make_stops}
 
 
 def make_problem(task: str, tier: int, rng: random.Random) -> Problem:
@@ -321,11 +357,14 @@ def swap_mix(max_swaps: int = TRAIN_MAX_SWAPS) -> dict[tuple[str, int], float]:
     return {("swap", k): 1.0 for k in range(1, max_swaps + 1)}
 
 
-def hops_mix(share: float, max_swaps: int = TRAIN_MAX_SWAPS, max_hops: int = TRAIN_MAX_HOPS
-             ) -> dict[tuple[str, int], float]:
-    """`swap_mix` with a `share` of the problems being hops problems, every hop count alike."""
-    mix = {k: (1 - share) / max_swaps for k in swap_mix(max_swaps)}
-    return mix | {("hops", h): share / max_hops for h in range(1, max_hops + 1)}
+def hops_mix(share: float, max_swaps: int = TRAIN_MAX_SWAPS, max_hops: int = TRAIN_MAX_HOPS,
+             stops: float = 0.0, max_walk: int = TRAIN_MAX_WALK) -> dict[tuple[str, int], float]:
+    """`swap_mix` with a `share` of the problems being hops problems, every hop count alike, and a `stops`
+    share of stops problems, every walk length alike."""
+    mix = {k: (1 - share - stops) / max_swaps for k in swap_mix(max_swaps)}
+    mix |= {("hops", h): share / max_hops for h in range(1, max_hops + 1)}
+    mix |= {("stops", w): stops / (max_walk - STOPS + 1) for w in range(STOPS, max_walk + 1)}
+    return {k: w for k, w in mix.items() if w > 0}
 
 
 DEFAULT_MIX = swap_mix()

@@ -164,7 +164,7 @@ def parallel_answers(model, tok, questions: Sequence[str], num_steps: int, max_n
 
 
 BASELINE_LABELS = {"parity": "parity guess", "start": "start order", "one_hop": "one hop per value",
-                   "stay": "the start for every value", "chance": "chance"}
+                   "stay": "the start for every value", "listed": "the stops as listed", "chance": "chance"}
 
 
 def trivial_baselines(problems: Sequence[demo_tasks.Problem]) -> dict[str, float]:
@@ -174,19 +174,27 @@ def trivial_baselines(problems: Sequence[demo_tasks.Problem]) -> dict[str, float
     needs to know), right 1 time in 3 in expectation; `start`, always answering the start order.
     Hops: `one_hop`, every value one link on from the one before (ignoring the hop count; not given at
     one hop, where it is the task); `stay`, the start for every value; `chance`, a random place for each.
+    Stops: `listed`, the stops in the order the question lists them; `chance`, a random order of them.
     """
+    task = problems[0].task if problems else "swap"
     n = max(len(problems), 1)
-    if problems and problems[0].task == "hops":
-        one = stay = 0
-        for p in problems:
+
+    def share(hit) -> float:
+        return round(sum(map(hit, problems)) / n, 4)
+
+    if task == "hops":
+        def one(p):
             links, _, start = demo_tasks.hops_parts(p.question)
-            one += demo_tasks.walk(links, start, 1) == p.answer
-            stay += start * demo_tasks.HOP_VALUES == p.answer
-        base = {"stay": round(stay / n, 4), "chance": round(demo_tasks.HOP_PLACES ** -demo_tasks.HOP_VALUES, 4)}
+            return demo_tasks.walk(links, start, 1) == p.answer
+
+        base = {"stay": share(lambda p: demo_tasks.hops_parts(p.question)[2] * demo_tasks.HOP_VALUES == p.answer),
+                "chance": round(demo_tasks.HOP_PLACES ** -demo_tasks.HOP_VALUES, 4)}
         # at one hop per value, one hop is the task itself, not a baseline
-        return base if problems[0].tier == 1 else {"one_hop": round(one / n, 4), **base}
-    start = [demo_tasks.swap_start(p.question) == p.answer for p in problems]
-    return {"parity": round(1 / 3, 4), "start": round(sum(start) / n, 4)}
+        return base if problems[0].tier == 1 else {"one_hop": share(one), **base}
+    if task == "stops":
+        return {"listed": share(lambda p: "".join(demo_tasks.stops_parts(p.question)[2]) == p.answer),
+                "chance": round(1 / math.factorial(demo_tasks.STOPS), 4)}
+    return {"parity": round(1 / 3, 4), "start": share(lambda p: demo_tasks.swap_start(p.question) == p.answer)}
 
 
 def by_value(texts: Sequence[str], problems: Sequence[demo_tasks.Problem]) -> list[float]:
@@ -277,7 +285,7 @@ def evaluate(
                 return hits, steps
 
             def by_value_cell() -> dict[str, Any]:
-                if task != "hops":
+                if task == "swap":
                     return {}
                 return {"by_value": [round(sum(v[i] for v in values) / len(values), 4) for i in range(len(values[0]))]}
 
@@ -391,7 +399,7 @@ def markdown_table(report: dict[str, Any]) -> str:
     extra = (["adaptive kl", "mean steps"] if any("adaptive" in row for row in rows) else []) + (
         ["no recurrence (r=1 trained)"] if report.get("baseline") else []) + (
         [f"parallel r={_adaptive_cap()}", "its mean steps"] if any("parallel" in row for row in rows) else [])
-    trivial = list(dict.fromkeys(k for row in rows for k in row["baselines"]))  # each task has its own
+    trivial = [k for k in BASELINE_LABELS if any(k in row["baselines"] for row in rows)]  # each task has its own
     extra += [BASELINE_LABELS[k] for k in trivial]
     head = "| task | tier | n | " + " | ".join([f"r={r}" for r in depths] + extra) + " |"
     lines = [head, "|" + "---|" * (len(depths) + len(extra) + 3)]
@@ -527,7 +535,7 @@ def findings(report: dict[str, Any]) -> list[str]:
             out.append(f"{t} swaps with the prompt and the answer at different depths: prompt at P = {max(p)} with "
                        f"one answer step {p[max(p)]:.1f} %, prompt at P = {min(p)} with answer steps up to A = "
                        f"{max(a)} at most {max(a.values()):.1f} %.")
-    out += hops_findings(report)
+    out += walk_findings(report, "hops") + walk_findings(report, "stops")
     for chat in report.get("multi_turn") or []:
         by_q = [100 * c["acc"] for c in chat["by_question"]]
         reuse = sum(chat["reused_tokens"]) / sum(chat["prompt_tokens"])
@@ -537,9 +545,10 @@ def findings(report: dict[str, Any]) -> list[str]:
     return out
 
 
-def hops_findings(report: dict[str, Any]) -> list[str]:
-    """The hops tiers' sentences: accuracy by depth, by answer value, and the adaptive steps per answer token."""
-    rows = {int(t): row for t, row in report["results"].get("hops", {}).items() if row.get("acc")}
+def walk_findings(report: dict[str, Any], task: str) -> list[str]:
+    """The sentences of a walk task's tiers (hops, stops): accuracy by depth, by answer value, and the adaptive
+    steps per answer token."""
+    rows = {int(t): row for t, row in report["results"].get(task, {}).items() if row.get("acc")}
     out: list[str] = []
     deepest = str(max(int(r) for r in report["depths"])) if report["depths"] else None
     for t, row in rows.items():
@@ -553,8 +562,8 @@ def hops_findings(report: dict[str, Any]) -> list[str]:
     if len(adaptive) > 1:
         easy, hard = min(adaptive), max(adaptive)
         e, h = adaptive[easy]["mean_steps"], adaptive[hard]["mean_steps"]
-        out.append(f"Hops, mean steps per answer token with adaptive exit: {e:.2f} at {easy} hops per value, {h:.2f} "
-                   f"at {hard} ({h / e:.2f}×); by answer position at {hard}: "
+        out.append(f"{task.capitalize()}, mean steps per answer token with adaptive exit: {e:.2f} at "
+                   f"{rows[easy]['name']}, {h:.2f} at {rows[hard]['name']} ({h / e:.2f}×); by answer position there: "
                    + ", ".join(f"{x:.1f}" for x in adaptive[hard]["steps_by_position"]) + ".")
     return out
 

@@ -40,7 +40,7 @@ LOG_DEPTHS = (1, 2, 4, 8, 16, 32)
 # The in-run evaluation's tiers, fixed: its initial states come from the training RNG, so the tiers
 # are part of what reproduces a run (the first stages ran with these).
 LOG_TIERS = (4, 8, 12, 16, 24)
-LOG_HOPS_TIERS = (1, 2, 4, 6, 8)  # logged only by runs that train on hops problems
+LOG_OTHER_TIERS = {"hops": (1, 2, 4, 6, 8), "stops": (4, 6, 8)}  # logged only by runs that train on them
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,7 +150,7 @@ def depth_table(model, tok, per_tier: int, depths: Sequence[int] = LOG_DEPTHS,
     model.eval()
     table = {}
     for task in tasks:
-        for tier in LOG_HOPS_TIERS if task == "hops" else LOG_TIERS:
+        for tier in LOG_OTHER_TIERS.get(task, LOG_TIERS):
             probs = demo_tasks.eval_problems(task, tier, per_tier)
             table[f"{task}/{tier}"] = {r: teacher_forced_accuracy(model, tok, probs, r) for r in depths}
     model.train(was_training)
@@ -247,6 +247,11 @@ def parse_args() -> argparse.Namespace:
                          "demo_tasks.make_hops)")
     ap.add_argument("--max-hops", type=int, default=demo_tasks.TRAIN_MAX_HOPS,
                     help="most hops per answer value trained on")
+    ap.add_argument("--stops", type=float, default=0.0,
+                    help="share of the problems that are stops problems (a walk to each of four stops in turn, "
+                         "demo_tasks.make_stops)")
+    ap.add_argument("--max-walk", type=int, default=demo_tasks.TRAIN_MAX_WALK,
+                    help="longest stops walk trained on (links from the start to the last stop)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--n-embd", type=int, default=128)
@@ -296,10 +301,10 @@ def main() -> None:
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
-    mix = (demo_tasks.hops_mix(args.hops, args.max_swaps, args.max_hops) if args.hops
-           else demo_tasks.swap_mix(args.max_swaps))
-    log_tasks = ("swap", "hops") if args.hops else ("swap",)
-    longest = args.max_hops if args.curriculum_task == "hops" else args.max_swaps
+    mix = (demo_tasks.hops_mix(args.hops, args.max_swaps, args.max_hops, args.stops, args.max_walk)
+           if args.hops or args.stops else demo_tasks.swap_mix(args.max_swaps))
+    log_tasks = ("swap",) + ("hops",) * bool(args.hops) + ("stops",) * bool(args.stops)
+    longest = {"hops": args.max_hops, "stops": args.max_walk}.get(args.curriculum_task, args.max_swaps)
     progress = {"step": 0, "cap": args.curriculum_start}
 
     def max_tier() -> int:

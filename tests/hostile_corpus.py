@@ -195,6 +195,13 @@ def hostile_files() -> Iterator[Case]:
         Case("NaN exit value", _dump(base).replace(b'"exit_value":0.00035', b'"exit_value":NaN'), "exit_value"),
         Case("Infinity tokens/s", _dump(base).replace(b'"tokens_per_s":21.5', b'"tokens_per_s":Infinity', 1),
              "tokens_per_s"),
+        # Past a float's range (math.isfinite raises OverflowError on them): refused by name, not a bare error.
+        Case("temperature of 401 digits", _dump(_set(base, (*ans, "settings", "temperature"), 10**400)),
+             r"settings\.temperature must be a number"),
+        Case("column temperature of 401 digits", _dump(_set(base, (*col, "settings", "temperature"), 10**400)),
+             r"columns\[0\]\.settings\.temperature"),
+        Case("tokens/s of 401 digits", _dump(_set(base, (*ans, "stats", "tokens_per_s"), -10**400)), "tokens_per_s"),
+        Case("exit value of 401 digits", _dump(_set(base, (*ans, "tokens", 0, "exit_value"), 10**400)), "exit_value"),
         Case("stats.tokens_per_s fast", _dump(_set(base, (*ans, "stats", "tokens_per_s"), "fast")), "tokens_per_s"),
         Case("threshold as a string", _dump(_set(base, (*ans, "settings", "exit_threshold"), "5e-4")),
              "exit_threshold"),

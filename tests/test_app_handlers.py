@@ -215,6 +215,32 @@ def test_rename_delete_export_import(studio, tmp_path):
     assert count == 1 and "Export me" in html and 'class="tok' in html
 
 
+def test_a_conversation_deleted_in_another_tab_is_named_and_send_starts_a_new_one(studio):
+    conversations = studio.conversations
+    tab = run(studio.chat.send(conversations.new_session(), "Doomed question", "", fixed()))[-1][0]
+    other, _ = conversations.open(conversations.new_session(), tab.conversation_id)  # a second tab, same owner
+    assert other.owner == tab.owner and other.tab != tab.tab
+    conversations.delete(other)
+
+    # Every action on the open conversation says plainly what happened (not "conversation 1 not found").
+    for action in (lambda: run(studio.chat.regenerate(tab, "", fixed())), lambda: studio.chat.start_edit(tab),
+                   lambda: conversations.rename(tab, "New title"), lambda: conversations.export(tab, "md", False),
+                   lambda: conversations.select_sibling(tab, 1), lambda: conversations.delete(tab)):
+        with pytest.raises(UserError, match="This conversation was deleted, perhaps in another tab"):
+            action()
+    assert conversations.export(tab, "json", everything=True)  # everything still exports
+
+    # Send starts a new conversation; the edit the tab had open is dropped with the old one.
+    after = run(studio.chat.send(tab.replace(edit_id=1), "Still here?", "", fixed()))[-1][0]
+    assert after.conversation_id is not None and after.edit_id is None  # SQLite may give it the deleted one's id
+    assert [m.role for m in studio.store.thread(after.owner, after.conversation_id)] == ["user", "assistant"]
+    assert studio.store.thread(after.owner, after.conversation_id)[0].content == "Still here?"
+    assert [cid for _, cid in conversations.choices(after)] == [after.conversation_id]
+    # A reload of the first tab opens the newest conversation, not an error.
+    reloaded, html, _ = conversations.open_latest(tab)
+    assert reloaded.conversation_id == after.conversation_id and "Still here?" in html
+
+
 # ---- arena and API ------------------------------------------------------------------------------------------------
 
 def test_compare_columns_agreement_and_saving(studio):
@@ -290,6 +316,10 @@ DAMAGE = [
     dict(kind="comparison", extra={"columns": [1, 2], "system": 7}),
     dict(kind="comparison", extra={"columns": [{"tokens": [{"text": "a", "steps": 3e7}], "stats": "x",
                                                 "settings": {"num_steps": 30_000_000}, "label": 3}]}),
+    # Numbers past a float's range: math.isfinite raises OverflowError on them.
+    dict(settings={"num_steps": 4, "temperature": 10**400}, stats={"tokens": 1, "tokens_per_s": -10**400},
+         tokens=[{"text": "a", "steps": 3, "exit_value": 10**400}]),
+    dict(kind="comparison", extra={"columns": [{"tokens": [], "settings": {"exit_threshold": 10**400}}]}),
 ]
 
 

@@ -490,6 +490,50 @@ def test_caps_are_enforced_with_a_clear_message(hosted):
     assert not out["success"] and "the limit here is 2,000" in out["error"]
 
 
+def test_a_number_past_a_float_or_a_huge_key_is_refused_by_name(hosted):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    client = Client(hosted.url, verbose=False)
+    # 10**400 reaches the server as a Python int, where math.isfinite raises OverflowError ("upstream exception").
+    cases = [
+        (("hi", {**FAST, "temperature": 10**400}), "/chat", "temperature: must be a number from 0.0 to 10.0"),
+        (("hi", [{**FAST, "criterion": "kl", "exit_threshold": 10**400}]), "/compare",
+         "exit_threshold: must be a number from 0.0 to 1000000.0"),
+    ]
+    for args, api, message in cases:
+        with pytest.raises(AppError, match=re.escape(message)):
+            client.predict(*args, api_name=api)
+    # An unknown key is named, cut: a 100,000-character key is not sent back whole.
+    with pytest.raises(AppError, match="unknown setting") as err:
+        client.predict("hi", {**FAST, "k" * 100_000: 1}, api_name="/chat")
+    assert "'kkkk" in str(err.value) and len(str(err.value)) < 1_000
+
+
+def test_a_tab_whose_conversation_another_tab_deleted_closes_it_and_sends_anew(hosted):
+    token = hosted.owners.new_token()
+    first, _ = open_tab(hosted, token, "deleting-tab")
+    assert first(hosted.events["on_send"], [None, "Doomed question", "", *form()])["success"]
+    second, opened = open_tab(hosted, token, "stale-tab")  # the same visitor's second tab, on that conversation
+    assert titles(opened) == ["Doomed question"]
+    out = second(hosted.events["on_edit"], [None])
+    assert out["success"] and out["data"][3] == "Doomed question", out
+    out = second(hosted.events["on_rename"], [None, "Doomed, renamed"])
+    assert out["success"] and [label for label, _ in out["data"][2]["choices"]] == ["Doomed, renamed"], out
+    assert first(hosted.events["on_delete"], [None, True])["success"]
+
+    # Regenerate in the stale tab: a plain note, and the tab shows no conversation instead of failing each click.
+    out = second(hosted.events["on_regenerate"], [None, "", *form()])
+    assert out["success"], out
+    assert "Ask something" in out["data"][1] and out["data"][2]["choices"] == []
+    out = second(hosted.events["on_rename"], [None, "Too late"])  # the tab has no conversation open now
+    assert not out["success"] and out["error"] == "Open a conversation first.", out
+    # Send starts a new conversation, and the list shows it.
+    out = second(hosted.events["on_send"], [None, "A fresh start", "", *form()])
+    assert out["success"], out
+    assert [label for label, _ in out["data"][2]["choices"]] == ["A fresh start"]
+
+
 def test_model_loading_is_refused(hosted):
     before = hosted.studio.slot.pair
     with pytest.raises(UserError, match="turned off"):

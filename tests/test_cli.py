@@ -69,3 +69,33 @@ def test_run_says_where_quantized_weights_are_cached(tmp_path):
     entries = [p for p in cache.iterdir() if not p.name.startswith(".")]
     assert len(entries) == 1 and entries[0].name.startswith("demo-model-nf4-")
     assert f"Quantized weights saved to {entries[0]}" in output and "--no-quantized-cache" in output
+
+
+def _run_to_exit(tmp_path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """run.py with ``args`` when it should stop by itself (a start-up mistake)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", **env)
+    cmd = [sys.executable, str(ROOT / "run.py"), "--device", "cpu", "--db", str(tmp_path / "conversations.db"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=START_TIMEOUT_S)
+
+
+def test_start_up_mistakes_get_one_line_naming_the_flag_and_exit_2(tmp_path):
+    # Refused before the model loads: a port out of range, a secret too short.
+    for args, env, message in [
+        (["--port", "99999"], {}, "argument --port: '99999' is not a port (a whole number from 1 to 65535)"),
+        (["--port", "-1"], {}, "argument --port: '-1' is not a port"),
+        (["--hosted", "--data-dir", str(tmp_path / "data")], {"HUGINN_STUDIO_SECRET": "short"},
+         "error: $HUGINN_STUDIO_SECRET: the owner-key secret must be at least 16 bytes"),
+    ]:
+        done = _run_to_exit(tmp_path, *args, **env)
+        assert done.returncode == 2 and message in done.stderr, done.stderr[-3000:]
+        assert "Traceback" not in done.stderr and "Loading weights" not in done.stderr, done.stderr[-3000:]
+
+    # A port another program holds: found only when the page starts to listen, after the model loaded.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        done = _run_to_exit(tmp_path, "--model", str(DEMO_MODEL), "--port", str(taken))
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert f"error: cannot listen on --host 127.0.0.1 --port {taken}: Cannot find empty port" in done.stderr
+    assert "Traceback" not in done.stderr and "launch()" not in done.stderr, done.stderr[-3000:]

@@ -245,3 +245,9 @@ def test_hops_rows_have_their_own_baselines_and_answers_by_value(model, tok) -> 
     hops_line = next(line for line in table.splitlines() if line.startswith("| hops"))
     assert hops_line.count("| – ") == 2  # no parity guess nor start order for a walk
     assert any(line.startswith("4 hops per value: r = 1:") for line in eval_demo_model.findings(report))
+
+
+def test_stops_baselines_are_the_listed_order_and_chance() -> None:
+    problems = demo_tasks.eval_problems("stops", 6, 60)
+    listed = sum(p.question.endswith(f"to {' '.join(p.answer)}. Final?") for p in problems)
+    assert eval_demo_model.trivial_baselines(problems) == {"listed": round(listed / 60, 4), "chance": round(1 / 24, 4)}

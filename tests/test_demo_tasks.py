@@ -267,3 +267,30 @@ def test_the_curriculum_lengthens_only_its_own_task() -> None:
     hops = [int(HOPS.fullmatch(q)[2]) for q in seen if HOPS.fullmatch(q)]
     swaps = [len(QUESTION.fullmatch(q)[1].split()) for q in seen if QUESTION.fullmatch(q)]
     assert set(hops) == {1, 2} and max(swaps) == 8  # hops capped at 2; swaps draw every length
+
+
+STOPS_Q = re.compile(r"Walk ((?:[1-9]{2} ){8}[1-9]{2}) from ([1-9]) to ((?:[1-9] ){3}[1-9])\. Final\?")
+
+
+@pytest.mark.parametrize("tier", dt.TIERS["stops"])
+def test_stops_answers_are_the_stops_in_the_order_a_walk_meets_them(tier: int) -> None:
+    rng = random.Random(tier)
+    for _ in range(200):
+        p = dt.make_stops(tier, rng)
+        m = STOPS_Q.fullmatch(p.question)
+        assert m, p.question
+        links, start, stops = dict(m[1].split()), m[2], m[3].split()
+        assert stops == sorted(stops) and start not in stops
+        here, met, walked = start, "", 0
+        while len(met) < len(stops):  # walked link by link, independently of the generator
+            here, walked = links[here], walked + 1
+            met += here if here in stops else ""
+        assert p.answer == met and walked == tier  # the tier is the links from the start to the last stop
+        seen, here = set(), start
+        for _ in range(9):
+            seen.add(here)
+            here = links[here]
+        assert len(seen) == 9 and here == start  # one cycle through every place
+        assert dt.stops_parts(p.question) == (links, start, stops)
+    with pytest.raises(ValueError, match="4 to 8 links"):
+        dt.make_stops(3, rng)

@@ -289,6 +289,9 @@ def test_malformed_messages_are_refused(tiny, messages, match):
     ("min_steps", 40), ("cache_strategy", "bogus"), ("max_new_tokens", 0), ("temperature", -0.1),
     ("top_p", 0.0), ("top_p", 1.5), ("min_p", 2.0), ("repetition_penalty", 0.0), ("seed", -3), ("top_k", -1),
     ("temperature", float("nan")), ("warm_start", "yes"),
+    # past a float's range: math.isfinite raises OverflowError on these
+    pytest.param("temperature", 10**400, id="temperature-401-digits"),
+    pytest.param("exit_threshold", -10**400, id="exit_threshold-401-digits"),
 ])
 def test_invalid_settings_name_the_field(field, value):
     with pytest.raises(SettingsError) as err:

@@ -113,6 +113,9 @@ def test_a_trace_over_the_cap_keeps_the_tokens_that_fit_and_says_it_was_cut(stor
     (("tokens", 1, "probs", 2, 0), float("nan"), "trace.tokens[1].probs[2][0]"),
     (("tokens", 2, "top", 0, 1), -3, "trace.tokens[2].top[0][1]"),
     (("tokens", 0, "kl", 3), "big", "trace.tokens[0].kl[3]"),
+    # past a float's range: math.isfinite raises OverflowError on these
+    pytest.param(("tokens", 0, "kl", 3), 10**400, "trace.tokens[0].kl[3]", id="kl-401-digits"),
+    pytest.param(("tokens", 0, "xy", 1, 0), -10**400, "trace.tokens[0].xy[1][0]", id="xy-401-digits"),
     (("tokens", 0, "xy", 1), [1.0], "trace.tokens[0].xy[1]"),
     (("tokens", 0, "script"), "<b>", "trace.tokens[0]"),
     (("tokens", 0, "index"), 1e99, "trace.tokens[0].index"),
@@ -141,6 +144,10 @@ def test_import_checks_traces_and_writes_nothing_when_one_is_bad(store: Store):
     columns["conversations"][0]["messages"][1]["extra"] = {"columns": [{"trace": {"version": 1}}]}
     with pytest.raises(ImportInvalid, match=r"extra\.columns\[0\]\.trace"):
         store.import_json("other", columns)
+    huge = copy.deepcopy(doc)
+    huge["conversations"][0]["messages"][1]["trace"]["tokens"][0]["kl"][0] = 10**400
+    with pytest.raises(ImportInvalid, match=r"messages\[1\]\.trace\.tokens\[0\]\.kl\[0\] must be a finite"):
+        store.import_json("other", json.dumps(huge))  # a file's 401-digit number, as json reads it: an int
     assert store.list_conversations("other") == []
     # An oversized trace in a file is kept as far as the cap allows, marked cut.
     big = copy.deepcopy(doc)

@@ -4,7 +4,6 @@ file can hold nothing the app would not have written itself."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from .checks import (
@@ -41,8 +40,8 @@ def check_number(
     rule = f"{field} must be {'an integer' if integer else 'a number'} from {low:g} to {top:g}"
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
         raise InvalidData(f"{rule}, not {type(value).__name__}")
-    if not (math.isfinite(value) and low <= value <= top):
-        raise InvalidData(f"{rule}, got {value:g}")
+    if not low <= value <= top:  # the bounds are finite: NaN, inf and an int past a float's range fail it
+        raise InvalidData(f"{rule}, got {shown(value)}")
     return value
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import zlib
 from typing import Any, Callable
 
@@ -25,7 +26,7 @@ from sqlite_utils import Database
 
 from . import tree
 from .checks import check_text
-from .records import InvalidData
+from .records import InvalidData, shown
 
 TRACE_VERSION = 1
 MAX_TRACE_BYTES = 1024 * 1024  # the compact JSON of one answer's trace
@@ -45,9 +46,10 @@ def _int(value: Any, where: str, low: int, high: int) -> int:
 
 
 def _number(value: Any, where: str, low: float = -math.inf, high: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+    # A float's range rather than math.isfinite, which raises OverflowError on an int past it (10**400)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(value) <= sys.float_info.max \
             or not low <= value <= high:
-        raise InvalidData(f"{where} must be a finite number from {low} to {high}, got {value!r}"[:300])
+        raise InvalidData(f"{where} must be a finite number from {low} to {high}, got {shown(value)}"[:300])
     return value
 
 

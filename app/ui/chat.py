@@ -37,12 +37,13 @@ class ChatPanel:
             trigger(friendly(self.on_send), [p.session, self.prompt, *form],
                     [p.session, p.transcript, p.conv_list, p.status, self.prompt], show_progress_on=[p.status],
                     **p.gen_events, **PRIVATE)
-        self.regen_btn.click(friendly(self.on_regenerate), [p.session, *form],
-                             [p.session, p.transcript, p.conv_list, p.status], show_progress_on=[p.status],
-                             **p.gen_events, **PRIVATE)
-        self.edit_btn.click(friendly(self.on_edit), [p.session], [p.session, self.prompt, p.status], **PRIVATE)
+        opened = [p.session, p.transcript, p.conv_list]
+        self.regen_btn.click(friendly(self.on_regenerate, closed=lambda s: p.closed(s, "")), [p.session, *form],
+                             [*opened, p.status], show_progress_on=[p.status], **p.gen_events, **PRIVATE)
+        self.edit_btn.click(friendly(self.on_edit, closed=lambda s: p.closed(s, gr.skip(), "")), [p.session],
+                            [*opened, self.prompt, p.status], **PRIVATE)
         self.stop_btn.click(self.on_stop, [p.session], None, queue=False, **PRIVATE)
-        p.transcript.click(friendly(self.on_transcript_click), [p.session], [p.transcript], **PRIVATE)
+        p.transcript.click(friendly(self.on_transcript_click, closed=p.closed), [p.session], opened, **PRIVATE)
 
     def _stream(self, sess: Session, make_turn: Callable[[], Iterator[TurnUpdate]]) -> Iterator[tuple]:
         first = True
@@ -67,8 +68,8 @@ class ChatPanel:
 
     def on_edit(self, sess: Session) -> tuple:
         sess, text = self.page.studio.chat.start_edit(sess)
-        return sess, text, render.banner("Editing your last question: send it to add a new version beside the "
-                                         "old one.")
+        note = render.banner("Editing your last question: send it to add a new version beside the old one.")
+        return sess, gr.skip(), gr.skip(), text, note
 
     def on_stop(self, sess: Any) -> None:
         if isinstance(sess, Session):
@@ -77,5 +78,5 @@ class ChatPanel:
     def on_transcript_click(self, sess: Session, evt: gr.EventData) -> Any:
         data = getattr(evt, "_data", None) or {}
         if not isinstance(data, dict) or data.get("action") != "sibling" or not data.get("message"):
-            return gr.skip()
-        return self.page.studio.conversations.select_sibling(sess, data["message"])
+            return gr.skip(), gr.skip(), gr.skip()
+        return gr.skip(), self.page.studio.conversations.select_sibling(sess, data["message"]), gr.skip()

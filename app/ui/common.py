@@ -13,6 +13,7 @@ import engine
 
 from .. import render, resources
 from ..config import EngineError, UserError
+from ..conversations import ConversationGone
 from ..handlers import Studio, settings_from_form
 from ..session import Session
 from ..store import StoreError
@@ -33,14 +34,23 @@ def shown(err: BaseException, escape: bool = True) -> gr.Error:
     return gr.Error(render.esc(str(err)) if escape else str(err), print_exception=False)
 
 
-def friendly(fn: Callable, *, needs_session: bool = True, escape: bool = True) -> Callable:
-    """Show expected failures (bad input, store, prompt) as a message in the page instead of a stack trace."""
+def friendly(fn: Callable, *, needs_session: bool = True, escape: bool = True,
+             closed: Callable[[Session], tuple] | None = None) -> Callable:
+    """Show expected failures (bad input, store, prompt) as a message in the page instead of a stack trace. With
+    ``closed`` (the event's outputs for a tab with no conversation open), an event on a conversation another tab
+    deleted says so and closes it there, rather than failing the same way on every click."""
 
     def check(args: tuple) -> None:
         # Events posted to the queue by a script rather than the page can come before the load event made the
         # session; a session value a client sends is never used (Gradio keeps state on the server).
         if needs_session and not (args and isinstance(args[0], Session)):
             raise gr.Error("This tab has no session yet: reload the page.", print_exception=False)
+
+    def failed(err: Exception, args: tuple) -> tuple:
+        if closed is None or not isinstance(err, ConversationGone):
+            raise shown(err, escape) from None
+        gr.Warning(render.esc(str(err)))
+        return closed(args[0].opened(None))
 
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
@@ -49,7 +59,7 @@ def friendly(fn: Callable, *, needs_session: bool = True, escape: bool = True) -
             try:
                 yield from fn(*args, **kwargs)
             except USER_ERRORS as err:
-                raise shown(err, escape) from None
+                yield failed(err, args)
         return gen
 
     @functools.wraps(fn)
@@ -58,7 +68,7 @@ def friendly(fn: Callable, *, needs_session: bool = True, escape: bool = True) -
         try:
             return fn(*args, **kwargs)
         except USER_ERRORS as err:
-            raise shown(err, escape) from None
+            return failed(err, args)
     return plain
 
 
@@ -96,3 +106,8 @@ class Page:
 
     def listing(self, sess: Session, query: str = "") -> dict[str, Any]:
         return gr.update(choices=self.studio.conversations.choices(sess, query), value=sess.conversation_id)
+
+    def closed(self, sess: Session, *rest: Any) -> tuple:
+        """(session, transcript, list) for a tab with no conversation open, then ``rest`` for the event's other
+        outputs."""
+        return sess, self.studio.conversations.transcript(sess), self.listing(sess), *rest

@@ -41,15 +41,15 @@ class SidebarPanel:
         self.new_btn.click(friendly(self.on_new), [p.session], opened, **PRIVATE)
         self.search.change(friendly(self.on_search), [p.session, self.search], [p.conv_list],
                            trigger_mode="always_last", **PRIVATE)
-        self.rename_btn.click(friendly(self.on_rename), [p.session, self.title_box], [p.conv_list, self.title_box],
-                              **PRIVATE)
-        self.delete_btn.click(friendly(self.on_delete), [p.session, self.delete_ok], opened, **PRIVATE,
-                              js="(s, ok) => [s, confirm('Delete this conversation with all its branches?')]")
+        self.rename_btn.click(friendly(self.on_rename, closed=lambda s: p.closed(s, gr.skip())),
+                              [p.session, self.title_box], [*opened, self.title_box], **PRIVATE)
+        self.delete_btn.click(friendly(self.on_delete, closed=p.closed), [p.session, self.delete_ok], opened,
+                              **PRIVATE, js="(s, ok) => [s, confirm('Delete this conversation with all its branches?')]")
         self.delete_all_btn.click(friendly(self.on_delete_all), [p.session, self.delete_ok], opened, **PRIVATE,
                                   js="(s, ok) => [s, confirm('Delete all your conversations on this server?')]")
         for button, fmt in ((self.export_json, "json"), (self.export_md, "md")):
-            button.click(friendly(functools.partial(self.on_export, fmt=fmt)), [p.session, self.export_all],
-                         [self.download], **PRIVATE)
+            button.click(friendly(functools.partial(self.on_export, fmt=fmt), closed=lambda s: p.closed(s, None)),
+                         [p.session, self.export_all], [*opened, self.download], **PRIVATE)
         self.import_btn.upload(friendly(self.on_import), [p.session, self.import_btn], opened, **PRIVATE)
 
     def on_open(self, sess: Session, conversation_id: Any) -> tuple:
@@ -67,7 +67,7 @@ class SidebarPanel:
 
     def on_rename(self, sess: Session, title: str) -> tuple:
         self.page.studio.conversations.rename(sess, title)
-        return self.page.listing(sess), ""
+        return gr.skip(), gr.skip(), self.page.listing(sess), ""
 
     def on_delete(self, sess: Session, ok: bool) -> tuple:
         if ok is not True:
@@ -82,8 +82,8 @@ class SidebarPanel:
         info(f"Deleted {count} conversation(s).")
         return sess, html, self.page.listing(sess)
 
-    def on_export(self, sess: Session, everything: bool, fmt: str) -> str:
-        return self.page.studio.conversations.export(sess, fmt, everything is True)
+    def on_export(self, sess: Session, everything: bool, fmt: str) -> tuple:
+        return gr.skip(), gr.skip(), gr.skip(), self.page.studio.conversations.export(sess, fmt, everything is True)
 
     def on_import(self, sess: Session, file: Any) -> tuple:
         sess, html, count = self.page.studio.conversations.import_file(sess, file)
