@@ -2,8 +2,9 @@
 
 Everything the demo model ever sees comes from here: cup-swap problems (follow k swaps of three
 cups) in tiers of k, plus a little plain conversation so that chatting with the model is coherent.
-Hops problems (a walk along links, written out in the answer) are a task mix for a later stage
-(`train_demo_model.py --hops`); the shipped model was not trained on them (docs/demo-model.md).
+Hops and stops problems (walks along links, written out in the answer) are task mixes for a later
+stage (`train_demo_model.py --hops`, `--stops`); the shipped model was not trained on them
+(docs/demo-model.md, "Serial work in the answer").
 Problems are split into train and held-out by a hash of the question text, so the split is exact
 and does not depend on the seed or the order in which problems were generated.
 """
@@ -27,6 +28,7 @@ TRAIN_MAX_SWAPS = 16  # the shipped model trained on 1..16 swaps; longer lists a
 # Stages 1 and 2 of the shipped model trained on 1..12 swaps (train_demo_model.py --max-swaps).
 FIRST_STAGES_MAX_SWAPS = 12
 TRAIN_MAX_HOPS = 6  # hops problems (below): longer walks per value are never trained on
+TRAIN_MAX_WALK = 6  # stops problems (below): links from the start to the last stop; longer are never trained on
 
 TASKS = ("swap",)  # the shipped model's tasks; TIERS has every task the evaluation knows
 # The tier is the number of swaps, i.e. the number of serial steps. 24 (1.5 times the longest trained
@@ -36,7 +38,8 @@ TIER_NAMES: dict[str, dict[int, str]] = {
     "swap": {k: f"{k} swaps" + (" (longer than trained)" if k > TRAIN_MAX_SWAPS else "") for k in TIERS["swap"]},
     "hops": {k: f"{k} hops per value" + (" (longer than trained)" if k > TRAIN_MAX_HOPS else "")
              for k in TIERS["hops"]},
-    "stops": {k: f"a walk of {k} links" + (" (longer than trained)" if k > 6 else "") for k in TIERS["stops"]},
+    "stops": {k: f"a walk of {k} links" + (" (longer than trained)" if k > TRAIN_MAX_WALK else "")
+              for k in TIERS["stops"]},
 }
 
 SYSTEM_PROMPTS = (
@@ -197,7 +200,6 @@ def make_hops(tier: int, rng: random.Random) -> Problem:
 # gap needs only more iterations. The stops come last, so no position of the link table knows where a
 # walk ends; each later answer value walks on from the previous answer token, the token at its position.
 STOPS = 4
-TRAIN_MAX_WALK = 6  # the tier: links from the start to the last stop; longer walks are never trained on
 
 
 def stops_question(links: dict[str, str], start: str, stops: Sequence[str]) -> str:
@@ -357,12 +359,14 @@ def swap_mix(max_swaps: int = TRAIN_MAX_SWAPS) -> dict[tuple[str, int], float]:
     return {("swap", k): 1.0 for k in range(1, max_swaps + 1)}
 
 
-def hops_mix(share: float, max_swaps: int = TRAIN_MAX_SWAPS, max_hops: int = TRAIN_MAX_HOPS,
+def walk_mix(hops: float, max_swaps: int = TRAIN_MAX_SWAPS, max_hops: int = TRAIN_MAX_HOPS,
              stops: float = 0.0, max_walk: int = TRAIN_MAX_WALK) -> dict[tuple[str, int], float]:
-    """`swap_mix` with a `share` of the problems being hops problems, every hop count alike, and a `stops`
-    share of stops problems, every walk length alike."""
-    mix = {k: (1 - share - stops) / max_swaps for k in swap_mix(max_swaps)}
-    mix |= {("hops", h): share / max_hops for h in range(1, max_hops + 1)}
+    """`swap_mix` with a `hops` share of the problems being hops problems, every hop count alike, and a
+    `stops` share of stops problems, every walk length alike; swaps get the rest."""
+    if not (0 <= hops <= 1 and 0 <= stops <= 1 and hops + stops <= 1):
+        raise ValueError(f"the hops and stops shares must be from 0 to 1 together, got {hops} and {stops}")
+    mix = {k: (1 - hops - stops) / max_swaps for k in swap_mix(max_swaps)}
+    mix |= {("hops", h): hops / max_hops for h in range(1, max_hops + 1)}
     mix |= {("stops", w): stops / (max_walk - STOPS + 1) for w in range(STOPS, max_walk + 1)}
     return {k: w for k, w in mix.items() if w > 0}
 

@@ -273,7 +273,7 @@ def parse_args() -> argparse.Namespace:
                          "solved this often (checked every 50 steps at --mean-recurrence on 64 training problems)")
     ap.add_argument("--curriculum-task", choices=demo_tasks.TIERS, default="swap",
                     help="the task whose tiers the curriculum (--curriculum-start, --gate) lengthens; the other "
-                         "task draws all its tiers throughout")
+                         "tasks draw all their tiers throughout")
     ap.add_argument("--init-from", type=Path, default=None, help="start from this checkpoint's weights")
     ap.add_argument("--threads", type=int, default=1, help="torch threads; 1 leaves the other core free")
     ap.add_argument("--log-every", type=int, default=50)
@@ -301,7 +301,7 @@ def main() -> None:
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
-    mix = (demo_tasks.hops_mix(args.hops, args.max_swaps, args.max_hops, args.stops, args.max_walk)
+    mix = (demo_tasks.walk_mix(args.hops, args.max_swaps, args.max_hops, args.stops, args.max_walk)
            if args.hops or args.stops else demo_tasks.swap_mix(args.max_swaps))
     log_tasks = ("swap",) + ("hops",) * bool(args.hops) + ("stops",) * bool(args.stops)
     longest = {"hops": args.max_hops, "stops": args.max_walk}.get(args.curriculum_task, args.max_swaps)

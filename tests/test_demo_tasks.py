@@ -223,13 +223,19 @@ def test_streams_without_variants_are_those_the_shipped_stages_trained_on() -> N
 HOPS = re.compile(r"Follow ((?:[1-9]{2} ){8}[1-9]{2}) by ([1-9]) from ([1-9])\. Final\?")
 
 
+def _parsed(make, tier: int, question: re.Pattern, n: int = 200):
+    """`n` problems of `make` at `tier`, each with its question parsed by `question` (which must match)."""
+    rng = random.Random(tier)
+    for _ in range(n):
+        p = make(tier, rng)
+        m = question.fullmatch(p.question)
+        assert m, p.question
+        yield p, m
+
+
 @pytest.mark.parametrize("tier", dt.TIERS["hops"])
 def test_hops_answers_walk_the_links_from_the_start(tier: int) -> None:
-    rng = random.Random(tier)
-    for _ in range(200):
-        p = dt.make_hops(tier, rng)
-        m = HOPS.fullmatch(p.question)
-        assert m, p.question
+    for p, m in _parsed(dt.make_hops, tier, HOPS):
         links = dict(pair for pair in m[1].split())
         assert sorted(links) == sorted(links.values()) == list("123456789")  # each place linked to one other
         assert all(a != b for a, b in links.items()) and int(m[2]) == tier
@@ -241,14 +247,16 @@ def test_hops_answers_walk_the_links_from_the_start(tier: int) -> None:
         assert p.answer == walked
         assert dt.hops_parts(p.question) == (links, tier, m[3])
     with pytest.raises(ValueError, match="1 to 9 hops"):
-        dt.make_hops(0, rng)
+        dt.make_hops(0, random.Random(0))
 
 
 def test_hops_problems_reach_training_only_as_the_mix_says() -> None:
-    mix = dt.hops_mix(0.4, max_swaps=4, max_hops=3)
+    mix = dt.walk_mix(0.4, max_swaps=4, max_hops=3)
     assert sum(mix.values()) == pytest.approx(1)
     assert sum(w for (task, _), w in mix.items() if task == "hops") == pytest.approx(0.4)
     assert {t for task, t in mix if task == "hops"} == {1, 2, 3}
+    with pytest.raises(ValueError, match="from 0 to 1 together"):
+        dt.walk_mix(0.7, stops=0.5)
     seen = [m[0]["content"] for m in itertools.islice(dt.train_conversations(0, mix, chat_fraction=0), 600)
             if m[0]["role"] == "user"]
     hops = [q for q in seen if q.startswith("Follow ")]
@@ -260,7 +268,7 @@ def test_hops_problems_reach_training_only_as_the_mix_says() -> None:
 
 
 def test_the_curriculum_lengthens_only_its_own_task() -> None:
-    mix = dt.hops_mix(0.5, max_swaps=8, max_hops=6)
+    mix = dt.walk_mix(0.5, max_swaps=8, max_hops=6)
     seen = [m[0]["content"] for m in itertools.islice(
         dt.train_conversations(1, mix, chat_fraction=0, max_tier=lambda: 2, curriculum_task="hops"), 800)
         if m[0]["role"] == "user"]
@@ -274,11 +282,7 @@ STOPS_Q = re.compile(r"Walk ((?:[1-9]{2} ){8}[1-9]{2}) from ([1-9]) to ((?:[1-9]
 
 @pytest.mark.parametrize("tier", dt.TIERS["stops"])
 def test_stops_answers_are_the_stops_in_the_order_a_walk_meets_them(tier: int) -> None:
-    rng = random.Random(tier)
-    for _ in range(200):
-        p = dt.make_stops(tier, rng)
-        m = STOPS_Q.fullmatch(p.question)
-        assert m, p.question
+    for p, m in _parsed(dt.make_stops, tier, STOPS_Q):
         links, start, stops = dict(m[1].split()), m[2], m[3].split()
         assert stops == sorted(stops) and start not in stops
         here, met, walked = start, "", 0
@@ -293,4 +297,4 @@ def test_stops_answers_are_the_stops_in_the_order_a_walk_meets_them(tier: int) -
         assert len(seen) == 9 and here == start  # one cycle through every place
         assert dt.stops_parts(p.question) == (links, start, stops)
     with pytest.raises(ValueError, match="4 to 8 links"):
-        dt.make_stops(3, rng)
+        dt.make_stops(3, random.Random(0))
