@@ -303,8 +303,13 @@ def damage(db_path, message_id: int, **columns) -> None:
     con = sqlite3.connect(db_path)
     with con:
         for column, value in columns.items():
-            con.execute(f"UPDATE messages SET {column} = ? WHERE id = ?", [json.dumps(value), message_id])
+            text = value if isinstance(value, Raw) else json.dumps(value)
+            con.execute(f"UPDATE messages SET {column} = ? WHERE id = ?", [text, message_id])
     con.close()
+
+
+class Raw(str):
+    """A column's text written as it is, not as JSON: not JSON at all, as a damaged row can be."""
 
 
 DAMAGE = [
@@ -320,6 +325,8 @@ DAMAGE = [
     dict(settings={"num_steps": 4, "temperature": 10**400}, stats={"tokens": 1, "tokens_per_s": -10**400},
          tokens=[{"text": "a", "steps": 3, "exit_value": 10**400}]),
     dict(kind="comparison", extra={"columns": [{"tokens": [], "settings": {"exit_threshold": 10**400}}]}),
+    # Not JSON at all: a cut-off row, and an int past str()'s 4300-digit limit (json.loads raises on both).
+    dict(tokens=Raw('[{"text": "a", "ste'), stats=Raw('{"tokens": 1' + "0" * 5000 + "}"), extra=Raw("{{{")),
 ]
 
 

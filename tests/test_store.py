@@ -539,6 +539,10 @@ def test_nan_and_infinity_are_refused_and_every_export_is_strict_json(store: Sto
         store.add_message(OWNER, conv.id, "user", "hi", extra={"deep": [{"x": float("inf")}]})
     with pytest.raises(InvalidData, match="extra holds NaN or Infinity"):
         store.begin_answer(OWNER, conv.id, extra={"x": float("-inf")})
+    with pytest.raises(InvalidData, match="extra holds an integer of 1,329 bits; numbers must fit a float"):
+        store.add_message(OWNER, conv.id, "user", "hi", extra={"deep": [{"x": 10**400}]})
+    with pytest.raises(InvalidData, match="extra holds an integer of 16,610 bits"):  # past str()'s digit limit
+        store.create_conversation(OWNER, "x", extra={"n": -(10**5000)})
     assert store.messages(OWNER, conv.id) == []
     # a value some older version let in reads as null, so the export still parses and imports
     answer(store, conv.id)
@@ -1380,3 +1384,21 @@ def test_a_damaged_parent_link_still_opens_exports_and_imports(tmp_path: Path, d
     assert [m.content for m in store.messages(OWNER, imported[0].id)] == [
         "first question", "first answer", "second question"]
     store.close()
+
+
+@pytest.mark.parametrize("stats, tokens, shown", [
+    ('{"tokens_per_s": 1' + "0" * 400 + ', "mean_steps": -1' + "0" * 400 + "}", None, ["inf tokens/s", "mean -inf"]),
+    ('{"tokens": 1' + "0" * 5000 + "}", '[{"text": "a", "ste', ["0 tokens"]),  # not JSON: past str()'s digits, cut off
+    ('"fast"', '{"text": "not a list"}', ["0 tokens"]),  # JSON of the wrong types
+], ids=["huge numbers", "not JSON", "wrong types"])
+def test_a_hand_edited_record_still_exports_as_markdown(store: Store, db_path: Path, stats, tokens, shown):
+    conv = store.create_conversation(OWNER, "edited")
+    answer(store, conv.id)
+    raw = sqlite3.connect(db_path)
+    with raw:
+        raw.execute("UPDATE messages SET stats = ?, tokens = COALESCE(?, tokens) WHERE conversation_id = ? "
+                    "AND role = 'assistant'", [stats, tokens, conv.id])
+    raw.close()
+    text = store.export_markdown(OWNER, [conv.id])
+    assert all(s in text for s in shown), text
+    assert store.thread(OWNER, conv.id)[-1].content in text

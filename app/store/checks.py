@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -80,7 +81,8 @@ def _json_default(value: Any) -> Any:
 
 
 def check_depth(value: Any, field: str, limit: int = MAX_JSON_DEPTH) -> Any:
-    """Refuse lists and objects nested more than ``limit`` deep (walked without recursion)."""
+    """Refuse lists and objects nested more than ``limit`` deep (walked without recursion), and integers past a
+    float's range anywhere in them (a JavaScript or jq reader of an export would read those as Infinity)."""
     if not isinstance(value, (dict, list, tuple)):
         return value
     stack = [(value, 1)]
@@ -91,7 +93,13 @@ def check_depth(value: Any, field: str, limit: int = MAX_JSON_DEPTH) -> Any:
         for child in node.values() if isinstance(node, dict) else node:
             if isinstance(child, (dict, list, tuple)):
                 stack.append((child, depth + 1))
+            elif isinstance(child, int) and not isinstance(child, bool) and abs(child) > _FLOAT_MAX:
+                raise InvalidData(f"{field} holds an integer of {child.bit_length():,} bits; numbers must fit "
+                                  "a float")
     return value
+
+
+_FLOAT_MAX = int(sys.float_info.max)
 
 
 def dump_json(value: Any, field: str) -> str | None:
@@ -111,8 +119,14 @@ def dump_json(value: Any, field: str) -> str | None:
 
 def load_json(text: str | None) -> Any:
     """A stored JSON value; a NaN or Infinity written before the store refused them reads as null, so every export
-    is strict JSON."""
-    return None if text is None else json.loads(text, parse_constant=lambda _: None)
+    is strict JSON. Text that is not JSON (a hand-edited or damaged row; an int past str()'s digit limit) reads as
+    the start of that text, a string where a record was expected, which the page shows as a damaged record."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text, parse_constant=lambda _: None)
+    except (ValueError, TypeError, RecursionError):
+        return str(text)[:200]
 
 
 def check_object(value: Any, field: str) -> dict[str, Any] | None:

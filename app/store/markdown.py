@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
@@ -53,17 +54,17 @@ def _message(m: Message) -> list[str]:
     lines = [heading, "", m.content, ""]
     if m.role != "assistant":
         return lines
-    if m.settings:
+    if isinstance(m.settings, dict) and m.settings:
         settings = ", ".join(f"{k}={_fmt(v)}" for k, v in m.settings.items())
         lines.append(f"> **Depth settings:** {settings}  ")
     s = steps_summary(m)
-    steps = f"> **Steps:** {s['tokens']} tokens"
+    steps = f"> **Steps:** {_fmt(s['tokens'])} tokens"
     if s["mean_steps"] is not None:
-        steps += f", mean {_fmt(float(s['mean_steps']))}, min {s['min_steps']}, max {s['max_steps']}"
-    stats = m.stats or {}
+        steps += f", mean {_fmt(s['mean_steps'])}, min {_fmt(s['min_steps'])}, max {_fmt(s['max_steps'])}"
+    stats = m.stats if isinstance(m.stats, dict) else {}
     for key, label in (("tokens_per_s", "tokens/s"), ("elapsed_s", "s")):
         if isinstance(stats.get(key), (int, float)):
-            steps += f" · {_fmt(float(stats[key]))} {label}"
+            steps += f" · {_fmt(stats[key])} {label}"
     steps += f" · status: {m.status}"
     if m.error:
         steps += f" · error: {m.error}"
@@ -71,9 +72,11 @@ def _message(m: Message) -> list[str]:
 
 
 def steps_summary(message: Message) -> dict[str, Any]:
-    """tokens, mean/min/max steps of an answer: from its stats, else from its token records."""
-    steps = [t["steps"] for t in message.tokens or []]
-    stats = message.stats or {}
+    """tokens, mean/min/max steps of an answer: from its stats, else from its token records (a damaged record,
+    hand-edited or cut off, counts as none: the transcript is still written)."""
+    tokens = message.tokens if isinstance(message.tokens, list) else []
+    steps = [t["steps"] for t in tokens if isinstance(t, dict) and type(t.get("steps")) in (int, float)]
+    stats = message.stats if isinstance(message.stats, dict) else {}
     return {
         "tokens": stats.get("tokens", len(steps)),
         "mean_steps": stats.get("mean_steps", sum(steps) / len(steps) if steps else None),
@@ -83,8 +86,10 @@ def steps_summary(message: Message) -> dict[str, Any]:
 
 
 def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
     if isinstance(value, bool):
         return "on" if value else "off"
+    if isinstance(value, int) and abs(value) >= 10**16:  # a hand-edited row: str() of a huge int can raise
+        value = float(value) if abs(value) <= sys.float_info.max else (math.inf if value > 0 else -math.inf)
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
     return str(value)
