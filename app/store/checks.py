@@ -80,9 +80,10 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
-def check_depth(value: Any, field: str, limit: int = MAX_JSON_DEPTH) -> Any:
-    """Refuse lists and objects nested more than ``limit`` deep (walked without recursion), and integers past a
-    float's range anywhere in them (a JavaScript or jq reader of an export would read those as Infinity)."""
+def check_depth(value: Any, field: str, limit: int = MAX_JSON_DEPTH, huge_ints: bool = True) -> Any:
+    """Refuse lists and objects nested more than ``limit`` deep (walked without recursion), and unless ``huge_ints``
+    integers past a float's range anywhere in them (a JavaScript or jq reader of an export would read those as
+    Infinity)."""
     if not isinstance(value, (dict, list, tuple)):
         return value
     stack = [(value, 1)]
@@ -93,7 +94,7 @@ def check_depth(value: Any, field: str, limit: int = MAX_JSON_DEPTH) -> Any:
         for child in node.values() if isinstance(node, dict) else node:
             if isinstance(child, (dict, list, tuple)):
                 stack.append((child, depth + 1))
-            elif isinstance(child, int) and not isinstance(child, bool) and abs(child) > _FLOAT_MAX:
+            elif not huge_ints and isinstance(child, int) and not isinstance(child, bool) and abs(child) > _FLOAT_MAX:
                 raise InvalidData(f"{field} holds an integer of {child.bit_length():,} bits; numbers must fit "
                                   "a float")
     return value
@@ -105,7 +106,7 @@ _FLOAT_MAX = int(sys.float_info.max)
 def dump_json(value: Any, field: str) -> str | None:
     if value is None:
         return None
-    check_depth(value, field)
+    check_depth(value, field, huge_ints=False)
     try:
         # allow_nan=False: NaN and Infinity are not JSON, and an export holding them would not parse.
         text = json.dumps(value, ensure_ascii=False, default=_json_default, allow_nan=False)
