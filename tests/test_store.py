@@ -529,6 +529,14 @@ def test_imported_times_are_kept_in_utc_with_microseconds(store: Store):
     assert store.export_data(OWNER, [again.id])["conversations"] == first["conversations"]
     newest = store.create_conversation(OWNER, "made now")
     assert store.list_conversations(OWNER)[0].id == newest.id
+    # other ISO forms (an earlier version stored them as given, so its exports hold them) are read as UTC
+    for given, stored in (("2024-05-01T10:00:00", "2024-05-01T10:00:00.000000+00:00"),
+                          ("2024-05-01", "2024-05-01T00:00:00.000000+00:00"),
+                          ("2024-W01-1", "2024-01-01T00:00:00.000000+00:00"),
+                          ("20240101T120000", "2024-01-01T12:00:00.000000+00:00")):
+        conv["messages"][0]["created"] = given
+        [old] = store.import_json(OWNER, doc)
+        assert store.thread(OWNER, old.id)[0].created == stored, given
 
 
 def test_nan_and_infinity_are_refused_and_every_export_is_strict_json(store: Store, db_path: Path):

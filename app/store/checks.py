@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta, timezone
@@ -20,10 +19,11 @@ from .records import (
     shown,
 )
 
-# Stored times are compared as text, so each is kept in one form (``now_iso()``'s). Imported ones must be full
-# date-times with an offset, from EARLIEST_TIME to a day from now: "9999-12-31" would sort first forever.
+# Stored times are compared as text, so each is kept in one form (``now_iso()``'s): an imported time in any ISO 8601
+# form Python reads is turned into it (one without an offset is taken as UTC, as an earlier version stored such
+# times as given, and its exports must import again), from EARLIEST_TIME to a day from now: "9999-12-31" would sort
+# first forever.
 EARLIEST_TIME = datetime(2000, 1, 1, tzinfo=timezone.utc)
-_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})")
 
 
 def check_owner(owner: str) -> str:
@@ -51,15 +51,15 @@ def check_optional_text(value: Any, field: str) -> str | None:
 
 
 def check_time(value: Any, field: str) -> str:
-    """An ISO 8601 date and time with its UTC offset, in range, as UTC with microseconds (``now_iso()``'s form)."""
+    """An ISO 8601 date (and time), in range, as UTC with microseconds (``now_iso()``'s form); no offset is UTC."""
     text = check_text(value, field, 100)
     try:
-        moment = datetime.fromisoformat(text) if _TIME.fullmatch(text) else None
-    except ValueError:  # e.g. month 13
-        moment = None
-    if moment is None:
-        raise InvalidData(f"{field} is not an ISO 8601 date and time with its UTC offset, "
-                          f"e.g. 2026-01-31T12:00:00+00:00; got {shown(text)}")
+        moment = datetime.fromisoformat(text)
+    except ValueError:  # not a date, or month 13
+        raise InvalidData(f"{field} is not an ISO 8601 date and time, e.g. 2026-01-31T12:00:00+00:00; "
+                          f"got {shown(text)}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
     latest = datetime.now(timezone.utc) + timedelta(days=1)
     if not EARLIEST_TIME <= moment <= latest:
         raise InvalidData(f"{field} must be a time from {EARLIEST_TIME.year} to now; got {shown(text)}")
