@@ -33,6 +33,7 @@ from app.store import (
     default_db_path,
     new_owner_key,
 )
+from app.store import quota
 from app.views import STORE_LIMITS
 from tests.store_crash_writer import damage, kill_mid_stream
 
@@ -586,7 +587,7 @@ def test_titles_are_one_clean_line(store: Store, db_path: Path):
 
 
 def test_owner_caps_refuse_the_next_conversation_or_import_and_keep_what_was_saved(db_path: Path):
-    with Store(db_path, limits=RecordLimits(max_owner_conversations=2, max_owner_bytes=5_000)) as store:
+    with Store(db_path, limits=RecordLimits(max_owner_conversations=2, max_owner_bytes=7_000)) as store:
         a = store.create_conversation(OWNER, "one")
         store.add_message(OWNER, a.id, "user", "x" * 2_000)
         b = store.create_conversation(OWNER, "two")
@@ -598,11 +599,14 @@ def test_owner_caps_refuse_the_next_conversation_or_import_and_keep_what_was_sav
         with pytest.raises(StoreFull, match="at most 2 conversations"):
             store.import_json(OWNER, answer_export())
         store.add_message(OWNER, b.id, "user", "y" * 2_500)
-        with pytest.raises(StoreFull, match=r"at most 5.0 kB of conversations \(4.5 kB used, this needs 1.0 kB more"):
-            store.add_message(OWNER, b.id, "user", "z" * 1_000)
-        with pytest.raises(StoreFull, match="at most 5.0 kB"):
+        # each row counts its text and ROW_OVERHEAD (200): 2 x (200 + 3) + (200 + 7 + 2_000) + (200 + 7 + 2_500)
+        with pytest.raises(StoreFull, match=r"at most 7.0 kB of conversations \(5.3 kB used, this needs 2.2 kB more"):
+            store.add_message(OWNER, b.id, "user", "z" * 2_000)
+        store.add_message(OWNER, a.id, "user", "w" * 1_400)  # 6.9 kB
+        saved = store.export_data(OWNER)["conversations"]
+        with pytest.raises(StoreFull, match="at most 7.0 kB"):
             answer(store, b.id)  # the records count too
-        assert store.export_data(OWNER)["conversations"][0] == saved[0]
+        assert store.export_data(OWNER)["conversations"] == saved
         assert [m.content for m in store.messages(OWNER, b.id)] == ["y" * 2_500]
 
         store.delete_conversation(OWNER, a.id)  # deleting makes room
@@ -611,6 +615,12 @@ def test_owner_caps_refuse_the_next_conversation_or_import_and_keep_what_was_sav
         with pytest.raises(StoreFull, match="at most 2 conversations .*this would add 2"):
             store.import_json(OWNER, {**answer_export(), "conversations": answer_export()["conversations"] * 2})
         assert len(store.list_conversations(OWNER)) == 2 and store.integrity_check() == "ok"
+    with Store(db_path, limits=RecordLimits(max_owner_bytes=20_000)) as store:  # no row is free
+        empty = store.create_conversation("eve", "")
+        with pytest.raises(StoreFull, match="at most 20.0 kB"):
+            for _ in range(200):  # empty messages with long model ids: 200 of them would be 0 bytes of content
+                store.add_message("eve", empty.id, "assistant", "", model_id="m" * 200, quantization="q" * 32)
+        assert 20_000 - 640 < store.file.read(lambda db: quota.stored_bytes(db, "eve")) <= 20_000
     with Store(db_path) as unlimited:  # no caps by default (a local store)
         assert len([unlimited.create_conversation(OWNER) for _ in range(3)]) == 3
 

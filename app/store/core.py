@@ -118,7 +118,8 @@ class Store:
         extra_json = dump_json(check_object(extra, "extra"), "extra")
 
         def create(db: Database) -> Conversation:
-            quota.check_room(db, owner, self.limits, conversations=1)
+            quota.check_room(db, owner, self.limits, conversations=1,
+                             new_bytes=quota.conversation_bytes(title, extra_json))
             return conversations.create(db, owner, title, extra_json)
 
         return self._write(owner, create)

@@ -10,25 +10,45 @@ from sqlite_utils import Database
 
 from .records import RecordLimits, StoreFull
 
-# The columns a message's size is counted from (plus its trace); ids and times are small and fixed.
-_COUNTED = ("content", "error", "settings", "tokens", "stats", "extra")
-_ROW_BYTES = " + ".join(f"COALESCE(length(CAST(m.{c} AS BLOB)), 0)" for c in _COUNTED)
+# Every text column a row's size is counted from (plus a message's trace), and a fixed cost per row for its ids, times,
+# index entries and page overhead, so that no row is free: empty messages with long model ids, or empty
+# conversations with long titles, count too.
+_MESSAGE_COLUMNS = ("kind", "content", "error", "model_id", "model_revision", "quantization", "settings", "tokens",
+                    "stats", "extra")
+_CONVERSATION_COLUMNS = ("title", "extra")
+ROW_OVERHEAD = 200
+
+
+def _sql_bytes(alias: str, columns: tuple[str, ...]) -> str:
+    return " + ".join([str(ROW_OVERHEAD)] + [f"COALESCE(length(CAST({alias}.{c} AS BLOB)), 0)" for c in columns])
+
+
+def _bytes(row: Mapping[str, Any], columns: tuple[str, ...]) -> int:
+    return ROW_OVERHEAD + sum(len(row[c].encode("utf-8")) for c in columns if isinstance(row.get(c), str))
 
 
 def row_bytes(row: Mapping[str, Any]) -> int:
     """The bytes ``max_owner_bytes`` counts for a message row (``fields.message_row``) about to be written."""
-    return sum(len(row[c].encode("utf-8")) for c in _COUNTED if isinstance(row.get(c), str))
+    return _bytes(row, _MESSAGE_COLUMNS)
+
+
+def conversation_bytes(title: str | None, extra_json: str | None) -> int:
+    """The bytes ``max_owner_bytes`` counts for a conversation row about to be written."""
+    return _bytes({"title": title, "extra": extra_json}, _CONVERSATION_COLUMNS)
 
 
 def stored_bytes(db: Database, owner: str) -> int:
-    """The bytes of ``owner``'s messages (text and JSON records, as UTF-8) and their compressed traces."""
+    """The bytes of ``owner``'s conversations and messages (every text column as UTF-8, plus ``ROW_OVERHEAD`` per
+    row) and of their compressed traces."""
+    convs = db.execute(f"SELECT COALESCE(SUM({_sql_bytes('c', _CONVERSATION_COLUMNS)}), 0) FROM conversations c "
+                       "WHERE c.owner = ?", [owner]).fetchone()[0]  # fmt: skip
     messages = db.execute(
-        f"SELECT COALESCE(SUM({_ROW_BYTES}), 0) FROM messages m JOIN conversations c ON c.id = m.conversation_id "
-        "WHERE c.owner = ?", [owner]).fetchone()[0]  # fmt: skip
+        f"SELECT COALESCE(SUM({_sql_bytes('m', _MESSAGE_COLUMNS)}), 0) FROM messages m "
+        "JOIN conversations c ON c.id = m.conversation_id WHERE c.owner = ?", [owner]).fetchone()[0]  # fmt: skip
     kept = db.execute(
         "SELECT COALESCE(SUM(length(t.data)), 0) FROM traces t JOIN messages m ON m.id = t.message_id "
         "JOIN conversations c ON c.id = m.conversation_id WHERE c.owner = ?", [owner]).fetchone()[0]  # fmt: skip
-    return messages + kept
+    return convs + messages + kept
 
 
 def check_room(db: Database, owner: str, limits: RecordLimits, conversations: int = 0, new_bytes: int = 0) -> None:

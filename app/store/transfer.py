@@ -281,8 +281,9 @@ def plan_import(doc: Mapping[str, Any], limits: RecordLimits) -> list[Plan]:
 
 def plan_bytes(plans: list[Plan]) -> int:
     """What a checked import adds to its owner's stored bytes (``quota.stored_bytes``)."""
-    return sum(quota.row_bytes(row) + (len(traces.encode(m["trace"])) if m["trace"] is not None else 0)
-               for _, ordered in plans for m, row in ordered)
+    return sum(quota.conversation_bytes(conv.get("title"), dump_json(conv.get("extra"), "extra")) for conv, _ in plans) \
+        + sum(quota.row_bytes(row) + (len(traces.encode(m["trace"])) if m["trace"] is not None else 0)
+              for _, ordered in plans for m, row in ordered)
 
 
 class ImportWriter:
