@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import closing
 
 from sqlite_utils import Database
@@ -38,31 +39,43 @@ def search(
     # FTS5 yields the rows best first (it sorts by rank itself); each conversation keeps its first (best) one, and
     # reading stops at the first conversation past `limit`. No LIMIT on messages: with one, a busy conversation's
     # hundreds of matches filled it and hid every other conversation. (A window query choosing the best row per
-    # conversation measured 3-5x slower: it joins and sorts every match.) A snippet costs little while FTS5's
-    # cursor stands on its row and much on its own (a prefix query is expanded again), so a second pass over the
-    # same rows makes them for the chosen messages only.
-    ranked = """
+    # conversation measured 3-5x slower: it joins and sorts every match.) A snippet is made only for each
+    # conversation's first row (CASE is lazy): making one for every row read was the cost of a prefix search such
+    # as `t*` over long messages.
+    seen: set[int] = set()
+
+    def first(cid: int) -> bool:
+        new = cid not in seen
+        seen.add(cid)
+        return new
+
+    db.conn.create_function("huginn_first_of", 1, first)  # per connection and call: the set is this search's
+    rows = db.execute(
+        """
+        SELECT m.id, m.conversation_id, c.title, c.updated,
+               CASE WHEN huginn_first_of(m.conversation_id) THEN snippet(messages_fts, 0, ?, ?, '…', 16) END
         FROM messages_fts
         JOIN messages m ON m.id = messages_fts.rowid
         JOIN conversations c ON c.id = m.conversation_id
         WHERE messages_fts MATCH ? AND c.owner = ?
         ORDER BY messages_fts.rank
-    """
-    best: dict[int, tuple[int, str, str]] = {}  # conversation -> its best message, title, updated
-    needed = 0  # rows of the ranked order up to the last chosen one
-    with closing(db.execute(f"SELECT m.id, m.conversation_id, c.title, c.updated {ranked}", [fts_query, owner])) as rows:
-        for at, (message_id, cid, title, updated) in enumerate(rows, 1):
-            if cid not in best:
-                if cid not in hits and len(hits.keys() | best.keys()) >= limit:
-                    break
-                best[cid], needed = (message_id, title, updated), at
-    chosen = [m for m, _, _ in best.values()]
-    snippets = dict(db.execute(
-        f"SELECT m.id, CASE WHEN m.id IN ({', '.join('?' * len(chosen))}) "
-        f"THEN snippet(messages_fts, 0, ?, ?, '…', 16) END {ranked} LIMIT ?",
-        [*chosen, open_mark, close_mark, fts_query, owner, needed],
-    ).fetchall()) if chosen else {}
-    for cid, (message_id, title, updated) in best.items():
-        # A title hit stays first but points at the best message.
-        hits[cid] = SearchHit(cid, title, updated, message_id, snippets.get(message_id) or "")
+        """,
+        [open_mark, close_mark, fts_query, owner],
+    )
+    with closing(rows):
+        for message_id, cid, title, updated, snippet in rows:
+            if cid in hits and hits[cid].message_id is not None:
+                continue  # a better message of this conversation came first
+            if cid not in hits and len(hits) >= limit:
+                break
+            # A title hit stays first but points at the best message.
+            hits[cid] = SearchHit(cid, title, updated, message_id, snippet)
+    # Should a query plan ever compute the columns before FTS5's order, make the missing snippets one by one.
+    missing = [h.message_id for h in hits.values() if h.message_id is not None and h.snippet is None]
+    if missing:
+        made = dict(db.execute(
+            f"SELECT rowid, snippet(messages_fts, 0, ?, ?, '…', 16) FROM messages_fts WHERE messages_fts MATCH ? "
+            f"AND rowid IN ({', '.join('?' * len(missing))})", [open_mark, close_mark, fts_query, *missing]).fetchall())
+        hits = {cid: dataclasses.replace(h, snippet=made.get(h.message_id, "")) if h.snippet is None else h
+                for cid, h in hits.items()}
     return list(hits.values())
