@@ -154,6 +154,16 @@ def make_swap(tier: int, rng: random.Random) -> Problem:
 # per-token heatmap shows the work growing with h.
 HOP_PLACES = 9
 HOP_VALUES = 3
+PLACES = "123456789"[:HOP_PLACES]
+
+
+def link_table(links: dict[str, str]) -> str:
+    """The links as source-target pairs in the order of the sources (`17 26 35 ...`)."""
+    return " ".join(f"{a}{links[a]}" for a in sorted(links))
+
+
+def parse_links(table: str) -> dict[str, str]:
+    return {pair[0]: pair[1] for pair in table.split(" ")}
 
 
 def walk(links: dict[str, str], start: str, hops: int, values: int = HOP_VALUES) -> str:
@@ -166,28 +176,26 @@ def walk(links: dict[str, str], start: str, hops: int, values: int = HOP_VALUES)
 
 
 def hops_question(links: dict[str, str], start: str, hops: int) -> str:
-    table = " ".join(f"{a}{links[a]}" for a in sorted(links))
-    return f"Follow {table} by {hops} from {start}. Final?"
+    return f"Follow {link_table(links)} by {hops} from {start}. Final?"
 
 
 def hops_parts(question: str) -> tuple[dict[str, str], int, str]:
     """The links, the hop count and the start of a hops question."""
     head, tail = question.removeprefix("Follow ").split(" by ", 1)
     hops, rest = tail.split(" from ", 1)
-    return {pair[0]: pair[1] for pair in head.split(" ")}, int(hops), rest.split(".", 1)[0]
+    return parse_links(head), int(hops), rest.split(".", 1)[0]
 
 
 def make_hops(tier: int, rng: random.Random) -> Problem:
     """`tier` hops per answer value on a random permutation of the places (no place linked to itself)."""
     if not 1 <= tier <= 9:
         raise ValueError(f"a hops problem takes 1 to 9 hops per value, got {tier}")
-    places = "123456789"[:HOP_PLACES]
     while True:
-        targets = rng.sample(places, HOP_PLACES)
-        if all(a != b for a, b in zip(places, targets)):
+        targets = rng.sample(PLACES, HOP_PLACES)
+        if all(a != b for a, b in zip(PLACES, targets)):
             break
-    links = dict(zip(places, targets))
-    start = rng.choice(places)
+    links = dict(zip(PLACES, targets))
+    start = rng.choice(PLACES)
     return Problem("hops", tier, hops_question(links, start, tier), walk(links, start, tier))
 
 
@@ -203,15 +211,14 @@ STOPS = 4
 
 
 def stops_question(links: dict[str, str], start: str, stops: Sequence[str]) -> str:
-    table = " ".join(f"{a}{links[a]}" for a in sorted(links))
-    return f"Walk {table} from {start} to {' '.join(sorted(stops))}. Final?"
+    return f"Walk {link_table(links)} from {start} to {' '.join(sorted(stops))}. Final?"
 
 
 def make_stops(tier: int, rng: random.Random) -> Problem:
     """Four stops on a random cycle of the places, the last one `tier` links on from the start."""
     if not STOPS <= tier < HOP_PLACES:
         raise ValueError(f"a stops walk takes {STOPS} to {HOP_PLACES - 1} links, got {tier}")
-    cycle = rng.sample("123456789"[:HOP_PLACES], HOP_PLACES)
+    cycle = rng.sample(PLACES, HOP_PLACES)
     links = {a: cycle[(i + 1) % HOP_PLACES] for i, a in enumerate(cycle)}
     at = sorted(rng.sample(range(1, tier), STOPS - 1)) + [tier]  # how far on from the start each stop lies
     answer = "".join(cycle[i] for i in at)
@@ -222,7 +229,7 @@ def stops_parts(question: str) -> tuple[dict[str, str], str, list[str]]:
     """The links, the start and the stops of a stops question."""
     head, tail = question.removeprefix("Walk ").split(" from ", 1)
     start, rest = tail.split(" to ", 1)
-    return {pair[0]: pair[1] for pair in head.split(" ")}, start, rest.split(".", 1)[0].split(" ")
+    return parse_links(head), start, rest.split(".", 1)[0].split(" ")
 
 
 _MAKERS = {"swap": make_swap, "hops": make_hops, "stops": make_stops}

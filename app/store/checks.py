@@ -94,13 +94,16 @@ def check_depth(value: Any, field: str, limit: int = MAX_JSON_DEPTH, huge_ints: 
         for child in node.values() if isinstance(node, dict) else node:
             if isinstance(child, (dict, list, tuple)):
                 stack.append((child, depth + 1))
-            elif not huge_ints and isinstance(child, int) and not isinstance(child, bool) and abs(child) > _FLOAT_MAX:
+            elif not huge_ints and isinstance(child, int) and not isinstance(child, bool) and not fits_float(child):
                 raise InvalidData(f"{field} holds an integer of {child.bit_length():,} bits; numbers must fit "
                                   "a float")
     return value
 
 
-_FLOAT_MAX = int(sys.float_info.max)
+def fits_float(value: int | float) -> bool:
+    """Whether a number is finite and within a float's range: False for NaN, infinity and an int past it (10**400),
+    on which ``math.isfinite`` raises OverflowError."""
+    return abs(value) <= sys.float_info.max
 
 
 def dump_json(value: Any, field: str) -> str | None:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
-from .checks import clean_title
+from .checks import clean_title, fits_float
 from .records import Message
 
 
@@ -89,7 +88,7 @@ def _fmt(value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, int) and abs(value) >= 10**16:  # a hand-edited row: str() of a huge int can raise
-        value = float(value) if abs(value) <= sys.float_info.max else (math.inf if value > 0 else -math.inf)
+        value = float(value) if fits_float(value) else (math.inf if value > 0 else -math.inf)
     if isinstance(value, float):
         return f"{value:.4g}" if math.isfinite(value) else str(value)
     return str(value)

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import zlib
 from typing import Any, Callable
 
 from sqlite_utils import Database
 
 from . import tree
-from .checks import check_text
+from .checks import check_text, fits_float
 from .records import InvalidData, shown
 
 TRACE_VERSION = 1
@@ -46,8 +45,7 @@ def _int(value: Any, where: str, low: int, high: int) -> int:
 
 
 def _number(value: Any, where: str, low: float = -math.inf, high: float = math.inf) -> float:
-    # A float's range rather than math.isfinite, which raises OverflowError on an int past it (10**400)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(value) <= sys.float_info.max \
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not fits_float(value) \
             or not low <= value <= high:
         raise InvalidData(f"{where} must be a finite number from {low} to {high}, got {shown(value)}"[:300])
     return value
