@@ -29,17 +29,21 @@ TRAIN_MAX_SWAPS = 16  # the shipped model trained on 1..16 swaps; longer lists a
 FIRST_STAGES_MAX_SWAPS = 12
 TRAIN_MAX_HOPS = 6  # hops problems (below): longer walks per value are never trained on
 TRAIN_MAX_WALK = 6  # stops problems (below): links from the start to the last stop; longer are never trained on
+TRAIN_MAX_CHASE = 4  # chase problems (below): the deepest chain trained on
 
 TASKS = ("swap",)  # the shipped model's tasks; TIERS has every task the evaluation knows
 # The tier is the number of swaps, i.e. the number of serial steps. 24 (1.5 times the longest trained
 # list) and 32 are longer than anything in training.
-TIERS: dict[str, tuple[int, ...]] = {"swap": (4, 8, 12, 16, 24, 32), "hops": (1, 2, 4, 6, 8), "stops": (4, 5, 6, 7, 8)}
+TIERS: dict[str, tuple[int, ...]] = {"swap": (4, 8, 12, 16, 24, 32), "hops": (1, 2, 4, 6, 8), "stops": (4, 5, 6, 7, 8),
+                                       "chase": (1, 2, 3, 4, 5, 6)}
 TIER_NAMES: dict[str, dict[int, str]] = {
     "swap": {k: f"{k} swaps" + (" (longer than trained)" if k > TRAIN_MAX_SWAPS else "") for k in TIERS["swap"]},
     "hops": {k: f"{k} hops per value" + (" (longer than trained)" if k > TRAIN_MAX_HOPS else "")
              for k in TIERS["hops"]},
     "stops": {k: f"a walk of {k} links" + (" (longer than trained)" if k > TRAIN_MAX_WALK else "")
               for k in TIERS["stops"]},
+    "chase": {k: f"chains of {k} links" + (" (longer than trained)" if k > TRAIN_MAX_CHASE else "")
+              for k in TIERS["chase"]},
 }
 
 SYSTEM_PROMPTS = (
@@ -232,7 +236,61 @@ def stops_parts(question: str) -> tuple[dict[str, str], str, list[str]]:
     return parse_links(head), start, rest.split(".", 1)[0].split(" ")
 
 
-_MAKERS = {"swap": make_swap, "hops": make_hops, "stops": make_stops}
+# ----------------------------------------------------------------------------------------------
+# chase: walks that stop by themselves
+
+# The nine places form a forest: three roots link to themselves, every other place links towards one of
+# them. The answer is three roots: the one the start's chain ends at, then the one reached from the place
+# after that root (in the order 1-9, 9 wrapping to 1), and so on. Walking is `x <- link(x)` from the first
+# iteration on with nothing to count or check: a root is a fixed point, so more iterations never hurt and a
+# deeper chain needs only more of them (Bansal et al.'s extrapolation setting). Each later value starts
+# from the previous answer token, so no prompt position can walk it before the answer starts. The tier is
+# the deepest chain; the start sits at its far end.
+CHASE_ROOTS = 3
+
+
+def successor(place: str) -> str:
+    return PLACES[(PLACES.index(place) + 1) % HOP_PLACES]
+
+
+def chase(links: dict[str, str], start: str, values: int = HOP_VALUES) -> str:
+    out, here = [], start
+    for _ in range(values):
+        while links[here] != here:
+            here = links[here]
+        out.append(here)
+        here = successor(here)
+    return "".join(out)
+
+
+def chase_question(links: dict[str, str], start: str) -> str:
+    return f"Chase {link_table(links)} from {start}. Roots?"
+
+
+def chase_parts(question: str) -> tuple[dict[str, str], str]:
+    """The links and the start of a chase question."""
+    head, tail = question.removeprefix("Chase ").split(" from ", 1)
+    return parse_links(head), tail.split(".", 1)[0]
+
+
+def make_chase(tier: int, rng: random.Random) -> Problem:
+    """A forest of three roots whose deepest chain has `tier` links; the start is that chain's far end."""
+    if not 1 <= tier <= HOP_PLACES - CHASE_ROOTS:
+        raise ValueError(f"a chase takes chains of 1 to {HOP_PLACES - CHASE_ROOTS} links, got {tier}")
+    order = rng.sample(PLACES, HOP_PLACES)
+    roots, rest = order[:CHASE_ROOTS], order[CHASE_ROOTS:]
+    links = {r: r for r in roots}
+    depth = dict.fromkeys(roots, 0)
+    here = rng.choice(roots)
+    for place in rest[:tier]:  # the deepest chain
+        links[place], depth[place], here = here, depth[here] + 1, place
+    for place in rest[tier:]:  # the others hang anywhere above that depth
+        parent = rng.choice([q for q in depth if depth[q] < tier])
+        links[place], depth[place] = parent, depth[parent] + 1
+    return Problem("chase", tier, chase_question(links, here), chase(links, here))
+
+
+_MAKERS = {"swap": make_swap, "hops": make_hops, "stops": make_stops, "chase": make_chase}
 
 
 def make_problem(task: str, tier: int, rng: random.Random) -> Problem:
@@ -367,14 +425,18 @@ def swap_mix(max_swaps: int = TRAIN_MAX_SWAPS) -> dict[tuple[str, int], float]:
 
 
 def walk_mix(hops: float, max_swaps: int = TRAIN_MAX_SWAPS, max_hops: int = TRAIN_MAX_HOPS,
-             stops: float = 0.0, max_walk: int = TRAIN_MAX_WALK) -> dict[tuple[str, int], float]:
-    """`swap_mix` with a `hops` share of the problems being hops problems, every hop count alike, and a
-    `stops` share of stops problems, every walk length alike; swaps get the rest."""
-    if not (0 <= hops <= 1 and 0 <= stops <= 1 and hops + stops <= 1):
-        raise ValueError(f"the hops and stops shares must be from 0 to 1 together, got {hops} and {stops}")
-    mix = {k: (1 - hops - stops) / max_swaps for k in swap_mix(max_swaps)}
+             stops: float = 0.0, max_walk: int = TRAIN_MAX_WALK, chase: float = 0.0,
+             max_chase: int = TRAIN_MAX_CHASE) -> dict[tuple[str, int], float]:
+    """`swap_mix` with a `hops` share of the problems being hops problems, every hop count alike, a
+    `stops` share of stops problems, every walk length alike, and a `chase` share of chase problems, every
+    depth alike; swaps get the rest."""
+    if not (min(hops, stops, chase) >= 0 and hops + stops + chase <= 1):
+        raise ValueError(f"the hops, stops and chase shares must be from 0 to 1 together, got {hops}, {stops} "
+                         f"and {chase}")
+    mix = {k: (1 - hops - stops - chase) / max_swaps for k in swap_mix(max_swaps)}
     mix |= {("hops", h): hops / max_hops for h in range(1, max_hops + 1)}
     mix |= {("stops", w): stops / (max_walk - STOPS + 1) for w in range(STOPS, max_walk + 1)}
+    mix |= {("chase", d): chase / max_chase for d in range(1, max_chase + 1)}
     return {k: w for k, w in mix.items() if w > 0}
 
 

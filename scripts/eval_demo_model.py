@@ -164,7 +164,8 @@ def parallel_answers(model, tok, questions: Sequence[str], num_steps: int, max_n
 
 
 BASELINE_LABELS = {"parity": "parity guess", "start": "start order", "one_hop": "one hop per value",
-                   "stay": "the start for every value", "listed": "the stops as listed", "chance": "chance"}
+                   "stay": "the start for every value", "listed": "the stops as listed", "repeat": "the first root for every value",
+                   "chance": "chance"}
 
 
 def trivial_baselines(problems: Sequence[demo_tasks.Problem]) -> dict[str, float]:
@@ -175,6 +176,9 @@ def trivial_baselines(problems: Sequence[demo_tasks.Problem]) -> dict[str, float
     Hops: `one_hop`, every value one link on from the one before (ignoring the hop count; not given at
     one hop, where it is the task); `stay`, the start for every value; `chance`, a random place for each.
     Stops: `listed`, the stops in the order the question lists them; `chance`, a random order of them.
+    Chase: `one_hop`, the place one link on from the start, then from the place after each value (one
+    link where a chain needs several; not given at one link, where it is the task); `repeat`, the right first root for every value; `chance`, a
+    random root for each value.
     """
     task = problems[0].task if problems else "swap"
     n = max(len(problems), 1)
@@ -191,6 +195,19 @@ def trivial_baselines(problems: Sequence[demo_tasks.Problem]) -> dict[str, float
                 "chance": round(demo_tasks.HOP_PLACES ** -demo_tasks.HOP_VALUES, 4)}
         # at one hop per value, one hop is the task itself, not a baseline
         return base if problems[0].tier == 1 else {"one_hop": share(one), **base}
+    if task == "chase":
+        def one_link(p):
+            links, here = demo_tasks.chase_parts(p.question)
+            out = []
+            for _ in range(demo_tasks.HOP_VALUES):
+                here = links[here]
+                out.append(here)
+                here = demo_tasks.successor(here)
+            return "".join(out) == p.answer
+
+        base = {"repeat": share(lambda p: p.answer[0] * len(p.answer) == p.answer),
+                "chance": round(demo_tasks.CHASE_ROOTS ** -demo_tasks.HOP_VALUES, 4)}
+        return base if problems[0].tier == 1 else {"one_hop": share(one_link), **base}
     if task == "stops":
         return {"listed": share(lambda p: "".join(demo_tasks.stops_parts(p.question)[2]) == p.answer),
                 "chance": round(1 / math.factorial(demo_tasks.STOPS), 4)}
@@ -535,7 +552,7 @@ def findings(report: dict[str, Any]) -> list[str]:
             out.append(f"{t} swaps with the prompt and the answer at different depths: prompt at P = {max(p)} with "
                        f"one answer step {p[max(p)]:.1f} %, prompt at P = {min(p)} with answer steps up to A = "
                        f"{max(a)} at most {max(a.values()):.1f} %.")
-    out += walk_findings(report, "hops") + walk_findings(report, "stops")
+    out += [line for task in ("hops", "stops", "chase") for line in walk_findings(report, task)]
     for chat in report.get("multi_turn") or []:
         by_q = [100 * c["acc"] for c in chat["by_question"]]
         reuse = sum(chat["reused_tokens"]) / sum(chat["prompt_tokens"])
@@ -546,7 +563,7 @@ def findings(report: dict[str, Any]) -> list[str]:
 
 
 def walk_findings(report: dict[str, Any], task: str) -> list[str]:
-    """The sentences of a walk task's tiers (hops, stops): accuracy by depth, by answer value, and the adaptive
+    """The sentences of a walk task's tiers (hops, stops, chase): accuracy by depth, by answer value, and the adaptive
     steps per answer token."""
     rows = {int(t): row for t, row in report["results"].get(task, {}).items() if row.get("acc")}
     out: list[str] = []

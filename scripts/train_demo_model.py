@@ -40,7 +40,7 @@ LOG_DEPTHS = (1, 2, 4, 8, 16, 32)
 # The in-run evaluation's tiers, fixed: its initial states come from the training RNG, so the tiers
 # are part of what reproduces a run (the first stages ran with these).
 LOG_TIERS = (4, 8, 12, 16, 24)
-LOG_OTHER_TIERS = {"hops": (1, 2, 4, 6, 8), "stops": (4, 6, 8)}  # logged only by runs that train on them
+LOG_OTHER_TIERS = {"hops": (1, 2, 4, 6, 8), "stops": (4, 6, 8), "chase": (1, 2, 4, 6)}  # logged only by runs that train on them
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,6 +252,11 @@ def parse_args() -> argparse.Namespace:
                          "demo_tasks.make_stops)")
     ap.add_argument("--max-walk", type=int, default=demo_tasks.TRAIN_MAX_WALK,
                     help="longest stops walk trained on (links from the start to the last stop)")
+    ap.add_argument("--chase", type=float, default=0.0,
+                    help="share of the problems that are chase problems (walks to self-linked roots, "
+                         "demo_tasks.make_chase)")
+    ap.add_argument("--max-chase", type=int, default=demo_tasks.TRAIN_MAX_CHASE,
+                    help="deepest chase chain trained on")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--n-embd", type=int, default=128)
@@ -301,10 +306,12 @@ def main() -> None:
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
-    mix = (demo_tasks.walk_mix(args.hops, args.max_swaps, args.max_hops, args.stops, args.max_walk)
-           if args.hops or args.stops else demo_tasks.swap_mix(args.max_swaps))
-    log_tasks = ("swap",) + ("hops",) * bool(args.hops) + ("stops",) * bool(args.stops)
-    longest = {"hops": args.max_hops, "stops": args.max_walk}.get(args.curriculum_task, args.max_swaps)
+    mix = (demo_tasks.walk_mix(args.hops, args.max_swaps, args.max_hops, args.stops, args.max_walk, args.chase,
+                               args.max_chase)
+           if args.hops or args.stops or args.chase else demo_tasks.swap_mix(args.max_swaps))
+    log_tasks = ("swap",) + tuple(t for t in ("hops", "stops", "chase") if getattr(args, t))
+    longest = {"hops": args.max_hops, "stops": args.max_walk, "chase": args.max_chase}.get(
+        args.curriculum_task, args.max_swaps)
     progress = {"step": 0, "cap": args.curriculum_start}
 
     def max_tier() -> int:

@@ -251,3 +251,14 @@ def test_stops_baselines_are_the_listed_order_and_chance() -> None:
     problems = demo_tasks.eval_problems("stops", 6, 60)
     listed = sum(p.question.endswith(f"to {' '.join(p.answer)}. Final?") for p in problems)
     assert eval_demo_model.trivial_baselines(problems) == {"listed": round(listed / 60, 4), "chance": round(1 / 24, 4)}
+
+
+def test_chase_baselines_are_one_link_the_first_root_repeated_and_chance() -> None:
+    problems = demo_tasks.eval_problems("chase", 1, 60) + demo_tasks.eval_problems("chase", 3, 60)
+    for tier_problems in (problems[:60], problems[60:]):
+        base = eval_demo_model.trivial_baselines(tier_problems)
+        assert set(base) == ({"one_hop", "repeat", "chance"} if tier_problems[0].tier > 1 else {"repeat", "chance"})
+        assert base["chance"] == round(1 / 27, 4)
+        repeat = sum(p.answer == p.answer[0] * 3 for p in tier_problems)
+        assert base["repeat"] == round(repeat / 60, 4)
+    assert eval_demo_model.trivial_baselines(problems[60:])["one_hop"] == 0  # the start is three links deep

@@ -298,3 +298,54 @@ def test_stops_answers_are_the_stops_in_the_order_a_walk_meets_them(tier: int) -
         assert dt.stops_parts(p.question) == (links, start, stops)
     with pytest.raises(ValueError, match="4 to 8 links"):
         dt.make_stops(3, random.Random(0))
+
+
+CHASE_Q = re.compile(r"Chase ((?:[1-9]{2} ){8}[1-9]{2}) from ([1-9])\. Roots\?")
+
+
+def _links_to_root(links: dict[str, str], x: str) -> int:
+    n = 0
+    while links[x] != x:
+        x, n = links[x], n + 1
+        assert n <= 9, "a cycle that is not a root"
+    return n
+
+
+def _deepest(links: dict[str, str]) -> int:
+    return max(_links_to_root(links, x) for x in links)
+
+
+@pytest.mark.parametrize("tier", dt.TIERS["chase"])
+def test_chase_answers_are_the_roots_walked_to_from_the_start_and_after_each_root(tier: int) -> None:
+    for p, m in _parsed(dt.make_chase, tier, CHASE_Q):
+        links, start = dict(m[1].split()), m[2]
+        assert sorted(links) == list("123456789")
+        roots = [a for a, b in links.items() if a == b]
+        assert len(roots) == dt.CHASE_ROOTS
+
+        assert _deepest(links) == tier == _links_to_root(links, start)  # the start is the deepest
+        here, walked = start, ""
+        for _ in range(dt.HOP_VALUES):  # walked link by link, independently of the generator
+            while links[here] != here:
+                here = links[here]
+            walked += here
+            here = str(int(here) % 9 + 1)
+        assert p.answer == walked
+        assert dt.chase_parts(p.question) == (links, start)
+    with pytest.raises(ValueError, match="1 to 6 links"):
+        dt.make_chase(7, random.Random(0))
+
+
+def test_chase_problems_reach_training_only_as_the_mix_says() -> None:
+    mix = dt.walk_mix(0.0, max_swaps=4, chase=0.5, max_chase=3)
+    assert sum(mix.values()) == pytest.approx(1)
+    assert {t for task, t in mix if task == "chase"} == {1, 2, 3}
+    with pytest.raises(ValueError, match="from 0 to 1 together"):
+        dt.walk_mix(0.5, chase=0.6)
+    seen = [m[0]["content"] for m in itertools.islice(
+        dt.train_conversations(2, mix, chat_fraction=0, max_tier=lambda: 2, curriculum_task="chase"), 600)
+        if m[0]["role"] == "user"]
+    chases = [q for q in seen if CHASE_Q.fullmatch(q)]
+    expected = (0.5 * 2 / 3) / (0.5 * 2 / 3 + 0.5)  # two of the three chase tiers drawn, at their own weights
+    assert abs(len(chases) / len(seen) - expected) < 0.06 and not any(dt.is_heldout(q) for q in chases)
+    assert {_deepest(dict(CHASE_Q.fullmatch(q)[1].split())) for q in chases} == {1, 2}  # capped at 2 links
