@@ -320,11 +320,20 @@ class Store:
         limits = limits or self.limits
         plans = transfer.plan_import(transfer.parse(data), limits)
         size = transfer.plan_bytes(plans) if limits.max_owner_bytes is not None else 0
-        self._read(owner, lambda db: quota.check_room(db, owner, limits, len(plans), size))
+
+        def room(db: Database) -> None:
+            quota.check_room(db, owner, limits, len(plans), size)
+
+        self._read(owner, room)  # before writing anything
         importer = transfer.ImportWriter(plans)
+
+        def hand_over(db: Database) -> None:
+            room(db)  # again, in the transaction that hands over: two imports at once must not both fit
+            importer.hand_over(db, owner)
+
         try:
             self.file.write_in_steps(importer.write_step)
-            self.file.write_in_steps(importer.hand_over_step(owner))
+            self.file.write(hand_over)
         except BaseException:
             self._forget(importer.conversation_ids)
             raise
