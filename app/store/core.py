@@ -314,7 +314,8 @@ class Store:
         The whole file is checked first, every field against ``limits`` (default: the store's);
         any problem raises ``ImportInvalid`` naming the field, and nothing is written; so does ``StoreFull`` when
         the owner's caps have no room for all of it. The rows are
-        then written in short transactions, hidden until all are in, with new ids.
+        then written in short transactions, hidden until all are in, with new ids, and handed to ``owner`` in one
+        transaction that checks the caps again (``StoreFull``, and nothing kept, when another import took the room).
         """
         check_owner(owner)
         limits = limits or self.limits
