@@ -139,7 +139,7 @@ def _migrate_3_to_4(db: Database) -> None:
     for table in ("conversations", "messages"):
         (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", [table]).fetchone()
         body = sql[sql.index("(") :]
-        if "id INTEGER PRIMARY KEY AUTOINCREMENT," in body:
+        if "id INTEGER PRIMARY KEY AUTOINCREMENT," in body:  # a newer file relabelled older (tests do): nothing to do
             continue
         new_body = body.replace("id INTEGER PRIMARY KEY,", "id INTEGER PRIMARY KEY AUTOINCREMENT,", 1)
         if new_body == body:
@@ -155,5 +155,7 @@ def _migrate_4_to_5(db: Database) -> None:
 
 
 # MIGRATIONS[v] upgrades a database from user_version v to v + 1. Append, never edit.
-MIGRATIONS: list[Callable[[Database], None]] = [_migrate_0_to_1, _migrate_1_to_2, _migrate_2_to_3, _migrate_3_to_4, _migrate_4_to_5]
+MIGRATIONS: list[Callable[[Database], None]] = [
+    _migrate_0_to_1, _migrate_1_to_2, _migrate_2_to_3, _migrate_3_to_4, _migrate_4_to_5,
+]  # fmt: skip
 assert len(MIGRATIONS) == SCHEMA_VERSION
