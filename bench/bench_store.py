@@ -1,8 +1,8 @@
 """Figures for the conversation store: streaming write rates, search time, write-lock hold during a
-maximal import, crash runs.
+maximal import, the per-owner byte cap's check, crash runs.
 
 Usage: python bench/bench_store.py [--messages 10000] [--crash-runs 20] [--dir DIR]
-                                   [--import-conversations 10000] [--import-messages 10]
+                                   [--import-conversations 10000] [--import-messages 10] [--cap-messages 40000]
 
 Prints a table and a one-line summary. Every run uses a fresh database in a temporary directory
 (or under --dir, to measure a particular disk).
@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from app.store import EXPORT_FORMAT, EXPORT_VERSION, LOCAL_OWNER, Store  # noqa: E402
+from app.store import EXPORT_FORMAT, EXPORT_VERSION, LOCAL_OWNER, RecordLimits, Store, quota  # noqa: E402
 from tests.store_crash_writer import damage, kill_mid_stream  # noqa: E402
 WORDS = (
     "depth recurrent token exit criterion threshold latent state model answer question cache "
@@ -149,6 +149,38 @@ def lock_hold_during_import(directory: Path, conversations: int, messages: int) 
     return result
 
 
+def cap_check_times(directory: Path, messages: int, repeat: int = 30) -> dict[str, float]:
+    """Median ms of the byte cap's check for an owner of ``messages`` messages: summing the owner's rows (the check
+    before schema 5, ``quota.stored_bytes``) against reading the running total (``quota.used_bytes``), alone and as
+    part of ``add_message``, the two paths interleaved in one run; and ``add_message`` without a cap."""
+    capped = Store(directory / "cap.db", limits=RecordLimits(max_owner_bytes=10**12))
+    capped.import_json(LOCAL_OWNER, synthetic_export(messages), RecordLimits(max_messages=messages))
+    conv = capped.create_conversation(LOCAL_OWNER, "bench")
+    uncapped = Store(directory / "cap.db")
+    new_check = quota.used_bytes
+    paths = {"recount": quota.stored_bytes, "running total": new_check}
+    times: dict[str, list[float]] = {}
+    try:
+        for i in range(repeat):
+            for name, check in paths.items():
+                start = time.perf_counter()
+                capped.file.read(lambda db: check(db, LOCAL_OWNER))
+                times.setdefault(f"check, {name}", []).append(time.perf_counter() - start)
+                quota.used_bytes = check  # what check_room calls
+                start = time.perf_counter()
+                capped.add_message(LOCAL_OWNER, conv.id, "user", f"message {i}")
+                times.setdefault(f"add_message, {name}", []).append(time.perf_counter() - start)
+                quota.used_bytes = new_check
+            start = time.perf_counter()
+            uncapped.add_message(LOCAL_OWNER, conv.id, "user", f"message {i}")
+            times.setdefault("add_message, no cap", []).append(time.perf_counter() - start)
+    finally:
+        quota.used_bytes = new_check
+        capped.close()
+        uncapped.close()
+    return {name: statistics.median(t) * 1000 for name, t in times.items()}
+
+
 def search_times(store: Store, queries: list[str], repeat: int = 20) -> dict[str, tuple[float, int]]:
     out = {}
     for q in queries:
@@ -182,6 +214,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None)
     parser.add_argument("--import-conversations", type=int, default=10_000)
     parser.add_argument("--import-messages", type=int, default=10, help="per conversation")
+    parser.add_argument("--cap-messages", type=int, default=40_000, help="the byte cap's owner holds this many")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
@@ -225,6 +258,9 @@ def main() -> None:
             f"max {hold['visitor_max_s'] * 1000:.0f} ms, median {hold['visitor_median_s'] * 1000:.1f} ms "
             f"({hold['visitor_messages']} saved)",
         ))  # fmt: skip
+
+        for name, ms in cap_check_times(tmp_path, args.cap_messages).items():
+            rows.append((f"byte cap at {args.cap_messages:,} messages: {name}", f"{ms:.2f} ms (median)"))
 
         ok, runs = crash_runs(tmp_path, args.crash_runs)
         rows.append(("SIGKILL mid-stream, reopen", f"{ok}/{runs} intact"))

@@ -7,14 +7,14 @@ Schema (version ``SCHEMA_VERSION``, kept in ``PRAGMA user_version``)
 --------------------------------------------------------------------
 
 ``conversations``
-    ``id`` INTEGER PRIMARY KEY, ``owner`` TEXT (the owner key; every query filters on it),
+    ``id`` INTEGER PRIMARY KEY AUTOINCREMENT, ``owner`` TEXT (the owner key; every query filters on it),
     ``title`` TEXT (one clean line), ``auto_title`` INTEGER (1 while the title may still be replaced by one made from
     the first user message; renaming clears it), ``created`` / ``updated`` TEXT (UTC ISO 8601 with
     microseconds, so text order is time order), ``current_leaf`` INTEGER -> messages.id (the message
     the UI shows last; NULL for an empty conversation), ``extra`` TEXT (JSON object or NULL).
 
 ``messages`` -- a tree per conversation
-    ``id`` INTEGER PRIMARY KEY, ``conversation_id`` -> conversations.id (ON DELETE CASCADE),
+    ``id`` INTEGER PRIMARY KEY AUTOINCREMENT, ``conversation_id`` -> conversations.id (ON DELETE CASCADE),
     ``parent_id`` -> messages.id (NULL for a root; several roots are allowed, so editing the first
     message makes a sibling root), ``role`` (system | user | assistant), ``kind`` (free text,
     "message" by default; e.g. "comparison" for a saved depth-arena run), ``content`` TEXT,
@@ -37,8 +37,15 @@ Schema (version ``SCHEMA_VERSION``, kept in ``PRAGMA user_version``)
     by sqlite-utils' triggers. Ids are INTEGER PRIMARY KEYs because external-content FTS keys on
     rowid, and VACUUM may renumber a rowid that is not an alias of the primary key.
 
+``owner_bytes``
+    ``owner`` TEXT PRIMARY KEY, ``bytes`` INTEGER: each owner's stored bytes (``quota.stored_bytes``) as a running
+    total, kept by triggers on the three tables above in the transaction of every write (``quota.py``).
+
 ``meta``
     key/value TEXT; ``last_opened`` is rewritten at every open, which doubles as the write probe.
+
+The ids of ``conversations`` and ``messages`` are AUTOINCREMENT: never given twice, so a stale tab holding a deleted
+conversation's id finds nothing rather than a newer conversation.
 
 Editing or regenerating never overwrites: it adds a message with the same parent (a sibling), and
 ``current_leaf`` follows the newest message. Forward migrations in ``MIGRATIONS`` run at open, in

@@ -314,17 +314,27 @@ class Store:
         The whole file is checked first, every field against ``limits`` (default: the store's);
         any problem raises ``ImportInvalid`` naming the field, and nothing is written; so does ``StoreFull`` when
         the owner's caps have no room for all of it. The rows are
-        then written in short transactions, hidden until all are in, with new ids.
+        then written in short transactions, hidden until all are in, with new ids, and handed to ``owner`` in one
+        transaction that checks the caps again (``StoreFull``, and nothing kept, when another import took the room).
         """
         check_owner(owner)
         limits = limits or self.limits
         plans = transfer.plan_import(transfer.parse(data), limits)
         size = transfer.plan_bytes(plans) if limits.max_owner_bytes is not None else 0
-        self._read(owner, lambda db: quota.check_room(db, owner, limits, len(plans), size))
+
+        def room(db: Database) -> None:
+            quota.check_room(db, owner, limits, len(plans), size)
+
+        self._read(owner, room)  # before writing anything
         importer = transfer.ImportWriter(plans)
+
+        def hand_over(db: Database) -> None:
+            room(db)  # again, in the transaction that hands over: two imports at once must not both fit
+            importer.hand_over(db, owner)
+
         try:
             self.file.write_in_steps(importer.write_step)
-            self.file.write_in_steps(importer.hand_over_step(owner))
+            self.file.write(hand_over)
         except BaseException:
             self._forget(importer.conversation_ids)
             raise

@@ -37,18 +37,93 @@ def conversation_bytes(title: str | None, extra_json: str | None) -> int:
     return _bytes({"title": title, "extra": extra_json}, _CONVERSATION_COLUMNS)
 
 
+def _recount(where: str) -> str:
+    """Each owner's bytes summed from the rows: conversations, their messages and the messages' traces."""
+    return f"""
+        SELECT owner, SUM(size) FROM (
+            SELECT c.owner, {_sql_bytes('c', _CONVERSATION_COLUMNS)} AS size FROM conversations c WHERE {where}
+            UNION ALL
+            SELECT c.owner, {_sql_bytes('m', _MESSAGE_COLUMNS)} FROM messages m
+                JOIN conversations c ON c.id = m.conversation_id WHERE {where}
+            UNION ALL
+            SELECT c.owner, length(t.data) FROM traces t JOIN messages m ON m.id = t.message_id
+                JOIN conversations c ON c.id = m.conversation_id WHERE {where}
+        ) GROUP BY owner"""
+
+
 def stored_bytes(db: Database, owner: str) -> int:
     """The bytes of ``owner``'s conversations and messages (every text column as UTF-8, plus ``ROW_OVERHEAD`` per
-    row) and of their compressed traces."""
-    convs = db.execute(f"SELECT COALESCE(SUM({_sql_bytes('c', _CONVERSATION_COLUMNS)}), 0) FROM conversations c "
-                       "WHERE c.owner = ?", [owner]).fetchone()[0]  # fmt: skip
-    messages = db.execute(
-        f"SELECT COALESCE(SUM({_sql_bytes('m', _MESSAGE_COLUMNS)}), 0) FROM messages m "
-        "JOIN conversations c ON c.id = m.conversation_id WHERE c.owner = ?", [owner]).fetchone()[0]  # fmt: skip
-    kept = db.execute(
-        "SELECT COALESCE(SUM(length(t.data)), 0) FROM traces t JOIN messages m ON m.id = t.message_id "
-        "JOIN conversations c ON c.id = m.conversation_id WHERE c.owner = ?", [owner]).fetchone()[0]  # fmt: skip
-    return convs + messages + kept
+    row) and of their compressed traces, summed from the rows (what ``owner_bytes`` keeps as a running total)."""
+    row = db.execute(_recount("c.owner = ?"), [owner] * 3).fetchone()
+    return row[1] if row else 0
+
+
+def used_bytes(db: Database, owner: str) -> int:
+    """``stored_bytes`` read from the running total in ``owner_bytes``: one row, however much the owner holds."""
+    row = db.execute("SELECT bytes FROM owner_bytes WHERE owner = ?", [owner]).fetchone()
+    return row[0] if row else 0
+
+
+# The triggers that keep ``owner_bytes`` equal to the recount in every transaction that changes a counted row. A
+# delete subtracts before the row goes (BEFORE DELETE), with everything under it: SQLite deletes a row before
+# cascading to its children, so a cascaded child no longer finds its owner and subtracts nothing a second time.
+_CONV_INNER = ("((SELECT COALESCE(SUM({m}), 0) FROM messages m WHERE m.conversation_id = {{0}}.id)"
+               " + (SELECT COALESCE(SUM(length(t.data)), 0) FROM traces t JOIN messages m ON m.id = t.message_id"
+               " WHERE m.conversation_id = {{0}}.id))").format(m=_sql_bytes("m", _MESSAGE_COLUMNS))  # fmt: skip
+_TRACE_OF = "COALESCE((SELECT length(data) FROM traces WHERE message_id = {0}.id), 0)"
+_OWNER_OF_CONVERSATION = "(SELECT owner FROM conversations WHERE id = {0}.conversation_id)"
+_OWNER_OF_MESSAGE = ("(SELECT c.owner FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+                     "WHERE m.id = {0}.message_id)")  # fmt: skip
+
+
+def _add(owner: str, amount: str) -> str:
+    return f"UPDATE owner_bytes SET bytes = bytes + ({amount}) WHERE owner = {owner};"
+
+
+def _add_conversation(alias: str, moved: str) -> str:
+    # A conversation's owner may have no row yet; a message's or trace's always has (its conversation made it).
+    return (f"INSERT INTO owner_bytes (owner, bytes) VALUES ({alias}.owner, {_sql_bytes(alias, _CONVERSATION_COLUMNS)}"
+            f" + {moved}) ON CONFLICT (owner) DO UPDATE SET bytes = bytes + excluded.bytes;")
+
+
+def _triggers() -> dict[str, tuple[str, str]]:
+    """Trigger name -> (when it fires, what it does)."""
+    conv = {a: _sql_bytes(a, _CONVERSATION_COLUMNS) for a in ("old", "new")}
+    msg = {a: f"{_sql_bytes(a, _MESSAGE_COLUMNS)} + {_TRACE_OF.format(a)}" for a in ("old", "new")}
+    moved = "CASE WHEN old.owner IS new.owner THEN 0 ELSE {0} END"  # CASE is lazy: a rename sums nothing
+    return {
+        "conversation_insert": ("AFTER INSERT ON conversations", _add_conversation("new", "0")),
+        "conversation_update": (
+            "AFTER UPDATE OF owner, title, extra ON conversations",
+            _add("old.owner", f"-({conv['old']}) - {moved.format(_CONV_INNER.format('old'))}")
+            + _add_conversation("new", moved.format(_CONV_INNER.format("new"))),
+        ),
+        "conversation_delete": ("BEFORE DELETE ON conversations",
+                                _add("old.owner", f"-({conv['old']}) - {_CONV_INNER.format('old')}")),
+        "message_insert": ("AFTER INSERT ON messages",
+                           _add(_OWNER_OF_CONVERSATION.format("new"), _sql_bytes("new", _MESSAGE_COLUMNS))),
+        "message_update": (
+            f"AFTER UPDATE OF {', '.join(('conversation_id',) + _MESSAGE_COLUMNS)} ON messages",
+            _add(_OWNER_OF_CONVERSATION.format("old"), f"-({msg['old']})")
+            + _add(_OWNER_OF_CONVERSATION.format("new"), msg["new"]),
+        ),
+        "message_delete": ("BEFORE DELETE ON messages", _add(_OWNER_OF_CONVERSATION.format("old"), f"-({msg['old']})")),
+        "trace_insert": ("AFTER INSERT ON traces", _add(_OWNER_OF_MESSAGE.format("new"), "length(new.data)")),
+        "trace_update": ("AFTER UPDATE ON traces", _add(_OWNER_OF_MESSAGE.format("old"), "-length(old.data)")
+                         + _add(_OWNER_OF_MESSAGE.format("new"), "length(new.data)")),
+        "trace_delete": ("AFTER DELETE ON traces", _add(_OWNER_OF_MESSAGE.format("old"), "-length(old.data)")),
+    }  # fmt: skip
+
+
+def keep_running_totals(db: Database) -> None:
+    """Make ``owner_bytes`` (owner -> ``stored_bytes``) and its triggers, filled from the rows. A migration calls it;
+    a later change to what is counted appends a migration that calls it again (it replaces the triggers)."""
+    db.execute("CREATE TABLE IF NOT EXISTS owner_bytes (owner TEXT PRIMARY KEY NOT NULL, bytes INTEGER NOT NULL)")
+    for name, (event, body) in _triggers().items():
+        db.execute(f"DROP TRIGGER IF EXISTS owner_bytes_{name}")
+        db.execute(f"CREATE TRIGGER owner_bytes_{name} {event} BEGIN {body} END")
+    db.execute("DELETE FROM owner_bytes")
+    db.execute(f"INSERT INTO owner_bytes (owner, bytes) {_recount('1')}")
 
 
 def check_room(db: Database, owner: str, limits: RecordLimits, conversations: int = 0, new_bytes: int = 0) -> None:
@@ -62,7 +137,7 @@ def check_room(db: Database, owner: str, limits: RecordLimits, conversations: in
                             "delete some first")
     cap = limits.max_owner_bytes
     if cap is not None:
-        used = stored_bytes(db, owner)
+        used = used_bytes(db, owner)
         if used + new_bytes > cap:
             raise StoreFull(f"this visitor's space holds at most {_mb(cap)} of conversations ({_mb(used)} used, "
                             f"this needs {_mb(new_bytes)} more); delete some first")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 
 from sqlite_utils import Database
 
-SCHEMA_VERSION = 3
+from . import quota
+
+SCHEMA_VERSION = 5
 
 
 def _migrate_0_to_1(db: Database) -> None:
@@ -58,20 +61,39 @@ _MESSAGE_COLUMNS_V1 = (
 )
 
 
-def _migrate_1_to_2(db: Database) -> None:
-    """Status "interrupted" (an answer whose process died) and ``writer`` (which process streams a
-    partial answer). A CHECK constraint cannot be altered, so the table is rebuilt the way SQLite's
-    manual describes; the caller has turned foreign keys off. The FTS index keeps its rowids."""
+def _rebuild(db: Database, table: str, create: str, columns: str) -> None:
+    """Rebuild ``table`` as ``create`` (the CREATE TABLE of ``<table>_new``) the way SQLite's manual describes: copy
+    ``columns``, drop the old table, rename the new one and make the old one's indexes and triggers (the search
+    index's) again. Rowids are kept, so the external-content FTS indexes stay valid. sqlite-utils' ``transform`` keeps
+    neither CHECK constraints, ON DELETE actions nor triggers, and cannot add AUTOINCREMENT. The caller has turned
+    foreign keys off (dropping the old table would otherwise cascade) and checks them before it commits."""
     kept = [
         sql
         for (sql,) in db.execute(
-            "SELECT sql FROM sqlite_master WHERE tbl_name = 'messages' AND type IN ('index', 'trigger') "
-            "AND sql IS NOT NULL"
+            "SELECT sql FROM sqlite_master WHERE tbl_name = ? AND type IN ('index', 'trigger') AND sql IS NOT NULL",
+            [table],
         )
     ]
-    db.execute(
+    db.execute(create)
+    db.execute(f"INSERT INTO {table}_new ({columns}) SELECT {columns} FROM {table}")
+    db.execute(f"DROP TABLE {table}")
+    # Legacy rename: the current one checks every trigger of the file, and the running totals' triggers on the other
+    # tables name the table that was just dropped; they name it again once the new one has its name.
+    db.execute("PRAGMA legacy_alter_table = ON")
+    db.execute(f"ALTER TABLE {table}_new RENAME TO {table}")
+    db.execute("PRAGMA legacy_alter_table = OFF")
+    for sql in kept:
+        db.execute(sql)
+
+
+def _migrate_1_to_2(db: Database) -> None:
+    """Status "interrupted" (an answer whose process died) and ``writer`` (which process streams a
+    partial answer). A CHECK constraint cannot be altered, so the table is rebuilt."""
+    _rebuild(
+        db,
+        "messages",
         """
-        CREATE TABLE messages_v2 (
+        CREATE TABLE messages_new (
             id INTEGER PRIMARY KEY,
             conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
             parent_id INTEGER REFERENCES messages(id) ON DELETE CASCADE,
@@ -92,15 +114,9 @@ def _migrate_1_to_2(db: Database) -> None:
             extra TEXT,
             writer TEXT
         )
-        """
+        """,
+        _MESSAGE_COLUMNS_V1,
     )
-    db.execute(
-        f"INSERT INTO messages_v2 ({_MESSAGE_COLUMNS_V1}) SELECT {_MESSAGE_COLUMNS_V1} FROM messages"
-    )
-    db.execute("DROP TABLE messages")
-    db.execute("ALTER TABLE messages_v2 RENAME TO messages")
-    for sql in kept:
-        db.execute(sql)
 
 
 def _migrate_2_to_3(db: Database) -> None:
@@ -115,6 +131,31 @@ def _migrate_2_to_3(db: Database) -> None:
     )
 
 
+def _migrate_3_to_4(db: Database) -> None:
+    """AUTOINCREMENT on the tables whose ids the page, links and API clients hold: SQLite otherwise gives the largest
+    id again once its row is deleted, so a stale tab holding the newest conversation's id would land on the next new
+    one. The tables are rebuilt (AUTOINCREMENT cannot be added in place) from their own CREATE statements, so every
+    column, constraint and key stays as the file had it; ``sqlite_sequence`` starts at each table's largest id."""
+    for table in ("conversations", "messages"):
+        (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", [table]).fetchone()
+        body = sql[sql.index("(") :]
+        if "id INTEGER PRIMARY KEY AUTOINCREMENT," in body:  # a newer file relabelled older (tests do): nothing to do
+            continue
+        new_body = body.replace("id INTEGER PRIMARY KEY,", "id INTEGER PRIMARY KEY AUTOINCREMENT,", 1)
+        if new_body == body:
+            raise sqlite3.DatabaseError(f"the {table} table is not as this version made it: {sql[:200]}")
+        columns = ", ".join(c.name for c in db[table].columns)
+        _rebuild(db, table, f"CREATE TABLE {table}_new {new_body}", columns)
+
+
+def _migrate_4_to_5(db: Database) -> None:
+    # Each owner's stored bytes as a running total kept by triggers (quota.py), so the byte cap reads one row per write
+    # instead of summing the owner's rows; filled from the rows here.
+    quota.keep_running_totals(db)
+
+
 # MIGRATIONS[v] upgrades a database from user_version v to v + 1. Append, never edit.
-MIGRATIONS: list[Callable[[Database], None]] = [_migrate_0_to_1, _migrate_1_to_2, _migrate_2_to_3]
+MIGRATIONS: list[Callable[[Database], None]] = [
+    _migrate_0_to_1, _migrate_1_to_2, _migrate_2_to_3, _migrate_3_to_4, _migrate_4_to_5,
+]  # fmt: skip
 assert len(MIGRATIONS) == SCHEMA_VERSION

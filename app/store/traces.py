@@ -184,7 +184,10 @@ def save(db: Database, owner: str, message_id: int, trace: dict[str, Any]) -> No
 
 def insert(db: Database, message_id: int, trace: dict[str, Any]) -> None:
     """Keep a prepared trace with a message the caller has just checked or written."""
-    db.execute("INSERT OR REPLACE INTO traces (message_id, data) VALUES (?, ?)", [message_id, encode(trace)])
+    # An upsert, not INSERT OR REPLACE: a replaced row is deleted without its delete triggers, which keep the owner's
+    # running byte total (quota.py).
+    db.execute("INSERT INTO traces (message_id, data) VALUES (?, ?) ON CONFLICT (message_id) DO UPDATE SET data = "
+               "excluded.data", [message_id, encode(trace)])  # fmt: skip
 
 
 def _rows(db: Database, owner: str, where: str, args: list[Any]) -> dict[int, dict[str, Any]]:

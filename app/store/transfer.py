@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -289,9 +289,9 @@ def plan_bytes(plans: list[Plan]) -> int:
 class ImportWriter:
     """Writes checked conversations (``plan_import``) in short transactions (``write_in_steps``).
 
-    Everything is written under ``HIDDEN_OWNER`` first and handed to the owner at the end, one
-    short transaction per group of conversations, so nobody sees a conversation half-imported and
-    a failure (or a kill: the next open deletes hidden rows) leaves what was saved as it was.
+    Everything is written under ``HIDDEN_OWNER`` first and handed to the owner at the end in one
+    transaction, so nobody sees a conversation half-imported, and a failure (or a kill: the next open
+    deletes hidden rows) leaves what was saved as it was.
     """
 
     def __init__(self, plans: list[Plan]) -> None:
@@ -300,7 +300,6 @@ class ImportWriter:
         self._conversation = 0  # next conversation to start
         self._message = 0  # next message of the conversation in progress (-1: none in progress)
         self._ids: dict[int, int] = {}  # file id -> new id, for the conversation in progress
-        self._handed = 0  # conversations handed to the owner
 
     def write_step(self, db: Database, deadline: float) -> bool:
         """Insert rows until ``deadline``; True when every conversation is in."""
@@ -343,17 +342,12 @@ class ImportWriter:
         if m["trace"] is not None:
             traces.insert(db, cur.lastrowid, m["trace"])
 
-    def hand_over_step(self, owner: str) -> Callable[[Database, float], bool]:
-        def step(db: Database, deadline: float) -> bool:
-            while self._handed < len(self.conversation_ids):
-                if time.monotonic() > deadline:
-                    return False
-                group = self.conversation_ids[self._handed : self._handed + 64]
-                db.execute(
-                    f"UPDATE conversations SET owner = ? WHERE owner = ? AND id IN ({', '.join('?' * len(group))})",
-                    [owner, HIDDEN_OWNER, *group],
-                )
-                self._handed += len(group)
-            return True
-
-        return step
+    def hand_over(self, db: Database, owner: str) -> None:
+        """Give every written conversation to ``owner``, in the caller's one transaction (which checks the owner's
+        caps again first: another import may have been handed over since the check before writing)."""
+        for start in range(0, len(self.conversation_ids), 500):
+            group = self.conversation_ids[start : start + 500]
+            db.execute(
+                f"UPDATE conversations SET owner = ? WHERE owner = ? AND id IN ({', '.join('?' * len(group))})",
+                [owner, HIDDEN_OWNER, *group],
+            )
