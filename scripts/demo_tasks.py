@@ -29,7 +29,7 @@ TRAIN_MAX_SWAPS = 16  # the shipped model trained on 1..16 swaps; longer lists a
 FIRST_STAGES_MAX_SWAPS = 12
 TRAIN_MAX_HOPS = 6  # hops problems (below): longer walks per value are never trained on
 TRAIN_MAX_WALK = 6  # stops problems (below): links from the start to the last stop; longer are never trained on
-TRAIN_MAX_CHASE = 4  # chase problems (below): the deepest chain trained on
+TRAIN_MAX_CHASE = 3  # chase problems (below): the deepest chain trained on (deeper ones have a shortcut)
 
 TASKS = ("swap",)  # the shipped model's tasks; TIERS has every task the evaluation knows
 # The tier is the number of swaps, i.e. the number of serial steps. 24 (1.5 times the longest trained
@@ -245,7 +245,8 @@ def stops_parts(question: str) -> tuple[dict[str, str], str, list[str]]:
 # iteration on with nothing to count or check: a root is a fixed point, so more iterations never hurt and a
 # deeper chain needs only more of them (Bansal et al.'s extrapolation setting). Each later value starts
 # from the previous answer token, so no prompt position can walk it before the answer starts. The tier is
-# the deepest chain; the start sits at its far end.
+# the deepest chain; the start sits at its far end. Nine places allow no deep chain whose root is not
+# also the root of the largest tree: from 4 links on, that shortcut names the first value.
 CHASE_ROOTS = 3
 
 
@@ -253,13 +254,17 @@ def successor(place: str) -> str:
     return PLACES[(PLACES.index(place) + 1) % HOP_PLACES]
 
 
+def _root(links: dict[str, str], place: str) -> str:
+    while links[place] != place:
+        place = links[place]
+    return place
+
+
 def chase(links: dict[str, str], start: str, values: int = HOP_VALUES) -> str:
     out, here = [], start
     for _ in range(values):
-        while links[here] != here:
-            here = links[here]
-        out.append(here)
-        here = successor(here)
+        out.append(_root(links, here))
+        here = successor(out[-1])
     return "".join(out)
 
 
@@ -281,11 +286,16 @@ def make_chase(tier: int, rng: random.Random) -> Problem:
     roots, rest = order[:CHASE_ROOTS], order[CHASE_ROOTS:]
     links = {r: r for r in roots}
     depth = dict.fromkeys(roots, 0)
-    here = rng.choice(roots)
+    here = start_root = rng.choice(roots)
     for place in rest[:tier]:  # the deepest chain
         links[place], depth[place], here = here, depth[here] + 1, place
-    for place in rest[tier:]:  # the others hang anywhere above that depth
-        parent = rng.choice([q for q in depth if depth[q] < tier])
+    # The other places hang above that depth under one root: the start's or, as often, another (a tree
+    # as large as the start's while the places allow, up to 3 links), so that neither "the root with the
+    # most places" nor "the root that is not alone" names the first value by itself; the eval's `largest`
+    # baseline says how often the first still does.
+    tree = rng.choice([r for r in roots if r != start_root]) if rng.random() < 0.5 else start_root
+    for place in rest[tier:]:
+        parent = rng.choice([q for q in depth if depth[q] < tier and _root(links, q) == tree])
         links[place], depth[place] = parent, depth[parent] + 1
     return Problem("chase", tier, chase_question(links, here), chase(links, here))
 

@@ -40,7 +40,8 @@ LOG_DEPTHS = (1, 2, 4, 8, 16, 32)
 # The in-run evaluation's tiers, fixed: its initial states come from the training RNG, so the tiers
 # are part of what reproduces a run (the first stages ran with these).
 LOG_TIERS = (4, 8, 12, 16, 24)
-LOG_OTHER_TIERS = {"hops": (1, 2, 4, 6, 8), "stops": (4, 6, 8), "chase": (1, 2, 4, 6)}  # logged only by runs that train on them
+# logged only by runs that train on them
+LOG_OTHER_TIERS = {"hops": (1, 2, 4, 6, 8), "stops": (4, 6, 8), "chase": (1, 2, 3, 4)}
 
 
 # ----------------------------------------------------------------------------------------------
