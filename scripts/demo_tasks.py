@@ -29,13 +29,13 @@ TRAIN_MAX_SWAPS = 16  # the shipped model trained on 1..16 swaps; longer lists a
 FIRST_STAGES_MAX_SWAPS = 12
 TRAIN_MAX_HOPS = 6  # hops problems (below): longer walks per value are never trained on
 TRAIN_MAX_WALK = 6  # stops problems (below): links from the start to the last stop; longer are never trained on
-TRAIN_MAX_CHASE = 3  # chase problems (below): the deepest chain trained on (deeper ones have a shortcut)
+TRAIN_MAX_CHASE = 3  # chase problems (below): the deepest chain trained on
 
 TASKS = ("swap",)  # the shipped model's tasks; TIERS has every task the evaluation knows
 # The tier is the number of swaps, i.e. the number of serial steps. 24 (1.5 times the longest trained
 # list) and 32 are longer than anything in training.
 TIERS: dict[str, tuple[int, ...]] = {"swap": (4, 8, 12, 16, 24, 32), "hops": (1, 2, 4, 6, 8), "stops": (4, 5, 6, 7, 8),
-                                       "chase": (1, 2, 3, 4, 5, 6)}
+                                       "chase": (1, 2, 3, 4)}
 TIER_NAMES: dict[str, dict[int, str]] = {
     "swap": {k: f"{k} swaps" + (" (longer than trained)" if k > TRAIN_MAX_SWAPS else "") for k in TIERS["swap"]},
     "hops": {k: f"{k} hops per value" + (" (longer than trained)" if k > TRAIN_MAX_HOPS else "")
@@ -239,22 +239,23 @@ def stops_parts(question: str) -> tuple[dict[str, str], str, list[str]]:
 # ----------------------------------------------------------------------------------------------
 # chase: walks that stop by themselves
 
-# The nine places form a forest: three roots link to themselves, every other place links towards one of
-# them. The answer is three roots: the one the start's chain ends at, then the one reached from the place
-# after that root (in the order 1-9, 9 wrapping to 1), and so on. Walking is `x <- link(x)` from the first
-# iteration on with nothing to count or check: a root is a fixed point, so more iterations never hurt and a
-# deeper chain needs only more of them (Bansal et al.'s extrapolation setting). Each later value starts
-# from the previous answer token, so no prompt position can walk it before the answer starts. The tier is
-# the deepest chain; the start sits at its far end. Nine places allow no deep chain whose root is not
-# also the root of the largest tree: from 4 links on, that shortcut names the first value.
-CHASE_ROOTS = 3
+# Ten places (0-9) form two trees of one size and depth: each root links to itself, and each tree is a
+# chain of `tier` links with its other places hanging above that depth. The answer is three roots: the one
+# the start's walk ends at (the start is the far end of one of the chains), then the one reached from the
+# place after that root (0-9, 9 wrapping to 0), and so on. Walking is `x <- link(x)` with nothing to count
+# or check: a root is a fixed point, so more iterations never hurt and a deeper chain needs only more of
+# them (Bansal et al.'s extrapolation setting). The trees being alike in size and depth, only the walk
+# tells which root a place leads to; each later value starts from the previous answer token, so no prompt
+# position can walk it before the answer starts.
+CHASE_PLACES = "0123456789"
+CHASE_ROOTS = 2
 
 
 def successor(place: str) -> str:
-    return PLACES[(PLACES.index(place) + 1) % HOP_PLACES]
+    return CHASE_PLACES[(CHASE_PLACES.index(place) + 1) % len(CHASE_PLACES)]
 
 
-def _root(links: dict[str, str], place: str) -> str:
+def root_of(links: dict[str, str], place: str) -> str:
     while links[place] != place:
         place = links[place]
     return place
@@ -263,7 +264,7 @@ def _root(links: dict[str, str], place: str) -> str:
 def chase(links: dict[str, str], start: str, values: int = HOP_VALUES) -> str:
     out, here = [], start
     for _ in range(values):
-        out.append(_root(links, here))
+        out.append(root_of(links, here))
         here = successor(out[-1])
     return "".join(out)
 
@@ -279,25 +280,24 @@ def chase_parts(question: str) -> tuple[dict[str, str], str]:
 
 
 def make_chase(tier: int, rng: random.Random) -> Problem:
-    """A forest of three roots whose deepest chain has `tier` links; the start is that chain's far end."""
-    if not 1 <= tier <= HOP_PLACES - CHASE_ROOTS:
-        raise ValueError(f"a chase takes chains of 1 to {HOP_PLACES - CHASE_ROOTS} links, got {tier}")
-    order = rng.sample(PLACES, HOP_PLACES)
-    roots, rest = order[:CHASE_ROOTS], order[CHASE_ROOTS:]
-    links = {r: r for r in roots}
-    depth = dict.fromkeys(roots, 0)
-    here = start_root = rng.choice(roots)
-    for place in rest[:tier]:  # the deepest chain
-        links[place], depth[place], here = here, depth[here] + 1, place
-    # The other places hang above that depth under one root: the start's or, as often, another (a tree
-    # as large as the start's while the places allow, up to 3 links), so that neither "the root with the
-    # most places" nor "the root that is not alone" names the first value by itself; the eval's `largest`
-    # baseline says how often the first still does.
-    tree = rng.choice([r for r in roots if r != start_root]) if rng.random() < 0.5 else start_root
-    for place in rest[tier:]:
-        parent = rng.choice([q for q in depth if depth[q] < tier and _root(links, q) == tree])
-        links[place], depth[place] = parent, depth[parent] + 1
-    return Problem("chase", tier, chase_question(links, here), chase(links, here))
+    """Two trees, each a chain of `tier` links and places hanging above it; the start ends one chain."""
+    size = len(CHASE_PLACES) // CHASE_ROOTS
+    if not 1 <= tier < size:
+        raise ValueError(f"a chase takes chains of 1 to {size - 1} links, got {tier}")
+    order = rng.sample(CHASE_PLACES, len(CHASE_PLACES))
+    links: dict[str, str] = {}
+    ends = []
+    for tree in (order[i : i + size] for i in range(0, len(order), size)):
+        here = tree[0]
+        links[here], depth = here, {here: 0}
+        for place in tree[1 : tier + 1]:  # the chain
+            links[place], depth[place], here = here, depth[here] + 1, place
+        ends.append(here)
+        for place in tree[tier + 1 :]:
+            parent = rng.choice([q for q in depth if depth[q] < tier])
+            links[place], depth[place] = parent, depth[parent] + 1
+    start = rng.choice(ends)
+    return Problem("chase", tier, chase_question(links, start), chase(links, start))
 
 
 _MAKERS = {"swap": make_swap, "hops": make_hops, "stops": make_stops, "chase": make_chase}

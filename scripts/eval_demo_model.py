@@ -23,7 +23,6 @@ settings) on the same problems and seeds, one answer at a time for the parallel 
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import math
 import random
@@ -166,7 +165,7 @@ def parallel_answers(model, tok, questions: Sequence[str], num_steps: int, max_n
 
 BASELINE_LABELS = {"parity": "parity guess", "start": "start order", "one_hop": "one hop per value",
                    "stay": "the start for every value", "listed": "the stops as listed",
-                   "repeat": "the first root for every value", "largest": "the root of the largest tree for every value",
+                   "repeat": "the first root for every value",
                    "chance": "chance"}
 
 
@@ -179,8 +178,7 @@ def trivial_baselines(problems: Sequence[demo_tasks.Problem]) -> dict[str, float
     one hop, where it is the task); `stay`, the start for every value; `chance`, a random place for each.
     Stops: `listed`, the stops in the order the question lists them; `chance`, a random order of them.
     Chase: `one_hop`, the place one link on from the start, then from the place after each value (not
-    given at one link, where it is the task); `repeat`, the right first root for every value; `largest`,
-    the root of the largest tree (if one is larger than the others) for every value; `chance`, a random
+    given at one link, where it is the task); `repeat`, the right first root for every value; `chance`, a random
     root for each value.
     """
     task = problems[0].task if problems else "swap"
@@ -208,12 +206,7 @@ def trivial_baselines(problems: Sequence[demo_tasks.Problem]) -> dict[str, float
                 here = demo_tasks.successor(here)
             return "".join(out) == p.answer
 
-        def largest(p):
-            links = demo_tasks.chase_parts(p.question)[0]
-            (root, most), *rest = collections.Counter(demo_tasks.chase(links, x, 1) for x in links).most_common()
-            return (not rest or rest[0][1] < most) and root * len(p.answer) == p.answer  # a tie names no root
-
-        base = {"repeat": share(lambda p: p.answer[0] * len(p.answer) == p.answer), "largest": share(largest),
+        base = {"repeat": share(lambda p: p.answer[0] * len(p.answer) == p.answer),
                 "chance": round(demo_tasks.CHASE_ROOTS ** -demo_tasks.HOP_VALUES, 4)}
         return base if problems[0].tier == 1 else {"one_hop": share(one_link), **base}
     if task == "stops":

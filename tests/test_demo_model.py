@@ -253,25 +253,13 @@ def test_stops_baselines_are_the_listed_order_and_chance() -> None:
     assert eval_demo_model.trivial_baselines(problems) == {"listed": round(listed / 60, 4), "chance": round(1 / 24, 4)}
 
 
-def test_chase_baselines_are_one_link_the_first_root_repeated_the_largest_tree_and_chance() -> None:
-    def largest_tree(question: str) -> str | None:
-        links = dict(pair for pair in question.split(" from ")[0].removeprefix("Chase ").split())
-        roots = []
-        for here in links:
-            while links[here] != here:
-                here = links[here]
-            roots.append(here)
-        sizes = sorted((roots.count(r), r) for r in set(roots))
-        return sizes[-1][1] if sizes[-1][0] > sizes[-2][0] else None
-
-    for tier in (1, 3, 5):
+def test_chase_baselines_are_one_link_the_first_root_repeated_and_chance() -> None:
+    for tier in (1, 3):
         problems = demo_tasks.eval_problems("chase", tier, 60)
         base = eval_demo_model.trivial_baselines(problems)
-        assert set(base) == ({"one_hop"} if tier > 1 else set()) | {"repeat", "largest", "chance"}
-        assert base["chance"] == round(1 / 27, 4)
+        assert set(base) == ({"one_hop"} if tier > 1 else set()) | {"repeat", "chance"}
+        assert base["chance"] == 0.125  # one of two roots for each of three values
         assert base["repeat"] == round(sum(p.answer == p.answer[0] * 3 for p in problems) / 60, 4)
-        largest = sum(p.answer == (largest_tree(p.question) or "") * 3 for p in problems)
-        assert base["largest"] == round(largest / 60, 4)
         if tier == 3:
             assert base["one_hop"] == 0  # the start is three links deep
 
@@ -288,10 +276,8 @@ def test_the_answer_value_probe_groups_chase_values_by_their_own_walks(model, to
             for _ in range(n):
                 here = links[here]
             assert here == value and links[value] == value
-            here = str(int(value) % 9 + 1)
+            here = str((int(value) + 1) % 10)
     table = probe_answer_values.probe(model, tok, "chase", 4, depths=(1, 4))
     assert {group for group, _ in table} == {"first", "later"}
     assert {walk for group, walk in table if group == "first"} == set(demo_tasks.TIERS["chase"])
     assert all(set(row) == {1, 4} and all(0 <= v <= 1 for v in row.values()) for row in table.values())
-    # a swap-only model chooses no root: the first value, a walk it never learned, is mostly wrong
-    assert max(row[4] for (group, _), row in table.items() if group == "first") < 0.75

@@ -300,40 +300,51 @@ def test_stops_answers_are_the_stops_in_the_order_a_walk_meets_them(tier: int) -
         dt.make_stops(3, random.Random(0))
 
 
-CHASE_Q = re.compile(r"Chase ((?:[1-9]{2} ){8}[1-9]{2}) from ([1-9])\. Roots\?")
+CHASE_Q = re.compile(r"Chase ((?:[0-9]{2} ){9}[0-9]{2}) from ([0-9])\. Roots\?")
 
 
 def _links_to_root(links: dict[str, str], x: str) -> int:
     n = 0
     while links[x] != x:
         x, n = links[x], n + 1
-        assert n <= 9, "a cycle that is not a root"
+        assert n <= 10, "a cycle that is not a root"
     return n
 
 
-def _deepest(links: dict[str, str]) -> int:
-    return max(_links_to_root(links, x) for x in links)
+def _root(links: dict[str, str], x: str) -> str:
+    while links[x] != x:
+        x = links[x]
+    return x
 
 
 @pytest.mark.parametrize("tier", dt.TIERS["chase"])
 def test_chase_answers_are_the_roots_walked_to_from_the_start_and_after_each_root(tier: int) -> None:
     for p, m in _parsed(dt.make_chase, tier, CHASE_Q):
         links, start = dict(m[1].split()), m[2]
-        assert sorted(links) == list("123456789")
-        roots = [a for a, b in links.items() if a == b]
+        assert sorted(links) == list("0123456789")
+        roots = sorted(a for a, b in links.items() if a == b)
         assert len(roots) == dt.CHASE_ROOTS
-
-        assert _deepest(links) == tier == _links_to_root(links, start)  # the start is the deepest
+        trees = {r: [x for x in links if _root(links, x) == r] for r in roots}
+        # two trees alike in size and depth: neither names the start's root
+        assert [len(t) for t in trees.values()] == [5, 5]
+        assert [max(_links_to_root(links, x) for x in t) for t in trees.values()] == [tier, tier]
+        assert _links_to_root(links, start) == tier
         here, walked = start, ""
         for _ in range(dt.HOP_VALUES):  # walked link by link, independently of the generator
             while links[here] != here:
                 here = links[here]
             walked += here
-            here = str(int(here) % 9 + 1)
+            here = str((int(here) + 1) % 10)
         assert p.answer == walked
         assert dt.chase_parts(p.question) == (links, start)
-    with pytest.raises(ValueError, match="1 to 6 links"):
-        dt.make_chase(7, random.Random(0))
+    with pytest.raises(ValueError, match="1 to 4 links"):
+        dt.make_chase(5, random.Random(0))
+
+
+def test_either_root_ends_the_first_walk_about_as_often() -> None:
+    firsts = [_root(*dt.chase_parts(p.question)) == min(a for a, b in dt.chase_parts(p.question)[0].items() if a == b)
+              for p in (dt.make_chase(3, random.Random(i)) for i in range(400))]
+    assert 0.4 < sum(firsts) / len(firsts) < 0.6
 
 
 def test_chase_problems_reach_training_only_as_the_mix_says() -> None:
@@ -348,4 +359,6 @@ def test_chase_problems_reach_training_only_as_the_mix_says() -> None:
     chases = [q for q in seen if CHASE_Q.fullmatch(q)]
     expected = (0.5 * 2 / 3) / (0.5 * 2 / 3 + 0.5)  # two of the three chase tiers drawn, at their own weights
     assert abs(len(chases) / len(seen) - expected) < 0.06 and not any(dt.is_heldout(q) for q in chases)
-    assert {_deepest(dict(CHASE_Q.fullmatch(q)[1].split())) for q in chases} == {1, 2}  # capped at 2 links
+    depths = {max(_links_to_root(links, x) for x in links) for links in (dict(CHASE_Q.fullmatch(q)[1].split())
+                                                                          for q in chases)}
+    assert depths == {1, 2}  # capped at 2 links
