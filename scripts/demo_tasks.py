@@ -2,8 +2,8 @@
 
 Everything the demo model ever sees comes from here: cup-swap problems (follow k swaps of three
 cups) in tiers of k, plus a little plain conversation so that chatting with the model is coherent.
-Hops and stops problems (walks along links, written out in the answer) are task mixes for a later
-stage (`train_demo_model.py --hops`, `--stops`); the shipped model was not trained on them
+Hops, stops and chase problems (walks along links, written out in the answer) are task mixes for a
+later stage (`train_demo_model.py --hops`, `--stops`, `--chase`); the shipped model was not trained on them
 (docs/demo-model.md, "Serial work in the answer").
 Problems are split into train and held-out by a hash of the question text, so the split is exact
 and does not depend on the seed or the order in which problems were generated.
