@@ -9,20 +9,27 @@ from pathlib import Path
 import pytest
 
 from app.store import EXPORT_FORMAT, RecordLimits, Store, StoreFull, quota, transfer
-from app.store.records import HIDDEN_OWNER
+from app.store.records import HIDDEN_OWNER, TOTAL_OWNER
 from tests.test_store_traces import synthetic_trace
 
 OWNER, OTHER = "alice", "bob"
 T0 = "2026-01-01T00:00:00.000000+00:00"
 
 
-def totals(store: Store) -> tuple[dict[str, int], dict[str, int]]:
-    """(the running totals, the same summed from the rows) for every owner, hidden ones included."""
+def totals(store: Store) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[int, int]]]:
+    """(the running totals, the same counted from the rows) of (bytes, conversations) for every owner, hidden ones
+    included, and for everyone together (``TOTAL_OWNER``: hidden ones left out)."""
     db = store.file.db()
-    kept = dict(db.execute("SELECT owner, bytes FROM owner_bytes WHERE bytes != 0").fetchall())
-    owners = [r[0] for r in db.execute("SELECT DISTINCT owner FROM conversations")] + list(kept)
-    counted = {o: quota.stored_bytes(db, o) for o in owners}
-    return kept, {o: n for o, n in counted.items() if n}
+    kept = {o: (b, n) for o, b, n in db.execute("SELECT owner, bytes, conversations FROM owner_bytes "
+                                                "WHERE bytes != 0 OR conversations != 0")}  # fmt: skip
+    owners = {r[0] for r in db.execute("SELECT DISTINCT owner FROM conversations")} | set(kept) - {TOTAL_OWNER}
+    held = dict(db.execute("SELECT owner, COUNT(*) FROM conversations GROUP BY owner").fetchall())
+    counted = {o: (quota.stored_bytes(db, o), held.get(o, 0)) for o in owners}
+    counted = {o: n for o, n in counted.items() if n != (0, 0)}
+    everyone = [n for o, n in counted.items() if o != HIDDEN_OWNER]
+    if everyone:
+        counted[TOTAL_OWNER] = (sum(b for b, _ in everyone), sum(c for _, c in everyone))
+    return kept, counted
 
 
 def export(conversations: int, messages: int, text: str = "words", trace: bool = False) -> dict:
