@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from .store import Store, StoreError
 
@@ -21,15 +22,11 @@ class Retention:
         self.store, self.idle_seconds, self.check_seconds = store, days * 86400.0, check_seconds
         self.runs = 0  # cleanups finished (tests wait for the first)
         self.deleted = 0
-        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="retention", daemon=True)
 
     def start(self) -> Retention:
         self._thread.start()
         return self
-
-    def stop(self) -> None:
-        self._stop.set()
 
     def run_once(self) -> int:
         deleted = self.store.delete_stale(self.idle_seconds)
@@ -48,5 +45,4 @@ class Retention:
                 if self.store.closed:
                     return
                 log.warning("retention: the cleanup failed (%s); trying again in %g s", err, self.check_seconds)
-            if self._stop.wait(self.check_seconds):
-                return
+            time.sleep(self.check_seconds)

@@ -88,9 +88,8 @@ _OWNER_OF_MESSAGE = ("(SELECT c.owner FROM messages m JOIN conversations c ON c.
                      "WHERE m.id = {0}.message_id)")  # fmt: skip
 
 
-def _add(owner: str, amount: str, conversations: str = "0") -> str:
-    return (f"UPDATE owner_bytes SET bytes = bytes + ({amount}), touched = {SQL_NOW}, "
-            f"conversations = conversations + ({conversations}) WHERE owner = {owner};")
+def _add(owner: str, amount: str) -> str:
+    return f"UPDATE owner_bytes SET bytes = bytes + ({amount}), touched = {SQL_NOW} WHERE owner = {owner};"
 
 
 def _take(owner: str, amount: str, conversations: str = "0") -> str:
