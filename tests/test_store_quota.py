@@ -170,8 +170,8 @@ def test_the_server_cap_refuses_the_write_that_would_overshoot_and_keeps_everyth
         newcomer = "carol"  # a fresh visitor, far below any cap of her own
         conv = s.create_conversation(newcomer, "mine")
         s.add_message(newcomer, conv.id, "user", "y" * 1_000)
-        full = r"^This server's storage for conversations is full \(all visitors together hold .* that is not something " \
-               r"you did, and nothing already saved was lost\."  # fmt: skip
+        full = (r"^This server's storage for conversations is full \(all visitors together hold .* that is not "
+                r"something you did, and nothing already saved was lost\.")
         with pytest.raises(ServerFull, match=full + r".*try again later\.$") as refused:
             s.add_message(newcomer, conv.id, "user", "z" * 2_000)
         assert isinstance(refused.value, StoreFull) and "this needs 2.2 kB more" in str(refused.value)

@@ -72,7 +72,8 @@ are not valid Unicode (lone surrogates) are refused with ``InvalidData``, as is 
 # The package is split by what each module holds: records.py (constants, errors, record types),
 # checks.py (checks of plain values), fields.py (the records a message holds), schema.py (schema version and migrations), connection.py (the
 # SQLite file: opening, recovery, transactions), conversations.py, tree.py (messages and their tree),
-# search.py, quota.py (per-owner and server-wide caps), retention.py (deleting what stale owners left), transfer.py (export documents, import checks and writes),
+# search.py, quota.py (per-owner and server-wide caps), retention.py (deleting what stale owners left),
+# transfer.py (export documents, import checks and writes),
 # markdown.py (the Markdown export), writer.py (AnswerWriter) and core.py (the Store facade).
 from __future__ import annotations
 
