@@ -28,11 +28,15 @@ class Limits:
     max_compare_settings: int = 7
     max_title_chars: int = 500
     max_query_chars: int = 1000
-    # What one owner keeps (the store's RecordLimits.max_owner_*) and how many files it may import an hour; None: no
-    # cap, as when running locally for oneself.
+    # What one owner keeps (the store's RecordLimits.max_owner_*) and how many files it may import an hour; what all
+    # owners keep together (RecordLimits.max_server_*); how many days an owner's conversations outlive their last
+    # change (app.retention). None: no cap and nothing deleted, as when running locally for oneself.
     max_conversations: int | None = None
     max_stored_bytes: int | None = None
     max_imports_per_hour: int | None = None
+    max_server_conversations: int | None = None
+    max_server_bytes: int | None = None
+    retention_days: float | None = None
 
 
 @dataclass(frozen=True)

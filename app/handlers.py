@@ -5,6 +5,8 @@ that act on them, each with one responsibility:
   the transcript HTML;
 * ``chat`` (``app.turns``): questions and their streamed answers, and the scripted ``/chat`` answer;
 * ``arena`` (``app.arena``): one prompt at several settings;
+* ``retention`` (``app.retention``): where ``Limits.retention_days`` is set (hosted), the thread deleting what
+  visitors left;
 * the model panel's two calls below.
 
 Every method takes plain values (the per-tab ``Session``, strings, numbers) and returns or yields plain values, so
@@ -27,6 +29,7 @@ from .conversations import Conversations
 from .gpu import EngineWork, Gate, GatedWork, GpuWork
 from .inputs import (ARENA_DEFAULT, ARENA_PRESETS, arena_settings, parse_threshold, settings_from_dict,
                      settings_from_form, threshold_choices)
+from .retention import Retention
 from .running import Running
 from .session import Session
 from .slot import ModelSlot, describe_source, public_name
@@ -51,8 +54,12 @@ class Studio:
         self.config = config or AppConfig()
         # Every write and import is checked against the engine's record definitions and this server's storage caps.
         store.limits = dataclasses.replace(STORE_LIMITS, max_owner_conversations=self.limits.max_conversations,
-                                           max_owner_bytes=self.limits.max_stored_bytes)
+                                           max_owner_bytes=self.limits.max_stored_bytes,
+                                           max_server_conversations=self.limits.max_server_conversations,
+                                           max_server_bytes=self.limits.max_server_bytes)
         self.store = store
+        days = self.limits.retention_days
+        self.retention = Retention(store, days).start() if days is not None else None
         self.owners = owners
         # One gate for the page and the OpenAI API together (app.openai_api serves behind it).
         self.gate = Gate(self.config.concurrency_limit, self.config.queue_size)

@@ -34,7 +34,14 @@ HOSTED_LIMITS = Limits(max_num_steps=32, max_new_tokens=256, max_prompt_chars=20
                        max_history_messages=32, max_prompt_tokens=4096, max_stop_strings=4, max_stop_string_chars=64,
                        max_compare_settings=5, max_title_chars=200, max_query_chars=200,
                        # every new browser is a new owner: these bound what each fills of the Space's disk
-                       max_conversations=200, max_stored_bytes=20_000_000, max_imports_per_hour=10)
+                       max_conversations=200, max_stored_bytes=20_000_000, max_imports_per_hour=10,
+                       # and fresh browsers cost nothing, so these bound the file: 100 visitors at their byte cap, or
+                       # 500 at their conversation cap. Counted bytes leave out the search index and SQLite's free
+                       # pages, so the file is about 2-3x this: a few GB of a Space's 50 GB disk, beside the weights.
+                       max_server_conversations=100_000, max_server_bytes=2_000_000_000,
+                       # A Space's disk is wiped at every restart (a rebuild, a sleep), so a longer promise would not
+                       # be kept; a week lets a visitor come back over several days and frees what one-off visits left.
+                       retention_days=7)
 HOSTED_QUEUE_SIZE = 20
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{24,64}$")
@@ -175,14 +182,24 @@ def storage_text(limits: Limits) -> str:
     caps = [f"{limits.max_conversations:,} conversations" if limits.max_conversations is not None else "",
             f"{limits.max_stored_bytes / 1e6:,.0f} MB" if limits.max_stored_bytes is not None else "",
             f"{limits.max_imports_per_hour} imports an hour" if limits.max_imports_per_hour is not None else ""]
-    return "; each visitor keeps up to " + ", ".join(c for c in caps if c) if any(caps) else ""
+    text = "; each visitor keeps up to " + ", ".join(c for c in caps if c) if any(caps) else ""
+    if limits.max_server_bytes is not None:
+        text += f"; all visitors together up to {limits.max_server_bytes / 1e6:,.0f} MB"
+    return text
+
+
+def retention_text(limits: Limits) -> str:
+    days = limits.retention_days
+    if days is None:
+        return "They may also vanish when the server restarts. "
+    return (f"They are deleted once this browser has saved nothing here for {days:g} day{'s' if days != 1 else ''}, "
+            "and may vanish sooner when the server restarts. ")
 
 
 def hosted_banner(limits: Limits, queue_size: int | None) -> str:
     return ("Conversations you have here are stored on this server, under a key kept in this browser; other "
             "visitors cannot see them. Delete one with \"Delete conversation\" (or all with \"Delete all my "
-            "conversations\") in the sidebar's menu. They may also vanish when the server restarts. "
-            + limits_text(limits, queue_size))
+            "conversations\") in the sidebar's menu. " + retention_text(limits) + limits_text(limits, queue_size))
 
 
 def hosted_config(limits: Limits = HOSTED_LIMITS, queue_size: int = HOSTED_QUEUE_SIZE) -> AppConfig:

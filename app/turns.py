@@ -19,7 +19,7 @@ from .render import MessageView
 from .running import Running
 from .session import Session
 from .slot import ModelSlot, public_name
-from .store import AnswerWriter, Message
+from .store import AnswerWriter, Message, StoreFull
 from .views import kept_prompt, message_views, model_messages
 
 log = logging.getLogger(__name__)
@@ -48,13 +48,19 @@ class ChatTurns:
         """Add the user's message (a sibling of the edited one when editing) and stream the answer."""
         text = inputs.check_message(text, self.limits)
         system = inputs.check_system(system, self.limits)
-        if session.conversation_id is None or self.conversations.gone(session):  # gone: deleted in another tab
+        new = session.conversation_id is None or self.conversations.gone(session)  # gone: deleted in another tab
+        if new:
             session = session.opened(self.store.create_conversation(session.owner).id)
         parent: Any = "leaf"
         if session.edit_id is not None:
             parent = self.store.get_message(session.owner, session.edit_id).parent_id
             session = session.replace(edit_id=None)
-        user = self.store.add_message(session.owner, session.conversation_id, "user", text, parent_id=parent)
+        try:
+            user = self.store.add_message(session.owner, session.conversation_id, "user", text, parent_id=parent)
+        except StoreFull:  # a full store keeps no empty conversation for the question it refused
+            if new:
+                self.store.delete_conversation(session.owner, session.conversation_id)
+            raise
         yield from self._answer(session, user.id, system, settings)
 
     def regenerate(self, session: Session, system: Any, settings: engine.GenerationSettings

@@ -185,9 +185,63 @@ def test_hosted_storage_caps_reach_the_store_and_imports_are_counted_per_visitor
 
     banner = hosted_config().banner
     assert "each visitor keeps up to 200 conversations, 20 MB, 10 imports an hour" in banner
+    assert "all visitors together up to 2,000 MB" in banner
     local = Studio(ModelSlot(*tiny, note="tiny"), Store(tmp_path / "local.db"), AppConfig())
     assert (local.store.limits.max_owner_conversations, local.store.limits.max_owner_bytes) == (None, None)
     local.store.close()
+    store.close()
+
+
+def test_a_full_server_refuses_new_messages_clearly_keeps_what_was_saved_and_still_answers(tiny, tmp_path):
+    store = Store(tmp_path / DB_FILE)
+    limits = dataclasses.replace(HOSTED_LIMITS, max_server_bytes=12_000)
+    studio = Studio(ModelSlot(*tiny, note="tiny"), store, hosted_config(limits), owners=OwnerKeys(b"k" * 32))
+    assert (store.limits.max_server_conversations, store.limits.max_server_bytes) == (100_000, 12_000)
+    settings = engine.GenerationSettings(num_steps=4, max_new_tokens=8, seed=1)
+    first, _ = studio.conversations.browser_session(None)
+    first = list(studio.chat.send(first, "x" * 1_900, "", settings))[-1].session
+    while True:  # the first visitor fills the server (far below their own 20 MB)
+        try:
+            list(studio.chat.send(first, "y" * 1_900, "", settings))
+        except StoreFull:
+            break
+    saved = store.export_data(first.owner)["conversations"]
+    newcomer, _ = studio.conversations.browser_session(None)
+    with pytest.raises(StoreFull, match=r"^This server's storage for conversations is full \(all visitors together "
+                                        r"hold 1\d\.\d kB of the 12\.0 kB it keeps; this needs .*\); that is not "
+                                        r"something you did, and nothing already saved was lost\."):
+        list(studio.chat.send(newcomer, "hello", "", settings))
+    assert store.list_conversations(newcomer.owner) == []
+    assert store.export_data(first.owner)["conversations"] == saved
+    assert studio.chat.chat_api("hello", {"num_steps": 4, "max_new_tokens": 4})["text"] is not None  # not stored
+    assert "all visitors together up to 0 MB" in hosted_config(limits).banner
+    store.close()
+
+
+def test_conversations_of_visitors_gone_a_week_are_deleted_at_start_up_and_never_locally(tiny, tmp_path):
+    path = tmp_path / DB_FILE
+    with Store(path) as store:
+        for owner in ("web:gone", "web:recent"):
+            conv = store.create_conversation(owner, f"{owner}'s")
+            store.add_message(owner, conv.id, "user", "hello")
+        store.file.write(lambda db: db.execute("UPDATE owner_bytes SET touched = ? WHERE owner = 'web:gone'",
+                                               [time.time() - 8 * 86400]))  # fmt: skip
+        before = {o: store.export_data(o)["conversations"] for o in ("web:gone", "web:recent")}
+    local = Studio(ModelSlot(*tiny, note="tiny"), Store(path), AppConfig())
+    assert local.retention is None  # locally nothing is ever deleted
+    assert {o: local.store.export_data(o)["conversations"] for o in before} == before
+    local.store.close()
+
+    store = Store(path)
+    studio = Studio(ModelSlot(*tiny, note="tiny"), store, hosted_config(), owners=OwnerKeys(b"k" * 32))
+    assert studio.retention is not None and studio.retention.idle_seconds == 7 * 86400
+    deadline = time.monotonic() + 30
+    while studio.retention.runs == 0 and time.monotonic() < deadline:  # the first cleanup runs at start-up
+        time.sleep(0.05)
+    assert studio.retention.deleted == 1
+    assert store.list_conversations("web:gone") == []
+    assert store.export_data("web:recent")["conversations"] == before["web:recent"]
+    assert "deleted once this browser has saved nothing here for 7 days" in studio.config.banner
     store.close()
 
 
@@ -622,6 +676,7 @@ def test_two_browsers_see_only_their_own_conversations(hosted, browser):
         a = open_page(one, hosted.url)
         banner = a.inner_text("#hosted-banner")
         assert "stored on this server" in banner and "Delete all my conversations" in banner
+        assert "saved nothing here for 7 days" in banner
         assert "up to 32 recurrence steps" in banner and "256 new tokens" in banner and "20 requests" in banner
         assert a.get_by_role("button", name="Load model").count() == 0 or \
             not a.get_by_role("button", name="Load model").is_visible()

@@ -1103,7 +1103,7 @@ def test_version_1_file_is_migrated_keeping_everything(db_path: Path):
     db.conn.commit()
     db.conn.close()  # fmt: skip
     with Store(db_path) as s:
-        assert s.file.db().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert s.file.db().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
         assert s.interrupted == 1
         old = s.thread(OWNER, 1)
         assert [(m.id, m.content, m.status) for m in old] == [(1, "oldword 1", "complete"), (2, "oldword 2", "interrupted")]

@@ -8,21 +8,28 @@ from pathlib import Path
 
 import pytest
 
-from app.store import EXPORT_FORMAT, RecordLimits, Store, StoreFull, quota, transfer
-from app.store.records import HIDDEN_OWNER
+from app.store import EXPORT_FORMAT, RecordLimits, ServerFull, Store, StoreFull, quota, transfer
+from app.store.records import HIDDEN_OWNER, TOTAL_OWNER
 from tests.test_store_traces import synthetic_trace
 
 OWNER, OTHER = "alice", "bob"
 T0 = "2026-01-01T00:00:00.000000+00:00"
 
 
-def totals(store: Store) -> tuple[dict[str, int], dict[str, int]]:
-    """(the running totals, the same summed from the rows) for every owner, hidden ones included."""
+def totals(store: Store) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[int, int]]]:
+    """(the running totals, the same counted from the rows) of (bytes, conversations) for every owner, hidden ones
+    included, and for everyone together (``TOTAL_OWNER``: hidden ones left out)."""
     db = store.file.db()
-    kept = dict(db.execute("SELECT owner, bytes FROM owner_bytes WHERE bytes != 0").fetchall())
-    owners = [r[0] for r in db.execute("SELECT DISTINCT owner FROM conversations")] + list(kept)
-    counted = {o: quota.stored_bytes(db, o) for o in owners}
-    return kept, {o: n for o, n in counted.items() if n}
+    kept = {o: (b, n) for o, b, n in db.execute("SELECT owner, bytes, conversations FROM owner_bytes "
+                                                "WHERE bytes != 0 OR conversations != 0")}  # fmt: skip
+    owners = {r[0] for r in db.execute("SELECT DISTINCT owner FROM conversations")} | set(kept) - {TOTAL_OWNER}
+    held = dict(db.execute("SELECT owner, COUNT(*) FROM conversations GROUP BY owner").fetchall())
+    counted = {o: (quota.stored_bytes(db, o), held.get(o, 0)) for o in owners}
+    counted = {o: n for o, n in counted.items() if n != (0, 0)}
+    everyone = [n for o, n in counted.items() if o != HIDDEN_OWNER]
+    if everyone:
+        counted[TOTAL_OWNER] = (sum(b for b, _ in everyone), sum(c for _, c in everyone))
+    return kept, counted
 
 
 def export(conversations: int, messages: int, text: str = "words", trace: bool = False) -> dict:
@@ -145,3 +152,87 @@ def test_two_imports_at_once_cannot_pass_the_cap_together(tmp_path: Path, monkey
         assert db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 1 + 3 * 6
         assert s.search(OWNER, "second" if winner == "first" else "first") == []
         assert totals(s)[0] == totals(s)[1] and s.integrity_check() == "ok"
+
+
+# ---- the server-wide caps ---------------------------------------------------------------------------------------
+
+def test_the_server_cap_refuses_the_write_that_would_overshoot_and_keeps_everything(tmp_path: Path):
+    path = tmp_path / "s.db"
+    with Store(path) as s:  # what two earlier visitors hold
+        for owner in (OWNER, OTHER):
+            conv = s.create_conversation(owner, f"{owner}'s")
+            s.add_message(owner, conv.id, "user", "x" * 2_000)
+        held = quota.server_totals(s.file.db())
+        assert held == (2, sum(quota.stored_bytes(s.file.db(), o) for o in (OWNER, OTHER)))
+    limits = RecordLimits(max_server_conversations=4, max_server_bytes=held[1] + 3_000)
+    with Store(path, limits=limits) as s:
+        before = {o: s.export_data(o)["conversations"] for o in (OWNER, OTHER)}
+        newcomer = "carol"  # a fresh visitor, far below any cap of her own
+        conv = s.create_conversation(newcomer, "mine")
+        s.add_message(newcomer, conv.id, "user", "y" * 1_000)
+        full = (r"^This server's storage for conversations is full \(all visitors together hold .* that is not "
+                r"something you did, and nothing already saved was lost\.")
+        with pytest.raises(ServerFull, match=full + r".*try again later\.$") as refused:
+            s.add_message(newcomer, conv.id, "user", "z" * 2_000)
+        assert isinstance(refused.value, StoreFull) and "this needs 2.2 kB more" in str(refused.value)
+        with pytest.raises(ServerFull, match=full):
+            s.begin_answer(newcomer, conv.id, settings={"num_steps": 4}, extra={"system": "s" * 2_000})
+        with pytest.raises(ServerFull, match=full):
+            s.import_json(newcomer, export(1, 4, text="w" * 500))
+        s.create_conversation(newcomer, "second")  # the last conversation that fits
+        with pytest.raises(ServerFull, match=r"\(all visitors together hold the 4 conversations it keeps\)"):
+            s.create_conversation("dave")
+        with pytest.raises(ServerFull, match=r"the 4 conversations it keeps"):
+            s.import_json("dave", export(1, 1))
+        assert {o: s.export_data(o)["conversations"] for o in (OWNER, OTHER)} == before  # nothing saved lost or changed
+        assert [m.content for m in s.messages(newcomer, conv.id)] == ["y" * 1_000]
+        db = s.file.db()
+        assert db.execute("SELECT COUNT(*) FROM conversations").fetchone()[0] == 4
+        assert quota.server_totals(db)[1] <= limits.max_server_bytes
+        s.delete_conversation(OWNER, s.list_conversations(OWNER)[0].id)  # room again, at once
+        s.create_conversation("dave", "now it fits")
+        assert totals(s)[0] == totals(s)[1] and s.integrity_check() == "ok"
+
+
+def test_two_owners_writing_at_once_cannot_overshoot_the_server_cap_together(tmp_path: Path):
+    path = tmp_path / "s.db"
+    text = "q" * 1_000
+    with Store(path) as s:  # the size of one message, as the cap counts it
+        conv = s.create_conversation("probe", "titled: no auto title")
+        before = quota.used_bytes(s.file.db(), "probe")
+        s.add_message("probe", conv.id, "user", text)
+        one = quota.used_bytes(s.file.db(), "probe") - before
+        s.delete_conversation("probe", conv.id)
+    title = "x" * 190
+    # Room for two conversations and 25 messages, not 26.
+    limits = RecordLimits(max_server_bytes=2 * quota.conversation_bytes(title, None) + 25 * one + one // 2)
+    shared = Store(path, limits=limits)  # as the app: one store, a thread per visitor's request
+    start = threading.Barrier(2, timeout=30)
+    saved = [0, 0]
+    refused: list[Exception] = []
+
+    def visitor(i: int) -> None:
+        owner = f"visitor-{i}"
+        conv = shared.create_conversation(owner, title)
+        start.wait()
+        for _ in range(40):  # more than fits for both together
+            try:
+                shared.add_message(owner, conv.id, "user", text)
+            except StoreFull as exc:
+                refused.append(exc)
+                return
+            saved[i] += 1
+
+    threads = [threading.Thread(target=visitor, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    shared.close()
+    assert len(refused) == 2 and all(isinstance(e, ServerFull) for e in refused)
+    assert sum(saved) == 25 and all(saved), saved  # exactly what fits, and both got some in
+    with Store(path) as s:
+        used = quota.server_totals(s.file.db())[1]
+        assert used <= limits.max_server_bytes and used == sum(quota.stored_bytes(s.file.db(), f"visitor-{i}")
+                                                                for i in range(2))  # fmt: skip
+        assert totals(s)[0] == totals(s)[1]

@@ -78,7 +78,7 @@ def test_a_schema_3_file_is_migrated_keeping_everything_and_ids_are_never_given_
     before = snapshot(path)
     with Store(path) as s:
         db = s.file.db()
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
         assert s.interrupted == 1  # the partial answer of a process long gone
         after = snapshot(path)
         for table in ("conversations", "traces", "conversations_fts", "messages_fts"):

@@ -39,7 +39,10 @@ Schema (version ``SCHEMA_VERSION``, kept in ``PRAGMA user_version``)
 
 ``owner_bytes``
     ``owner`` TEXT PRIMARY KEY, ``bytes`` INTEGER: each owner's stored bytes (``quota.stored_bytes``) as a running
-    total, kept by triggers on the three tables above in the transaction of every write (``quota.py``).
+    total, ``conversations`` INTEGER: how many they hold, ``touched`` REAL: unix time of their last added row or
+    change (what retention reads; indexed), kept by triggers on the three tables above in the transaction of every
+    write, and a row for everyone together (owner ``TOTAL_OWNER``, hidden rows left out), kept by triggers on this
+    table (``quota.py``).
 
 ``meta``
     key/value TEXT; ``last_opened`` is rewritten at every open, which doubles as the write probe.
@@ -69,7 +72,8 @@ are not valid Unicode (lone surrogates) are refused with ``InvalidData``, as is 
 # The package is split by what each module holds: records.py (constants, errors, record types),
 # checks.py (checks of plain values), fields.py (the records a message holds), schema.py (schema version and migrations), connection.py (the
 # SQLite file: opening, recovery, transactions), conversations.py, tree.py (messages and their tree),
-# search.py, quota.py (per-owner caps), transfer.py (export documents, import checks and writes),
+# search.py, quota.py (per-owner and server-wide caps), retention.py (deleting what stale owners left),
+# transfer.py (export documents, import checks and writes),
 # markdown.py (the Markdown export), writer.py (AnswerWriter) and core.py (the Store facade).
 from __future__ import annotations
 
@@ -91,6 +95,7 @@ from .records import (
     NotFound,
     RecordLimits,
     SearchHit,
+    ServerFull,
     StoreBusy,
     StoreError,
     StoreFull,
@@ -121,6 +126,7 @@ __all__ = [
     "NotFound",
     "RecordLimits",
     "SearchHit",
+    "ServerFull",
     "Store",
     "StoreBusy",
     "StoreError",

@@ -113,6 +113,10 @@ class StoreFile:
             raise
 
     # ---------------------------------------------------------------- connections, transactions
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         """Close every connection this file opened (from any thread)."""
         self._closed = True

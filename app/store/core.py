@@ -18,7 +18,7 @@ from typing import Any, Literal
 import platformdirs
 from sqlite_utils import Database
 
-from . import conversations, markdown, quota, search, traces, transfer, tree
+from . import conversations, markdown, quota, retention, search, traces, transfer, tree
 from .checks import check_object, check_owner, check_text, check_title, dump_json
 from .fields import message_row
 from .connection import StoreFile
@@ -80,6 +80,11 @@ class Store:
         except BaseException:
             self.file.close()
             raise
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close`` was called (a background cleanup stops then)."""
+        return self.file.closed
 
     @property
     def recovered_from(self) -> Path | None:
@@ -147,6 +152,24 @@ class Store:
         """
         self._write(owner, lambda db: conversations.hide(db, owner, conversation_id))
         self.file.write_in_steps(lambda db, deadline: conversations.delete_step(db, [conversation_id], deadline))
+
+    def delete_stale(self, idle_seconds: float) -> int:
+        """Delete every conversation of each owner whose last change is more than ``idle_seconds`` ago (a hosted
+        server's retention; a local app never calls it), least recently active owner first, a batch at a time: hidden
+        in short transactions, then deleted in short transactions, so visitors' writes get their turns in between.
+        A change is an added or changed row (a message, an answer's flush, a rename, an import), not a read. Returns
+        how many conversations were deleted."""
+        if not (isinstance(idle_seconds, (int, float)) and idle_seconds > 0):
+            raise InvalidData(f"idle_seconds must be a positive number of seconds, not {idle_seconds!r}")
+        cutoff = time.time() - idle_seconds
+        deleted = 0
+        while True:
+            batch: list[int] = []
+            self.file.write_in_steps(lambda db, deadline: retention.hide_stale_step(db, cutoff, batch, deadline))
+            if not batch:
+                return deleted
+            self.file.write_in_steps(lambda db, deadline: conversations.delete_step(db, batch, deadline))
+            deleted += len(batch)
 
     # ----------------------------------------------------------------------------- messages
     def add_message(
@@ -320,7 +343,8 @@ class Store:
         check_owner(owner)
         limits = limits or self.limits
         plans = transfer.plan_import(transfer.parse(data), limits)
-        size = transfer.plan_bytes(plans) if limits.max_owner_bytes is not None else 0
+        counted = limits.max_owner_bytes is not None or limits.max_server_bytes is not None
+        size = transfer.plan_bytes(plans) if counted else 0
 
         def room(db: Database) -> None:
             quota.check_room(db, owner, limits, len(plans), size)

@@ -15,6 +15,7 @@ DEFAULT_TITLE = "New conversation"
 # Owner of rows being imported or deleted, invisible to everyone (no owner key may start with NUL);
 # rows a killed process left under it are deleted at the next open.
 HIDDEN_OWNER = "\x00hidden"
+TOTAL_OWNER = "\x00total"  # the ``owner_bytes`` row of every owner's totals together (``quota.server_totals``)
 LEAF = "leaf"  # parent_id value meaning "the conversation's current leaf"
 
 ROLES = ("system", "user", "assistant")
@@ -60,6 +61,9 @@ class RecordLimits:
     # cannot fill the server's disk one import after another.
     max_owner_conversations: int | None = None
     max_owner_bytes: int | None = None  # message text, JSON records and compressed traces, as stored
+    # What all owners together may hold; None: no cap. Fresh owner keys cost nothing, so only these bound the file.
+    max_server_conversations: int | None = None
+    max_server_bytes: int | None = None
     token: RecordCheck | None = None
     stats: RecordCheck | None = None
     settings_validator: Callable[[dict[str, Any]], object] | None = None
@@ -111,6 +115,16 @@ class ImportInvalid(InvalidData):
 class StoreFull(StoreError):
     """A per-owner cap (``RecordLimits.max_owner_conversations``, ``max_owner_bytes``) refused a write; nothing was
     written and nothing saved changed."""
+
+
+class ServerFull(StoreFull):
+    """A cap of the whole server (``RecordLimits.max_server_conversations``, ``max_server_bytes``) refused a write;
+    nothing was written and nothing saved changed. The message says it is not the visitor's doing."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"This server's storage for conversations is full ({why}); that is not something you did, "
+                         "and nothing already saved was lost. New conversations and messages cannot be kept until "
+                         "older ones are deleted; try again later.")
 
 
 class StoreBusy(StoreError):

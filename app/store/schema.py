@@ -9,7 +9,7 @@ from sqlite_utils import Database
 
 from . import quota
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def _migrate_0_to_1(db: Database) -> None:
@@ -154,8 +154,15 @@ def _migrate_4_to_5(db: Database) -> None:
     quota.keep_running_totals(db)
 
 
+def _migrate_5_to_6(db: Database) -> None:
+    # Each owner's conversation count and last change, and everyone's totals in one row: the server-wide caps read
+    # one row per write, retention finds stale owners by an index. Every owner's clock starts at this migration.
+    quota.keep_running_totals(db)
+
+
 # MIGRATIONS[v] upgrades a database from user_version v to v + 1. Append, never edit.
 MIGRATIONS: list[Callable[[Database], None]] = [
     _migrate_0_to_1, _migrate_1_to_2, _migrate_2_to_3, _migrate_3_to_4, _migrate_4_to_5,
+    _migrate_5_to_6,
 ]  # fmt: skip
 assert len(MIGRATIONS) == SCHEMA_VERSION
