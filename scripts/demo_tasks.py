@@ -443,6 +443,8 @@ def walk_mix(hops: float, max_swaps: int = TRAIN_MAX_SWAPS, max_hops: int = TRAI
     if not (min(hops, stops, chase) >= 0 and hops + stops + chase <= 1):
         raise ValueError(f"the hops, stops and chase shares must be from 0 to 1 together, got {hops}, {stops} "
                          f"and {chase}")
+    if chase and not 1 <= max_chase < len(CHASE_PLACES) // CHASE_ROOTS:
+        raise ValueError(f"chase chains of 1 to {len(CHASE_PLACES) // CHASE_ROOTS - 1} links, got {max_chase}")
     mix = {k: (1 - hops - stops - chase) / max_swaps for k in swap_mix(max_swaps)}
     mix |= {("hops", h): hops / max_hops for h in range(1, max_hops + 1)}
     mix |= {("stops", w): stops / (max_walk - STOPS + 1) for w in range(STOPS, max_walk + 1)}

@@ -165,8 +165,7 @@ def parallel_answers(model, tok, questions: Sequence[str], num_steps: int, max_n
 
 BASELINE_LABELS = {"parity": "parity guess", "start": "start order", "one_hop": "one hop per value",
                    "stay": "the start for every value", "listed": "the stops as listed",
-                   "repeat": "the first root for every value",
-                   "chance": "chance"}
+                   "repeat": "the first root for every value", "chance": "chance"}
 
 
 def trivial_baselines(problems: Sequence[demo_tasks.Problem]) -> dict[str, float]:
@@ -178,8 +177,8 @@ def trivial_baselines(problems: Sequence[demo_tasks.Problem]) -> dict[str, float
     one hop, where it is the task); `stay`, the start for every value; `chance`, a random place for each.
     Stops: `listed`, the stops in the order the question lists them; `chance`, a random order of them.
     Chase: `one_hop`, the place one link on from the start, then from the place after each value (not
-    given at one link, where it is the task); `repeat`, the right first root for every value; `chance`, a random
-    root for each value.
+    given at one link, where it is the task); `repeat`, the right first root for every value; `chance`,
+    a random root for each value.
     """
     task = problems[0].task if problems else "swap"
     n = max(len(problems), 1)

@@ -353,6 +353,8 @@ def test_chase_problems_reach_training_only_as_the_mix_says() -> None:
     assert {t for task, t in mix if task == "chase"} == {1, 2, 3}
     with pytest.raises(ValueError, match="from 0 to 1 together"):
         dt.walk_mix(0.5, chase=0.6)
+    with pytest.raises(ValueError, match="1 to 4 links, got 5"):
+        dt.walk_mix(0.0, chase=0.5, max_chase=5)
     seen = [m[0]["content"] for m in itertools.islice(
         dt.train_conversations(2, mix, chat_fraction=0, max_tier=lambda: 2, curriculum_task="chase"), 600)
         if m[0]["role"] == "user"]

@@ -160,3 +160,32 @@ def test_a_migration_that_cannot_finish_leaves_the_old_file_as_it_was(tmp_path: 
     monkeypatch.undo()
     with Store(path) as s:  # and it migrates once the disk works again
         assert [c.title for c in s.list_conversations(OWNER)] == ["streaming", "arithmetic"]
+
+
+def test_links_a_file_already_had_broken_do_not_lock_its_owner_out(tmp_path: Path):
+    """Another tool that deletes with foreign keys off (the sqlite3 shell's default) leaves a dangling current leaf;
+    the version that wrote the file opened it, and so does this one after the migration."""
+    path = tmp_path / "c.db"
+    schema_3_file(path)
+    with sqlite3.connect(path) as conn:  # foreign keys off, as in the sqlite3 shell
+        conn.execute("DELETE FROM messages WHERE id = 6")  # conversation 3's current leaf
+    conn.close()
+    store = Store(path)
+    assert {c.title for c in store.list_conversations(OWNER)} == {"streaming", "arithmetic"}
+    assert [m.content for m in store.messages(OWNER, 1)] == ["What is 2+2? oldword", "Four.", "4"]
+    assert [m.content for m in store.messages(OWNER, 3)] == ["tell me"]
+
+
+def test_a_table_whose_ids_reach_the_end_of_the_range_keeps_giving_ids(tmp_path: Path):
+    """AUTOINCREMENT cannot go past 2**63 - 1 (SQLite reports the file full); such a table (a hand edit) is left
+    as it was, so new rows still get a free id."""
+    path = tmp_path / "c.db"
+    schema_3_file(path)
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE conversations SET id = ? WHERE id = 2", [2**63 - 1])
+        conn.execute("UPDATE messages SET conversation_id = ? WHERE conversation_id = 2", [2**63 - 1])
+    conn.close()
+    store = Store(path)
+    ids = {store.create_conversation(OTHER).id for _ in range(3)}
+    assert len(ids) == 3 and not ids & {1, 3, 2**63 - 1}
+    assert {m.content for m in store.messages(OTHER, 2**63 - 1)} == {"private words"}

@@ -328,10 +328,14 @@ class StoreFile:
 
     def _migrate(self, db: Database) -> None:
         version = self._check_schema(db)
+        # Links a file already had broken (rows deleted by another tool with foreign keys off) are no reason to
+        # refuse it: the version that wrote it opened it. Only links a migration broke are.
+        before = set(db.execute("PRAGMA foreign_key_check").fetchall()) if version < SCHEMA_VERSION else set()
         for v in range(version, SCHEMA_VERSION):
             MIGRATIONS[v](db)
             db.execute(f"PRAGMA user_version = {v + 1}")
-        broken = db.execute("PRAGMA foreign_key_check").fetchall() if version < SCHEMA_VERSION else []
+        after = db.execute("PRAGMA foreign_key_check").fetchall() if version < SCHEMA_VERSION else []
+        broken = [link for link in after if tuple(link) not in before]
         if broken:
             raise StoreLocationError(
                 f"{self.path} has {len(broken)} broken links between rows ({broken[0]}); it was left "

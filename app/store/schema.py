@@ -131,6 +131,9 @@ def _migrate_2_to_3(db: Database) -> None:
     )
 
 
+_LARGEST_ID_KEPT = 2**62
+
+
 def _migrate_3_to_4(db: Database) -> None:
     """AUTOINCREMENT on the tables whose ids the page, links and API clients hold: SQLite otherwise gives the largest
     id again once its row is deleted, so a stale tab holding the newest conversation's id would land on the next new
@@ -140,6 +143,10 @@ def _migrate_3_to_4(db: Database) -> None:
         (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", [table]).fetchone()
         body = sql[sql.index("(") :]
         if "id INTEGER PRIMARY KEY AUTOINCREMENT," in body:  # a newer file relabelled older (tests do): nothing to do
+            continue
+        # AUTOINCREMENT never goes past the largest id a table ever had, and fails at 2**63 - 1 (SQLite says the
+        # file is full); a table with ids that far out (only a hand edit puts them there) keeps SQLite's free ids.
+        if (db.execute(f"SELECT MAX(id) FROM {table}").fetchone()[0] or 0) > _LARGEST_ID_KEPT:
             continue
         new_body = body.replace("id INTEGER PRIMARY KEY,", "id INTEGER PRIMARY KEY AUTOINCREMENT,", 1)
         if new_body == body:
