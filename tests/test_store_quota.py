@@ -236,3 +236,16 @@ def test_two_owners_writing_at_once_cannot_overshoot_the_server_cap_together(tmp
         assert used <= limits.max_server_bytes and used == sum(quota.stored_bytes(s.file.db(), f"visitor-{i}")
                                                                 for i in range(2))  # fmt: skip
         assert totals(s)[0] == totals(s)[1]
+
+
+def test_a_running_total_that_drifted_upwards_does_not_refuse_a_visitor_with_room(tmp_path: Path):
+    """The cap reads the running total, and confirms a refusal from the rows: a total made too large (by a write
+    path that might one day forget a trigger; here by hand) costs a recount, not the visitor's space."""
+    with Store(tmp_path / "s.db", limits=RecordLimits(max_owner_bytes=50_000)) as s:
+        c = s.create_conversation(OWNER)
+        s.add_message(OWNER, c.id, "user", "hello")
+        with s.file.db().conn:
+            s.file.db().execute("UPDATE owner_bytes SET bytes = bytes + 1000000 WHERE owner = ?", [OWNER])
+        assert s.add_message(OWNER, c.id, "user", "still room").content == "still room"
+        with pytest.raises(StoreFull, match="at most 50.0 kB"):  # a real overflow is still refused
+            s.add_message(OWNER, c.id, "user", "x" * 60_000)

@@ -186,6 +186,8 @@ def check_room(db: Database, owner: str, limits: RecordLimits, conversations: in
     cap = limits.max_owner_bytes
     if cap is not None:
         used = used_bytes(db, owner)
+        if used + new_bytes > cap:  # before refusing, the rows themselves: a total that drifted must not lock one out
+            used = stored_bytes(db, owner)
         if used + new_bytes > cap:
             raise StoreFull(f"this visitor's space holds at most {_mb(cap)} of conversations ({_mb(used)} used, "
                             f"this needs {_mb(new_bytes)} more); delete some first")
