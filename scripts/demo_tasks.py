@@ -249,6 +249,7 @@ def stops_parts(question: str) -> tuple[dict[str, str], str, list[str]]:
 # position can walk it before the answer starts.
 CHASE_PLACES = "0123456789"
 CHASE_ROOTS = 2
+CHASE_TREE = len(CHASE_PLACES) // CHASE_ROOTS  # places per tree; a chain has at most CHASE_TREE - 1 links
 
 
 def successor(place: str) -> str:
@@ -281,13 +282,12 @@ def chase_parts(question: str) -> tuple[dict[str, str], str]:
 
 def make_chase(tier: int, rng: random.Random) -> Problem:
     """Two trees, each a chain of `tier` links and places hanging above it; the start ends one chain."""
-    size = len(CHASE_PLACES) // CHASE_ROOTS
-    if not 1 <= tier < size:
-        raise ValueError(f"a chase takes chains of 1 to {size - 1} links, got {tier}")
+    if not 1 <= tier < CHASE_TREE:
+        raise ValueError(f"a chase takes chains of 1 to {CHASE_TREE - 1} links, got {tier}")
     order = rng.sample(CHASE_PLACES, len(CHASE_PLACES))
     links: dict[str, str] = {}
     ends = []
-    for tree in (order[i : i + size] for i in range(0, len(order), size)):
+    for tree in (order[i : i + CHASE_TREE] for i in range(0, len(order), CHASE_TREE)):
         here = tree[0]
         links[here], depth = here, {here: 0}
         for place in tree[1 : tier + 1]:  # the chain
@@ -443,8 +443,8 @@ def walk_mix(hops: float, max_swaps: int = TRAIN_MAX_SWAPS, max_hops: int = TRAI
     if not (min(hops, stops, chase) >= 0 and hops + stops + chase <= 1):
         raise ValueError(f"the hops, stops and chase shares must be from 0 to 1 together, got {hops}, {stops} "
                          f"and {chase}")
-    if chase and not 1 <= max_chase < len(CHASE_PLACES) // CHASE_ROOTS:
-        raise ValueError(f"chase chains of 1 to {len(CHASE_PLACES) // CHASE_ROOTS - 1} links, got {max_chase}")
+    if chase and not 1 <= max_chase < CHASE_TREE:
+        raise ValueError(f"chase chains of 1 to {CHASE_TREE - 1} links, got {max_chase}")
     mix = {k: (1 - hops - stops - chase) / max_swaps for k in swap_mix(max_swaps)}
     mix |= {("hops", h): hops / max_hops for h in range(1, max_hops + 1)}
     mix |= {("stops", w): stops / (max_walk - STOPS + 1) for w in range(STOPS, max_walk + 1)}
